@@ -1,0 +1,59 @@
+//! HKDF-SHA256 (RFC 5869) and the transcript hash, as protocol.md §5 uses them.
+
+use hkdf::Hkdf;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// Output length of SHA-256, the transcript hash and every HKDF secret.
+pub const HASH_LEN: usize = 32;
+
+/// A 32-byte secret that is erased when dropped.
+pub type Secret = Zeroizing<[u8; HASH_LEN]>;
+
+/// HKDF-Extract(salt, ikm).
+pub fn extract(salt: &[u8], ikm: &[u8]) -> Secret {
+    let (prk, _) = Hkdf::<Sha256>::extract(Some(salt), ikm);
+    let mut out = Zeroizing::new([0u8; HASH_LEN]);
+    out.copy_from_slice(&prk);
+    out
+}
+
+/// HKDF-Expand(prk, "secchan v1 " || label, out.len()).
+///
+/// `out` is at most 255 * 32 bytes in every use here (32 or 12), so expansion cannot fail.
+pub fn expand_label(prk: &[u8; HASH_LEN], label: &str, out: &mut [u8]) {
+    let hk = Hkdf::<Sha256>::from_prk(prk).unwrap_or_else(|_| unreachable!("PRK is 32 bytes"));
+    hk.expand_multi_info(&[LABEL_PREFIX, label.as_bytes()], out)
+        .unwrap_or_else(|_| unreachable!("output length is at most 32 bytes"));
+}
+
+/// HKDF-Expand to a fresh 32-byte secret.
+pub fn expand_secret(prk: &[u8; HASH_LEN], label: &str) -> Secret {
+    let mut out = Zeroizing::new([0u8; HASH_LEN]);
+    expand_label(prk, label, out.as_mut());
+    out
+}
+
+/// Every HKDF info string starts with this prefix (protocol.md §5).
+pub const LABEL_PREFIX: &[u8] = b"secchan v1 ";
+
+/// A running SHA-256 over the handshake messages.
+#[derive(Clone, Default)]
+pub struct Transcript(Sha256);
+
+impl Transcript {
+    /// Appends a message's bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The hash of everything appended so far.
+    pub fn current(&self) -> [u8; HASH_LEN] {
+        self.0.clone().finalize().into()
+    }
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; HASH_LEN] {
+    Sha256::digest(bytes).into()
+}

@@ -1,0 +1,231 @@
+//! The device (initiator) side of the handshake (protocol.md §6.1).
+
+use super::key_schedule::{
+    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput,
+    HandshakeKey,
+};
+use super::{HandshakeError, DEVICE_SIGNATURE_CONTEXT, SERVER_SIGNATURE_CONTEXT};
+use crate::codec::Reader;
+use crate::crypto::aead::AeadId;
+use crate::crypto::identity::{IdentityKey, PublicIdentity};
+use crate::crypto::kdf::{Secret, Transcript};
+use crate::crypto::kem::{PqDecapsKey, Suite, X25519Ephemeral, X25519_MLKEM768};
+use crate::crypto::random::Random;
+use crate::msgs::{decode_alert, DeviceAuth, DeviceHello, FrameType, ServerHello};
+use crate::session::{Role, Session, SessionConfig, SessionKeys};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How a device connects.
+#[derive(Clone)]
+pub struct DeviceConfig {
+    /// The one suite offered.
+    pub suite: &'static Suite,
+    /// AEADs offered, most preferred first.
+    pub aeads: Vec<AeadId>,
+    /// The device's identity; `None` connects anonymously.
+    pub identity: Option<Arc<IdentityKey>>,
+    /// Record-layer parameters.
+    pub session: SessionConfig,
+}
+
+impl Default for DeviceConfig {
+    /// Hybrid X25519 + ML-KEM-768, AEADs ordered for this CPU, no identity.
+    fn default() -> Self {
+        Self {
+            suite: &X25519_MLKEM768,
+            aeads: AeadId::default_preference(),
+            identity: None,
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceConfig")
+            .field("suite", &self.suite.name)
+            .field("aeads", &self.aeads)
+            .field("identity", &self.identity.as_ref().map(|i| i.public()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts a handshake: returns the state awaiting ServerHello and the DeviceHello frame.
+///
+/// protocol.md §6.1 step 1: draw the X25519 secret (32 bytes), then the KEM key-generation
+/// seed (64 bytes for ML-KEM-768); send DeviceHello.
+pub fn start(
+    config: &DeviceConfig,
+    rng: &mut dyn Random,
+) -> Result<(ExpectServerHello, Vec<u8>), HandshakeError> {
+    if config.aeads.is_empty() || config.aeads.len() > crate::msgs::MAX_AEAD_OFFERS {
+        return Err(HandshakeError::NoCommonAead);
+    }
+    let x25519 = X25519Ephemeral::generate(rng)?;
+    let (pq, encaps_key) = match config.suite.pq {
+        Some(kem) => {
+            let (dk, ek) = kem.generate(rng)?;
+            (Some(dk), ek)
+        }
+        None => (None, Vec::new()),
+    };
+    let hello = DeviceHello {
+        suite: config.suite,
+        aeads: config.aeads.clone(),
+        x25519: *x25519.public(),
+        encaps_key: &encaps_key,
+    }
+    .encode();
+    let mut transcript = Transcript::default();
+    transcript.update(&hello);
+    let state = ExpectServerHello {
+        config: config.clone(),
+        x25519,
+        pq,
+        encaps_key,
+        transcript,
+    };
+    Ok((state, hello))
+}
+
+/// Waiting for ServerHello.
+pub struct ExpectServerHello {
+    config: DeviceConfig,
+    x25519: X25519Ephemeral,
+    pq: Option<Box<dyn PqDecapsKey>>,
+    encaps_key: Vec<u8>,
+    transcript: Transcript,
+}
+
+impl ExpectServerHello {
+    /// Processes ServerHello: checks the selection, completes the key exchange, and verifies
+    /// the server's signature (protocol.md §6.1 step 2). The caller must then decide whether
+    /// the returned server identity is trusted before [`ServerAuthenticated::finish`].
+    pub fn read_server_hello(self, frame: &[u8]) -> Result<ServerAuthenticated, HandshakeError> {
+        match FrameType::of(frame)? {
+            FrameType::ServerHello => {}
+            FrameType::Alert => return Err(HandshakeError::PeerAlert(decode_alert(frame)?)),
+            other => return Err(HandshakeError::UnexpectedMessage(other)),
+        }
+        let hello = ServerHello::decode(frame)?;
+        // 2a. The selection must be what we offered: anything else is a downgrade.
+        if hello.suite != self.config.suite {
+            return Err(HandshakeError::Downgrade {
+                offered: self.config.suite.name.to_string(),
+                selected: hello.suite.name.to_string(),
+            });
+        }
+        let aead = AeadId::from_u8(hello.aead)
+            .filter(|a| self.config.aeads.contains(a))
+            .ok_or_else(|| HandshakeError::Downgrade {
+                offered: format!("{:?}", self.config.aeads),
+                selected: format!("AEAD {:#04x}", hello.aead),
+            })?;
+        // 2b. Shared secrets.
+        let ss_x25519 = self.x25519.agree(&hello.x25519)?;
+        let ss_kem = match &self.pq {
+            Some(dk) => Some(dk.decapsulate(hello.ciphertext)?),
+            None => None,
+        };
+        // 2c. TH1 = H(DeviceHello || ServerHello without sealed_auth).
+        let prefix = frame
+            .get(..hello.prefix_len())
+            .ok_or(HandshakeError::ServerAuthFailed)?;
+        let mut transcript = self.transcript;
+        transcript.update(prefix);
+        let th1 = transcript.current();
+        let hs = handshake_secret(&CombinerInput {
+            th1: &th1,
+            ss_kem: ss_kem.as_ref(),
+            ss_x25519: &ss_x25519,
+            x25519_device: self.x25519.public(),
+            x25519_server: &hello.x25519,
+            kem_ciphertext: hello.ciphertext,
+            kem_encaps_key: &self.encaps_key,
+        });
+        // 2d. Open the server's authentication and verify its signature over TH1.
+        let plain = open_handshake(&hs, HandshakeKey::Server, aead, &th1, hello.sealed_auth)
+            .map_err(|_| HandshakeError::ServerAuthFailed)?;
+        let mut r = Reader::new(&plain);
+        let server = PublicIdentity(r.array("server public key")?);
+        let signature = r.array("server signature")?;
+        r.finish()?;
+        server
+            .verify(SERVER_SIGNATURE_CONTEXT, &th1, &signature)
+            .map_err(|_| HandshakeError::ServerAuthFailed)?;
+        transcript.update(hello.sealed_auth);
+        Ok(ServerAuthenticated {
+            config: self.config,
+            suite: hello.suite,
+            aead,
+            server,
+            hs,
+            transcript,
+        })
+    }
+}
+
+/// The server proved possession of `server_identity()`'s key. The caller checks that key
+/// against its pin or known-servers file, then calls [`finish`](Self::finish).
+pub struct ServerAuthenticated {
+    config: DeviceConfig,
+    suite: &'static Suite,
+    aead: AeadId,
+    server: PublicIdentity,
+    hs: Secret,
+    transcript: Transcript,
+}
+
+impl ServerAuthenticated {
+    /// The server's verified long-term identity.
+    pub fn server_identity(&self) -> &PublicIdentity {
+        &self.server
+    }
+
+    /// The AEAD the server selected.
+    pub fn aead(&self) -> AeadId {
+        self.aead
+    }
+
+    /// Builds DeviceFinish and the established session (protocol.md §6.1 step 3). The device
+    /// may send records right behind the returned frame.
+    pub fn finish(self, now: Instant) -> Result<(Session, Vec<u8>), HandshakeError> {
+        // 3a. TH2 = H(DeviceHello || ServerHello).
+        let th2 = self.transcript.current();
+        let auth = match &self.config.identity {
+            Some(id) => DeviceAuth::Ed25519 {
+                public: id.public().0,
+                signature: id.sign(DEVICE_SIGNATURE_CONTEXT, &th2),
+            },
+            None => DeviceAuth::Anonymous,
+        };
+        let plain = zeroize::Zeroizing::new(auth.encode());
+        let mut finish = vec![FrameType::DeviceFinish as u8];
+        seal_handshake(
+            &self.hs,
+            HandshakeKey::Device,
+            self.aead,
+            &th2,
+            &plain,
+            &mut finish,
+        )?;
+        // 3b. TH3 = H(DeviceHello || ServerHello || DeviceFinish); traffic secrets.
+        let mut transcript = self.transcript;
+        transcript.update(&finish);
+        let (d2s, s2d) = traffic_secrets(&self.hs, &transcript.current());
+        let session = Session::new(
+            Role::Device,
+            SessionKeys {
+                suite: self.suite,
+                aead: self.aead,
+                send: d2s,
+                recv: s2d,
+            },
+            Some(self.server),
+            &self.config.session,
+            now,
+        );
+        Ok((session, finish))
+    }
+}

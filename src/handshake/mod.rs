@@ -1,0 +1,199 @@
+//! The handshake (protocol.md §4–§6): one round trip, device hello -> server hello -> device
+//! finish, as type-state machines. Each state is a value consumed by the step that leaves it,
+//! so an out-of-order call does not compile.
+//!
+//! - Device: [`device::start`] -> [`device::ExpectServerHello`] ->
+//!   [`device::ServerAuthenticated`] (the caller decides whether to trust the server's key)
+//!   -> [`crate::session::Session`].
+//! - Server: [`server::accept_hello`] -> [`server::ExpectDeviceFinish`] ->
+//!   [`crate::session::Session`].
+
+pub mod device;
+mod key_schedule;
+pub mod server;
+
+use crate::codec::DecodeError;
+use crate::crypto::aead::AeadId;
+use crate::crypto::identity::PublicIdentity;
+use crate::crypto::kem::Suite;
+use crate::crypto::CryptoError;
+use crate::msgs::{AlertCode, FrameType};
+
+/// Signature context for the server's signature (protocol.md §5.2).
+pub const SERVER_SIGNATURE_CONTEXT: &[u8] = b"secchan v1 server signature\0";
+/// Signature context for the device's signature (protocol.md §5.3).
+pub const DEVICE_SIGNATURE_CONTEXT: &[u8] = b"secchan v1 device signature\0";
+
+/// Which suites a server accepts, and which one a device offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Post-quantum hybrid suites only (the default).
+    #[default]
+    Hybrid,
+    /// X25519 alone (for measuring the cost of post-quantum safety).
+    Classical,
+    /// Server only: hybrid and classical devices alike.
+    Any,
+}
+
+impl Mode {
+    /// Whether a server in this mode accepts `suite`.
+    pub fn allows(self, suite: &Suite) -> bool {
+        match self {
+            Self::Hybrid => suite.is_hybrid(),
+            Self::Classical => !suite.is_hybrid(),
+            Self::Any => true,
+        }
+    }
+
+    /// Name as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hybrid => "hybrid",
+            Self::Classical => "classical",
+            Self::Any => "any",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Handshake failures. [`HandshakeError::alert`] names the alert sent to the peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// A handshake message was malformed.
+    #[error("malformed handshake message: {0}")]
+    Decode(#[from] DecodeError),
+    /// A frame of the wrong type arrived.
+    #[error("unexpected {0:?} frame during the handshake")]
+    UnexpectedMessage(FrameType),
+    /// The peer aborted with an alert.
+    #[error("peer aborted the handshake: {0}")]
+    PeerAlert(AlertCode),
+    /// The server's mode does not accept the device's suite.
+    #[error("suite {suite} is not accepted by a server in {mode} mode")]
+    SuiteRefused {
+        /// The offered suite.
+        suite: &'static str,
+        /// The server's mode.
+        mode: Mode,
+    },
+    /// The device and server share no AEAD.
+    #[error("no AEAD in common with the peer")]
+    NoCommonAead,
+    /// The server selected a suite or AEAD the device did not offer: a downgrade attempt.
+    #[error("downgrade detected: the device offered {offered} but the server hello selected {selected}")]
+    Downgrade {
+        /// What the device offered.
+        offered: String,
+        /// What arrived.
+        selected: String,
+    },
+    /// A key-exchange value was invalid (bad ML-KEM key, low-order X25519 point, RNG failure).
+    #[error("key exchange failed: {0}")]
+    KeyExchange(#[from] CryptoError),
+    /// The server's authentication did not verify: wrong key, or a modified transcript.
+    #[error("server authentication failed: its signature or handshake MAC did not verify (man in the middle, or a modified handshake)")]
+    ServerAuthFailed,
+    /// The device's authentication did not verify.
+    #[error("device authentication failed: its signature or handshake MAC did not verify")]
+    DeviceAuthFailed,
+    /// The device was refused by the server's authorizer.
+    #[error("device {device} refused: {code}")]
+    DeviceRefused {
+        /// The device's fingerprint, or "anonymous".
+        device: String,
+        /// Why.
+        code: AlertCode,
+    },
+}
+
+impl HandshakeError {
+    /// The alert to send the peer for this failure, if one is sent.
+    pub fn alert(&self) -> Option<AlertCode> {
+        Some(match self {
+            Self::Decode(DecodeError::UnsupportedVersion(_)) => AlertCode::UnsupportedVersion,
+            Self::Decode(_) => AlertCode::DecodeError,
+            Self::UnexpectedMessage(_) => AlertCode::UnexpectedMessage,
+            Self::PeerAlert(_) => return None,
+            Self::SuiteRefused { .. } => AlertCode::SuiteRefused,
+            Self::NoCommonAead => AlertCode::NoCommonAead,
+            Self::Downgrade { .. }
+            | Self::KeyExchange(_)
+            | Self::ServerAuthFailed
+            | Self::DeviceAuthFailed => AlertCode::HandshakeFailure,
+            Self::DeviceRefused { code, .. } => *code,
+        })
+    }
+}
+
+/// Decides which devices a server accepts. The core calls it with the device's verified
+/// identity (`None` for an anonymous device) after the handshake's cryptography succeeded.
+pub trait Authorizer: Send + Sync {
+    /// Returns the name to show for an accepted device, or the alert that refuses it
+    /// ([`AlertCode::UnknownDevice`] or [`AlertCode::DeviceAuthRequired`]).
+    fn authorize(&self, device: Option<&PublicIdentity>) -> Result<String, AlertCode>;
+}
+
+/// Accepts every device, naming it by fingerprint. Only for `--allow-any-device`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAnyDevice;
+
+impl Authorizer for AllowAnyDevice {
+    fn authorize(&self, device: Option<&PublicIdentity>) -> Result<String, AlertCode> {
+        Ok(device.map_or_else(|| "anonymous".to_string(), |d| d.fingerprint()))
+    }
+}
+
+/// Accepts devices whose identity is on a list, each with a name.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizedDevices {
+    devices: std::collections::HashMap<String, String>,
+}
+
+impl AuthorizedDevices {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a device by fingerprint with a display name.
+    pub fn insert(&mut self, fingerprint: String, name: String) {
+        self.devices.insert(fingerprint, name);
+    }
+
+    /// Number of devices on the list.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+}
+
+impl Authorizer for AuthorizedDevices {
+    fn authorize(&self, device: Option<&PublicIdentity>) -> Result<String, AlertCode> {
+        let device = device.ok_or(AlertCode::DeviceAuthRequired)?;
+        self.devices
+            .get(&device.fingerprint())
+            .cloned()
+            .ok_or(AlertCode::UnknownDevice)
+    }
+}
+
+/// Picks the first AEAD in the device's preference list that the server supports.
+fn select_aead(device_prefs: &[AeadId], server_supports: &[AeadId]) -> Option<AeadId> {
+    device_prefs
+        .iter()
+        .copied()
+        .find(|a| server_supports.contains(a))
+}
+
+#[cfg(test)]
+mod tests;

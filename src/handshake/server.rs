@@ -1,0 +1,214 @@
+//! The server (responder) side of the handshake (protocol.md §6.2).
+
+use super::key_schedule::{
+    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput,
+    HandshakeKey,
+};
+use super::{select_aead, Authorizer, HandshakeError, Mode};
+use super::{DEVICE_SIGNATURE_CONTEXT, SERVER_SIGNATURE_CONTEXT};
+use crate::crypto::aead::AeadId;
+use crate::crypto::identity::{IdentityKey, PublicIdentity};
+use crate::crypto::kdf::{Secret, Transcript};
+use crate::crypto::kem::{Suite, X25519Ephemeral};
+use crate::crypto::random::Random;
+use crate::msgs::{decode_device_finish, DeviceAuth, DeviceHello, FrameType, ServerHello};
+use crate::session::{Role, Session, SessionConfig, SessionKeys};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How a server accepts devices.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The server's long-term identity.
+    pub identity: Arc<IdentityKey>,
+    /// Which suites are accepted.
+    pub mode: Mode,
+    /// AEADs the server supports (the device's preference order decides among them).
+    pub aeads: Vec<AeadId>,
+    /// Which devices are accepted.
+    pub authorizer: Arc<dyn Authorizer>,
+    /// Record-layer parameters.
+    pub session: SessionConfig,
+}
+
+impl ServerConfig {
+    /// A hybrid-mode server supporting both AEADs.
+    pub fn new(identity: Arc<IdentityKey>, authorizer: Arc<dyn Authorizer>) -> Self {
+        Self {
+            identity,
+            mode: Mode::Hybrid,
+            aeads: vec![AeadId::Aes256Gcm, AeadId::ChaCha20Poly1305],
+            authorizer,
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("identity", &self.identity.public())
+            .field("mode", &self.mode)
+            .field("aeads", &self.aeads)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An accepted device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDevice {
+    /// The device's verified identity, or `None` if it connected anonymously.
+    pub identity: Option<PublicIdentity>,
+    /// The name the authorizer gave it.
+    pub name: String,
+}
+
+/// Processes DeviceHello and builds ServerHello (protocol.md §6.2 steps 1–2).
+///
+/// Randomness is drawn in this order: the X25519 secret (32 bytes), then the KEM
+/// encapsulation randomness (32 bytes for ML-KEM-768).
+pub fn accept_hello(
+    config: &ServerConfig,
+    frame: &[u8],
+    rng: &mut dyn Random,
+) -> Result<(ExpectDeviceFinish, Vec<u8>), HandshakeError> {
+    match FrameType::of(frame)? {
+        FrameType::DeviceHello => {}
+        other => return Err(HandshakeError::UnexpectedMessage(other)),
+    }
+    let hello = DeviceHello::decode(frame)?;
+    // 1a. The suite must be allowed by our mode.
+    if !config.mode.allows(hello.suite) {
+        return Err(HandshakeError::SuiteRefused {
+            suite: hello.suite.name,
+            mode: config.mode,
+        });
+    }
+    // 1b. AEAD: the device's most preferred one that we support.
+    let aead = select_aead(&hello.aeads, &config.aeads).ok_or(HandshakeError::NoCommonAead)?;
+    // 2a. Key exchange: X25519, then encapsulate to the device's (validated) KEM key.
+    let x25519 = X25519Ephemeral::generate(rng)?;
+    let ss_x25519 = x25519.agree(&hello.x25519)?;
+    let (ciphertext, ss_kem) = match hello.suite.pq {
+        Some(kem) => {
+            let (ct, ss) = kem.encapsulate(hello.encaps_key, rng)?;
+            (ct, Some(ss))
+        }
+        None => (Vec::new(), None),
+    };
+    let mut reply = ServerHello {
+        suite: hello.suite,
+        aead: aead as u8,
+        x25519: *x25519.public(),
+        ciphertext: &ciphertext,
+        sealed_auth: &[],
+    }
+    .encode_prefix();
+    // 2b. TH1 = H(DeviceHello || ServerHello without sealed_auth).
+    let mut transcript = Transcript::default();
+    transcript.update(frame);
+    transcript.update(&reply);
+    let th1 = transcript.current();
+    let hs = handshake_secret(&CombinerInput {
+        th1: &th1,
+        ss_kem: ss_kem.as_ref(),
+        ss_x25519: &ss_x25519,
+        x25519_device: &hello.x25519,
+        x25519_server: x25519.public(),
+        kem_ciphertext: &ciphertext,
+        kem_encaps_key: hello.encaps_key,
+    });
+    // 2c. sealed_auth = AEAD(server handshake key, nonce 0, aad TH1, server_pub || sig(TH1)).
+    let mut auth = config.identity.public().0.to_vec();
+    auth.extend_from_slice(&config.identity.sign(SERVER_SIGNATURE_CONTEXT, &th1));
+    let prefix_len = reply.len();
+    seal_handshake(&hs, HandshakeKey::Server, aead, &th1, &auth, &mut reply)?;
+    if let Some(sealed) = reply.get(prefix_len..) {
+        transcript.update(sealed);
+    }
+    Ok((
+        ExpectDeviceFinish {
+            config: config.clone(),
+            suite: hello.suite,
+            aead,
+            hs,
+            transcript,
+        },
+        reply,
+    ))
+}
+
+/// Waiting for DeviceFinish.
+pub struct ExpectDeviceFinish {
+    config: ServerConfig,
+    suite: &'static Suite,
+    aead: AeadId,
+    hs: Secret,
+    transcript: Transcript,
+}
+
+impl ExpectDeviceFinish {
+    /// The suite the device chose.
+    pub fn suite(&self) -> &'static Suite {
+        self.suite
+    }
+
+    /// Processes DeviceFinish: opens and verifies the device's authentication, asks the
+    /// authorizer, and on success returns the session (protocol.md §6.2 step 3).
+    pub fn read_device_finish(
+        self,
+        frame: &[u8],
+        now: Instant,
+    ) -> Result<(Session, PeerDevice), HandshakeError> {
+        match FrameType::of(frame)? {
+            FrameType::DeviceFinish => {}
+            FrameType::Alert => {
+                return Err(HandshakeError::PeerAlert(crate::msgs::decode_alert(frame)?))
+            }
+            other => return Err(HandshakeError::UnexpectedMessage(other)),
+        }
+        let sealed = decode_device_finish(frame)?;
+        // 3a. TH2 = H(DeviceHello || ServerHello); open with the device handshake key.
+        let th2 = self.transcript.current();
+        let plain = open_handshake(&self.hs, HandshakeKey::Device, self.aead, &th2, sealed)
+            .map_err(|_| HandshakeError::DeviceAuthFailed)?;
+        // 3b. Verify the device's signature over TH2.
+        let identity = match DeviceAuth::decode(&plain)? {
+            DeviceAuth::Anonymous => None,
+            DeviceAuth::Ed25519 { public, signature } => {
+                let id = PublicIdentity(public);
+                id.verify(DEVICE_SIGNATURE_CONTEXT, &th2, &signature)
+                    .map_err(|_| HandshakeError::DeviceAuthFailed)?;
+                Some(id)
+            }
+        };
+        // 3c. Authorization.
+        let name = self
+            .config
+            .authorizer
+            .authorize(identity.as_ref())
+            .map_err(|code| HandshakeError::DeviceRefused {
+                device: identity
+                    .as_ref()
+                    .map_or_else(|| "anonymous".into(), |i| i.fingerprint()),
+                code,
+            })?;
+        // 3d. TH3 and traffic secrets.
+        let mut transcript = self.transcript;
+        transcript.update(frame);
+        let (d2s, s2d) = traffic_secrets(&self.hs, &transcript.current());
+        let session = Session::new(
+            Role::Server,
+            SessionKeys {
+                suite: self.suite,
+                aead: self.aead,
+                send: s2d,
+                recv: d2s,
+            },
+            identity,
+            &self.config.session,
+            now,
+        );
+        Ok((session, PeerDevice { identity, name }))
+    }
+}

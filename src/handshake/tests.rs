@@ -1,0 +1,306 @@
+//! In-memory handshakes: every step's success and every check's failure.
+
+use super::device::{self, DeviceConfig};
+use super::server::{self, ServerConfig};
+use super::*;
+use crate::crypto::identity::IdentityKey;
+use crate::crypto::kem::{X25519_KYBER768R3, X25519_MLKEM768, X25519_ONLY};
+use crate::crypto::random::OsRandom;
+use crate::msgs::DeviceHello;
+use crate::session::{Event, Session};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn server_config(mode: Mode) -> (ServerConfig, Arc<IdentityKey>) {
+    let device = Arc::new(IdentityKey::from_seed(&[2; 32]));
+    let mut list = AuthorizedDevices::new();
+    list.insert(device.public().fingerprint(), "sensor-1".into());
+    let mut cfg = ServerConfig::new(Arc::new(IdentityKey::from_seed(&[1; 32])), Arc::new(list));
+    cfg.mode = mode;
+    (cfg, device)
+}
+
+fn device_config(suite: &'static Suite, identity: Option<Arc<IdentityKey>>) -> DeviceConfig {
+    DeviceConfig {
+        suite,
+        identity,
+        ..DeviceConfig::default()
+    }
+}
+
+/// Runs a full handshake; returns both sessions and the bytes each side sent.
+fn handshake(
+    dcfg: &DeviceConfig,
+    scfg: &ServerConfig,
+) -> Result<(Session, Session, [usize; 3]), HandshakeError> {
+    let now = Instant::now();
+    let (expect, hello) = device::start(dcfg, &mut OsRandom)?;
+    let (expect_finish, server_hello) = server::accept_hello(scfg, &hello, &mut OsRandom)?;
+    let authed = expect.read_server_hello(&server_hello)?;
+    assert_eq!(*authed.server_identity(), scfg.identity.public());
+    let (dsession, finish) = authed.finish(now)?;
+    let (ssession, peer) = expect_finish.read_device_finish(&finish, now)?;
+    assert_eq!(peer.identity, dcfg.identity.as_ref().map(|i| i.public()));
+    Ok((
+        dsession,
+        ssession,
+        [hello.len(), server_hello.len(), finish.len()],
+    ))
+}
+
+fn exchange(a: &mut Session, b: &mut Session, msg: &[u8]) {
+    let now = Instant::now();
+    a.send(msg, now).unwrap();
+    let mut frame = a.poll_transmit().unwrap();
+    assert_eq!(b.handle_frame(&mut frame, now).unwrap(), Event::Message(msg));
+}
+
+#[test]
+fn hybrid_mutual_handshake_fits_budget_and_carries_data_both_ways() {
+    for aead in [AeadId::Aes256Gcm, AeadId::ChaCha20Poly1305] {
+        let (scfg, dev) = server_config(Mode::Hybrid);
+        let mut dcfg = device_config(&X25519_MLKEM768, Some(dev));
+        dcfg.aeads = vec![aead];
+        let (mut d, mut s, sizes) = handshake(&dcfg, &scfg).unwrap();
+        assert_eq!(sizes, [1220 + dcfg.aeads.len(), 1236, 114]);
+        // Each TCP frame adds a 2-byte length: 2,578 bytes in all, under 2,600.
+        assert!(sizes.iter().sum::<usize>() + 6 <= 2600);
+        assert_eq!(d.aead(), aead);
+        assert_eq!(s.suite().name, "X25519MLKEM768");
+        exchange(&mut d, &mut s, b"temp=21.5");
+        exchange(&mut s, &mut d, b"ack");
+    }
+}
+
+#[test]
+fn classical_handshake_fits_budget() {
+    let (scfg, dev) = server_config(Mode::Classical);
+    let (mut d, mut s, sizes) =
+        handshake(&device_config(&X25519_ONLY, Some(dev)), &scfg).unwrap();
+    assert_eq!(sizes, [38, 148, 114]);
+    assert!(sizes.iter().sum::<usize>() + 6 <= 400);
+    exchange(&mut d, &mut s, b"x");
+}
+
+#[test]
+fn kyber_round3_suite_works() {
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (mut d, mut s, _) =
+        handshake(&device_config(&X25519_KYBER768R3, Some(dev)), &scfg).unwrap();
+    exchange(&mut d, &mut s, b"kyber");
+}
+
+#[test]
+fn hybrid_server_refuses_classical_device() {
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let err = handshake(&device_config(&X25519_ONLY, Some(dev)), &scfg).unwrap_err();
+    assert_eq!(
+        err,
+        HandshakeError::SuiteRefused {
+            suite: "X25519",
+            mode: Mode::Hybrid
+        }
+    );
+    assert_eq!(err.alert(), Some(AlertCode::SuiteRefused));
+}
+
+#[test]
+fn any_mode_accepts_both() {
+    let (scfg, dev) = server_config(Mode::Any);
+    handshake(&device_config(&X25519_ONLY, Some(dev.clone())), &scfg).unwrap();
+    handshake(&device_config(&X25519_MLKEM768, Some(dev)), &scfg).unwrap();
+}
+
+#[test]
+fn man_in_the_middle_downgrade_to_classical_is_detected() {
+    // The attacker replaces the device's hybrid hello with a classical one built from the
+    // same X25519 value; the server (mode any) answers classically.
+    let (scfg, dev) = server_config(Mode::Any);
+    let dcfg = device_config(&X25519_MLKEM768, Some(dev));
+    let (expect, hello) = device::start(&dcfg, &mut OsRandom).unwrap();
+    let parsed = DeviceHello::decode(&hello).unwrap();
+    let forged = DeviceHello {
+        suite: &X25519_ONLY,
+        aeads: parsed.aeads.clone(),
+        x25519: parsed.x25519,
+        encaps_key: &[],
+    }
+    .encode();
+    let (_, server_hello) = server::accept_hello(&scfg, &forged, &mut OsRandom).unwrap();
+    assert!(matches!(
+        expect.read_server_hello(&server_hello),
+        Err(HandshakeError::Downgrade { .. })
+    ));
+}
+
+#[test]
+fn man_in_the_middle_aead_downgrade_is_detected() {
+    // The attacker strips AES-256-GCM from the offer; the server's signature covers the
+    // hello it saw, so the device's transcript disagrees.
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let mut dcfg = device_config(&X25519_MLKEM768, Some(dev));
+    dcfg.aeads = vec![AeadId::Aes256Gcm, AeadId::ChaCha20Poly1305];
+    let (expect, mut hello) = device::start(&dcfg, &mut OsRandom).unwrap();
+    hello[3] = 1;
+    hello.remove(4);
+    let (_, server_hello) = server::accept_hello(&scfg, &hello, &mut OsRandom).unwrap();
+    assert_eq!(
+        expect.read_server_hello(&server_hello).err(),
+        Some(HandshakeError::ServerAuthFailed)
+    );
+}
+
+#[test]
+fn tampered_server_hello_fails_server_authentication() {
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let dcfg = device_config(&X25519_MLKEM768, Some(dev));
+    for index in [10, 500, 1200, 1230] {
+        let (expect, hello) = device::start(&dcfg, &mut OsRandom).unwrap();
+        let (_, mut server_hello) = server::accept_hello(&scfg, &hello, &mut OsRandom).unwrap();
+        server_hello[index] ^= 0x40;
+        assert_eq!(
+            expect.read_server_hello(&server_hello).err(),
+            Some(HandshakeError::ServerAuthFailed),
+            "flipping byte {index}"
+        );
+    }
+}
+
+#[test]
+fn impostor_server_with_own_key_is_reported_by_identity() {
+    // A man in the middle that completes the handshake with its own identity key passes the
+    // cryptographic checks; the device sees a different identity and must refuse it (the
+    // transport compares it with the pin or known-servers entry).
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let mut impostor = scfg.clone();
+    impostor.identity = Arc::new(IdentityKey::from_seed(&[66; 32]));
+    let (expect, hello) = device::start(&device_config(&X25519_MLKEM768, Some(dev)), &mut OsRandom).unwrap();
+    let (_, sh) = server::accept_hello(&impostor, &hello, &mut OsRandom).unwrap();
+    let authed = expect.read_server_hello(&sh).unwrap();
+    assert_ne!(*authed.server_identity(), scfg.identity.public());
+}
+
+#[test]
+fn unknown_and_anonymous_devices_are_refused() {
+    let (scfg, _) = server_config(Mode::Hybrid);
+    let stranger = Arc::new(IdentityKey::from_seed(&[9; 32]));
+    let err = handshake(&device_config(&X25519_MLKEM768, Some(stranger.clone())), &scfg)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        HandshakeError::DeviceRefused {
+            device: stranger.public().fingerprint(),
+            code: AlertCode::UnknownDevice
+        }
+    );
+    let err = handshake(&device_config(&X25519_MLKEM768, None), &scfg).unwrap_err();
+    assert_eq!(err.alert(), Some(AlertCode::DeviceAuthRequired));
+}
+
+#[test]
+fn allow_any_device_accepts_anonymous() {
+    let (mut scfg, _) = server_config(Mode::Hybrid);
+    scfg.authorizer = Arc::new(AllowAnyDevice);
+    let (mut d, mut s, sizes) = handshake(&device_config(&X25519_MLKEM768, None), &scfg).unwrap();
+    assert_eq!(sizes[2], 18);
+    exchange(&mut d, &mut s, b"anon");
+}
+
+#[test]
+fn tampered_device_finish_fails_device_authentication() {
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let dcfg = device_config(&X25519_MLKEM768, Some(dev));
+    let (expect, hello) = device::start(&dcfg, &mut OsRandom).unwrap();
+    let (ef, sh) = server::accept_hello(&scfg, &hello, &mut OsRandom).unwrap();
+    let (_, mut finish) = expect.read_server_hello(&sh).unwrap().finish(Instant::now()).unwrap();
+    finish[20] ^= 1;
+    assert_eq!(
+        ef.read_device_finish(&finish, Instant::now()).err(),
+        Some(HandshakeError::DeviceAuthFailed)
+    );
+}
+
+#[test]
+fn garbage_instead_of_hello_is_a_decode_error() {
+    let (scfg, _) = server_config(Mode::Hybrid);
+    for garbage in [&b""[..], b"GET / HTTP/1.1\r\n", &[0x01, 0x01], &[0x01; 3000]] {
+        let err = server::accept_hello(&scfg, garbage, &mut OsRandom).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                HandshakeError::Decode(_) | HandshakeError::UnexpectedMessage(_)
+            ),
+            "{err:?}"
+        );
+        assert!(err.alert().is_some());
+    }
+}
+
+#[test]
+fn invalid_mlkem_key_is_refused() {
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (_, mut hello) =
+        device::start(&device_config(&X25519_MLKEM768, Some(dev)), &mut OsRandom).unwrap();
+    // First coefficient of the encapsulation key (after the 38-byte header) set to 4095.
+    hello[38] = 0xff;
+    hello[39] |= 0x0f;
+    assert_eq!(
+        server::accept_hello(&scfg, &hello, &mut OsRandom).err(),
+        Some(HandshakeError::KeyExchange(
+            crate::crypto::CryptoError::InvalidEncapsulationKey
+        ))
+    );
+}
+
+#[test]
+fn low_order_x25519_value_is_refused() {
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (_, mut hello) =
+        device::start(&device_config(&X25519_MLKEM768, Some(dev)), &mut OsRandom).unwrap();
+    hello[6..38].fill(0);
+    assert_eq!(
+        server::accept_hello(&scfg, &hello, &mut OsRandom).err(),
+        Some(HandshakeError::KeyExchange(
+            crate::crypto::CryptoError::ZeroSharedSecret
+        ))
+    );
+}
+
+#[test]
+fn no_common_aead_is_refused() {
+    let (mut scfg, dev) = server_config(Mode::Hybrid);
+    scfg.aeads = vec![AeadId::Aes256Gcm];
+    let mut dcfg = device_config(&X25519_MLKEM768, Some(dev));
+    dcfg.aeads = vec![AeadId::ChaCha20Poly1305];
+    assert_eq!(
+        handshake(&dcfg, &scfg).err(),
+        Some(HandshakeError::NoCommonAead)
+    );
+}
+
+#[test]
+fn server_alert_reaches_device_as_peer_alert() {
+    let (_, dev) = server_config(Mode::Hybrid);
+    let (expect, _) =
+        device::start(&device_config(&X25519_MLKEM768, Some(dev)), &mut OsRandom).unwrap();
+    let alert = crate::msgs::encode_alert(AlertCode::SuiteRefused);
+    assert_eq!(
+        expect.read_server_hello(&alert).err(),
+        Some(HandshakeError::PeerAlert(AlertCode::SuiteRefused))
+    );
+}
+
+#[test]
+fn close_notify_and_error_close_are_distinguished() {
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (mut d, mut s, _) = handshake(&device_config(&X25519_MLKEM768, Some(dev)), &scfg).unwrap();
+    let now = Instant::now();
+    d.close(AlertCode::CloseNotify);
+    let mut f = d.poll_transmit().unwrap();
+    assert_eq!(s.handle_frame(&mut f, now).unwrap(), Event::Closed);
+    s.close(AlertCode::CloseNotify);
+    let mut f = s.poll_transmit().unwrap();
+    assert_eq!(d.handle_frame(&mut f, now).unwrap(), Event::Closed);
+    assert!(d.is_closed() && s.is_closed());
+    assert_eq!(d.send(b"late", now), Err(crate::session::SessionError::Closed));
+}

@@ -1,0 +1,29 @@
+//! secchan: a post-quantum secure channel for IoT devices and the servers they report to.
+//!
+//! A hybrid handshake (ML-KEM-768 + X25519, protocol.md) authenticates the server (and
+//! optionally the device) with Ed25519 and derives per-direction AEAD keys; records are
+//! numbered, replay-checked and rotated. The crate is layered like the protocol:
+//!
+//! | module | layer |
+//! |---|---|
+//! | [`codec`] | bounds-checked reading of peer bytes |
+//! | [`crypto`] | wrappers around audited primitives: KEMs, AEADs, HKDF, Ed25519 |
+//! | [`msgs`] | wire messages and their encodings |
+//! | [`handshake`] | device and server state machines, key schedule (sans IO) |
+//! | [`record`] | sealing, opening, replay window, key update (sans IO) |
+//! | [`session`] | an established session: `handle_frame`, `send`, `poll_transmit` (sans IO) |
+//! | [`transport`] | tokio TCP transport and the embedding API (`connect`, `Listener`) |
+//! | [`cli`] | the `secchan` command line |
+//!
+//! Embedding: see `examples/device.rs` and `examples/server.rs`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod codec;
+pub mod crypto;
+pub mod handshake;
+pub mod msgs;
+pub mod record;
+pub mod session;
+pub mod transport;

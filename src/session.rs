@@ -1,0 +1,318 @@
+//! An established session, sans IO (protocol.md §7–§8).
+//!
+//! Methods follow quinn's grouping: getters; `handle_*` for input (a frame and the current
+//! time); `send`/`close` queue output; `poll_transmit` hands queued frames to the transport.
+//! No socket and no clock is touched here.
+
+use crate::crypto::aead::AeadId;
+use crate::crypto::identity::PublicIdentity;
+use crate::crypto::kdf::Secret;
+use crate::crypto::kem::Suite;
+use crate::msgs::{AlertCode, FrameType};
+use crate::record::replay::DEFAULT_WINDOW;
+use crate::record::{KeyUpdatePolicy, Opener, RecordError, Sealer};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Session parameters that do not affect the wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Replay window size in records (protocol.md §7.3).
+    pub replay_window: usize,
+    /// Whether the transport delivers frames in order (TCP). If so, any gap or repeat is fatal.
+    pub ordered: bool,
+    /// When this side rotates its sending key.
+    pub key_update: KeyUpdatePolicy,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            replay_window: DEFAULT_WINDOW,
+            ordered: true,
+            key_update: KeyUpdatePolicy::default(),
+        }
+    }
+}
+
+/// Which end of the session this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The connecting side.
+    Device,
+    /// The accepting side.
+    Server,
+}
+
+/// Failures of an established session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// A record failed a check (protocol.md §7.3).
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The peer closed the session because of an error.
+    #[error("peer closed the session: {0}")]
+    PeerAlert(AlertCode),
+    /// A handshake message or unknown frame arrived after the handshake.
+    #[error("unexpected {0:?} frame in an established session")]
+    UnexpectedFrame(FrameType),
+    /// `send` after the session was closed.
+    #[error("the session is closed")]
+    Closed,
+}
+
+impl SessionError {
+    /// The alert to send the peer before closing because of this error.
+    pub fn alert(&self) -> AlertCode {
+        match self {
+            Self::Record(RecordError::HardLimit | RecordError::IntegrityLimit) => {
+                AlertCode::LimitReached
+            }
+            Self::Record(RecordError::Decode(_)) => AlertCode::DecodeError,
+            Self::Record(_) => AlertCode::BadRecord,
+            Self::UnexpectedFrame(_) => AlertCode::UnexpectedMessage,
+            Self::PeerAlert(_) | Self::Closed => AlertCode::CloseNotify,
+        }
+    }
+}
+
+/// What an incoming frame produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// An application message, borrowed from the frame buffer.
+    Message(&'a [u8]),
+    /// The peer rotated its sending key.
+    KeyUpdated,
+    /// The peer closed the session normally; no more data follows.
+    Closed,
+}
+
+/// Everything the two traffic directions need, as the handshake hands it over.
+pub(crate) struct SessionKeys {
+    pub suite: &'static Suite,
+    pub aead: AeadId,
+    pub send: Secret,
+    pub recv: Secret,
+}
+
+/// Where the session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// We sent Close; the peer may still send data until its Close.
+    CloseSent,
+    /// The peer sent Close.
+    CloseReceived,
+    /// Both directions are closed, or a fatal error occurred.
+    Closed,
+}
+
+/// An established secchan session.
+pub struct Session {
+    role: Role,
+    suite: &'static Suite,
+    aead: AeadId,
+    peer: Option<PublicIdentity>,
+    sealer: Sealer,
+    opener: Opener,
+    state: State,
+    transmit: VecDeque<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &self.role)
+            .field("suite", &self.suite.name)
+            .field("aead", &self.aead)
+            .field("peer", &self.peer)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        role: Role,
+        keys: SessionKeys,
+        peer: Option<PublicIdentity>,
+        config: &SessionConfig,
+        now: Instant,
+    ) -> Self {
+        Self {
+            role,
+            suite: keys.suite,
+            aead: keys.aead,
+            peer,
+            sealer: Sealer::new(keys.aead, keys.send, config.key_update, now),
+            opener: Opener::new(keys.aead, keys.recv, config.replay_window, config.ordered),
+            state: State::Open,
+            transmit: VecDeque::new(),
+        }
+    }
+
+    // ----- getters -----
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The negotiated key-exchange suite.
+    pub fn suite(&self) -> &'static Suite {
+        self.suite
+    }
+
+    /// The negotiated AEAD.
+    pub fn aead(&self) -> AeadId {
+        self.aead
+    }
+
+    /// The peer's authenticated identity: the server's for a device, the device's (if it
+    /// presented one) for a server.
+    pub fn peer_identity(&self) -> Option<&PublicIdentity> {
+        self.peer.as_ref()
+    }
+
+    /// Whether data may still be sent.
+    pub fn can_send(&self) -> bool {
+        matches!(self.state, State::Open | State::CloseReceived)
+    }
+
+    /// Whether the session has ended in both directions.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The counter the next outgoing record will carry.
+    pub fn next_send_counter(&self) -> u64 {
+        self.sealer.next_counter()
+    }
+
+    // ----- output -----
+
+    /// Seals `data` as one record and queues it, preceded by a KeyUpdate record if the policy
+    /// or the AEAD soft limit asks for one.
+    pub fn send(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
+        if !self.can_send() {
+            return Err(SessionError::Closed);
+        }
+        if self.sealer.wants_key_update(now) {
+            self.update_keys(now)?;
+        }
+        let mut out = Vec::new();
+        self.sealer.seal(FrameType::Data, data, &mut out)?;
+        self.transmit.push_back(out);
+        Ok(())
+    }
+
+    /// Rotates the sending key now: queues a KeyUpdate record under the old key, then switches.
+    pub fn update_keys(&mut self, now: Instant) -> Result<(), SessionError> {
+        let mut out = Vec::new();
+        self.sealer.seal(FrameType::KeyUpdate, &[], &mut out)?;
+        self.sealer.update_key(now);
+        self.transmit.push_back(out);
+        tracing::debug!(role = ?self.role, "sending key updated");
+        Ok(())
+    }
+
+    /// Queues an authenticated Close record with `code` and stops sending.
+    pub fn close(&mut self, code: AlertCode) {
+        if !self.can_send() {
+            return;
+        }
+        let mut out = Vec::new();
+        if self.sealer.seal(FrameType::Close, &[code as u8], &mut out).is_ok() {
+            self.transmit.push_back(out);
+        }
+        self.state = match self.state {
+            State::CloseReceived => State::Closed,
+            _ => State::CloseSent,
+        };
+        if code != AlertCode::CloseNotify {
+            self.state = State::Closed;
+        }
+    }
+
+    /// The next frame to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    // ----- input -----
+
+    /// Processes one incoming frame. On a fatal error the session is closed and a Close record
+    /// with the matching alert is queued; on an unordered transport a record that is
+    /// replayed, too old or forged is reported but leaves the session open (the caller drops
+    /// it and goes on).
+    pub fn handle_frame<'a>(
+        &mut self,
+        frame: &'a mut [u8],
+        _now: Instant,
+    ) -> Result<Event<'a>, SessionError> {
+        match self.open_frame(frame) {
+            Ok(ev) => Ok(ev),
+            Err(e) => {
+                if self.is_fatal(&e) {
+                    self.close(e.alert());
+                    self.state = State::Closed;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn is_fatal(&self, e: &SessionError) -> bool {
+        match e {
+            SessionError::Record(RecordError::Replay(_) | RecordError::BadTag(_)) => {
+                self.opener.is_ordered()
+            }
+            _ => true,
+        }
+    }
+
+    fn open_frame<'a>(&mut self, frame: &'a mut [u8]) -> Result<Event<'a>, SessionError> {
+        if matches!(self.state, State::CloseReceived | State::Closed) {
+            return Err(SessionError::Closed);
+        }
+        let ty = crate::msgs::FrameType::of(frame).map_err(RecordError::from)?;
+        if !ty.is_record() {
+            return Err(SessionError::UnexpectedFrame(ty));
+        }
+        let opened = self.opener.open(frame)?;
+        let plaintext = frame
+            .get(opened.plaintext)
+            .ok_or(RecordError::PayloadTooLarge(0))?;
+        match opened.ty {
+            FrameType::Data => Ok(Event::Message(plaintext)),
+            FrameType::KeyUpdate => {
+                if !plaintext.is_empty() {
+                    return Err(SessionError::Record(RecordError::Decode(
+                        crate::codec::DecodeError::TrailingBytes(plaintext.len()),
+                    )));
+                }
+                Ok(Event::KeyUpdated)
+            }
+            _ => {
+                let code = match plaintext {
+                    [c] => AlertCode::from_u8(*c).unwrap_or(AlertCode::InternalError),
+                    _ => {
+                        return Err(SessionError::Record(RecordError::Decode(
+                            crate::codec::DecodeError::TrailingBytes(plaintext.len()),
+                        )))
+                    }
+                };
+                self.state = match self.state {
+                    State::CloseSent => State::Closed,
+                    _ => State::CloseReceived,
+                };
+                if code == AlertCode::CloseNotify {
+                    Ok(Event::Closed)
+                } else {
+                    self.state = State::Closed;
+                    Err(SessionError::PeerAlert(code))
+                }
+            }
+        }
+    }
+}
