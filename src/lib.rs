@@ -27,3 +27,4 @@ pub mod msgs;
 pub mod record;
 pub mod session;
 pub mod transport;
+pub mod trust;

@@ -1,1 +1,178 @@
-pub fn run() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The `secchan` command line: argument parsing and wiring only. Every failure becomes one
+//! line on stderr saying what went wrong and what to do, and a non-zero exit.
+
+mod demo;
+mod device;
+mod error;
+mod keys;
+mod server;
+
+use crate::crypto::aead::AeadId;
+use crate::crypto::kem::{Suite, X25519_MLKEM768, X25519_ONLY};
+use crate::handshake::Mode;
+use crate::record::replay::DEFAULT_WINDOW;
+use crate::record::KeyUpdatePolicy;
+use crate::session::SessionConfig;
+use crate::transport::Timeouts;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use error::CliError;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// secchan: a post-quantum secure channel for IoT devices and their servers.
+#[derive(Debug, Parser)]
+#[command(name = "secchan", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a long-term identity key (server or device): FILE (secret, mode 0600) and FILE.pub.
+    Keygen {
+        /// Where to write the secret key; the public key goes to FILE.pub.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the fingerprint of a secret or public key file.
+    Fingerprint {
+        /// A secret key file or a .pub file.
+        file: PathBuf,
+    },
+    /// Accept devices over TCP and print each message as one JSON line on stdout.
+    Server(server::ServerArgs),
+    /// Connect to a server, send each line of stdin as one message, print what comes back.
+    Device(device::DeviceArgs),
+    /// Run a server and a device in this process on loopback and show what happens.
+    Demo,
+}
+
+/// Suites a device may offer, by mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceMode {
+    /// X25519 + ML-KEM-768 (post-quantum hybrid, the default).
+    Hybrid,
+    /// X25519 alone (not safe against a quantum attacker; for comparison).
+    Classical,
+}
+
+/// Suites a server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ServerMode {
+    /// Hybrid suites only (the default).
+    Hybrid,
+    /// X25519 alone.
+    Classical,
+    /// Hybrid and classical devices.
+    Any,
+}
+
+impl From<ServerMode> for Mode {
+    fn from(m: ServerMode) -> Self {
+        match m {
+            ServerMode::Hybrid => Mode::Hybrid,
+            ServerMode::Classical => Mode::Classical,
+            ServerMode::Any => Mode::Any,
+        }
+    }
+}
+
+impl DeviceMode {
+    fn default_suite(self) -> &'static Suite {
+        match self {
+            Self::Hybrid => &X25519_MLKEM768,
+            Self::Classical => &X25519_ONLY,
+        }
+    }
+}
+
+/// Session options shared by `server` and `device`.
+#[derive(Debug, Clone, Args)]
+struct SessionArgs {
+    /// Replay window size in records (rounded up to a multiple of 64, 64..=16384).
+    #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "N")]
+    replay_window: usize,
+    /// Rotate the sending key after this many records.
+    #[arg(long, value_name = "N")]
+    rekey_records: Option<u64>,
+    /// Rotate the sending key after this many payload bytes.
+    #[arg(long, value_name = "BYTES")]
+    rekey_bytes: Option<u64>,
+    /// Rotate the sending key after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    rekey_secs: Option<u64>,
+    /// Seconds allowed for the whole handshake.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    handshake_timeout: u64,
+    /// Seconds of silence after which a session is closed.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    idle_timeout: u64,
+}
+
+impl SessionArgs {
+    fn session_config(&self) -> SessionConfig {
+        let d = KeyUpdatePolicy::default();
+        SessionConfig {
+            replay_window: self.replay_window,
+            ordered: true,
+            key_update: KeyUpdatePolicy {
+                max_records: self.rekey_records.unwrap_or(d.max_records),
+                max_bytes: self.rekey_bytes.unwrap_or(d.max_bytes),
+                max_age: self.rekey_secs.map(Duration::from_secs).or(d.max_age),
+            },
+        }
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            handshake: Duration::from_secs(self.handshake_timeout),
+            idle: Duration::from_secs(self.idle_timeout),
+        }
+    }
+}
+
+fn parse_aead(s: &str) -> Result<AeadId, String> {
+    AeadId::from_name(s).ok_or_else(|| {
+        format!("unknown AEAD {s:?}: use AES-256-GCM or ChaCha20-Poly1305")
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,secchan=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parses the command line, runs the command, and returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("secchan: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Keygen { out } => keys::keygen(&out),
+            Command::Fingerprint { file } => keys::fingerprint(&file),
+            Command::Server(args) => server::run(args).await,
+            Command::Device(args) => device::run(args).await,
+            Command::Demo => demo::run().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("secchan: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

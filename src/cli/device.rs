@@ -1,0 +1,122 @@
+//! `secchan device`.
+
+use super::keys::{load_secret, server_fingerprint};
+use super::{parse_aead, CliError, DeviceMode, SessionArgs};
+use crate::crypto::aead::AeadId;
+use crate::crypto::kem::Suite;
+use crate::handshake::device::DeviceConfig;
+use crate::transport::tcp::connect;
+use crate::transport::TransportError;
+use crate::trust::{KnownServers, Pinned, ServerVerifier};
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Options of `secchan device`.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Server address, e.g. 192.0.2.10:4433.
+    #[arg(long, value_name = "ADDR")]
+    connect: String,
+    /// The server's key: its fingerprint (SHA256:...) or its .pub file. Without it, the
+    /// known-servers file is used with trust on first use.
+    #[arg(long, value_name = "FINGERPRINT|FILE")]
+    server_key: Option<String>,
+    /// Known-servers file [default: $SECCHAN_KNOWN_SERVERS or ~/.config/secchan/known_servers].
+    #[arg(long, value_name = "FILE", conflicts_with = "server_key")]
+    known_servers: Option<PathBuf>,
+    /// The device's secret key file; without it the device connects anonymously.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Key exchange: hybrid post-quantum (default) or classical X25519.
+    #[arg(long, value_enum, default_value_t = DeviceMode::Hybrid)]
+    mode: DeviceMode,
+    /// Exact suite to offer (X25519MLKEM768, X25519Kyber768R3, X25519); overrides --mode.
+    #[arg(long, value_name = "SUITE", value_parser = parse_suite)]
+    suite: Option<&'static Suite>,
+    /// AEADs to offer, most preferred first [default: AES-256-GCM first if the CPU has AES
+    /// instructions, else ChaCha20-Poly1305 first].
+    #[arg(long, value_name = "AEAD", value_delimiter = ',', value_parser = parse_aead)]
+    aead: Vec<AeadId>,
+    #[command(flatten)]
+    session: SessionArgs,
+}
+
+fn parse_suite(s: &str) -> Result<&'static Suite, String> {
+    Suite::from_name(s)
+        .ok_or_else(|| format!("unknown suite {s:?}: use X25519MLKEM768, X25519Kyber768R3 or X25519"))
+}
+
+fn verifier(args: &DeviceArgs) -> Result<Box<dyn ServerVerifier>, CliError> {
+    if let Some(value) = &args.server_key {
+        return Ok(Box::new(Pinned(server_fingerprint(value)?)));
+    }
+    let file = args
+        .known_servers
+        .clone()
+        .or_else(KnownServers::default_path)
+        .ok_or(CliError::NoTrustAnchor)?;
+    Ok(Box::new(KnownServers::new(file, args.connect.clone())))
+}
+
+/// Connects, sends stdin line by line, prints what the server sends, closes cleanly at EOF.
+pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
+    let config = DeviceConfig {
+        suite: args.suite.unwrap_or_else(|| args.mode.default_suite()),
+        aeads: if args.aead.is_empty() {
+            AeadId::default_preference()
+        } else {
+            args.aead.clone()
+        },
+        identity: args.key.as_deref().map(load_secret).transpose()?.map(Arc::new),
+        session: args.session.session_config(),
+    };
+    let verifier = verifier(&args)?;
+    let mut conn = connect(&args.connect, &config, verifier.as_ref(), args.session.timeouts())
+        .await
+        .map_err(|e| match e {
+            TransportError::Io(source) => CliError::Connect {
+                addr: args.connect.clone(),
+                source,
+            },
+            e => e.into(),
+        })?;
+    tracing::info!(
+        server = %args.connect,
+        suite = conn.session().suite().name,
+        aead = conn.session().aead().name(),
+        "session established"
+    );
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdout = tokio::io::stdout();
+    let mut line_no = 0usize;
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            line = lines.next_line(), if input_open => match line? {
+                Some(line) => {
+                    line_no += 1;
+                    if line.len() > crate::record::MAX_PAYLOAD {
+                        return Err(CliError::MessageTooLarge { line: line_no, len: line.len() });
+                    }
+                    conn.send(line.as_bytes()).await?;
+                }
+                None => {
+                    conn.send_close().await?;
+                    input_open = false;
+                }
+            },
+            message = conn.recv() => match message? {
+                Some(m) => {
+                    stdout.write_all(&m).await?;
+                    stdout.write_all(b"\n").await?;
+                    stdout.flush().await?;
+                }
+                // The server's authenticated close after ours: everything we sent arrived.
+                None if !input_open => return Ok(()),
+                None => return Err(CliError::ServerClosed { sent: line_no }),
+            },
+        }
+    }
+}

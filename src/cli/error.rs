@@ -1,0 +1,137 @@
+//! CLI failures: each renders as one line, what went wrong followed by what to do.
+
+use crate::handshake::HandshakeError;
+use crate::msgs::AlertCode;
+use crate::transport::TransportError;
+use std::path::PathBuf;
+
+/// A command-line failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A key file could not be read or parsed.
+    #[error("cannot use key file {path}: {reason}; create one with `secchan keygen --out {path}`")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A secret key file is readable by other users.
+    #[error("secret key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
+    KeyPermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// keygen refused to overwrite a file.
+    #[error("{0} already exists; choose another --out or delete it first (secchan never overwrites keys)")]
+    Exists(PathBuf),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The authorized-devices file is unusable.
+    #[error("authorized-devices file {path}:{line}: {reason}; each line is `SHA256:<fingerprint> [name]` or the contents of a device's .pub file")]
+    AuthorizedDevices {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line (0 if the file could not be read).
+        line: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The server was started without saying which devices it accepts.
+    #[error("no --authorized-devices FILE given: a server accepts only devices on its list; pass --allow-any-device to accept any device (not recommended outside testing)")]
+    NoDevicePolicy,
+    /// A device needs to know which server to trust.
+    #[error("no --server-key given and no known-servers file could be located (set $HOME or $SECCHAN_KNOWN_SERVERS, or pass --known-servers FILE)")]
+    NoTrustAnchor,
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}; pick a free address and port")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The server could not be reached.
+    #[error("cannot connect to {addr}: {source}; check the address and that `secchan server` runs there")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A line of input is too long to be one message.
+    #[error("input line {line} is {len} bytes; a message is at most {max} bytes: split it", max = crate::record::MAX_PAYLOAD)]
+    MessageTooLarge {
+        /// 1-based line number.
+        line: usize,
+        /// Its length.
+        len: usize,
+    },
+    /// The server closed the session while input remained.
+    #[error("the server closed the session after {sent} lines, before the input ended; check the server's log")]
+    ServerClosed {
+        /// Lines sent before the close.
+        sent: usize,
+    },
+    /// Reading stdin or writing stdout failed.
+    #[error("local I/O failed: {0}")]
+    LocalIo(#[from] std::io::Error),
+    /// A session failed.
+    #[error("{error}{hint}", hint = advice(error))]
+    Session {
+        /// The transport error.
+        error: TransportError,
+    },
+}
+
+impl From<TransportError> for CliError {
+    fn from(error: TransportError) -> Self {
+        Self::Session { error }
+    }
+}
+
+fn alert_advice(code: AlertCode) -> &'static str {
+    match code {
+        AlertCode::SuiteRefused => {
+            "; the server's --mode does not accept this device's --mode: use --mode hybrid, or ask the operator to run the server with --mode any"
+        }
+        AlertCode::UnknownDevice => {
+            "; ask the server's operator to add this device's fingerprint (`secchan fingerprint KEYFILE`) to its authorized devices"
+        }
+        AlertCode::DeviceAuthRequired => {
+            "; create a device key with `secchan keygen --out device.key`, pass --key device.key, and have its fingerprint authorized"
+        }
+        AlertCode::UnsupportedVersion => "; upgrade the older of the two secchan builds",
+        AlertCode::NoCommonAead => "; allow both AEADs on both sides (the default)",
+        _ => "",
+    }
+}
+
+/// What to do about a session failure, as a clause appended to its message.
+fn advice(error: &TransportError) -> &'static str {
+    match error {
+        TransportError::Refused(code)
+        | TransportError::Handshake(HandshakeError::PeerAlert(code)) => alert_advice(*code),
+        TransportError::Handshake(HandshakeError::ServerAuthFailed) => {
+            "; the connection may be intercepted: do not retry over this network until you know why"
+        }
+        TransportError::Handshake(HandshakeError::Downgrade { .. }) => {
+            "; someone on the network is tampering with the handshake"
+        }
+        TransportError::HandshakeTimeout(_) => {
+            "; check that the address is a secchan server and the network is not dropping packets"
+        }
+        TransportError::Truncated => {
+            "; the peer or the network cut the connection: messages after the last acknowledged one may be lost"
+        }
+        _ => "",
+    }
+}

@@ -1,0 +1,170 @@
+//! `secchan server`.
+
+use super::keys::{load_authorized, load_secret};
+use super::{CliError, ServerMode, SessionArgs};
+use crate::handshake::server::{PeerDevice, ServerConfig};
+use crate::handshake::{AllowAnyDevice, Authorizer};
+use crate::transport::tcp::{Connection, Listener};
+use crate::transport::TransportError;
+use base64::Engine;
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// Options of `secchan server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on, e.g. 0.0.0.0:4433.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// The server's secret key file (from `secchan keygen`).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Which device suites to accept.
+    #[arg(long, value_enum, default_value_t = ServerMode::Hybrid)]
+    mode: ServerMode,
+    /// File listing the devices allowed to connect (fingerprints or .pub contents, with names).
+    #[arg(long, value_name = "FILE", conflicts_with = "allow_any_device")]
+    authorized_devices: Option<PathBuf>,
+    /// Accept any device, including anonymous ones. Not recommended outside testing.
+    #[arg(long)]
+    allow_any_device: bool,
+    #[command(flatten)]
+    session: SessionArgs,
+}
+
+/// One received message as printed on stdout.
+#[derive(serde::Serialize)]
+struct MessageLine<'a> {
+    device: &'a str,
+    fingerprint: Option<String>,
+    peer: String,
+    suite: &'static str,
+    aead: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<String>,
+}
+
+/// Renders one message as a JSON line: `data` if it is UTF-8, `data_base64` otherwise.
+fn message_line(conn: &Connection, peer: &PeerDevice, message: &[u8]) -> String {
+    let text = std::str::from_utf8(message).ok();
+    let line = MessageLine {
+        device: &peer.name,
+        fingerprint: peer.identity.map(|i| i.fingerprint()),
+        peer: conn.peer_addr().to_string(),
+        suite: conn.session().suite().name,
+        aead: conn.session().aead().name(),
+        data: text,
+        data_base64: text
+            .is_none()
+            .then(|| base64::engine::general_purpose::STANDARD.encode(message)),
+    };
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// Serves one device until it closes; forwards its messages to `out`.
+async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>) {
+    tracing::info!(
+        device = %peer.name,
+        peer = %conn.peer_addr(),
+        suite = conn.session().suite().name,
+        aead = conn.session().aead().name(),
+        "session established"
+    );
+    loop {
+        match conn.recv().await {
+            Ok(Some(message)) => {
+                if out.send(message_line(&conn, &peer, &message)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                tracing::info!(device = %peer.name, peer = %conn.peer_addr(), "session closed");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(device = %peer.name, peer = %conn.peer_addr(), error = %e, "session ended with an error");
+                return;
+            }
+        }
+    }
+}
+
+/// Builds the server configuration from the command line.
+fn config(args: &ServerArgs) -> Result<ServerConfig, CliError> {
+    let identity = Arc::new(load_secret(&args.key)?);
+    let authorizer: Arc<dyn Authorizer> = match (&args.authorized_devices, args.allow_any_device) {
+        (Some(path), _) => Arc::new(load_authorized(path)?),
+        (None, true) => {
+            tracing::warn!("--allow-any-device: every device, even anonymous ones, is accepted");
+            Arc::new(AllowAnyDevice)
+        }
+        (None, false) => return Err(CliError::NoDevicePolicy),
+    };
+    let mut config = ServerConfig::new(identity, authorizer);
+    config.mode = args.mode.into();
+    config.session = args.session.session_config();
+    Ok(config)
+}
+
+/// Accepts devices until interrupted, printing one JSON line per message.
+pub async fn run(args: ServerArgs) -> Result<(), CliError> {
+    let config = Arc::new(config(&args)?);
+    let fingerprint = config.identity.public().fingerprint();
+    let listener = Listener::bind(&args.listen, config.clone(), args.session.timeouts())
+        .await
+        .map_err(|source| CliError::Bind {
+            addr: args.listen.clone(),
+            source,
+        })?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        mode = %config.mode,
+        fingerprint = %fingerprint,
+        "listening"
+    );
+    // One writer owns stdout so lines from concurrent sessions never interleave.
+    let (tx, mut rx) = mpsc::channel::<String>(1024);
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(mut line) = rx.recv().await {
+            line.push('\n');
+            if stdout.write_all(line.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            incoming = listener.accept() => {
+                let incoming = match incoming {
+                    Ok(i) => i,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match incoming.handshake().await {
+                        Ok((conn, peer)) => serve(conn, peer, tx).await,
+                        // Handshake failures were logged with the peer's address.
+                        Err(TransportError::Handshake(_) | TransportError::HandshakeTimeout(_)) => {}
+                        Err(e) => tracing::debug!(error = %e, "connection dropped during handshake"),
+                    }
+                });
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted: shutting down");
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    Ok(())
+}

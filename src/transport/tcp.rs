@@ -1,0 +1,399 @@
+//! secchan over TCP (protocol.md §2.1): each frame is a 2-byte big-endian length and a body.
+
+use super::{Timeouts, TransportError, MAX_FRAME_LEN};
+use crate::crypto::random::OsRandom;
+use crate::handshake::device::{self, DeviceConfig};
+use crate::handshake::server::{self, PeerDevice, ServerConfig};
+use crate::handshake::HandshakeError;
+use crate::msgs::{encode_alert, AlertCode, FrameType};
+use crate::session::{Event, Session};
+use crate::trust::ServerVerifier;
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// Bytes the TCP framing adds to each frame: the length prefix.
+pub const FRAME_PREFIX_LEN: usize = 2;
+
+fn framed(stream: TcpStream) -> Framed<TcpStream, LengthDelimitedCodec> {
+    let codec = LengthDelimitedCodec::builder()
+        .length_field_length(FRAME_PREFIX_LEN)
+        .max_frame_length(MAX_FRAME_LEN)
+        .new_codec();
+    Framed::new(stream, codec)
+}
+
+/// Bytes on the wire, counted at the frame level (length prefixes included, TCP/IP headers
+/// not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireStats {
+    /// Bytes sent.
+    pub sent: u64,
+    /// Bytes received.
+    pub received: u64,
+    /// Bytes sent during the handshake.
+    pub handshake_sent: u64,
+    /// Bytes received during the handshake.
+    pub handshake_received: u64,
+}
+
+/// An established secchan session over TCP.
+pub struct Connection {
+    io: Framed<TcpStream, LengthDelimitedCodec>,
+    session: Session,
+    timeouts: Timeouts,
+    peer_addr: SocketAddr,
+    stats: WireStats,
+    /// Whether an authenticated record has arrived; until then a device honours a plaintext
+    /// alert (the server's refusal of its identity, protocol.md §8.1).
+    authenticated_input: bool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer_addr", &self.peer_addr)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn read_frame(
+    io: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    stats: &mut WireStats,
+) -> Result<Option<BytesMut>, TransportError> {
+    match io.next().await {
+        Some(Ok(frame)) => {
+            stats.received += (frame.len() + FRAME_PREFIX_LEN) as u64;
+            Ok(Some(frame))
+        }
+        Some(Err(e)) => Err(TransportError::from_codec(e)),
+        None => Ok(None),
+    }
+}
+
+async fn write_frame(
+    io: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    stats: &mut WireStats,
+    frame: Vec<u8>,
+) -> Result<(), TransportError> {
+    stats.sent += (frame.len() + FRAME_PREFIX_LEN) as u64;
+    io.send(Bytes::from(frame)).await?;
+    Ok(())
+}
+
+/// Best effort: tell the peer why the handshake failed, then give up.
+async fn send_alert(io: &mut Framed<TcpStream, LengthDelimitedCodec>, code: AlertCode) {
+    let _ = io.send(Bytes::from(encode_alert(code))).await;
+}
+
+async fn expect_frame(
+    io: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    stats: &mut WireStats,
+) -> Result<BytesMut, TransportError> {
+    read_frame(io, stats)
+        .await?
+        .ok_or(TransportError::Truncated)
+}
+
+/// Connects to a server, runs the handshake, and checks the server's identity with
+/// `verifier` before revealing the device's own identity.
+pub async fn connect(
+    addr: impl ToSocketAddrs,
+    config: &DeviceConfig,
+    verifier: &dyn ServerVerifier,
+    timeouts: Timeouts,
+) -> Result<Connection, TransportError> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let peer_addr = stream.peer_addr()?;
+    let mut io = framed(stream);
+    let mut stats = WireStats::default();
+    let handshake = async {
+        let (expect, hello) = device::start(config, &mut OsRandom)?;
+        write_frame(&mut io, &mut stats, hello).await?;
+        let reply = expect_frame(&mut io, &mut stats).await?;
+        let authed = match expect.read_server_hello(&reply) {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(code) = e.alert() {
+                    send_alert(&mut io, code).await;
+                }
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = verifier.verify(authed.server_identity()) {
+            send_alert(&mut io, AlertCode::ServerRejected).await;
+            return Err(e.into());
+        }
+        let (session, finish) = authed.finish(Instant::now())?;
+        write_frame(&mut io, &mut stats, finish).await?;
+        Ok::<_, TransportError>(session)
+    };
+    let session = tokio::time::timeout(timeouts.handshake, handshake)
+        .await
+        .map_err(|_| TransportError::HandshakeTimeout(timeouts.handshake))??;
+    stats.handshake_sent = stats.sent;
+    stats.handshake_received = stats.received;
+    Ok(Connection {
+        io,
+        session,
+        timeouts,
+        peer_addr,
+        stats,
+        authenticated_input: false,
+    })
+}
+
+/// A TCP listener for secchan servers.
+#[derive(Debug)]
+pub struct Listener {
+    tcp: TcpListener,
+    config: Arc<ServerConfig>,
+    timeouts: Timeouts,
+}
+
+impl Listener {
+    /// Binds `addr`.
+    pub async fn bind(
+        addr: impl ToSocketAddrs,
+        config: Arc<ServerConfig>,
+        timeouts: Timeouts,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            tcp: TcpListener::bind(addr).await?,
+            config,
+            timeouts,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Waits for the next TCP connection. Run [`Incoming::handshake`] on it, typically in its
+    /// own task, so a slow device never holds up the accept loop.
+    pub async fn accept(&self) -> std::io::Result<Incoming> {
+        let (stream, peer_addr) = self.tcp.accept().await?;
+        Ok(Incoming {
+            stream,
+            peer_addr,
+            config: self.config.clone(),
+            timeouts: self.timeouts,
+        })
+    }
+}
+
+/// A TCP connection whose handshake has not run yet.
+#[derive(Debug)]
+pub struct Incoming {
+    stream: TcpStream,
+    peer_addr: SocketAddr,
+    config: Arc<ServerConfig>,
+    timeouts: Timeouts,
+}
+
+impl Incoming {
+    /// The device's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// Runs the server side of the handshake.
+    pub async fn handshake(self) -> Result<(Connection, PeerDevice), TransportError> {
+        accept(self.stream, &self.config, self.timeouts).await
+    }
+}
+
+/// Why a server-side handshake stopped: the socket, or the protocol (which earns an alert).
+enum Failure {
+    Transport(TransportError),
+    Handshake(HandshakeError),
+}
+
+impl From<TransportError> for Failure {
+    fn from(e: TransportError) -> Self {
+        Self::Transport(e)
+    }
+}
+
+impl From<HandshakeError> for Failure {
+    fn from(e: HandshakeError) -> Self {
+        Self::Handshake(e)
+    }
+}
+
+/// Runs the server side of the handshake on an accepted stream. On failure the device gets
+/// a plaintext alert saying why, and the server logs a warning naming the peer.
+pub async fn accept(
+    stream: TcpStream,
+    config: &ServerConfig,
+    timeouts: Timeouts,
+) -> Result<(Connection, PeerDevice), TransportError> {
+    stream.set_nodelay(true)?;
+    let peer_addr = stream.peer_addr()?;
+    let mut io = framed(stream);
+    let mut stats = WireStats::default();
+    let handshake = async {
+        let hello = expect_frame(&mut io, &mut stats).await?;
+        let (expect, reply) = server::accept_hello(config, &hello, &mut OsRandom)?;
+        write_frame(&mut io, &mut stats, reply).await?;
+        let finish = expect_frame(&mut io, &mut stats).await?;
+        Ok::<_, Failure>(expect.read_device_finish(&finish, Instant::now())?)
+    };
+    let (session, peer) = match tokio::time::timeout(timeouts.handshake, handshake).await {
+        Ok(Ok(v)) => v,
+        Err(_) => {
+            tracing::warn!(peer = %peer_addr, "handshake timed out");
+            send_alert(&mut io, AlertCode::Timeout).await;
+            return Err(TransportError::HandshakeTimeout(timeouts.handshake));
+        }
+        Ok(Err(Failure::Transport(e))) => {
+            tracing::warn!(peer = %peer_addr, error = %e, "handshake failed");
+            return Err(e);
+        }
+        Ok(Err(Failure::Handshake(e))) => {
+            if let Some(code) = e.alert() {
+                send_alert(&mut io, code).await;
+            }
+            match &e {
+                HandshakeError::DeviceRefused { device, code } => tracing::warn!(
+                    peer = %peer_addr, device = %device, reason = %code, "device refused"
+                ),
+                _ => tracing::warn!(peer = %peer_addr, error = %e, "handshake failed"),
+            }
+            return Err(e.into());
+        }
+    };
+    stats.handshake_sent = stats.sent;
+    stats.handshake_received = stats.received;
+    Ok((
+        Connection {
+            io,
+            session,
+            timeouts,
+            peer_addr,
+            stats,
+            authenticated_input: true,
+        },
+        peer,
+    ))
+}
+
+impl Connection {
+    /// The sans-IO session (suite, AEAD, peer identity, counters).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The peer's socket address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// Bytes moved so far.
+    pub fn stats(&self) -> WireStats {
+        self.stats
+    }
+
+    async fn flush_session(&mut self) -> Result<(), TransportError> {
+        let mut any = false;
+        while let Some(frame) = self.session.poll_transmit() {
+            self.stats.sent += (frame.len() + FRAME_PREFIX_LEN) as u64;
+            self.io.feed(Bytes::from(frame)).await?;
+            any = true;
+        }
+        if any {
+            SinkExt::<Bytes>::flush(&mut self.io).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one message (at most 16,384 bytes) as one record.
+    pub async fn send(&mut self, message: &[u8]) -> Result<(), TransportError> {
+        self.session.send(message, Instant::now())?;
+        self.flush_session().await
+    }
+
+    /// Rotates the sending key now (it also rotates by itself, per the key-update policy).
+    pub async fn update_keys(&mut self) -> Result<(), TransportError> {
+        self.session.update_keys(Instant::now())?;
+        self.flush_session().await
+    }
+
+    /// Receives the next message. Returns `Ok(None)` once the peer closed the session with
+    /// an authenticated close; answers that close with its own. A stream that ends without
+    /// one is [`TransportError::Truncated`].
+    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        loop {
+            if self.session.is_closed() {
+                return Ok(None);
+            }
+            let idle = self.timeouts.idle;
+            let frame = match tokio::time::timeout(idle, read_frame(&mut self.io, &mut self.stats))
+                .await
+            {
+                Err(_) => {
+                    self.session.close(AlertCode::Timeout);
+                    let _ = self.flush_session().await;
+                    return Err(TransportError::IdleTimeout(idle));
+                }
+                Ok(Err(e)) => {
+                    self.session.close(AlertCode::DecodeError);
+                    let _ = self.flush_session().await;
+                    return Err(e);
+                }
+                Ok(Ok(None)) => return Err(TransportError::Truncated),
+                Ok(Ok(Some(frame))) => frame,
+            };
+            let mut frame = frame;
+            if !self.authenticated_input && FrameType::of(&frame).ok() == Some(FrameType::Alert) {
+                let code = crate::msgs::decode_alert(&frame).map_err(HandshakeError::from)?;
+                return Err(TransportError::Refused(code));
+            }
+            let result = self.session.handle_frame(&mut frame, Instant::now());
+            let event = match result {
+                Ok(Event::Message(m)) => Some(m.to_vec()),
+                Ok(Event::KeyUpdated) => None,
+                Ok(Event::Closed) => {
+                    self.session.close(AlertCode::CloseNotify);
+                    self.flush_session().await?;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    let _ = self.flush_session().await;
+                    return Err(e.into());
+                }
+            };
+            self.authenticated_input = true;
+            if let Some(m) = event {
+                return Ok(Some(m));
+            }
+        }
+    }
+
+    /// Sends an authenticated close and stops sending. Keep calling [`recv`](Self::recv)
+    /// until it returns `Ok(None)` (the peer's close) to be sure everything was delivered.
+    pub async fn send_close(&mut self) -> Result<(), TransportError> {
+        self.session.close(AlertCode::CloseNotify);
+        self.flush_session().await
+    }
+
+    /// Closes cleanly: sends close, then waits (up to `wait`) for the peer's close, discarding
+    /// any messages that arrive meanwhile.
+    pub async fn close(mut self, wait: Duration) -> Result<WireStats, TransportError> {
+        self.send_close().await?;
+        tokio::time::timeout(wait, async {
+            while self.recv().await?.is_some() {}
+            Ok::<_, TransportError>(())
+        })
+        .await
+        .map_err(|_| TransportError::IdleTimeout(wait))??;
+        Ok(self.stats)
+    }
+}
