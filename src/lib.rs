@@ -14,11 +14,13 @@
 //! | [`session`] | an established session: `handle_frame`, `send`, `poll_transmit` (sans IO) |
 //! | [`transport`] | tokio TCP transport and the embedding API (`connect`, `Listener`) |
 //! | [`cli`] | the `secchan` command line |
+//! | [`bench`] | `secchan bench`: measurements over real connections |
 //!
 //! Embedding: see `examples/device.rs` and `examples/server.rs`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod codec;
 pub mod crypto;

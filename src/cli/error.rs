@@ -17,7 +17,9 @@ pub enum CliError {
         reason: String,
     },
     /// A secret key file is readable by other users.
-    #[error("secret key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
+    #[error(
+        "secret key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`"
+    )]
     KeyPermissions {
         /// The file.
         path: PathBuf,
@@ -84,6 +86,9 @@ pub enum CliError {
     /// Reading stdin or writing stdout failed.
     #[error("local I/O failed: {0}")]
     LocalIo(#[from] std::io::Error),
+    /// A benchmark could not run.
+    #[error("benchmark failed: {0}")]
+    Bench(#[from] crate::bench::BenchError),
     /// A session failed.
     #[error("{error}{hint}", hint = advice(error))]
     Session {

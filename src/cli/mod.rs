@@ -1,6 +1,7 @@
 //! The `secchan` command line: argument parsing and wiring only. Every failure becomes one
 //! line on stderr saying what went wrong and what to do, and a non-zero exit.
 
+mod bench;
 mod demo;
 mod device;
 mod error;
@@ -47,6 +48,8 @@ enum Command {
     Device(device::DeviceArgs),
     /// Run a server and a device in this process on loopback and show what happens.
     Demo,
+    /// Measure handshakes, records, throughput and memory (docs/benchmarks.md).
+    Bench(bench::BenchArgs),
 }
 
 /// Suites a device may offer, by mode.
@@ -134,9 +137,8 @@ impl SessionArgs {
 }
 
 fn parse_aead(s: &str) -> Result<AeadId, String> {
-    AeadId::from_name(s).ok_or_else(|| {
-        format!("unknown AEAD {s:?}: use AES-256-GCM or ChaCha20-Poly1305")
-    })
+    AeadId::from_name(s)
+        .ok_or_else(|| format!("unknown AEAD {s:?}: use AES-256-GCM or ChaCha20-Poly1305"))
 }
 
 fn init_logging() {
@@ -152,7 +154,10 @@ fn init_logging() {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("secchan: cannot start the async runtime: {e}");
@@ -166,6 +171,7 @@ pub fn run() -> ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Device(args) => device::run(args).await,
             Command::Demo => demo::run().await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

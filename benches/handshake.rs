@@ -1,0 +1,121 @@
+//! Full in-memory handshakes per suite, and each primitive alone, so the handshake's distance
+//! from the sum of its primitives is visible (docs/benchmarks.md).
+//!
+//! Run: `cargo bench --bench handshake`.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use secchan::crypto::identity::IdentityKey;
+use secchan::crypto::kem::{Kyber768R3, MlKem768, PqKem, Suite, X25519Ephemeral, ALL_SUITES};
+use secchan::crypto::random::OsRandom;
+use secchan::handshake::device::{self, DeviceConfig};
+use secchan::handshake::server::{self, ServerConfig};
+use secchan::handshake::{AllowAnyDevice, Mode};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn configs(suite: &'static Suite) -> (DeviceConfig, ServerConfig) {
+    let server_key = Arc::new(IdentityKey::from_seed(&[1; 32]));
+    let device_key = Arc::new(IdentityKey::from_seed(&[2; 32]));
+    let mut server = ServerConfig::new(server_key, Arc::new(AllowAnyDevice));
+    server.mode = Mode::Any;
+    let device = DeviceConfig {
+        suite,
+        identity: Some(device_key),
+        ..DeviceConfig::default()
+    };
+    (device, server)
+}
+
+/// One complete mutual-auth handshake, both sides, no I/O.
+fn handshake(device: &DeviceConfig, server: &ServerConfig) {
+    let now = Instant::now();
+    let (expect, hello) = device::start(device, &mut OsRandom).unwrap();
+    let (expect_finish, reply) = server::accept_hello(server, &hello, &mut OsRandom).unwrap();
+    let authed = expect.read_server_hello(&reply).unwrap();
+    let (session, finish) = authed.finish(now).unwrap();
+    let (peer_session, _) = expect_finish.read_device_finish(&finish, now).unwrap();
+    black_box((session, peer_session));
+}
+
+fn full_handshakes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("handshake");
+    for suite in ALL_SUITES {
+        let (device, server) = configs(suite);
+        g.bench_function(format!("{}/both sides", suite.name), |b| {
+            b.iter(|| handshake(&device, &server))
+        });
+        g.bench_function(format!("{}/device side", suite.name), |b| {
+            // Device cost: start + read_server_hello + finish; the server's step is setup.
+            b.iter_batched(
+                || {
+                    let (expect, hello) = device::start(&device, &mut OsRandom).unwrap();
+                    (expect, hello)
+                },
+                |(expect, hello)| {
+                    let (_s, reply) = server::accept_hello(&server, &hello, &mut OsRandom).unwrap();
+                    let authed = expect.read_server_hello(&reply).unwrap();
+                    black_box(authed.finish(Instant::now()).unwrap());
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn kem_primitives(c: &mut Criterion) {
+    let mut g = c.benchmark_group("primitive");
+    for (name, kem) in [
+        ("ML-KEM-768", &MlKem768 as &dyn PqKem),
+        ("Kyber768r3", &Kyber768R3 as &dyn PqKem),
+    ] {
+        g.bench_function(format!("{name} keygen"), |b| {
+            b.iter(|| black_box(kem.generate(&mut OsRandom).unwrap()))
+        });
+        let (dk, ek) = kem.generate(&mut OsRandom).unwrap();
+        g.bench_function(format!("{name} encaps"), |b| {
+            b.iter(|| black_box(kem.encapsulate(&ek, &mut OsRandom).unwrap()))
+        });
+        let (ct, _) = kem.encapsulate(&ek, &mut OsRandom).unwrap();
+        g.bench_function(format!("{name} decaps"), |b| {
+            b.iter(|| black_box(dk.decapsulate(&ct).unwrap()))
+        });
+    }
+    g.bench_function("X25519 keygen", |b| {
+        b.iter(|| black_box(X25519Ephemeral::generate(&mut OsRandom).unwrap()))
+    });
+    let a = X25519Ephemeral::generate(&mut OsRandom).unwrap();
+    let peer = *X25519Ephemeral::generate(&mut OsRandom).unwrap().public();
+    g.bench_function("X25519 DH", |b| {
+        b.iter(|| black_box(a.agree(&peer).unwrap()))
+    });
+    let id = IdentityKey::from_seed(&[3; 32]);
+    let msg = [7u8; 32];
+    g.bench_function("Ed25519 sign", |b| {
+        b.iter(|| black_box(id.sign(b"ctx", &msg)))
+    });
+    let sig = id.sign(b"ctx", &msg);
+    let public = id.public();
+    g.bench_function("Ed25519 verify", |b| {
+        b.iter(|| public.verify(b"ctx", &msg, &sig).unwrap())
+    });
+    let mut buf = [0u8; 64];
+    g.bench_function("OS random 64 B", |b| {
+        b.iter(|| {
+            secchan::crypto::random::Random::fill(&mut OsRandom, &mut buf).unwrap();
+            black_box(&buf);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(1))
+        .sample_size(30);
+    targets = kem_primitives, full_handshakes
+);
+criterion_main!(benches);

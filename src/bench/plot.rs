@@ -1,0 +1,297 @@
+//! SVG charts of a report (`secchan bench --plot DIR`): plain SVG text, no plotting crate.
+
+use super::Report;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+const W: f64 = 720.0;
+const H: f64 = 420.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 190.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 50.0;
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+];
+
+/// A line chart; x may be logarithmic (base 2).
+struct Chart<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    y_label: &'a str,
+    log_x: bool,
+    series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// About five round tick values covering 0..=max.
+fn ticks(max: f64) -> Vec<f64> {
+    if max <= 0.0 || !max.is_finite() {
+        return vec![0.0, 1.0];
+    }
+    let raw = max / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    (0..=((max / step).ceil() as usize))
+        .map(|i| i as f64 * step)
+        .collect()
+}
+
+impl Chart<'_> {
+    fn x(&self, v: f64) -> f64 {
+        if self.log_x {
+            v.max(1.0).log2()
+        } else {
+            v
+        }
+    }
+
+    fn to_svg(&self) -> String {
+        let points = self.series.iter().flat_map(|(_, p)| p.iter());
+        let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0f64);
+        for &(x, y) in points {
+            x0 = x0.min(self.x(x));
+            x1 = x1.max(self.x(x));
+            y1 = y1.max(y);
+        }
+        if x1 <= x0 {
+            x1 = x0 + 1.0;
+        }
+        let y_ticks = ticks(y1);
+        let y_max = y_ticks
+            .last()
+            .copied()
+            .unwrap_or(1.0)
+            .max(f64::MIN_POSITIVE);
+        let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+        let px = |x: f64| LEFT + (self.x(x) - x0) / (x1 - x0) * pw;
+        let py = |y: f64| TOP + ph - y / y_max * ph;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
+            LEFT + pw / 2.0,
+            escape(self.title)
+        );
+        for t in &y_ticks {
+            let y = py(*t);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                LEFT + pw,
+                LEFT - 6.0,
+                y + 4.0,
+                fmt_num(*t)
+            );
+        }
+        let x_ticks: Vec<f64> = if self.log_x {
+            let mut v = Vec::new();
+            let mut t = 2f64.powf(x0.floor());
+            while t.log2() <= x1 + 1e-9 {
+                v.push(t);
+                t *= 4.0;
+            }
+            v
+        } else {
+            ticks(x1).into_iter().filter(|t| *t >= x0).collect()
+        };
+        for t in &x_ticks {
+            let x = px(*t);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                TOP + ph,
+                TOP + ph + 16.0,
+                fmt_num(*t)
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            LEFT + pw / 2.0,
+            H - 10.0,
+            escape(self.x_label)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            TOP + ph / 2.0,
+            escape(self.y_label)
+        );
+        for (i, (name, pts)) in self.series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let path: Vec<String> = pts
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                path.join(" ")
+            );
+            if pts.len() <= 12 {
+                for &(x, y) in pts {
+                    let _ = writeln!(
+                        s,
+                        r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                        px(x),
+                        py(y)
+                    );
+                }
+            }
+            let ly = TOP + 10.0 + i as f64 * 20.0;
+            let lx = W - RIGHT + 12.0;
+            let _ = writeln!(
+                s,
+                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
+                lx + 18.0,
+                lx + 24.0,
+                ly + 4.0,
+                escape(name)
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 1024.0 && v.log2().fract() == 0.0 {
+        format!("{}K", v / 1024.0)
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+fn latency_chart(report: &Report) -> Chart<'_> {
+    let series = report
+        .handshakes
+        .iter()
+        .map(|h| {
+            let n = h.samples_us.len().max(1) as f64;
+            let pts = h
+                .samples_us
+                .iter()
+                .enumerate()
+                .map(|(i, &us)| (us, 100.0 * (i + 1) as f64 / n))
+                .collect();
+            (format!("{} {}", h.suite, short(h.aead)), pts)
+        })
+        .collect();
+    Chart {
+        title: "Handshake latency distribution (connect() to device done)",
+        x_label: "latency (µs)",
+        y_label: "handshakes completed (%)",
+        log_x: false,
+        series,
+    }
+}
+
+fn short(aead: &str) -> &str {
+    match aead {
+        "AES-256-GCM" => "AES",
+        "ChaCha20-Poly1305" => "ChaCha",
+        other => other,
+    }
+}
+
+fn per_aead(
+    report: &Report,
+    value: impl Fn(&super::measure::RecordResult) -> f64,
+) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in &report.records {
+        let point = (r.payload as f64, value(r));
+        match series.iter_mut().find(|(name, _)| name == r.aead) {
+            Some((_, pts)) => pts.push(point),
+            None => series.push((r.aead.to_string(), vec![point])),
+        }
+    }
+    series
+}
+
+/// Writes the charts into `dir` (created if missing); returns the files written.
+pub fn write(report: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let charts = [
+        ("handshake-latency.svg", latency_chart(report)),
+        (
+            "throughput.svg",
+            Chart {
+                title: "Throughput against payload size (one way)",
+                x_label: "payload per message (bytes, log scale)",
+                y_label: "payload MB/s (10^6 bytes)",
+                log_x: true,
+                series: per_aead(report, |r| r.mb_per_s),
+            },
+        ),
+        (
+            "overhead.svg",
+            Chart {
+                title: "Record overhead against payload size",
+                x_label: "payload per message (bytes, log scale)",
+                y_label: "overhead (% of payload)",
+                log_x: true,
+                series: per_aead(report, |r| r.overhead_pct),
+            },
+        ),
+    ];
+    let mut written = Vec::new();
+    for (name, chart) in charts {
+        let path = dir.join(name);
+        std::fs::write(&path, chart.to_svg())?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_cover_the_maximum() {
+        assert_eq!(ticks(9.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(ticks(0.0), vec![0.0, 1.0]);
+        assert!(ticks(1234.0).last().copied().unwrap() >= 1234.0);
+    }
+
+    #[test]
+    fn chart_is_well_formed_svg_with_escaped_labels() {
+        let chart = Chart {
+            title: "a <b> & c",
+            x_label: "x",
+            y_label: "y",
+            log_x: true,
+            series: vec![("s".into(), vec![(16.0, 1.0), (16384.0, 3.0)])],
+        };
+        let svg = chart.to_svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("a &lt;b&gt; &amp; c"));
+        assert_eq!(svg.matches("<polyline").count(), 1);
+        assert!(
+            svg.contains(">16K<"),
+            "log axis labels powers of two: {svg}"
+        );
+    }
+}

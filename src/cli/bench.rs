@@ -1,0 +1,195 @@
+//! `secchan bench`: wiring from the command line to [`crate::bench`].
+
+use super::keys::{load_secret, server_fingerprint};
+use super::{parse_aead, CliError};
+use crate::bench::{self, BenchServer, Options, Target};
+use crate::crypto::aead::AeadId;
+use crate::crypto::identity::IdentityKey;
+use crate::crypto::kem::{Suite, X25519_MLKEM768};
+use crate::crypto::random::OsRandom;
+use crate::trust::Pinned;
+use clap::Args;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Options of `secchan bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Measure against a running `secchan server` (run it with `--mode any`) instead of one
+    /// started in this process on loopback.
+    #[arg(long, value_name = "HOST:PORT", requires = "server_key")]
+    connect: Option<String>,
+    /// The remote server's key: its fingerprint (SHA256:...) or its .pub file.
+    #[arg(long, value_name = "FINGERPRINT|FILE")]
+    server_key: Option<String>,
+    /// Device secret key to present to a remote server (default: a fresh key, which the
+    /// server accepts only with --allow-any-device).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// A short run (about ten seconds): 50 handshakes per suite and AEAD, 16 MiB bulk, 100 idle
+    /// sessions. Explicit size options below override it.
+    #[arg(long)]
+    quick: bool,
+    /// Timed handshakes per suite and AEAD [default: 300].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    handshakes: Option<u64>,
+    /// Bulk transfer size in MiB [default: 256].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    bulk_mib: Option<u64>,
+    /// Idle sessions held open for the memory figure; 0 skips it [default: 1000].
+    #[arg(long, value_name = "N")]
+    idle_sessions: Option<usize>,
+    /// Concurrent devices in the capacity run.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    devices: u64,
+    /// Worker threads of the in-process server [default: one per core].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
+    server_threads: Option<u64>,
+    /// Suites to measure (comma-separated) [default: X25519MLKEM768,X25519Kyber768R3,X25519].
+    #[arg(long, value_name = "SUITE", value_delimiter = ',', value_parser = super::device::parse_suite)]
+    suite: Vec<&'static Suite>,
+    /// AEADs to measure (comma-separated) [default: both].
+    #[arg(long, value_name = "AEAD", value_delimiter = ',', value_parser = parse_aead)]
+    aead: Vec<AeadId>,
+    /// Also write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Also write SVG charts into DIR.
+    #[arg(long, value_name = "DIR")]
+    plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Internal: open N sessions to --connect, print "ready", hold them until stdin has a line.
+    #[arg(long, value_name = "N", hide = true, requires = "connect")]
+    hold_sessions: Option<usize>,
+}
+
+impl BenchArgs {
+    fn options(&self) -> Options {
+        let mut o = if self.quick {
+            Options::quick()
+        } else {
+            Options::full()
+        };
+        if let Some(n) = self.handshakes {
+            o.handshakes = n as usize;
+            o.warmup = o.warmup.min(o.handshakes);
+        }
+        if let Some(mib) = self.bulk_mib {
+            o.bulk_bytes = mib << 20;
+        }
+        if let Some(n) = self.idle_sessions {
+            o.idle_sessions = n;
+        }
+        if let Some(t) = self.server_threads {
+            o.server_threads = t as usize;
+        }
+        o.capacity_devices = self.devices as usize;
+        if !self.suite.is_empty() {
+            o.suites = self.suite.clone();
+        }
+        if !self.aead.is_empty() {
+            o.aeads = self.aead.clone();
+        }
+        o.progress = !self.no_progress;
+        o
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, CliError> {
+    addr.to_socket_addrs()
+        .map_err(|source| CliError::Connect {
+            addr: addr.into(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| CliError::Connect {
+            addr: addr.into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address found"),
+        })
+}
+
+/// Runs the benchmark (or, with `hold`, the idle-session helper) against `remote` or an
+/// in-process server.
+fn measure(
+    opts: &Options,
+    remote: Option<(SocketAddr, String)>,
+    identity: Arc<IdentityKey>,
+    hold: Option<usize>,
+) -> Result<Option<bench::Report>, bench::BenchError> {
+    let (server, target) = match remote {
+        Some((addr, fingerprint)) => {
+            let target = Target {
+                addr,
+                raw_addr: None,
+                pin: Pinned(fingerprint),
+                identity,
+                meter: None,
+            };
+            (None, target)
+        }
+        None => {
+            let server = BenchServer::start(opts.server_threads)?;
+            let target = Target {
+                addr: server.addr,
+                raw_addr: Some(server.raw_addr),
+                pin: Pinned(server.fingerprint.clone()),
+                identity,
+                meter: Some(server.meter.clone()),
+            };
+            (Some(server), target)
+        }
+    };
+    match hold {
+        Some(n) => {
+            let suite = opts.suites.first().copied().unwrap_or(&X25519_MLKEM768);
+            let aead = opts.aeads.first().copied().unwrap_or(AeadId::Aes256Gcm);
+            bench::hold(&target, suite, aead, n).map(|()| None)
+        }
+        None => bench::run(opts, &target, server.as_ref()).map(Some),
+    }
+}
+
+/// Measures, prints the table, writes JSON and charts if asked.
+pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    let identity = Arc::new(match &args.key {
+        Some(path) => load_secret(path)?,
+        None => IdentityKey::generate(&mut OsRandom).map_err(bench::BenchError::from)?,
+    });
+    let opts = args.options();
+    let remote = match &args.connect {
+        Some(addr) => Some((
+            resolve(addr)?,
+            server_fingerprint(args.server_key.as_deref().unwrap_or_default())?,
+        )),
+        None => None,
+    };
+    let hold = args.hold_sessions;
+    // The benchmark drives runtimes of its own (the device's and the in-process server's):
+    // run it on a blocking thread.
+    let report = tokio::task::spawn_blocking(move || measure(&opts, remote, identity, hold))
+        .await
+        .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))?;
+    let Some(report) = report? else { return Ok(()) };
+    print!("{}", report.to_table());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?;
+        std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        eprintln!("secchan bench: JSON written to {}", path.display());
+    }
+    if let Some(dir) = &args.plot {
+        let files = report.write_plots(dir).map_err(|source| CliError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        for f in files {
+            eprintln!("secchan bench: chart written to {}", f.display());
+        }
+    }
+    Ok(())
+}
