@@ -17,9 +17,7 @@ pub enum CliError {
         reason: String,
     },
     /// A secret key file is readable by other users.
-    #[error(
-        "secret key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`"
-    )]
+    #[error("secret key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
     KeyPermissions {
         /// The file.
         path: PathBuf,

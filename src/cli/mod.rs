@@ -137,8 +137,9 @@ impl SessionArgs {
 }
 
 fn parse_aead(s: &str) -> Result<AeadId, String> {
-    AeadId::from_name(s)
-        .ok_or_else(|| format!("unknown AEAD {s:?}: use AES-256-GCM or ChaCha20-Poly1305"))
+    AeadId::from_name(s).ok_or_else(|| {
+        format!("unknown AEAD {s:?}: use AES-256-GCM or ChaCha20-Poly1305")
+    })
 }
 
 fn init_logging() {
@@ -154,10 +155,7 @@ fn init_logging() {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("secchan: cannot start the async runtime: {e}");
