@@ -45,17 +45,51 @@ fn full_handshakes(c: &mut Criterion) {
         g.bench_function(format!("{}/both sides", suite.name), |b| {
             b.iter(|| handshake(&device, &server))
         });
-        g.bench_function(format!("{}/device side", suite.name), |b| {
-            // Device cost: start + read_server_hello + finish; the server's step is setup.
+        // Each step alone, its inputs prepared outside the timing: the device-side latency's
+        // critical path is start + accept_hello + read_server_hello/finish.
+        g.bench_function(format!("{}/1 device start", suite.name), |b| {
+            b.iter(|| black_box(device::start(&device, &mut OsRandom).unwrap()))
+        });
+        g.bench_function(format!("{}/2 server accept_hello", suite.name), |b| {
+            b.iter_batched(
+                || device::start(&device, &mut OsRandom).unwrap().1,
+                |hello| black_box(server::accept_hello(&server, &hello, &mut OsRandom).unwrap()),
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_function(
+            format!("{}/3 device read_server_hello + finish", suite.name),
+            |b| {
+                b.iter_batched(
+                    || {
+                        let (expect, hello) = device::start(&device, &mut OsRandom).unwrap();
+                        let (_, reply) =
+                            server::accept_hello(&server, &hello, &mut OsRandom).unwrap();
+                        (expect, reply)
+                    },
+                    |(expect, reply)| {
+                        let authed = expect.read_server_hello(&reply).unwrap();
+                        black_box(authed.finish(Instant::now()).unwrap())
+                    },
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+        g.bench_function(format!("{}/4 server read_device_finish", suite.name), |b| {
             b.iter_batched(
                 || {
                     let (expect, hello) = device::start(&device, &mut OsRandom).unwrap();
-                    (expect, hello)
-                },
-                |(expect, hello)| {
-                    let (_s, reply) = server::accept_hello(&server, &hello, &mut OsRandom).unwrap();
+                    let (finish_state, reply) =
+                        server::accept_hello(&server, &hello, &mut OsRandom).unwrap();
                     let authed = expect.read_server_hello(&reply).unwrap();
-                    black_box(authed.finish(Instant::now()).unwrap());
+                    (finish_state, authed.finish(Instant::now()).unwrap().1)
+                },
+                |(finish_state, finish)| {
+                    black_box(
+                        finish_state
+                            .read_device_finish(&finish, Instant::now())
+                            .unwrap(),
+                    )
                 },
                 BatchSize::SmallInput,
             )

@@ -95,57 +95,93 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// `count` timed handshakes after `warmup` untimed ones. Sessions stay open until all are
-/// timed, so the server's CPU meter sees handshakes only, then close cleanly.
-pub async fn handshakes(
-    target: &Target,
+/// Blocks each suite and AEAD's timed handshakes are split into, taken in turn, so a change
+/// in the machine's load during the run affects every suite alike and the ratios stay fair.
+const ROUNDS: usize = 10;
+
+/// Accumulates one suite and AEAD's samples across rounds.
+struct Tally {
     suite: &'static Suite,
     aead: AeadId,
+    samples: Vec<f64>,
+    device_cpu: Duration,
+    server_cpu: Duration,
+    stats: crate::transport::tcp::WireStats,
+}
+
+/// `count` timed handshakes per suite and AEAD, after `warmup` untimed ones each, taken in
+/// interleaved blocks. Within a block sessions stay open until all are timed, so the server's
+/// CPU meter sees handshakes only; then they close cleanly.
+pub async fn handshakes(
+    target: &Target,
+    combos: &[(&'static Suite, AeadId)],
     warmup: usize,
     count: usize,
     mut tick: impl FnMut(),
-) -> Result<HandshakeResult, BenchError> {
-    for _ in 0..warmup {
-        target.connect(suite, aead).await?.close(CLOSE_WAIT).await?;
-    }
-    let base = target.meter.as_ref().map(|m| (m.handshakes(), m.cpu()));
-    let mut samples = Vec::with_capacity(count);
-    let mut device_cpu = Duration::ZERO;
-    let mut open = Vec::with_capacity(count);
-    for _ in 0..count {
-        let cpu = cpu_time::ThreadTime::now();
-        let start = Instant::now();
-        let conn = target.connect(suite, aead).await?;
-        samples.push(micros(start.elapsed()));
-        device_cpu += cpu.elapsed();
-        open.push(conn);
-        tick();
-    }
-    let server_cpu_us = match (&target.meter, base) {
-        (Some(meter), Some((n0, cpu0))) => {
-            meter
-                .settle(n0 + count as u64, Duration::from_secs(10))
-                .await;
-            Some(micros(meter.cpu().saturating_sub(cpu0)) / count as f64)
+) -> Result<Vec<HandshakeResult>, BenchError> {
+    let mut tallies: Vec<Tally> = combos
+        .iter()
+        .map(|&(suite, aead)| Tally {
+            suite,
+            aead,
+            samples: Vec::with_capacity(count),
+            device_cpu: Duration::ZERO,
+            server_cpu: Duration::ZERO,
+            stats: Default::default(),
+        })
+        .collect();
+    for t in &tallies {
+        for _ in 0..warmup {
+            target
+                .connect(t.suite, t.aead)
+                .await?
+                .close(CLOSE_WAIT)
+                .await?;
         }
-        _ => None,
-    };
-    let stats = open.first().map(|c| c.stats()).unwrap_or_default();
-    for conn in open {
-        conn.close(CLOSE_WAIT).await?;
     }
-    let latency_us = Percentiles::of(&mut samples);
-    Ok(HandshakeResult {
-        suite: suite.name,
-        aead: aead.name(),
-        count,
-        latency_us,
-        bytes_device_to_server: stats.handshake_sent,
-        bytes_server_to_device: stats.handshake_received,
-        device_cpu_us: micros(device_cpu) / count.max(1) as f64,
-        server_cpu_us,
-        samples_us: samples,
-    })
+    for round in 0..ROUNDS {
+        let block = count / ROUNDS + usize::from(round < count % ROUNDS);
+        for t in &mut tallies {
+            let base = target.meter.as_ref().map(|m| (m.handshakes(), m.cpu()));
+            let mut open = Vec::with_capacity(block);
+            for _ in 0..block {
+                let cpu = cpu_time::ThreadTime::now();
+                let start = Instant::now();
+                let conn = target.connect(t.suite, t.aead).await?;
+                t.samples.push(micros(start.elapsed()));
+                t.device_cpu += cpu.elapsed();
+                open.push(conn);
+                tick();
+            }
+            if let (Some(meter), Some((n0, cpu0))) = (&target.meter, base) {
+                meter
+                    .settle(n0 + block as u64, Duration::from_secs(10))
+                    .await;
+                t.server_cpu += meter.cpu().saturating_sub(cpu0);
+            }
+            if let Some(c) = open.first() {
+                t.stats = c.stats();
+            }
+            for conn in open {
+                conn.close(CLOSE_WAIT).await?;
+            }
+        }
+    }
+    let n = count.max(1) as f64;
+    Ok(tallies
+        .into_iter()
+        .map(|mut t| HandshakeResult {
+            suite: t.suite.name,
+            aead: t.aead.name(),
+            count,
+            latency_us: Percentiles::of(&mut t.samples),
+            bytes_device_to_server: t.stats.handshake_sent,
+            bytes_server_to_device: t.stats.handshake_received,
+            device_cpu_us: micros(t.device_cpu) / n,
+            server_cpu_us: target.meter.as_ref().map(|_| micros(t.server_cpu) / n),
+            samples_us: t.samples,
+        })
+        .collect())
 }
 
 /// Server capacity for one suite.

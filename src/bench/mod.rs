@@ -7,6 +7,7 @@
 //! measures against a running `secchan server`, e.g. from a Raspberry Pi over a real network.
 
 mod measure;
+pub mod ops;
 mod plot;
 mod progress;
 mod report;
@@ -15,7 +16,7 @@ mod system;
 
 pub use measure::Target;
 pub use report::Report;
-pub use server::BenchServer;
+pub use server::{BenchServer, ECHO_MARKER};
 
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::{Suite, X25519_MLKEM768};
@@ -38,6 +39,12 @@ pub enum BenchError {
     /// A key could not be generated.
     #[error(transparent)]
     Crypto(#[from] crate::crypto::CryptoError),
+    /// An in-memory handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] crate::handshake::HandshakeError),
+    /// An in-memory record failed.
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
     /// The peer did something the benchmark does not expect.
     #[error("unexpected server behaviour: {0}")]
     Protocol(&'static str),
@@ -146,17 +153,17 @@ pub fn run(
     let mut progress = Progress::new(opts.progress, opts.steps(server.is_some()));
     let mut report = Report::new(opts, server.is_some());
     rt.block_on(async {
-        for &suite in &opts.suites {
-            for &aead in &opts.aeads {
-                progress.phase(&format!("handshakes {} {}", suite.name, aead));
-                let r =
-                    measure::handshakes(target, suite, aead, opts.warmup, opts.handshakes, || {
-                        progress.tick()
-                    })
-                    .await?;
-                report.handshakes.push(r);
-            }
-        }
+        let combos: Vec<_> = opts
+            .suites
+            .iter()
+            .flat_map(|&s| opts.aeads.iter().map(move |&a| (s, a)))
+            .collect();
+        progress.phase("handshakes, every suite and AEAD in turn");
+        report.handshakes =
+            measure::handshakes(target, &combos, opts.warmup, opts.handshakes, || {
+                progress.tick()
+            })
+            .await?;
         let default_aead = opts.aeads.first().copied().unwrap_or(AeadId::Aes256Gcm);
         for &suite in &opts.suites {
             progress.phase(&format!("capacity {}", suite.name));

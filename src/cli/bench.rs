@@ -61,6 +61,13 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Repeat one in-memory operation --iterations times and exit (instruction counting under
+    /// emulation, see scripts/aarch64.sh); `info` shows the CPU's AES support and AEAD order.
+    #[arg(long, value_enum, value_name = "OP", conflicts_with = "connect")]
+    ops: Option<bench::ops::Op>,
+    /// Repetitions for --ops.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "ops")]
+    iterations: usize,
     /// Internal: open N sessions to --connect, print "ready", hold them until stdin has a line.
     #[arg(long, value_name = "N", hide = true, requires = "connect")]
     hold_sessions: Option<usize>,
@@ -154,6 +161,17 @@ fn measure(
 
 /// Measures, prints the table, writes JSON and charts if asked.
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    if let Some(op) = args.ops {
+        let suite = args.suite.first().copied().unwrap_or(&X25519_MLKEM768);
+        let aead = args
+            .aead
+            .first()
+            .copied()
+            .or_else(|| AeadId::default_preference().first().copied())
+            .unwrap_or(AeadId::Aes256Gcm);
+        println!("{}", bench::ops::run(op, suite, aead, args.iterations)?);
+        return Ok(());
+    }
     let identity = Arc::new(match &args.key {
         Some(path) => load_secret(path)?,
         None => IdentityKey::generate(&mut OsRandom).map_err(bench::BenchError::from)?,

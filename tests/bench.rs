@@ -1,0 +1,232 @@
+//! `secchan bench` end to end: a tiny run against the in-process server and one against a
+//! `secchan server` child process, each checking the report's figures and files (never their
+//! speed), plus the in-memory operations used for instruction counts.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_secchan");
+
+fn secchan(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run secchan")
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("JSON file")).expect("valid JSON")
+}
+
+/// Small enough for a test; every figure still measured.
+const TINY: [&str; 10] = [
+    "--quick",
+    "--handshakes",
+    "4",
+    "--bulk-mib",
+    "1",
+    "--idle-sessions",
+    "5",
+    "--aead",
+    "AES-256-GCM",
+    "--no-progress",
+];
+
+#[test]
+fn in_process_run_reports_every_figure_and_writes_json_and_charts() {
+    let dir = tempdir("local");
+    let report = dir.join("report.json");
+    let plots = dir.join("plots");
+    let out = secchan(
+        &[
+            &["bench", "--suite", "X25519MLKEM768,X25519"][..],
+            &TINY,
+            &[
+                "--json",
+                report.to_str().unwrap(),
+                "--plot",
+                plots.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for heading in [
+        "Handshakes",
+        "Server capacity",
+        "Records",
+        "Message round trips",
+        "Raw loopback TCP",
+        "Memory",
+        "Goals",
+    ] {
+        assert!(stdout.contains(heading), "table lacks {heading}: {stdout}");
+    }
+    let r = json(&report);
+    assert_eq!(r["run"]["server"], "in-process loopback");
+    let hs = r["handshakes"].as_array().unwrap();
+    assert_eq!(hs.len(), 2);
+    let bytes = |h: &serde_json::Value| {
+        h["bytes_device_to_server"].as_u64().unwrap()
+            + h["bytes_server_to_device"].as_u64().unwrap()
+    };
+    assert_eq!(hs[0]["suite"], "X25519MLKEM768");
+    assert_eq!(hs[1]["suite"], "X25519");
+    // ML-KEM-768 adds its 1,184-byte key and 1,088-byte ciphertext to the classical handshake.
+    assert_eq!(bytes(&hs[0]) - bytes(&hs[1]), 1184 + 1088);
+    for h in hs {
+        assert_eq!(h["count"], 4);
+        assert!(h["latency_us"]["median"].as_f64().unwrap() > 0.0);
+        assert!(h["server_cpu_us"].as_f64().unwrap() > 0.0);
+    }
+    assert!(r["ratios"]["bytes"].as_f64().unwrap() > 1.0);
+    let records = r["records"].as_array().unwrap();
+    assert_eq!(records.len(), 5);
+    for rec in records {
+        // 2-byte frame length, 3-byte record header, 16-byte tag.
+        assert_eq!(rec["overhead_bytes"], 21, "{rec}");
+    }
+    assert_eq!(r["echo"].as_array().unwrap().len(), 2);
+    assert_eq!(r["memory"]["side"], "server");
+    assert_eq!(r["memory"]["sessions"], 5);
+    assert_eq!(r["capacity"].as_array().unwrap().len(), 2);
+    for chart in ["handshake-latency.svg", "throughput.svg", "overhead.svg"] {
+        let svg = std::fs::read_to_string(plots.join(chart)).expect(chart);
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{chart}"
+        );
+    }
+}
+
+#[test]
+fn remote_run_measures_a_secchan_server_child_process() {
+    let dir = tempdir("remote");
+    let key = dir.join("server.key");
+    assert!(secchan(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
+    let addr = free_port();
+    let mut server = Command::new(BIN)
+        .args(["server", "--listen", &addr, "--key", key.to_str().unwrap()])
+        .args(["--mode", "any", "--allow-any-device"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server");
+    let report = dir.join("remote.json");
+    let pubkey = format!("{}.pub", key.display());
+    let mut out = None;
+    for _ in 0..50 {
+        let o = secchan(
+            &[
+                &[
+                    "bench",
+                    "--connect",
+                    &addr,
+                    "--server-key",
+                    &pubkey,
+                    "--suite",
+                    "X25519",
+                ][..],
+                &TINY,
+                &["--json", report.to_str().unwrap()],
+            ]
+            .concat(),
+        );
+        let refused = String::from_utf8_lossy(&o.stderr).contains("refused");
+        out = Some(o);
+        if !refused {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&report);
+    assert_eq!(r["run"]["server"], "remote");
+    assert!(r["handshakes"][0]["server_cpu_us"].is_null());
+    assert!(r["echo"].as_array().unwrap().is_empty());
+    assert!(r["raw_tcp"].is_null());
+    assert_eq!(r["memory"]["side"], "device");
+}
+
+#[test]
+fn unreachable_server_is_one_line_error() {
+    let addr = free_port();
+    let out = secchan(&[
+        "bench",
+        "--connect",
+        &addr,
+        "--server-key",
+        "SHA256:AAAA",
+        "--quick",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("secchan: benchmark failed: network error"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let out = secchan(&["bench", "--connect", &addr]);
+    assert!(
+        !out.status.success(),
+        "--connect without --server-key must be refused"
+    );
+}
+
+#[test]
+fn operations_for_instruction_counts_run_in_memory() {
+    for (op, suite) in [
+        ("handshake", "X25519MLKEM768"),
+        ("handshake-to-finish", "X25519Kyber768R3"),
+        ("server-accept", "X25519"),
+        ("seal-open-1k", "X25519"),
+    ] {
+        let out = secchan(&[
+            "bench",
+            "--ops",
+            op,
+            "--iterations",
+            "2",
+            "--suite",
+            suite,
+            "--aead",
+            "ChaCha20-Poly1305",
+        ]);
+        assert!(
+            out.status.success(),
+            "{op}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("x 2") && stdout.contains(suite), "{stdout}");
+    }
+    let info = secchan(&["bench", "--ops", "info"]);
+    let stdout = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        stdout.contains(std::env::consts::ARCH) && stdout.contains("AEAD preference"),
+        "{stdout}"
+    );
+}
+
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("secchan-bench-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
