@@ -144,12 +144,61 @@ fn kem_primitives(c: &mut Criterion) {
     g.finish();
 }
 
+/// The same primitives from aws-lc-rs (the provider the rustls comparison uses), to show
+/// what faster implementations would save (docs/benchmarks.md).
+fn reference_primitives(c: &mut Criterion) {
+    use aws_lc_rs::{agreement, kem, signature};
+    use signature::KeyPair as _;
+    let mut g = c.benchmark_group("reference aws-lc-rs");
+    let dk = kem::DecapsulationKey::generate(&kem::ML_KEM_768).unwrap();
+    let ek = dk.encapsulation_key().unwrap();
+    let (ct, _) = ek.encapsulate().unwrap();
+    g.bench_function("ML-KEM-768 keygen", |b| {
+        b.iter(|| black_box(kem::DecapsulationKey::generate(&kem::ML_KEM_768).unwrap()))
+    });
+    g.bench_function("ML-KEM-768 encaps", |b| b.iter(|| black_box(ek.encapsulate().unwrap())));
+    g.bench_function("ML-KEM-768 decaps", |b| {
+        b.iter(|| black_box(dk.decapsulate(ct.as_ref().into()).unwrap()))
+    });
+    g.bench_function("X25519 keygen", |b| {
+        b.iter(|| {
+            let k = agreement::PrivateKey::generate(&agreement::X25519).unwrap();
+            black_box(k.compute_public_key().unwrap())
+        })
+    });
+    let ours = agreement::PrivateKey::generate(&agreement::X25519).unwrap();
+    let peer = agreement::PrivateKey::generate(&agreement::X25519)
+        .unwrap()
+        .compute_public_key()
+        .unwrap();
+    g.bench_function("X25519 DH", |b| {
+        b.iter(|| {
+            agreement::agree(
+                &ours,
+                agreement::UnparsedPublicKey::new(&agreement::X25519, peer.as_ref()),
+                (),
+                |k| Ok(black_box(k.len())),
+            )
+            .unwrap()
+        })
+    });
+    let pair = signature::Ed25519KeyPair::from_seed_unchecked(&[3; 32]).unwrap();
+    let msg = [7u8; 60];
+    g.bench_function("Ed25519 sign", |b| b.iter(|| black_box(pair.sign(&msg))));
+    let sig = pair.sign(&msg);
+    let public = signature::UnparsedPublicKey::new(&signature::ED25519, pair.public_key().as_ref().to_vec());
+    g.bench_function("Ed25519 verify", |b| {
+        b.iter(|| public.verify(&msg, sig.as_ref()).unwrap())
+    });
+    g.finish();
+}
+
 criterion_group!(
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(1))
         .sample_size(30);
-    targets = kem_primitives, full_handshakes
+    targets = kem_primitives, reference_primitives, full_handshakes
 );
 criterion_main!(benches);

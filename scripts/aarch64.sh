@@ -7,7 +7,7 @@
 #   scripts/aarch64.sh test       build and test only
 #   scripts/aarch64.sh count      build and count only
 #
-# Needs (Debian): gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user, and the Rust standard
+# Needs (Debian): gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-user-binfmt, and the Rust standard
 # library for the target: `rustup target add aarch64-unknown-linux-gnu` (without rustup:
 # Debian's rustc-web, cargo-web and libstd-rust-web-dev:arm64 after `dpkg --add-architecture
 # arm64`). Counting also needs gcc to build the instruction-count QEMU plugin: the script
@@ -33,6 +33,20 @@ if ! rustc --print target-libdir --target "$TARGET" >/dev/null 2>&1 ||
     die "no Rust standard library for $TARGET: rustup target add $TARGET (or Debian's libstd-rust-web-dev:arm64)"
 fi
 
+# Integration tests start the secchan binary themselves, so the kernel must hand aarch64 ELF
+# files to qemu (binfmt_misc, from Debian's qemu-user-binfmt); QEMU_CPU and QEMU_LD_PREFIX
+# below then reach those processes too.
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+    conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+    [ -f "$conf" ] || die "aarch64 binaries do not run here: apt-get install qemu-user-binfmt"
+    [ "$(id -u)" = 0 ] || die "aarch64 binaries do not run here: as root, register $conf with binfmt_misc"
+    [ -e /proc/sys/fs/binfmt_misc/register ] ||
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    cat "$conf" >/proc/sys/fs/binfmt_misc/register
+    echo "== registered qemu-aarch64 with binfmt_misc ($conf)"
+fi
+export QEMU_LD_PREFIX=$SYSROOT
+
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
@@ -46,7 +60,7 @@ cargo build --locked --release --target "$TARGET"
 run_tests() {
     local cpu=$1
     echo "== tests under qemu-aarch64 -cpu $cpu"
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L $SYSROOT" \
+    QEMU_CPU=$cpu CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu" \
         cargo test --locked --release --target "$TARGET"
     # The binary itself on this CPU: no illegal instruction, and the AEAD it prefers.
     qemu-aarch64 -cpu "$cpu" -L "$SYSROOT" "$BIN" bench --ops info

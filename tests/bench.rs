@@ -144,6 +144,7 @@ fn remote_run_measures_a_secchan_server_child_process() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let _ = server.kill();
+    let _ = server.wait();
     let out = out.unwrap();
     assert!(
         out.status.success(),
