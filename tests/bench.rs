@@ -169,6 +169,7 @@ fn unreachable_server_is_one_line_error() {
         "--server-key",
         "SHA256:AAAA",
         "--quick",
+        "--no-progress",
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -19,12 +19,17 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 /// Bytes the TCP framing adds to each frame: the length prefix.
 pub const FRAME_PREFIX_LEN: usize = 2;
 
+/// Initial capacity of a connection's read and write buffers: room for either handshake
+/// message; they grow to a full record when one arrives. tokio-util's default (8 KiB each) was
+/// most of an idle session's memory (docs/benchmarks.md).
+const INITIAL_BUFFER: usize = 2048;
+
 fn framed(stream: TcpStream) -> Framed<TcpStream, LengthDelimitedCodec> {
     let codec = LengthDelimitedCodec::builder()
         .length_field_length(FRAME_PREFIX_LEN)
         .max_frame_length(MAX_FRAME_LEN)
         .new_codec();
-    Framed::new(stream, codec)
+    Framed::with_capacity(stream, codec, INITIAL_BUFFER)
 }
 
 /// Bytes on the wire, counted at the frame level (length prefixes included, TCP/IP headers
