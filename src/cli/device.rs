@@ -44,8 +44,9 @@ pub struct DeviceArgs {
 }
 
 fn parse_suite(s: &str) -> Result<&'static Suite, String> {
-    Suite::from_name(s)
-        .ok_or_else(|| format!("unknown suite {s:?}: use X25519MLKEM768, X25519Kyber768R3 or X25519"))
+    Suite::from_name(s).ok_or_else(|| {
+        format!("unknown suite {s:?}: use X25519MLKEM768, X25519Kyber768R3 or X25519")
+    })
 }
 
 fn verifier(args: &DeviceArgs) -> Result<Box<dyn ServerVerifier>, CliError> {
@@ -69,24 +70,34 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
         } else {
             args.aead.clone()
         },
-        identity: args.key.as_deref().map(load_secret).transpose()?.map(Arc::new),
+        identity: args
+            .key
+            .as_deref()
+            .map(load_secret)
+            .transpose()?
+            .map(Arc::new),
         session: args.session.session_config(),
     };
     let verifier = verifier(&args)?;
-    let mut conn = connect(&args.connect, &config, verifier.as_ref(), args.session.timeouts())
-        .await
-        .map_err(|e| match e {
-            TransportError::Io(source) => CliError::Connect {
-                addr: args.connect.clone(),
-                source,
-            },
-            e => e.into(),
-        })?;
-    tracing::info!(
+    let mut conn = connect(
+        &args.connect,
+        &config,
+        verifier.as_ref(),
+        args.session.timeouts(),
+    )
+    .await
+    .map_err(|e| match e {
+        TransportError::Io(source) => CliError::Connect {
+            addr: args.connect.clone(),
+            source,
+        },
+        e => e.into(),
+    })?;
+    tracing::debug!(
         server = %args.connect,
         suite = conn.session().suite().name,
         aead = conn.session().aead().name(),
-        "session established"
+        "handshake complete"
     );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();

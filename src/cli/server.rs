@@ -78,7 +78,11 @@ async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>
     loop {
         match conn.recv().await {
             Ok(Some(message)) => {
-                if out.send(message_line(&conn, &peer, &message)).await.is_err() {
+                if out
+                    .send(message_line(&conn, &peer, &message))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

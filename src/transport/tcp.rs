@@ -335,22 +335,21 @@ impl Connection {
                 return Ok(None);
             }
             let idle = self.timeouts.idle;
-            let frame = match tokio::time::timeout(idle, read_frame(&mut self.io, &mut self.stats))
-                .await
-            {
-                Err(_) => {
-                    self.session.close(AlertCode::Timeout);
-                    let _ = self.flush_session().await;
-                    return Err(TransportError::IdleTimeout(idle));
-                }
-                Ok(Err(e)) => {
-                    self.session.close(AlertCode::DecodeError);
-                    let _ = self.flush_session().await;
-                    return Err(e);
-                }
-                Ok(Ok(None)) => return Err(TransportError::Truncated),
-                Ok(Ok(Some(frame))) => frame,
-            };
+            let frame =
+                match tokio::time::timeout(idle, read_frame(&mut self.io, &mut self.stats)).await {
+                    Err(_) => {
+                        self.session.close(AlertCode::Timeout);
+                        let _ = self.flush_session().await;
+                        return Err(TransportError::IdleTimeout(idle));
+                    }
+                    Ok(Err(e)) => {
+                        self.session.close(AlertCode::DecodeError);
+                        let _ = self.flush_session().await;
+                        return Err(e);
+                    }
+                    Ok(Ok(None)) => return Err(TransportError::Truncated),
+                    Ok(Ok(Some(frame))) => frame,
+                };
             let mut frame = frame;
             if !self.authenticated_input && FrameType::of(&frame).ok() == Some(FrameType::Alert) {
                 let code = crate::msgs::decode_alert(&frame).map_err(HandshakeError::from)?;
