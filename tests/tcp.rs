@@ -237,14 +237,7 @@ async fn mitm_downgrade_to_classical_is_detected() {
         }
     })
     .await;
-    let err = connect(
-        mitm,
-        &device_config(&X25519_MLKEM768, AeadId::Aes256Gcm),
-        &pin(),
-        short_timeouts(),
-    )
-    .await
-    .unwrap_err();
+    let err = connect_hybrid(mitm).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -270,14 +263,7 @@ async fn session_through(
         }
     })
     .await;
-    let conn = connect(
-        mitm,
-        &device_config(&X25519_MLKEM768, AeadId::Aes256Gcm),
-        &pin(),
-        short_timeouts(),
-    )
-    .await
-    .unwrap();
+    let conn = connect_hybrid(mitm).await.unwrap();
     (conn, rx)
 }
 
@@ -389,7 +375,9 @@ async fn oversize_frame_is_refused_before_allocation() {
 async fn garbage_in_place_of_hello_gets_decode_alert() {
     let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    write_frame(&mut s, b"\x01\x01\x01\x02GARBAGE").await;
+    write_frame(&mut s, b"\x01\x01\x01\x02GARBAGE")
+        .await
+        .unwrap();
     let alert = read_frame(&mut s).await.unwrap();
     assert_eq!(
         alert,
@@ -432,14 +420,7 @@ async fn stalled_peer_mid_handshake_times_out() {
 #[tokio::test]
 async fn oversize_message_is_refused_locally() {
     let (addr, _rx) = start_server(server_config(Mode::Hybrid)).await;
-    let mut conn = connect(
-        addr,
-        &device_config(&X25519_MLKEM768, AeadId::Aes256Gcm),
-        &pin(),
-        short_timeouts(),
-    )
-    .await
-    .unwrap();
+    let mut conn = connect_hybrid(addr).await.unwrap();
     assert!(matches!(
         conn.send(&vec![0u8; 16385]).await.unwrap_err(),
         TransportError::Session(SessionError::Record(RecordError::PayloadTooLarge(16385)))
