@@ -426,3 +426,34 @@ async fn oversize_message_is_refused_locally() {
         TransportError::Session(SessionError::Record(RecordError::PayloadTooLarge(16385)))
     ));
 }
+
+#[tokio::test]
+async fn idle_session_is_closed_with_timeout_alert() {
+    let mut scfg = server_config(Mode::Hybrid);
+    scfg.session = Default::default();
+    let listener = secchan::transport::tcp::Listener::bind(
+        "127.0.0.1:0",
+        Arc::new(scfg),
+        secchan::transport::Timeouts {
+            handshake: Duration::from_secs(5),
+            idle: Duration::from_millis(200),
+        },
+    )
+    .await
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap().handshake().await.unwrap();
+        conn.recv().await
+    });
+    let mut conn = connect_hybrid(addr).await.unwrap();
+    // The device stays silent; the server gives up and says why.
+    assert!(matches!(
+        server.await.unwrap(),
+        Err(TransportError::IdleTimeout(_))
+    ));
+    assert!(matches!(
+        conn.recv().await.unwrap_err(),
+        TransportError::Session(SessionError::PeerAlert(AlertCode::Timeout))
+    ));
+}
