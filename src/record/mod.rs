@@ -293,7 +293,9 @@ impl Opener {
             Some(p) if counter < self.keys_from && counter <= p.last => &p.keys,
             _ => &self.keys,
         };
-        let (header, body) = frame.split_at_mut(HEADER_LEN);
+        let (header, body) = frame
+            .split_at_mut_checked(HEADER_LEN)
+            .ok_or(DecodeError::Empty)?;
         let len = match keys.key.open_in_place(keys.nonce(counter), header, body) {
             Ok(len) => len,
             Err(_) => {
