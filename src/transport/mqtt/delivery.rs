@@ -25,8 +25,10 @@ pub const MAX_IN_FLIGHT: usize = 512;
 /// Kinds of delivery messages (the first byte of a record's plaintext).
 const KIND_MESSAGE: u8 = 0x01;
 const KIND_ACK: u8 = 0x02;
-/// Bytes before the data of a Message, and the whole length of an Ack.
-pub const ENVELOPE_LEN: usize = 1 + 8 + 8;
+/// Bytes before the data of a Message: kind, stream, sequence, base.
+pub const ENVELOPE_LEN: usize = 1 + 8 + 8 + 8;
+/// Length of an Ack: kind, stream, next.
+pub const ACK_LEN: usize = 1 + 8 + 8;
 
 /// A record's plaintext on the MQTT transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,9 @@ pub enum Envelope<'a> {
         stream: StreamId,
         /// Position in the stream, from 0.
         seq: u64,
+        /// Every message below this sequence was acknowledged to the device (by whichever
+        /// server instance), so a server that never saw them need not wait for them.
+        base: u64,
         /// The application data.
         data: &'a [u8],
     },
@@ -52,30 +57,53 @@ pub enum Envelope<'a> {
 impl<'a> Envelope<'a> {
     /// Encodes the envelope.
     pub fn encode(&self) -> Vec<u8> {
-        let (kind, stream, n, data) = match self {
-            Self::Message { stream, seq, data } => (KIND_MESSAGE, stream, *seq, *data),
-            Self::Ack { stream, next } => (KIND_ACK, stream, *next, &[][..]),
-        };
-        let mut out = Vec::with_capacity(ENVELOPE_LEN + data.len());
-        out.push(kind);
-        out.extend_from_slice(stream);
-        out.extend_from_slice(&n.to_be_bytes());
-        out.extend_from_slice(data);
+        let mut out = Vec::new();
+        match self {
+            Self::Message {
+                stream,
+                seq,
+                base,
+                data,
+            } => {
+                out.reserve(ENVELOPE_LEN + data.len());
+                out.push(KIND_MESSAGE);
+                out.extend_from_slice(stream);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&base.to_be_bytes());
+                out.extend_from_slice(data);
+            }
+            Self::Ack { stream, next } => {
+                out.push(KIND_ACK);
+                out.extend_from_slice(stream);
+                out.extend_from_slice(&next.to_be_bytes());
+            }
+        }
         out
     }
 
-    /// Decodes an envelope; an Ack must have nothing after its counter.
+    /// Decodes an envelope. A Message's base must not exceed its sequence; an Ack must have
+    /// nothing after its counter.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let kind = r.u8("delivery kind")?;
         let stream: StreamId = r.array("stream id")?;
         let n = u64::from_be_bytes(r.array("sequence")?);
         match kind {
-            KIND_MESSAGE => Ok(Self::Message {
-                stream,
-                seq: n,
-                data: r.rest(),
-            }),
+            KIND_MESSAGE => {
+                let base = u64::from_be_bytes(r.array("base")?);
+                if base > n {
+                    return Err(DecodeError::InvalidValue {
+                        field: "base above sequence",
+                        value: 0,
+                    });
+                }
+                Ok(Self::Message {
+                    stream,
+                    seq: n,
+                    base,
+                    data: r.rest(),
+                })
+            }
             KIND_ACK => {
                 r.finish()?;
                 Ok(Self::Ack { stream, next: n })
@@ -202,6 +230,7 @@ impl Outbox {
     /// [`MAX_IN_FLIGHT`] sent and unacknowledged; marks them sent at `now`.
     pub fn due(&mut self, now: Instant) -> Vec<Vec<u8>> {
         let stream = self.stream;
+        let base = self.pending.front().map_or(self.next_seq, |p| p.seq);
         let in_flight = self.pending.iter().filter(|p| p.sent_at.is_some()).count();
         let room = MAX_IN_FLIGHT.saturating_sub(in_flight);
         self.pending
@@ -213,6 +242,7 @@ impl Outbox {
                 Envelope::Message {
                     stream,
                     seq: p.seq,
+                    base,
                     data: &p.data,
                 }
                 .encode()
@@ -279,8 +309,9 @@ impl Streams {
         self.streams.is_empty()
     }
 
-    /// Decides about message `seq` of `key` and records it as output if it is new.
-    pub fn accept(&mut self, key: &StreamKey, seq: u64, now: Instant) -> Verdict {
+    /// Decides about message `seq` of `key` and records it as output if it is new. Every
+    /// message below `base` counts as output already: the device had it acknowledged.
+    pub fn accept(&mut self, key: &StreamKey, seq: u64, base: u64, now: Instant) -> Verdict {
         if !self.streams.contains_key(key) && self.streams.len() >= self.max_streams {
             self.evict_oldest();
         }
@@ -290,6 +321,13 @@ impl Streams {
             last_seen: now,
         });
         s.last_seen = now;
+        if base > s.next {
+            s.next = base;
+            s.ahead = s.ahead.split_off(&base);
+            while s.ahead.remove(&s.next) {
+                s.next += 1;
+            }
+        }
         if seq < s.next || s.ahead.contains(&seq) {
             return Verdict::Duplicate;
         }
@@ -342,12 +380,20 @@ mod tests {
         let m = Envelope::Message {
             stream: A,
             seq: 7,
+            base: 3,
             data: b"hi",
         };
         assert_eq!(m.encode().len(), ENVELOPE_LEN + 2);
         assert_eq!(Envelope::decode(&m.encode()).unwrap(), m);
         let a = Envelope::Ack { stream: A, next: 9 };
+        assert_eq!(a.encode().len(), ACK_LEN);
         assert_eq!(Envelope::decode(&a.encode()).unwrap(), a);
+        let mut above = m.encode();
+        above[17..25].copy_from_slice(&8u64.to_be_bytes());
+        assert!(matches!(
+            Envelope::decode(&above),
+            Err(DecodeError::InvalidValue { .. })
+        ));
         let mut long = a.encode();
         long.push(0);
         assert_eq!(Envelope::decode(&long), Err(DecodeError::TrailingBytes(1)));
@@ -390,6 +436,7 @@ mod tests {
             Envelope::Message {
                 stream: A,
                 seq: 2,
+                base: 2,
                 data: b"c"
             }
         );
@@ -416,18 +463,24 @@ mod tests {
         let now = Instant::now();
         let mut s = Streams::new(10, Duration::from_secs(60));
         let key = (Some("SHA256:dev".to_string()), A);
-        assert_eq!(s.accept(&key, 1, now), Verdict::New);
+        assert_eq!(s.accept(&key, 1, 0, now), Verdict::New);
         assert_eq!(s.ack(&key), 0, "a gap holds the acknowledgement back");
-        assert_eq!(s.accept(&key, 1, now), Verdict::Duplicate);
-        assert_eq!(s.accept(&key, 0, now), Verdict::New);
+        assert_eq!(s.accept(&key, 1, 0, now), Verdict::Duplicate);
+        assert_eq!(s.accept(&key, 0, 0, now), Verdict::New);
         assert_eq!(s.ack(&key), 2);
-        assert_eq!(s.accept(&key, 0, now), Verdict::Duplicate);
+        assert_eq!(s.accept(&key, 0, 0, now), Verdict::Duplicate);
         assert_eq!(
-            s.accept(&key, 2 + MAX_BUFFER as u64, now),
+            s.accept(&key, 2 + MAX_BUFFER as u64, 0, now),
             Verdict::TooFarAhead
         );
+        // A base says the messages below it were output elsewhere.
+        let moved = (None, [9; 8]);
+        assert_eq!(s.accept(&moved, 10, 10, now), Verdict::New);
+        assert_eq!(s.ack(&moved), 11);
+        assert_eq!(s.accept(&moved, 3, 0, now), Verdict::Duplicate);
+        s.streams.remove(&moved);
         let other_device = (Some("SHA256:other".to_string()), A);
-        assert_eq!(s.accept(&other_device, 0, now), Verdict::New);
+        assert_eq!(s.accept(&other_device, 0, 0, now), Verdict::New);
         assert_eq!(s.len(), 2);
         s.expire(now + Duration::from_secs(61));
         assert!(s.is_empty());
@@ -438,9 +491,9 @@ mod tests {
         let now = Instant::now();
         let mut s = Streams::new(2, Duration::from_secs(60));
         let k = |b: u8| (None, [b; 8]);
-        s.accept(&k(1), 0, now);
-        s.accept(&k(2), 0, now + Duration::from_secs(1));
-        s.accept(&k(3), 0, now + Duration::from_secs(2));
+        s.accept(&k(1), 0, 0, now);
+        s.accept(&k(2), 0, 0, now + Duration::from_secs(1));
+        s.accept(&k(3), 0, 0, now + Duration::from_secs(2));
         assert_eq!(s.len(), 2);
         assert_eq!(s.ack(&k(1)), 0);
         assert_eq!(s.ack(&k(2)), 1);

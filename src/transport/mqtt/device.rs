@@ -402,6 +402,7 @@ impl Task {
             },
             LinkEvent::Disconnected => Ok(()),
             LinkEvent::Message { topic, payload } => {
+                tracing::debug!(topic, len = payload.len(), "received");
                 let (session, instance) = match self.topics.parse(&topic) {
                     Some(Route::Down { session, instance }) => (session, instance),
                     _ => {

@@ -362,8 +362,13 @@ impl MqttServer {
             Ok(Event::Message(plaintext)) => {
                 open.last_input = now;
                 match Envelope::decode(plaintext) {
-                    Ok(Envelope::Message { stream, seq, data }) => {
-                        let delivery = self.accept(sid, open, stream, seq, data, now);
+                    Ok(Envelope::Message {
+                        stream,
+                        seq,
+                        base,
+                        data,
+                    }) => {
+                        let delivery = self.accept(sid, open, (stream, seq, base), data, now);
                         self.ready.extend(delivery);
                     }
                     Ok(Envelope::Ack { .. }) | Err(_) => {
@@ -405,15 +410,14 @@ impl MqttServer {
         &mut self,
         sid: &str,
         open: &mut Open,
-        stream: StreamId,
-        seq: u64,
+        (stream, seq, base): (StreamId, u64, u64),
         data: &[u8],
         now: Instant,
     ) -> Option<Delivery> {
         let key: StreamKey = (open.peer.identity.map(|i| i.fingerprint()), stream);
         open.ack_due = Some(stream);
         self.acks_due.insert(sid.to_string());
-        match self.streams.accept(&key, seq, now) {
+        match self.streams.accept(&key, seq, base, now) {
             Verdict::New => {
                 self.stats.delivered += 1;
                 Some(Delivery {
@@ -450,6 +454,7 @@ impl MqttServer {
                     stream,
                     next: self.streams.ack(&key),
                 };
+                tracing::debug!(session = %sid, ?ack, "acknowledging");
                 if let Err(e) = open.session.send(&ack.encode(), now) {
                     tracing::warn!(session = %sid, error = %e, "cannot acknowledge: session closed");
                 }
