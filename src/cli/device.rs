@@ -11,14 +11,16 @@ use crate::trust::{KnownServers, Pinned, ServerVerifier};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use super::sources::TelemetryArgs;
+use tokio::io::AsyncWriteExt;
 
 /// Options of `secchan device`.
 #[derive(Debug, Args)]
 pub struct DeviceArgs {
     /// Server address, e.g. 192.0.2.10:4433.
-    #[arg(long, value_name = "ADDR")]
-    connect: String,
+    #[cfg_attr(feature = "mqtt", arg(long, value_name = "ADDR", required_unless_present = "mqtt", conflicts_with = "mqtt"))]
+    #[cfg_attr(not(feature = "mqtt"), arg(long, value_name = "ADDR", required = true))]
+    connect: Option<String>,
     /// The server's key: its fingerprint (SHA256:...) or its .pub file. Without it, the
     /// known-servers file is used with trust on first use.
     #[arg(long, value_name = "FINGERPRINT|FILE")]
@@ -41,6 +43,11 @@ pub struct DeviceArgs {
     aead: Vec<AeadId>,
     #[command(flatten)]
     session: SessionArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+    #[cfg(feature = "mqtt")]
+    #[command(flatten)]
+    mqtt: super::mqtt::MqttDeviceArgs,
 }
 
 fn parse_suite(s: &str) -> Result<&'static Suite, String> {
@@ -48,7 +55,8 @@ fn parse_suite(s: &str) -> Result<&'static Suite, String> {
         .ok_or_else(|| format!("unknown suite {s:?}: use X25519MLKEM768, X25519Kyber768R3 or X25519"))
 }
 
-fn verifier(args: &DeviceArgs) -> Result<Box<dyn ServerVerifier>, CliError> {
+/// `host` names the server in the known-servers file.
+fn verifier(args: &DeviceArgs, host: &str) -> Result<Box<dyn ServerVerifier>, CliError> {
     if let Some(value) = &args.server_key {
         return Ok(Box::new(Pinned(server_fingerprint(value)?)));
     }
@@ -57,7 +65,7 @@ fn verifier(args: &DeviceArgs) -> Result<Box<dyn ServerVerifier>, CliError> {
         .clone()
         .or_else(KnownServers::default_path)
         .ok_or(CliError::NoTrustAnchor)?;
-    Ok(Box::new(KnownServers::new(file, args.connect.clone())))
+    Ok(Box::new(KnownServers::new(file, host)))
 }
 
 /// Connects, sends stdin line by line, prints what the server sends, closes cleanly at EOF.
@@ -72,29 +80,36 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
         identity: args.key.as_deref().map(load_secret).transpose()?.map(Arc::new),
         session: args.session.session_config(),
     };
-    let verifier = verifier(&args)?;
-    let mut conn = connect(&args.connect, &config, verifier.as_ref(), args.session.timeouts())
+    let mut source = args.telemetry.open()?;
+    #[cfg(feature = "mqtt")]
+    if let Some(url) = &args.mqtt.broker.mqtt {
+        let verifier = verifier(&args, &args.mqtt.broker.known_servers_host(url)?)?;
+        let timeouts = args.session.timeouts();
+        return super::mqtt::run_device(&args.mqtt, url, config, verifier, timeouts, source).await;
+    }
+    let addr = args.connect.clone().unwrap_or_default();
+    let verifier = verifier(&args, &addr)?;
+    let mut conn = connect(&addr, &config, verifier.as_ref(), args.session.timeouts())
         .await
         .map_err(|e| match e {
             TransportError::Io(source) => CliError::Connect {
-                addr: args.connect.clone(),
+                addr: addr.clone(),
                 source,
             },
             e => e.into(),
         })?;
     tracing::info!(
-        server = %args.connect,
+        server = %addr,
         suite = conn.session().suite().name,
         aead = conn.session().aead().name(),
         "session established"
     );
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     let mut line_no = 0usize;
     let mut input_open = true;
     loop {
         tokio::select! {
-            line = lines.next_line(), if input_open => match line? {
+            line = source.next(), if input_open => match line? {
                 Some(line) => {
                     line_no += 1;
                     if line.len() > crate::record::MAX_PAYLOAD {
