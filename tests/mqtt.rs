@@ -93,6 +93,19 @@ fn device_options() -> DeviceOptions {
     }
 }
 
+async fn start_device(m: &Mosquitto, keys: &Keys, i: usize, suite: &'static Suite) -> MqttDevice {
+    let config = keys.device_config(i, suite);
+    MqttDevice::start(&broker(m), config, keys.pin(), device_options())
+        .await
+        .unwrap()
+}
+
+async fn send_all(dev: &mut MqttDevice, messages: &[String]) {
+    for m in messages {
+        dev.send(m.clone().into_bytes()).await.unwrap();
+    }
+}
+
 /// A server instance running in a task, handing its deliveries to a channel.
 struct Running {
     deliveries: mpsc::UnboundedReceiver<Delivery>,
@@ -198,6 +211,22 @@ async fn raw_client(m: &Mosquitto, id: &str) -> (AsyncClient, EventLoop) {
     (client, eventloop)
 }
 
+/// A raw client subscribed (confirmed by the broker) to `filter`, and what it receives.
+async fn spy(
+    m: &Mosquitto,
+    id: &str,
+    filter: &str,
+) -> (AsyncClient, mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
+    let (client, mut eventloop) = raw_client(m, id).await;
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await.unwrap() {
+            break;
+        }
+    }
+    (client, forward(eventloop))
+}
+
 /// Polls a raw client's event loop in a task, forwarding (topic, payload) of publishes.
 fn forward(mut eventloop: EventLoop) -> mpsc::UnboundedReceiver<(String, Vec<u8>)> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -229,9 +258,7 @@ async fn end_to_end_hybrid_and_classical() {
         .await
         .unwrap();
         let sent = messages(suite.name, 20);
-        for s in &sent {
-            dev.send(s.clone().into_bytes()).await.unwrap();
-        }
+        send_all(&mut dev, &sent).await;
         let stats = dev.finish(PATIENCE).await.unwrap();
         assert_eq!(stats.acknowledged, 20);
         assert_eq!(stats.sessions, 1);
@@ -391,24 +418,13 @@ async fn broker_restart_loses_nothing_and_duplicates_nothing() {
     let mut m = Mosquitto::start();
     let keys = Keys::new(1);
     let mut server = spawn_server(&m, &keys).await;
-    let mut dev = MqttDevice::start(
-        &broker(&m),
-        keys.device_config(0, &X25519_MLKEM768),
-        keys.pin(),
-        device_options(),
-    )
-    .await
-    .unwrap();
+    let mut dev = start_device(&m, &keys, 0, &X25519_MLKEM768).await;
     let sent = messages("restart", 120);
-    for s in &sent[..60] {
-        dev.send(s.clone().into_bytes()).await.unwrap();
-    }
+    send_all(&mut dev, &sent[..60]).await;
     let mut got = server.take(30).await;
     m.restart();
     // Produced while the broker is away or just back: buffered, then delivered.
-    for s in &sent[60..] {
-        dev.send(s.clone().into_bytes()).await.unwrap();
-    }
+    send_all(&mut dev, &sent[60..]).await;
     let stats = dev.finish(PATIENCE).await.unwrap();
     assert_eq!(stats.acknowledged, 120);
     got.extend(server.take(90).await);
@@ -421,18 +437,9 @@ async fn broker_restart_loses_nothing_and_duplicates_nothing() {
 async fn eavesdropper_on_hash_sees_no_plaintext_and_no_identity() {
     let m = Mosquitto::start();
     let keys = Keys::new(1);
-    let (spy, spy_loop) = raw_client(&m, "spy").await;
-    spy.subscribe("#", QoS::AtLeastOnce).await.unwrap();
-    let mut seen = forward(spy_loop);
+    let (_spy, mut seen) = spy(&m, "spy", "#").await;
     let mut server = spawn_server(&m, &keys).await;
-    let mut dev = MqttDevice::start(
-        &broker(&m),
-        keys.device_config(0, &X25519_MLKEM768),
-        keys.pin(),
-        device_options(),
-    )
-    .await
-    .unwrap();
+    let mut dev = start_device(&m, &keys, 0, &X25519_MLKEM768).await;
     let marker = "heart_rate_bpm=71;patient=Ada Lovelace";
     for _ in 0..5 {
         dev.send(marker.as_bytes().to_vec()).await.unwrap();
@@ -485,18 +492,9 @@ async fn two_server_instances_share_the_load() {
     let b = spawn_server(&m, &keys).await;
     let mut expected = Vec::new();
     for i in 0..6 {
-        let mut dev = MqttDevice::start(
-            &broker(&m),
-            keys.device_config(i, &X25519_ONLY),
-            keys.pin(),
-            device_options(),
-        )
-        .await
-        .unwrap();
+        let mut dev = start_device(&m, &keys, i, &X25519_ONLY).await;
         let sent = messages(&format!("dev{i}"), 5);
-        for s in &sent {
-            dev.send(s.clone().into_bytes()).await.unwrap();
-        }
+        send_all(&mut dev, &sent).await;
         dev.finish(PATIENCE).await.unwrap();
         expected.extend(sent);
     }
@@ -523,25 +521,14 @@ async fn a_device_moves_to_the_other_instance_when_its_server_stops() {
     let m = Mosquitto::start();
     let keys = Keys::new(1);
     let mut a = spawn_server(&m, &keys).await;
-    let mut dev = MqttDevice::start(
-        &broker(&m),
-        keys.device_config(0, &X25519_ONLY),
-        keys.pin(),
-        device_options(),
-    )
-    .await
-    .unwrap();
+    let mut dev = start_device(&m, &keys, 0, &X25519_ONLY).await;
     let sent = messages("move", 20);
-    for s in &sent[..10] {
-        dev.send(s.clone().into_bytes()).await.unwrap();
-    }
+    send_all(&mut dev, &sent[..10]).await;
     let mut got = a.take(10).await;
     let mut b = spawn_server(&m, &keys).await;
     let (rest, _) = a.stop().await;
     got.extend(rest);
-    for s in &sent[10..] {
-        dev.send(s.clone().into_bytes()).await.unwrap();
-    }
+    send_all(&mut dev, &sent[10..]).await;
     let stats = dev.finish(PATIENCE).await.unwrap();
     assert_eq!(stats.sessions, 2, "a second session, with instance B");
     got.extend(b.take(10).await);
@@ -554,22 +541,10 @@ async fn garbage_on_the_topics_is_dropped_and_disturbs_no_session() {
     let m = Mosquitto::start();
     let keys = Keys::new(1);
     let mut server = spawn_server(&m, &keys).await;
-    let mut dev = MqttDevice::start(
-        &broker(&m),
-        keys.device_config(0, &X25519_MLKEM768),
-        keys.pin(),
-        device_options(),
-    )
-    .await
-    .unwrap();
+    let mut dev = start_device(&m, &keys, 0, &X25519_MLKEM768).await;
     dev.send(b"before".to_vec()).await.unwrap();
     server.take(1).await;
-    let (vandal, vandal_loop) = raw_client(&m, "vandal").await;
-    let mut seen = forward(vandal_loop);
-    vandal
-        .subscribe("secchan/up/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    let (vandal, mut seen) = spy(&m, "vandal", "secchan/up/#").await;
     // Learn the live session's topic from its traffic, then aim garbage at it.
     dev.send(b"probe".to_vec()).await.unwrap();
     let (up, _) = tokio::time::timeout(PATIENCE, seen.recv())

@@ -9,7 +9,9 @@ use crate::handshake::server::ServerConfig;
 use crate::telemetry::Source;
 use crate::transport::mqtt::delivery::{DEFAULT_BUFFER, ENVELOPE_LEN, MAX_BUFFER};
 use crate::transport::mqtt::topics::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
-use crate::transport::mqtt::{Broker, DeviceOptions, MqttDevice, MqttServer, ServerOptions, Topics};
+use crate::transport::mqtt::{
+    Broker, DeviceOptions, MqttDevice, MqttServer, ServerOptions, Topics,
+};
 use crate::transport::Timeouts;
 use crate::trust::ServerVerifier;
 use clap::Args;
@@ -45,18 +47,20 @@ pub(super) struct MqttArgs {
 impl MqttArgs {
     fn broker(&self, url: &str) -> Result<Broker, CliError> {
         let mut b = Broker::parse_url(url).map_err(crate::transport::TransportError::from)?;
-        b.topics = Topics::new(&self.mqtt_prefix).map_err(crate::transport::TransportError::from)?;
+        b.topics =
+            Topics::new(&self.mqtt_prefix).map_err(crate::transport::TransportError::from)?;
         b.client_id = self.mqtt_client_id.clone();
         b.username = self.mqtt_username.clone();
         b.password = match (&self.mqtt_password_file, std::env::var(PASSWORD_ENV)) {
             (Some(path), _) => {
-                let text = std::fs::read_to_string(path).map_err(|source| {
-                    CliError::PasswordFile {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| CliError::PasswordFile {
                         path: path.clone(),
                         source,
-                    }
-                })?;
-                Some(Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_string()))
+                    })?;
+                Some(Zeroizing::new(
+                    text.trim_end_matches(['\r', '\n']).to_string(),
+                ))
             }
             (None, Ok(p)) => Some(Zeroizing::new(p)),
             (None, Err(_)) => None,

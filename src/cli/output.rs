@@ -2,8 +2,8 @@
 //! `--out FILE` appended to FILE as well (created with mode 0600: telemetry can be private).
 
 use super::CliError;
-use std::path::{Path, PathBuf};
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
 /// The server's output.
@@ -44,10 +44,12 @@ impl Output {
         self.stdout.flush().await?;
         if let Some((path, f)) = &mut self.file {
             // A line is small: a blocking append is shorter than a hand-off to a thread.
-            f.write_all(&bytes).and_then(|()| f.flush()).map_err(|source| CliError::Write {
-                path: path.clone(),
-                source,
-            })?;
+            f.write_all(&bytes)
+                .and_then(|()| f.flush())
+                .map_err(|source| CliError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }

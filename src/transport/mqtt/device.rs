@@ -206,7 +206,7 @@ enum State {
     Waiting { until: Instant },
     Handshaking {
         sid: String,
-        expect: ExpectServerHello,
+        expect: Box<ExpectServerHello>,
         deadline: Instant,
     },
     Open {
@@ -383,7 +383,7 @@ impl Task {
         self.link.publish(self.topics.hello(&sid), hello);
         self.state = State::Handshaking {
             sid,
-            expect,
+            expect: Box::new(expect),
             deadline: Instant::now() + self.options.timeouts.handshake,
         };
         Ok(())
@@ -400,7 +400,7 @@ impl Task {
                 State::Handshaking { .. } => self.begin_handshake(),
                 State::Waiting { .. } => Ok(()),
             },
-            LinkEvent::Disconnected => Ok(()),
+            LinkEvent::Disconnected | LinkEvent::Subscribed(_) => Ok(()),
             LinkEvent::Message { topic, payload } => {
                 tracing::debug!(topic, len = payload.len(), "received");
                 let (session, instance) = match self.topics.parse(&topic) {

@@ -4,7 +4,7 @@
 
 use super::{random_hex, Broker, MqttError, MAX_PACKET_SIZE};
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
@@ -32,6 +32,8 @@ pub(crate) enum LinkEvent {
     Connected,
     /// The connection dropped; it is being re-established.
     Disconnected,
+    /// The broker answered a subscription: granted, or refused with this reason.
+    Subscribed(Result<(), String>),
     /// A message on a subscribed topic.
     Message {
         /// Its topic (invalid UTF-8 is replaced, so such a topic never parses).
@@ -138,6 +140,16 @@ async fn run(
                 }
                 connected = true;
                 Some(LinkEvent::Connected)
+            }
+            Event::Incoming(Packet::SubAck(ack)) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .find(|c| !matches!(c, SubscribeReasonCode::Success(_)));
+                Some(LinkEvent::Subscribed(match refused {
+                    Some(code) => Err(format!("{code:?}")),
+                    None => Ok(()),
+                }))
             }
             Event::Incoming(Packet::Publish(p)) => Some(LinkEvent::Message {
                 topic: String::from_utf8_lossy(&p.topic).into_owned(),
@@ -291,6 +303,10 @@ impl Link {
                 self.overflow.clear();
             }
             LinkEvent::Message { payload, .. } => self.bytes.received += payload.len() as u64,
+            LinkEvent::Subscribed(Ok(())) => {}
+            LinkEvent::Subscribed(Err(reason)) => {
+                tracing::error!(reason, "the broker refused a subscription: check its ACL")
+            }
         }
         event
     }

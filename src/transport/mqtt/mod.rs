@@ -168,6 +168,12 @@ pub enum MqttError {
         /// The CONNACK reason.
         code: String,
     },
+    /// The broker refused to subscribe secchan to its topics.
+    #[error("the MQTT broker refused a subscription ({reason}); allow this client to subscribe to the secchan topics in the broker's ACL")]
+    SubscribeRefused {
+        /// The SUBACK reason.
+        reason: String,
+    },
     /// No server answered the handshake.
     #[error("no secchan server answered on {topic} within {after:?}; check that `secchan server --mqtt` runs against the same broker and --mqtt-prefix")]
     NoServer {

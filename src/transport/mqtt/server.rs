@@ -100,7 +100,7 @@ struct Open {
 
 enum Slot {
     Pending {
-        expect: ExpectDeviceFinish,
+        expect: Box<ExpectDeviceFinish>,
         deadline: Instant,
     },
     Open(Box<Open>),
@@ -152,7 +152,7 @@ impl MqttServer {
         let mut link = Link::connect(broker).await?;
         link.subscribe(broker.topics.hello_filter(&options.share_group));
         link.subscribe(broker.topics.up_filter(&instance));
-        Ok(Self {
+        let mut server = Self {
             link,
             topics: broker.topics.clone(),
             instance,
@@ -164,7 +164,33 @@ impl MqttServer {
             acks_due: HashSet::new(),
             stats: ServerStats::default(),
             sweeper: tokio::time::interval(SWEEP),
-        })
+        };
+        server.await_subscriptions(2).await?;
+        Ok(server)
+    }
+
+    /// Waits until the broker confirmed `n` subscriptions, so no device is missed once
+    /// `start` returns; messages arriving meanwhile are handled.
+    async fn await_subscriptions(&mut self, mut n: usize) -> Result<(), TransportError> {
+        let wait = self.options.timeouts.handshake;
+        let confirmed = async {
+            while n > 0 {
+                match self.link.next_event().await.ok_or(MqttError::Stopped)? {
+                    LinkEvent::Subscribed(Ok(())) => n -= 1,
+                    LinkEvent::Subscribed(Err(reason)) => {
+                        return Err(MqttError::SubscribeRefused { reason })
+                    }
+                    other => self.handle(other),
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(wait, confirmed).await.map_err(|_| {
+            MqttError::SubscribeRefused {
+                reason: format!("no answer within {wait:?}"),
+            }
+        })??;
+        Ok(())
     }
 
     /// This instance's random id (as on its topics).
@@ -243,7 +269,7 @@ impl MqttServer {
                 tracing::info!(instance = %self.instance, "subscribed to the broker");
                 return;
             }
-            LinkEvent::Disconnected => return,
+            LinkEvent::Disconnected | LinkEvent::Subscribed(_) => return,
             LinkEvent::Message { topic, payload } => (topic, payload),
         };
         if payload.len() > MAX_FRAME_LEN {
@@ -279,6 +305,7 @@ impl MqttServer {
             Ok((expect, reply)) => {
                 self.link.publish(self.down(&sid), reply);
                 let deadline = Instant::now() + self.options.timeouts.handshake;
+                let expect = Box::new(expect);
                 self.slots.insert(sid, Slot::Pending { expect, deadline });
             }
             Err(e) => self.handshake_failed(&sid, &e),
