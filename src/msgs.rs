@@ -166,8 +166,7 @@ pub struct ServerHello<'a> {
 impl<'a> ServerHello<'a> {
     /// Encodes everything but the sealed authentication: the part hashed into TH1.
     pub fn encode_prefix(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(4 + self.suite.response_len() + SEALED_SERVER_AUTH_LEN);
+        let mut out = Vec::with_capacity(4 + self.suite.response_len() + SEALED_SERVER_AUTH_LEN);
         out.extend_from_slice(&[
             FrameType::ServerHello as u8,
             VERSION,

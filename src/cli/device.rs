@@ -1,6 +1,7 @@
 //! `secchan device`.
 
 use super::keys::{load_secret, server_fingerprint};
+use super::sources::TelemetryArgs;
 use super::{parse_aead, CliError, DeviceMode, SessionArgs};
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::Suite;
@@ -11,14 +12,21 @@ use crate::trust::{KnownServers, Pinned, ServerVerifier};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
-use super::sources::TelemetryArgs;
 use tokio::io::AsyncWriteExt;
 
 /// Options of `secchan device`.
 #[derive(Debug, Args)]
 pub struct DeviceArgs {
     /// Server address, e.g. 192.0.2.10:4433.
-    #[cfg_attr(feature = "mqtt", arg(long, value_name = "ADDR", required_unless_present = "mqtt", conflicts_with = "mqtt"))]
+    #[cfg_attr(
+        feature = "mqtt",
+        arg(
+            long,
+            value_name = "ADDR",
+            required_unless_present = "mqtt",
+            conflicts_with = "mqtt"
+        )
+    )]
     #[cfg_attr(not(feature = "mqtt"), arg(long, value_name = "ADDR", required = true))]
     connect: Option<String>,
     /// The server's key: its fingerprint (SHA256:...) or its .pub file. Without it, the
@@ -51,8 +59,9 @@ pub struct DeviceArgs {
 }
 
 fn parse_suite(s: &str) -> Result<&'static Suite, String> {
-    Suite::from_name(s)
-        .ok_or_else(|| format!("unknown suite {s:?}: use X25519MLKEM768, X25519Kyber768R3 or X25519"))
+    Suite::from_name(s).ok_or_else(|| {
+        format!("unknown suite {s:?}: use X25519MLKEM768, X25519Kyber768R3 or X25519")
+    })
 }
 
 /// `host` names the server in the known-servers file.
@@ -77,7 +86,12 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
         } else {
             args.aead.clone()
         },
-        identity: args.key.as_deref().map(load_secret).transpose()?.map(Arc::new),
+        identity: args
+            .key
+            .as_deref()
+            .map(load_secret)
+            .transpose()?
+            .map(Arc::new),
         session: args.session.session_config(),
     };
     let mut source = args.telemetry.open()?;
@@ -98,11 +112,11 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
             },
             e => e.into(),
         })?;
-    tracing::info!(
+    tracing::debug!(
         server = %addr,
         suite = conn.session().suite().name,
         aead = conn.session().aead().name(),
-        "session established"
+        "handshake complete"
     );
     let mut stdout = tokio::io::stdout();
     let mut line_no = 0usize;

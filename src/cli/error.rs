@@ -17,7 +17,9 @@ pub enum CliError {
         reason: String,
     },
     /// A secret key file is readable by other users.
-    #[error("secret key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
+    #[error(
+        "secret key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`"
+    )]
     KeyPermissions {
         /// The file.
         path: PathBuf,
@@ -136,6 +138,9 @@ fn advice(error: &TransportError) -> &'static str {
         }
         TransportError::Handshake(HandshakeError::Downgrade { .. }) => {
             "; someone on the network is tampering with the handshake"
+        }
+        TransportError::Trust(crate::trust::TrustError::Mismatch { .. }) => {
+            "; if the server's key was replaced on purpose, pin the new fingerprint, otherwise someone may be impersonating the server"
         }
         TransportError::HandshakeTimeout(_) => {
             "; check that the address is a secchan server and the network is not dropping packets"

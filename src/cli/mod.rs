@@ -138,9 +138,8 @@ impl SessionArgs {
 }
 
 fn parse_aead(s: &str) -> Result<AeadId, String> {
-    AeadId::from_name(s).ok_or_else(|| {
-        format!("unknown AEAD {s:?}: use AES-256-GCM or ChaCha20-Poly1305")
-    })
+    AeadId::from_name(s)
+        .ok_or_else(|| format!("unknown AEAD {s:?}: use AES-256-GCM or ChaCha20-Poly1305"))
 }
 
 fn init_logging() {
@@ -149,6 +148,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -156,7 +156,10 @@ fn init_logging() {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("secchan: cannot start the async runtime: {e}");

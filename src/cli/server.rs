@@ -17,7 +17,15 @@ use tokio::sync::mpsc;
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Address to listen on, e.g. 0.0.0.0:4433.
-    #[cfg_attr(feature = "mqtt", arg(long, value_name = "ADDR", required_unless_present = "mqtt", conflicts_with = "mqtt"))]
+    #[cfg_attr(
+        feature = "mqtt",
+        arg(
+            long,
+            value_name = "ADDR",
+            required_unless_present = "mqtt",
+            conflicts_with = "mqtt"
+        )
+    )]
     #[cfg_attr(not(feature = "mqtt"), arg(long, value_name = "ADDR", required = true))]
     listen: Option<String>,
     /// Also append each message's JSON line to FILE (created with mode 0600).

@@ -1,8 +1,7 @@
 //! The device (initiator) side of the handshake (protocol.md §6.1).
 
 use super::key_schedule::{
-    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput,
-    HandshakeKey,
+    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput, HandshakeKey,
 };
 use super::{HandshakeError, DEVICE_SIGNATURE_CONTEXT, SERVER_SIGNATURE_CONTEXT};
 use crate::codec::Reader;

@@ -86,7 +86,9 @@ pub enum HandshakeError {
     #[error("no AEAD in common with the peer")]
     NoCommonAead,
     /// The server selected a suite or AEAD the device did not offer: a downgrade attempt.
-    #[error("downgrade detected: the device offered {offered} but the server hello selected {selected}")]
+    #[error(
+        "downgrade detected: the device offered {offered} but the server hello selected {selected}"
+    )]
     Downgrade {
         /// What the device offered.
         offered: String,

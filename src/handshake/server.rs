@@ -1,8 +1,7 @@
 //! The server (responder) side of the handshake (protocol.md §6.2).
 
 use super::key_schedule::{
-    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput,
-    HandshakeKey,
+    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput, HandshakeKey,
 };
 use super::{select_aead, Authorizer, HandshakeError, Mode};
 use super::{DEVICE_SIGNATURE_CONTEXT, SERVER_SIGNATURE_CONTEXT};
