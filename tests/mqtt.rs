@@ -668,3 +668,85 @@ async fn no_server_and_no_broker_are_clear_errors() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_pauses_the_source_and_loses_nothing() {
+    let mut m = Mosquitto::start();
+    let keys = Keys::new(1);
+    let mut server = spawn_server(&m, &keys).await;
+    let options = DeviceOptions {
+        buffer: 10,
+        ..device_options()
+    };
+    let config = keys.device_config(0, &X25519_ONLY);
+    let mut dev = MqttDevice::start(&broker(&m), config, keys.pin(), options)
+        .await
+        .unwrap();
+    let sent = messages("buffered", 30);
+    send_all(&mut dev, &sent[..5]).await;
+    let mut got = server.take(5).await;
+    m.kill();
+    // With the broker gone, the device takes 10 messages and then makes the sender wait.
+    let producer = tokio::spawn({
+        let rest = sent[5..].to_vec();
+        async move {
+            send_all(&mut dev, &rest).await;
+            dev
+        }
+    });
+    let patience = Instant::now();
+    while !producer.is_finished() {
+        assert!(patience.elapsed() < PATIENCE);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if patience.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+    }
+    assert!(
+        !producer.is_finished(),
+        "the sender waits while the buffer is full"
+    );
+    m.spawn();
+    let dev = producer.await.unwrap();
+    let stats = dev.finish(PATIENCE).await.unwrap();
+    assert!(stats.buffer_full >= 1, "{stats:?}");
+    assert_eq!(stats.acknowledged, 30);
+    got.extend(server.take(25).await);
+    let (rest, _) = server.stop().await;
+    got.extend(rest);
+    assert_exactly_once(&texts(&got), &sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_credentials_are_used_and_wrong_ones_refused() {
+    let m = Mosquitto::start_with_password("sensor", "correct horse");
+    let keys = Keys::new(1);
+    let mut good = broker(&m);
+    good.username = Some("sensor".into());
+    good.password = Some(zeroize::Zeroizing::new("correct horse".into()));
+    let options = ServerOptions {
+        timeouts: timeouts(),
+        ..ServerOptions::default()
+    };
+    let server = MqttServer::start(&good, keys.server_config(), options).await;
+    assert!(server.is_ok(), "{:?}", server.err());
+    let mut bad = good.clone();
+    bad.password = Some(zeroize::Zeroizing::new("wrong".into()));
+    let config = keys.device_config(0, &X25519_ONLY);
+    let err = MqttDevice::start(&bad, config, keys.pin(), device_options())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TransportError::Mqtt(MqttError::Refused { .. })),
+        "{err}"
+    );
+    let anonymous = broker(&m);
+    let config = keys.device_config(0, &X25519_ONLY);
+    let err = MqttDevice::start(&anonymous, config, keys.pin(), device_options())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TransportError::Mqtt(MqttError::Refused { .. })),
+        "{err}"
+    );
+}

@@ -44,6 +44,31 @@ impl Mosquitto {
         Self::start_with("")
     }
 
+    /// Starts a broker that requires user `user` with password `password`.
+    pub fn start_with_password(user: &str, password: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("secchan-mosquitto-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("passwords");
+        let tool = binary().with_file_name("mosquitto_passwd");
+        let tool = if tool.is_file() {
+            tool
+        } else {
+            PathBuf::from("mosquitto_passwd")
+        };
+        let status = Command::new(&tool)
+            .args(["-b", "-c"])
+            .arg(&file)
+            .args([user, password])
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run mosquitto_passwd ({e}): run `apt-get install mosquitto`")
+            });
+        assert!(status.success(), "mosquitto_passwd failed");
+        // Mosquitto reads the file after dropping privileges when started as root.
+        let _ = Command::new("chmod").arg("0644").arg(&file).status();
+        Self::start_with(&format!("password_file {}", file.display()))
+    }
+
     /// Starts a broker with extra configuration lines.
     pub fn start_with(extra: &str) -> Self {
         let port = free_port();
@@ -78,7 +103,8 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    /// Starts the broker again after [`kill`](Self::kill), on the same port.
+    pub fn spawn(&mut self) {
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
