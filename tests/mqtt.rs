@@ -694,14 +694,7 @@ async fn a_full_buffer_pauses_the_source_and_loses_nothing() {
             dev
         }
     });
-    let patience = Instant::now();
-    while !producer.is_finished() {
-        assert!(patience.elapsed() < PATIENCE);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if patience.elapsed() > Duration::from_millis(500) {
-            break;
-        }
-    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !producer.is_finished(),
         "the sender waits while the buffer is full"

@@ -66,7 +66,10 @@ impl Mosquitto {
         assert!(status.success(), "mosquitto_passwd failed");
         // Mosquitto reads the file after dropping privileges when started as root.
         let _ = Command::new("chmod").arg("0644").arg(&file).status();
-        Self::start_with(&format!("password_file {}", file.display()))
+        let broker = Self::start_with(&format!("password_file {}", file.display()));
+        // Read at start; not needed afterwards.
+        let _ = std::fs::remove_dir_all(&dir);
+        broker
     }
 
     /// Starts a broker with extra configuration lines.
