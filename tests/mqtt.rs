@@ -743,3 +743,23 @@ async fn broker_credentials_are_used_and_wrong_ones_refused() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_updates_inside_an_mqtt_session() {
+    let m = Mosquitto::start();
+    let keys = Keys::new(1);
+    let mut server = spawn_server(&m, &keys).await;
+    let mut config = keys.device_config(0, &X25519_MLKEM768);
+    config.session.key_update.max_records = 4;
+    let mut dev = MqttDevice::start(&broker(&m), config, keys.pin(), device_options())
+        .await
+        .unwrap();
+    let sent = messages("rekey", 30);
+    send_all(&mut dev, &sent).await;
+    let stats = dev.finish(PATIENCE).await.unwrap();
+    assert_eq!(stats.sessions, 1, "key updates need no new session");
+    assert_exactly_once(&texts(&server.take(30).await), &sent);
+    let (rest, stats) = server.stop().await;
+    assert!(rest.is_empty());
+    assert_eq!(stats.rejected_records, 0);
+}

@@ -176,7 +176,17 @@ pub(super) async fn run_device(
     let mut device = MqttDevice::start(&broker, config, Arc::from(verifier), options).await?;
     tracing::info!(broker = %broker.display_name(), "connected through the MQTT broker");
     let limit = crate::record::MAX_PAYLOAD - ENVELOPE_LEN;
-    while let Some(line) = source.next().await? {
+    loop {
+        let line = tokio::select! {
+            line = source.next() => match line? {
+                Some(line) => line,
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!(drain = args.drain_timeout, "interrupted: delivering what is buffered, then stopping");
+                break;
+            }
+        };
         if line.len() > limit {
             return Err(CliError::MessageTooLarge {
                 line: source.produced() as usize,

@@ -4,9 +4,8 @@
 
 use super::delivery::{Envelope, Outbox, StreamId, DEFAULT_BUFFER};
 use super::link::{Link, LinkEvent, PayloadBytes};
-use super::server::may_be_record;
 use super::topics::{Route, Topics};
-use super::{random_hex, Broker, MqttError};
+use super::{may_be_record, random_hex, Broker, MqttError};
 use crate::crypto::random::{OsRandom, Random};
 use crate::handshake::device::{self, DeviceConfig, ExpectServerHello};
 use crate::handshake::HandshakeError;

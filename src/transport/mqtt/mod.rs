@@ -22,6 +22,8 @@ pub use device::{DeviceOptions, DeviceStats, MqttDevice};
 pub use server::{Delivery, MqttServer, ServerOptions, ServerStats};
 pub use topics::Topics;
 
+use crate::msgs::FrameType;
+use crate::record::RECORD_OVERHEAD;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -190,6 +192,12 @@ pub enum MqttError {
     Stopped,
 }
 
+/// Whether unauthenticated bytes can be a record at all. Anything else is dropped before it
+/// reaches the session, so a stranger on the broker cannot close it with garbage.
+fn may_be_record(frame: &[u8]) -> bool {
+    frame.len() >= RECORD_OVERHEAD && FrameType::of(frame).is_ok_and(FrameType::is_record)
+}
+
 /// A random identifier of `N` bytes as lowercase hex.
 fn random_hex<const N: usize>() -> Result<String, crate::crypto::CryptoError> {
     use crate::crypto::random::{OsRandom, Random};
@@ -225,6 +233,15 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn only_plausible_records_reach_a_session() {
+        assert!(!may_be_record(&[]));
+        assert!(!may_be_record(&[0x10; RECORD_OVERHEAD - 1]));
+        assert!(may_be_record(&[0x10; RECORD_OVERHEAD]));
+        assert!(!may_be_record(&[FrameType::DeviceFinish as u8; 64]));
+        assert!(!may_be_record(&[0xff; 64]));
     }
 
     #[test]

@@ -4,13 +4,13 @@
 use super::delivery::{Envelope, StreamId, StreamKey, Streams, Verdict};
 use super::link::{Link, LinkEvent, PayloadBytes};
 use super::topics::{self, Route, Topics};
-use super::{random_hex, Broker, MqttError};
+use super::{may_be_record, random_hex, Broker, MqttError};
 use crate::crypto::aead::AeadId;
 use crate::crypto::random::OsRandom;
 use crate::handshake::server::{self, ExpectDeviceFinish, PeerDevice, ServerConfig};
 use crate::handshake::HandshakeError;
 use crate::msgs::{encode_alert, AlertCode, FrameType};
-use crate::record::{RecordError, RECORD_OVERHEAD};
+use crate::record::RecordError;
 use crate::session::{Event, Session, SessionError};
 use crate::transport::{Timeouts, TransportError, MAX_FRAME_LEN};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -129,12 +129,6 @@ impl std::fmt::Debug for MqttServer {
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
-}
-
-/// Whether unauthenticated bytes can be a record at all. Anything else is dropped before it
-/// reaches the session, so a stranger on the broker cannot close it with garbage.
-pub(super) fn may_be_record(frame: &[u8]) -> bool {
-    frame.len() >= RECORD_OVERHEAD && FrameType::of(frame).is_ok_and(FrameType::is_record)
 }
 
 impl MqttServer {
@@ -505,19 +499,5 @@ impl MqttServer {
             _ => true,
         });
         self.streams.expire(now);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_plausible_records_reach_a_session() {
-        assert!(!may_be_record(&[]));
-        assert!(!may_be_record(&[0x10; RECORD_OVERHEAD - 1]));
-        assert!(may_be_record(&[0x10; RECORD_OVERHEAD]));
-        assert!(!may_be_record(&[FrameType::DeviceFinish as u8; 64]));
-        assert!(!may_be_record(&[0xff; 64]));
     }
 }
