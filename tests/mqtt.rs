@@ -87,7 +87,7 @@ fn timeouts() -> Timeouts {
 
 fn device_options() -> DeviceOptions {
     DeviceOptions {
-        ack_timeout: Duration::from_secs(2),
+        ack_timeout: Duration::from_secs(4),
         timeouts: timeouts(),
         ..DeviceOptions::default()
     }
