@@ -16,18 +16,10 @@ use tokio::io::AsyncWriteExt;
 
 /// Options of `secchan device`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("transport").required(true)))]
 pub struct DeviceArgs {
     /// Server address, e.g. 192.0.2.10:4433.
-    #[cfg_attr(
-        feature = "mqtt",
-        arg(
-            long,
-            value_name = "ADDR",
-            required_unless_present = "mqtt",
-            conflicts_with = "mqtt"
-        )
-    )]
-    #[cfg_attr(not(feature = "mqtt"), arg(long, value_name = "ADDR", required = true))]
+    #[arg(long, value_name = "ADDR", group = "transport")]
     connect: Option<String>,
     /// The server's key: its fingerprint (SHA256:...) or its .pub file. Without it, the
     /// known-servers file is used with trust on first use.

@@ -27,7 +27,7 @@ pub const PASSWORD_ENV: &str = "SECCHAN_MQTT_PASSWORD";
 #[derive(Debug, Clone, Args)]
 pub(super) struct MqttArgs {
     /// Carry sessions through this MQTT broker, e.g. mqtt://127.0.0.1:1883.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", group = "transport")]
     pub(super) mqtt: Option<String>,
     /// MQTT client id [default: secchan-<random>]. The broker sees it: do not put the
     /// device's identity in it.

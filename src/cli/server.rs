@@ -15,18 +15,10 @@ use tokio::sync::mpsc;
 
 /// Options of `secchan server`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("transport").required(true)))]
 pub struct ServerArgs {
     /// Address to listen on, e.g. 0.0.0.0:4433.
-    #[cfg_attr(
-        feature = "mqtt",
-        arg(
-            long,
-            value_name = "ADDR",
-            required_unless_present = "mqtt",
-            conflicts_with = "mqtt"
-        )
-    )]
-    #[cfg_attr(not(feature = "mqtt"), arg(long, value_name = "ADDR", required = true))]
+    #[arg(long, value_name = "ADDR", group = "transport")]
     listen: Option<String>,
     /// Also append each message's JSON line to FILE (created with mode 0600).
     #[arg(long, value_name = "FILE")]
