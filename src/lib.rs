@@ -12,7 +12,8 @@
 //! | [`handshake`] | device and server state machines, key schedule (sans IO) |
 //! | [`record`] | sealing, opening, replay window, key update (sans IO) |
 //! | [`session`] | an established session: `handle_frame`, `send`, `poll_transmit` (sans IO) |
-//! | [`transport`] | tokio TCP transport and the embedding API (`connect`, `Listener`) |
+//! | [`transport`] | tokio TCP transport and the embedding API (`connect`, `Listener`); MQTT (`transport::mqtt`, feature `mqtt`) |
+//! | [`telemetry`] | device telemetry sources: stdin, CSV datasets, simulated sensors |
 //! | [`cli`] | the `secchan` command line |
 //!
 //! Embedding: see `examples/device.rs` and `examples/server.rs`.
@@ -26,5 +27,6 @@ pub mod handshake;
 pub mod msgs;
 pub mod record;
 pub mod session;
+pub mod telemetry;
 pub mod transport;
 pub mod trust;

@@ -1,6 +1,7 @@
 //! `secchan device`.
 
 use super::keys::{load_secret, server_fingerprint};
+use super::sources::TelemetryArgs;
 use super::{parse_aead, CliError, DeviceMode, SessionArgs};
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::Suite;
@@ -11,14 +12,15 @@ use crate::trust::{KnownServers, Pinned, ServerVerifier};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
 /// Options of `secchan device`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("transport").required(true)))]
 pub struct DeviceArgs {
     /// Server address, e.g. 192.0.2.10:4433.
-    #[arg(long, value_name = "ADDR")]
-    connect: String,
+    #[arg(long, value_name = "ADDR", group = "transport")]
+    connect: Option<String>,
     /// The server's key: its fingerprint (SHA256:...) or its .pub file. Without it, the
     /// known-servers file is used with trust on first use.
     #[arg(long, value_name = "FINGERPRINT|FILE")]
@@ -41,6 +43,11 @@ pub struct DeviceArgs {
     aead: Vec<AeadId>,
     #[command(flatten)]
     session: SessionArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+    #[cfg(feature = "mqtt")]
+    #[command(flatten)]
+    mqtt: super::mqtt::MqttDeviceArgs,
 }
 
 fn parse_suite(s: &str) -> Result<&'static Suite, String> {
@@ -49,7 +56,8 @@ fn parse_suite(s: &str) -> Result<&'static Suite, String> {
     })
 }
 
-fn verifier(args: &DeviceArgs) -> Result<Box<dyn ServerVerifier>, CliError> {
+/// `host` names the server in the known-servers file.
+fn verifier(args: &DeviceArgs, host: &str) -> Result<Box<dyn ServerVerifier>, CliError> {
     if let Some(value) = &args.server_key {
         return Ok(Box::new(Pinned(server_fingerprint(value)?)));
     }
@@ -58,7 +66,7 @@ fn verifier(args: &DeviceArgs) -> Result<Box<dyn ServerVerifier>, CliError> {
         .clone()
         .or_else(KnownServers::default_path)
         .ok_or(CliError::NoTrustAnchor)?;
-    Ok(Box::new(KnownServers::new(file, args.connect.clone())))
+    Ok(Box::new(KnownServers::new(file, host)))
 }
 
 /// Connects, sends stdin line by line, prints what the server sends, closes cleanly at EOF.
@@ -78,34 +86,36 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
             .map(Arc::new),
         session: args.session.session_config(),
     };
-    let verifier = verifier(&args)?;
-    let mut conn = connect(
-        &args.connect,
-        &config,
-        verifier.as_ref(),
-        args.session.timeouts(),
-    )
-    .await
-    .map_err(|e| match e {
-        TransportError::Io(source) => CliError::Connect {
-            addr: args.connect.clone(),
-            source,
-        },
-        e => e.into(),
-    })?;
+    let mut source = args.telemetry.open()?;
+    #[cfg(feature = "mqtt")]
+    if let Some(url) = &args.mqtt.broker.mqtt {
+        let verifier = verifier(&args, &args.mqtt.broker.known_servers_host(url)?)?;
+        let timeouts = args.session.timeouts();
+        return super::mqtt::run_device(&args.mqtt, url, config, verifier, timeouts, source).await;
+    }
+    let addr = args.connect.clone().unwrap_or_default();
+    let verifier = verifier(&args, &addr)?;
+    let mut conn = connect(&addr, &config, verifier.as_ref(), args.session.timeouts())
+        .await
+        .map_err(|e| match e {
+            TransportError::Io(source) => CliError::Connect {
+                addr: addr.clone(),
+                source,
+            },
+            e => e.into(),
+        })?;
     tracing::debug!(
-        server = %args.connect,
+        server = %addr,
         suite = conn.session().suite().name,
         aead = conn.session().aead().name(),
         "handshake complete"
     );
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     let mut line_no = 0usize;
     let mut input_open = true;
     loop {
         tokio::select! {
-            line = lines.next_line(), if input_open => match line? {
+            line = source.next(), if input_open => match line? {
                 Some(line) => {
                     line_no += 1;
                     if line.len() > crate::record::MAX_PAYLOAD {

@@ -83,6 +83,17 @@ pub enum CliError {
         /// Lines sent before the close.
         sent: usize,
     },
+    /// The broker password file could not be read.
+    #[error("cannot read the MQTT password file {path}: {source}")]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The telemetry source failed.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     /// Reading stdin or writing stdout failed.
     #[error("local I/O failed: {0}")]
     LocalIo(#[from] std::io::Error),

@@ -5,7 +5,11 @@ mod demo;
 mod device;
 mod error;
 mod keys;
+#[cfg(feature = "mqtt")]
+mod mqtt;
+mod output;
 mod server;
+mod sources;
 
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::{Suite, X25519_MLKEM768, X25519_ONLY};
@@ -41,9 +45,9 @@ enum Command {
         /// A secret key file or a .pub file.
         file: PathBuf,
     },
-    /// Accept devices over TCP and print each message as one JSON line on stdout.
+    /// Accept devices over TCP or through an MQTT broker; print each message as one JSON line.
     Server(server::ServerArgs),
-    /// Connect to a server, send each line of stdin as one message, print what comes back.
+    /// Connect to a server (TCP or MQTT) and send telemetry: stdin lines, a CSV dataset, or simulated readings.
     Device(device::DeviceArgs),
     /// Run a server and a device in this process on loopback and show what happens.
     Demo,

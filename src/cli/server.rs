@@ -1,6 +1,7 @@
 //! `secchan server`.
 
 use super::keys::{load_authorized, load_secret};
+use super::output::Output;
 use super::{CliError, ServerMode, SessionArgs};
 use crate::handshake::server::{PeerDevice, ServerConfig};
 use crate::handshake::{AllowAnyDevice, Authorizer};
@@ -10,15 +11,21 @@ use base64::Engine;
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 /// Options of `secchan server`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("transport").required(true)))]
 pub struct ServerArgs {
     /// Address to listen on, e.g. 0.0.0.0:4433.
-    #[arg(long, value_name = "ADDR")]
-    listen: String,
+    #[arg(long, value_name = "ADDR", group = "transport")]
+    listen: Option<String>,
+    /// Also append each message's JSON line to FILE (created with mode 0600).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    #[cfg(feature = "mqtt")]
+    #[command(flatten)]
+    mqtt: super::mqtt::MqttServerArgs,
     /// The server's secret key file (from `secchan keygen`).
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
@@ -44,20 +51,42 @@ struct MessageLine<'a> {
     suite: &'static str,
     aead: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_base64: Option<String>,
 }
 
+/// Where a message came from, for its output line.
+pub(super) struct Origin<'a> {
+    /// The authorized device.
+    pub(super) device: &'a PeerDevice,
+    /// Its address (TCP) or session (MQTT).
+    pub(super) peer: String,
+    /// Suite name.
+    pub(super) suite: &'static str,
+    /// AEAD name.
+    pub(super) aead: &'static str,
+    /// Message id on MQTT: the device's stream and the sequence in it.
+    pub(super) stream: Option<&'a str>,
+    /// See `stream`.
+    pub(super) seq: Option<u64>,
+}
+
 /// Renders one message as a JSON line: `data` if it is UTF-8, `data_base64` otherwise.
-fn message_line(conn: &Connection, peer: &PeerDevice, message: &[u8]) -> String {
+pub(super) fn message_line(origin: &Origin<'_>, message: &[u8]) -> String {
     let text = std::str::from_utf8(message).ok();
     let line = MessageLine {
-        device: &peer.name,
-        fingerprint: peer.identity.map(|i| i.fingerprint()),
-        peer: conn.peer_addr().to_string(),
-        suite: conn.session().suite().name,
-        aead: conn.session().aead().name(),
+        device: &origin.device.name,
+        fingerprint: origin.device.identity.map(|i| i.fingerprint()),
+        peer: origin.peer.clone(),
+        suite: origin.suite,
+        aead: origin.aead,
+        stream: origin.stream,
+        seq: origin.seq,
         data: text,
         data_base64: text
             .is_none()
@@ -78,11 +107,15 @@ async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>
     loop {
         match conn.recv().await {
             Ok(Some(message)) => {
-                if out
-                    .send(message_line(&conn, &peer, &message))
-                    .await
-                    .is_err()
-                {
+                let origin = Origin {
+                    device: &peer,
+                    peer: conn.peer_addr().to_string(),
+                    suite: conn.session().suite().name,
+                    aead: conn.session().aead().name(),
+                    stream: None,
+                    seq: None,
+                };
+                if out.send(message_line(&origin, &message)).await.is_err() {
                     return;
                 }
             }
@@ -118,13 +151,17 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, CliError> {
 /// Accepts devices until interrupted, printing one JSON line per message.
 pub async fn run(args: ServerArgs) -> Result<(), CliError> {
     let config = Arc::new(config(&args)?);
+    #[cfg(feature = "mqtt")]
+    if let Some(url) = &args.mqtt.broker.mqtt {
+        let timeouts = args.session.timeouts();
+        return super::mqtt::serve(&args.mqtt, url, config, timeouts, args.out.as_deref()).await;
+    }
     let fingerprint = config.identity.public().fingerprint();
-    let listener = Listener::bind(&args.listen, config.clone(), args.session.timeouts())
+    let addr = args.listen.clone().unwrap_or_default();
+    let listener = Listener::bind(&addr, config.clone(), args.session.timeouts())
         .await
-        .map_err(|source| CliError::Bind {
-            addr: args.listen.clone(),
-            source,
-        })?;
+        .map_err(|source| CliError::Bind { addr, source })?;
+    let mut output = Output::open(args.out.as_deref()).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
         mode = %config.mode,
@@ -134,10 +171,9 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
     // One writer owns stdout so lines from concurrent sessions never interleave.
     let (tx, mut rx) = mpsc::channel::<String>(1024);
     let writer = tokio::spawn(async move {
-        let mut stdout = tokio::io::stdout();
-        while let Some(mut line) = rx.recv().await {
-            line.push('\n');
-            if stdout.write_all(line.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
+        while let Some(line) = rx.recv().await {
+            if let Err(e) = output.write_line(&line).await {
+                tracing::error!(error = %e, "cannot write the output: messages are no longer recorded");
                 break;
             }
         }
