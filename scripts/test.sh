@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=()
-# (system packages needed by integration tests are listed here)
+packages=(mosquitto)
+# mosquitto: the MQTT integration tests start a real broker on a loopback port.
 
 missing=()
 for p in "${packages[@]}"; do

@@ -87,7 +87,7 @@ fn timeouts() -> Timeouts {
 
 fn device_options() -> DeviceOptions {
     DeviceOptions {
-        ack_timeout: Duration::from_secs(4),
+        ack_timeout: Duration::from_secs(15),
         timeouts: timeouts(),
         ..DeviceOptions::default()
     }
