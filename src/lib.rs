@@ -13,6 +13,7 @@
 //! | [`record`] | sealing, opening, replay window, key update (sans IO) |
 //! | [`session`] | an established session: `handle_frame`, `send`, `poll_transmit` (sans IO) |
 //! | [`transport`] | tokio TCP transport and the embedding API (`connect`, `Listener`) |
+//! | [`registry`] | the fleet registry: signed append-only log, enrollment tokens, revocation |
 //! | [`cli`] | the `secchan` command line |
 //!
 //! Embedding: see `examples/device.rs` and `examples/server.rs`.
@@ -25,6 +26,7 @@ pub mod crypto;
 pub mod handshake;
 pub mod msgs;
 pub mod record;
+pub mod registry;
 pub mod session;
 pub mod transport;
 pub mod trust;

@@ -76,6 +76,7 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
             .map(load_secret)
             .transpose()?
             .map(Arc::new),
+        enrollment: None,
         session: args.session.session_config(),
     };
     let verifier = verifier(&args)?;
