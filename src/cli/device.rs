@@ -5,6 +5,7 @@ use super::{parse_aead, CliError, DeviceMode, SessionArgs};
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::Suite;
 use crate::handshake::device::DeviceConfig;
+use crate::registry::EnrollmentToken;
 use crate::transport::tcp::connect;
 use crate::transport::TransportError;
 use crate::trust::{KnownServers, Pinned, ServerVerifier};
@@ -29,6 +30,10 @@ pub struct DeviceArgs {
     /// The device's secret key file; without it the device connects anonymously.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Enroll this device (its --key) during the handshake with a one-time token from
+    /// `secchan registry token`. Without --server-key, the server key in the token is pinned.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "known_servers")]
+    enroll_token: Option<String>,
     /// Key exchange: hybrid post-quantum (default) or classical X25519.
     #[arg(long, value_enum, default_value_t = DeviceMode::Hybrid)]
     mode: DeviceMode,
@@ -49,9 +54,15 @@ fn parse_suite(s: &str) -> Result<&'static Suite, String> {
     })
 }
 
-fn verifier(args: &DeviceArgs) -> Result<Box<dyn ServerVerifier>, CliError> {
+fn verifier(
+    args: &DeviceArgs,
+    token: Option<&EnrollmentToken>,
+) -> Result<Box<dyn ServerVerifier>, CliError> {
     if let Some(value) = &args.server_key {
         return Ok(Box::new(Pinned(server_fingerprint(value)?)));
+    }
+    if let Some(token) = token {
+        return Ok(Box::new(Pinned(token.server().fingerprint())));
     }
     let file = args
         .known_servers
@@ -63,6 +74,12 @@ fn verifier(args: &DeviceArgs) -> Result<Box<dyn ServerVerifier>, CliError> {
 
 /// Connects, sends stdin line by line, prints what the server sends, closes cleanly at EOF.
 pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
+    let token = match &args.enroll_token {
+        Some(_) if args.key.is_none() => return Err(CliError::EnrollWithoutKey),
+        Some(text) => Some(EnrollmentToken::parse(text).map_err(CliError::EnrollToken)?),
+        None => None,
+    };
+    let verifier = verifier(&args, token.as_ref())?;
     let config = DeviceConfig {
         suite: args.suite.unwrap_or_else(|| args.mode.default_suite()),
         aeads: if args.aead.is_empty() {
@@ -76,10 +93,9 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
             .map(load_secret)
             .transpose()?
             .map(Arc::new),
-        enrollment: None,
+        enrollment: token.map(|t| Arc::new(t.into_key())),
         session: args.session.session_config(),
     };
-    let verifier = verifier(&args)?;
     let mut conn = connect(
         &args.connect,
         &config,

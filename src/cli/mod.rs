@@ -5,6 +5,7 @@ mod demo;
 mod device;
 mod error;
 mod keys;
+mod registry;
 mod server;
 
 use crate::crypto::aead::AeadId;
@@ -47,6 +48,9 @@ enum Command {
     Device(device::DeviceArgs),
     /// Run a server and a device in this process on loopback and show what happens.
     Demo,
+    /// Manage the fleet registry: who may connect, in which group (docs/registry.md).
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
 }
 
 /// Suites a device may offer, by mode.
@@ -169,6 +173,7 @@ pub fn run() -> ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Device(args) => device::run(args).await,
             Command::Demo => demo::run().await,
+            Command::Registry(command) => registry::run(command),
         }
     });
     match result {

@@ -4,12 +4,14 @@ use super::keys::{load_authorized, load_secret};
 use super::{CliError, ServerMode, SessionArgs};
 use crate::handshake::server::{PeerDevice, ServerConfig};
 use crate::handshake::{AllowAnyDevice, Authorizer};
+use crate::registry::{Groups, Received, RegistryAuthorizer};
 use crate::transport::tcp::{Connection, Listener};
 use crate::transport::TransportError;
 use base64::Engine;
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -28,6 +30,17 @@ pub struct ServerArgs {
     /// File listing the devices allowed to connect (fingerprints or .pub contents, with names).
     #[arg(long, value_name = "FILE", conflicts_with = "allow_any_device")]
     authorized_devices: Option<PathBuf>,
+    /// Fleet registry deciding which devices may connect (`secchan registry init`); the server
+    /// refuses to start if it fails verification.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["authorized_devices", "allow_any_device"])]
+    registry: Option<PathBuf>,
+    /// With --registry: serve only devices of this group (repeatable) [default: every group].
+    #[arg(long = "group", value_name = "GROUP", requires = "registry")]
+    groups: Vec<String>,
+    /// With --registry: seconds between checks of the registry for changes; revoked devices'
+    /// sessions are closed within this time.
+    #[arg(long, value_name = "SECS", default_value_t = 1, requires = "registry", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    registry_poll: u64,
     /// Accept any device, including anonymous ones. Not recommended outside testing.
     #[arg(long)]
     allow_any_device: bool,
@@ -66,8 +79,14 @@ fn message_line(conn: &Connection, peer: &PeerDevice, message: &[u8]) -> String 
     serde_json::to_string(&line).unwrap_or_default()
 }
 
-/// Serves one device until it closes; forwards its messages to `out`.
-async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>) {
+/// Serves one device until it closes; forwards its messages to `out`. With a registry, the
+/// session is closed as soon as the registry stops authorizing the device.
+async fn serve(
+    mut conn: Connection,
+    peer: PeerDevice,
+    out: mpsc::Sender<String>,
+    registry: Option<Arc<RegistryAuthorizer>>,
+) {
     tracing::info!(
         device = %peer.name,
         peer = %conn.peer_addr(),
@@ -76,8 +95,16 @@ async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>
         "session established"
     );
     loop {
-        match conn.recv().await {
-            Ok(Some(message)) => {
+        let next = match (&registry, &peer.identity) {
+            (Some(registry), Some(id)) => registry.recv(&mut conn, id).await,
+            _ => conn
+                .recv()
+                .await
+                .map(|m| m.map_or(Received::Closed, Received::Message)),
+        };
+        match next {
+            Ok(Received::Refused(_)) => return,
+            Ok(Received::Message(message)) => {
                 if out
                     .send(message_line(&conn, &peer, &message))
                     .await
@@ -86,7 +113,7 @@ async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>
                     return;
                 }
             }
-            Ok(None) => {
+            Ok(Received::Closed) => {
                 tracing::info!(device = %peer.name, peer = %conn.peer_addr(), "session closed");
                 return;
             }
@@ -98,10 +125,20 @@ async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>
     }
 }
 
-/// Builds the server configuration from the command line.
-fn config(args: &ServerArgs) -> Result<ServerConfig, CliError> {
+/// Builds the server configuration from the command line, and the registry if one is used.
+fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthorizer>>), CliError> {
     let identity = Arc::new(load_secret(&args.key)?);
+    let mut registry = None;
     let authorizer: Arc<dyn Authorizer> = match (&args.authorized_devices, args.allow_any_device) {
+        _ if args.registry.is_some() => {
+            let path = args.registry.clone().unwrap_or_default();
+            let groups = Groups::only(args.groups.iter().cloned());
+            let r = RegistryAuthorizer::open(&path, identity.clone(), groups)
+                .map_err(|error| CliError::Registry { path, error })?;
+            let r = Arc::new(r);
+            registry = Some(r.clone());
+            r
+        }
         (Some(path), _) => Arc::new(load_authorized(path)?),
         (None, true) => {
             tracing::warn!("--allow-any-device: every device, even anonymous ones, is accepted");
@@ -112,12 +149,16 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, CliError> {
     let mut config = ServerConfig::new(identity, authorizer);
     config.mode = args.mode.into();
     config.session = args.session.session_config();
-    Ok(config)
+    Ok((config, registry))
 }
 
 /// Accepts devices until interrupted, printing one JSON line per message.
 pub async fn run(args: ServerArgs) -> Result<(), CliError> {
-    let config = Arc::new(config(&args)?);
+    let (config, registry) = config(&args)?;
+    let config = Arc::new(config);
+    let _watch = registry
+        .as_ref()
+        .map(|r| r.watch(Duration::from_secs(args.registry_poll)));
     let fingerprint = config.identity.public().fingerprint();
     let listener = Listener::bind(&args.listen, config.clone(), args.session.timeouts())
         .await
@@ -153,9 +194,10 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
                     }
                 };
                 let tx = tx.clone();
+                let registry = registry.clone();
                 tokio::spawn(async move {
                     match incoming.handshake().await {
-                        Ok((conn, peer)) => serve(conn, peer, tx).await,
+                        Ok((conn, peer)) => serve(conn, peer, tx, registry).await,
                         // Handshake failures were logged with the peer's address.
                         Err(TransportError::Handshake(_) | TransportError::HandshakeTimeout(_)) => {}
                         Err(e) => tracing::debug!(error = %e, "connection dropped during handshake"),

@@ -84,11 +84,6 @@ impl Fleet {
         self.devices.get(fingerprint)
     }
 
-    /// Devices whose name is `name`.
-    pub fn by_name<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Device> + 'a {
-        self.devices.values().filter(move |d| d.name == name)
-    }
-
     /// An issued token by its public key.
     pub fn token(&self, id: &PublicIdentity) -> Option<&Token> {
         self.tokens.get(&id.0)
