@@ -14,7 +14,7 @@ use super::RegistryError;
 use crate::crypto::identity::{IdentityKey, PublicIdentity};
 use fs4::fs_std::FileExt;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 /// The head file of the registry at `path`: `path` with `.head` appended.
@@ -41,7 +41,9 @@ fn read_all(file: &mut File, path: &Path) -> Result<Vec<u8>, RegistryError> {
         return Err(RegistryError::TooLarge(path.to_path_buf()));
     }
     let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or_default());
-    file.read_to_end(&mut buf).map_err(io("read", path))?;
+    file.rewind()
+        .and_then(|()| file.read_to_end(&mut buf))
+        .map_err(io("read", path))?;
     Ok(buf)
 }
 
