@@ -35,6 +35,11 @@ fn run(dir: &Path, args: &[&str]) -> Output {
     bin().current_dir(dir).args(args).output().unwrap()
 }
 
+/// Runs `secchan` with whitespace-separated arguments.
+fn cmd(dir: &Path, args: &str) -> Output {
+    run(dir, &args.split_whitespace().collect::<Vec<_>>())
+}
+
 /// One line on stderr, starting with "secchan: ", and a failure exit.
 fn assert_one_line_error(out: &Output, needles: &[&str]) {
     assert!(!out.status.success());
@@ -49,31 +54,11 @@ fn assert_one_line_error(out: &Output, needles: &[&str]) {
 /// A directory with server and device keys and a registry with one enrolled device.
 fn setup(name: &str) -> (PathBuf, String) {
     let dir = tempdir(name);
-    let server_fp = ok(run(&dir, &["keygen", "--out", "server.key"]))
-        .trim()
-        .to_string();
-    ok(run(&dir, &["keygen", "--out", "dev.key"]));
-    let out = ok(run(
-        &dir,
-        &["registry", "init", "--key", "server.key", "fleet.reg"],
-    ));
+    let server_fp = ok(cmd(&dir, "keygen --out server.key")).trim().to_string();
+    ok(cmd(&dir, "keygen --out dev.key"));
+    let out = ok(cmd(&dir, "registry init --key server.key fleet.reg"));
     assert!(out.contains(&server_fp), "{out}");
-    let out = ok(run(
-        &dir,
-        &[
-            "registry",
-            "enroll",
-            "--key",
-            "server.key",
-            "fleet.reg",
-            "--device",
-            "dev.key.pub",
-            "--name",
-            "sensor-1",
-            "--group",
-            "greenhouse",
-        ],
-    ));
+    let out = ok(cmd(&dir, "registry enroll --key server.key fleet.reg --device dev.key.pub --name sensor-1 --group greenhouse"));
     assert!(
         out.contains("enrolled SHA256:") && out.contains("sensor-1"),
         "{out}"
@@ -143,60 +128,30 @@ fn device(dir: &Path, args: &[&str], stdin: &str) -> Output {
 #[test]
 fn list_verify_and_changes_print_what_they_did() {
     let (dir, server_fp) = setup("list");
-    let table = ok(run(&dir, &["registry", "list", "fleet.reg"]));
+    let table = ok(cmd(&dir, "registry list fleet.reg"));
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.contains("sensor-1") && table.contains("greenhouse") && table.contains("active"));
-    let out = ok(run(
+    let out = ok(cmd(
         &dir,
-        &[
-            "registry",
-            "rename",
-            "--key",
-            "server.key",
-            "fleet.reg",
-            "sensor-1",
-            "sensor-A",
-        ],
+        "registry rename --key server.key fleet.reg sensor-1 sensor-A",
     ));
     assert!(out.contains("sensor-A"), "{out}");
-    ok(run(
+    ok(cmd(
         &dir,
-        &[
-            "registry",
-            "regroup",
-            "--key",
-            "server.key",
-            "fleet.reg",
-            "sensor-A",
-            "ward",
-        ],
+        "registry regroup --key server.key fleet.reg sensor-A ward",
     ));
-    ok(run(
+    ok(cmd(
         &dir,
-        &[
-            "registry",
-            "revoke",
-            "--key",
-            "server.key",
-            "fleet.reg",
-            "sensor-A",
-        ],
+        "registry revoke --key server.key fleet.reg sensor-A",
     ));
     let json: serde_json::Value =
-        serde_json::from_str(&ok(run(&dir, &["registry", "list", "--json", "fleet.reg"]))).unwrap();
+        serde_json::from_str(&ok(cmd(&dir, "registry list --json fleet.reg"))).unwrap();
     assert_eq!(json[0]["name"], "sensor-A");
     assert_eq!(json[0]["group"], "ward");
     assert_eq!(json[0]["status"], "revoked");
-    let filtered = ok(run(
+    let filtered = ok(cmd(
         &dir,
-        &[
-            "registry",
-            "list",
-            "--json",
-            "--group",
-            "greenhouse",
-            "fleet.reg",
-        ],
+        "registry list --json --group greenhouse fleet.reg",
     ));
     assert_eq!(filtered.trim(), "[]");
     let out = ok(run(
@@ -211,29 +166,9 @@ fn list_verify_and_changes_print_what_they_did() {
     ));
     assert!(out.contains("5 entries verified"), "{out}");
     // A second revocation, an unknown device, a bad name: one clear line each.
-    let again = run(
-        &dir,
-        &[
-            "registry",
-            "revoke",
-            "--key",
-            "server.key",
-            "fleet.reg",
-            "sensor-A",
-        ],
-    );
+    let again = cmd(&dir, "registry revoke --key server.key fleet.reg sensor-A");
     assert_one_line_error(&again, &["is revoked", "new key"]);
-    let unknown = run(
-        &dir,
-        &[
-            "registry",
-            "revoke",
-            "--key",
-            "server.key",
-            "fleet.reg",
-            "nobody",
-        ],
-    );
+    let unknown = cmd(&dir, "registry revoke --key server.key fleet.reg nobody");
     assert_one_line_error(&unknown, &["no device nobody"]);
     let bad = run(
         &dir,
@@ -252,12 +187,9 @@ fn list_verify_and_changes_print_what_they_did() {
         ],
     );
     assert_one_line_error(&bad, &["invalid name"]);
-    let exists = run(
-        &dir,
-        &["registry", "init", "--key", "server.key", "fleet.reg"],
-    );
+    let exists = cmd(&dir, "registry init --key server.key fleet.reg");
     assert_one_line_error(&exists, &["already exists"]);
-    let missing = run(&dir, &["registry", "verify", "nothing.reg"]);
+    let missing = cmd(&dir, "registry verify nothing.reg");
     assert_one_line_error(&missing, &["cannot open nothing.reg"]);
 }
 
@@ -267,7 +199,7 @@ fn tampered_registry_fails_verify_and_the_server_will_not_start() {
     let path = dir.join("fleet.reg");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("sensor-1", "sensor-X")).unwrap();
-    let out = run(&dir, &["registry", "verify", "fleet.reg"]);
+    let out = cmd(&dir, "registry verify fleet.reg");
     assert_one_line_error(&out, &["entry 2", "restore it from a backup"]);
     let out = bin()
         .current_dir(&dir)
@@ -291,17 +223,7 @@ fn tampered_registry_fails_verify_and_the_server_will_not_start() {
         ],
     );
     // Appending is refused too.
-    let out = run(
-        &dir,
-        &[
-            "registry",
-            "revoke",
-            "--key",
-            "server.key",
-            "fleet.reg",
-            "sensor-1",
-        ],
-    );
+    let out = cmd(&dir, "registry revoke --key server.key fleet.reg sensor-1");
     assert_one_line_error(&out, &["entry 2"]);
 }
 
@@ -314,37 +236,19 @@ fn torn_write_is_reported_and_repaired() {
         .unwrap();
     f.write_all(b"3 1790000000 ab").unwrap();
     drop(f);
-    let out = run(&dir, &["registry", "verify", "fleet.reg"]);
+    let out = cmd(&dir, "registry verify fleet.reg");
     assert_one_line_error(&out, &["entry 3 is torn", "secchan registry repair"]);
-    let out = ok(run(
-        &dir,
-        &["registry", "repair", "--key", "server.key", "fleet.reg"],
-    ));
+    let out = ok(cmd(&dir, "registry repair --key server.key fleet.reg"));
     assert!(out.contains("removed torn entry 3"), "{out}");
-    ok(run(&dir, &["registry", "verify", "fleet.reg"]));
+    ok(cmd(&dir, "registry verify fleet.reg"));
 }
 
 #[test]
 fn zero_touch_enrollment_with_a_token_then_reuse_is_refused() {
     let (dir, _) = setup("token");
-    ok(run(&dir, &["keygen", "--out", "new.key"]));
-    ok(run(&dir, &["keygen", "--out", "other.key"]));
-    let token = ok(run(
-        &dir,
-        &[
-            "registry",
-            "token",
-            "--key",
-            "server.key",
-            "fleet.reg",
-            "--group",
-            "greenhouse",
-            "--expires",
-            "10m",
-            "--name",
-            "sensor-9",
-        ],
-    ));
+    ok(cmd(&dir, "keygen --out new.key"));
+    ok(cmd(&dir, "keygen --out other.key"));
+    let token = ok(cmd(&dir, "registry token --key server.key fleet.reg --group greenhouse --expires 10m --name sensor-9"));
     let token = token.trim();
     assert!(token.starts_with("secchan-token-v1."), "{token}");
     // The token is never stored: the registry holds only its public key.
@@ -371,7 +275,7 @@ fn zero_touch_enrollment_with_a_token_then_reuse_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     let json: serde_json::Value =
-        serde_json::from_str(&ok(run(&dir, &["registry", "list", "--json", "fleet.reg"]))).unwrap();
+        serde_json::from_str(&ok(cmd(&dir, "registry list --json fleet.reg"))).unwrap();
     let enrolled = json
         .as_array()
         .unwrap()

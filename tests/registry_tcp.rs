@@ -373,6 +373,17 @@ fn handshake_with(
     Ok(peer.name)
 }
 
+/// A correct enrollment of `device` with `token` over `th2`.
+fn enrollment(device: &IdentityKey, token: &IdentityKey, th2: &[u8; 32]) -> DeviceAuth {
+    let public = device.public().0;
+    DeviceAuth::Enroll {
+        public,
+        signature: device.sign(DEVICE_SIGNATURE_CONTEXT, th2),
+        token: token.public().0,
+        proof: token.sign(ENROLLMENT_PROOF_CONTEXT, &[&th2[..], &public].concat()),
+    }
+}
+
 #[test]
 fn a_proof_stolen_from_another_handshake_is_refused() {
     let path = registry("stolen");
@@ -381,18 +392,12 @@ fn a_proof_stolen_from_another_handshake_is_refused() {
     let reg = RegistryAuthorizer::open(&path, server_key(), Groups::all()).unwrap();
     let scfg = ServerConfig::new(server_key(), Arc::new(reg));
     let (victim, attacker) = (key(1), key(2));
-    let victim_pub = victim.public().0;
 
     // Handshake A: the victim's DeviceFinish, as someone able to read it would capture it
     // (it travels encrypted under handshake keys, so a passive eavesdropper never does).
     let mut captured = None;
     let _ = handshake_with(&scfg, |th2| {
-        let auth = DeviceAuth::Enroll {
-            public: victim_pub,
-            signature: victim.sign(DEVICE_SIGNATURE_CONTEXT, th2),
-            token: token_key.public().0,
-            proof: token_key.sign(ENROLLMENT_PROOF_CONTEXT, &[&th2[..], &victim_pub].concat()),
-        };
+        let auth = enrollment(&victim, &token_key, th2);
         captured = Some(auth.clone());
         // Handshake A is abandoned before it reaches the server: the victim's token stays
         // unused, which is the attacker's best case.
@@ -438,12 +443,6 @@ fn a_proof_stolen_from_another_handshake_is_refused() {
     // Nothing was enrolled and the token is still unused: the victim can still enroll.
     let v = file::load(&path, None).unwrap();
     assert_eq!(v.fleet.devices().count(), 0);
-    let name = handshake_with(&scfg, |th2| DeviceAuth::Enroll {
-        public: victim_pub,
-        signature: victim.sign(DEVICE_SIGNATURE_CONTEXT, th2),
-        token: token_key.public().0,
-        proof: token_key.sign(ENROLLMENT_PROOF_CONTEXT, &[&th2[..], &victim_pub].concat()),
-    })
-    .unwrap();
+    let name = handshake_with(&scfg, |th2| enrollment(&victim, &token_key, th2)).unwrap();
     assert_eq!(name, "victim");
 }
