@@ -66,6 +66,15 @@ fn setup(name: &str) -> (PathBuf, String) {
     (dir, server_fp)
 }
 
+/// `secchan server` on a free loopback port with the registry of `setup`.
+fn server(dir: &Path) -> Command {
+    let mut c = bin();
+    c.current_dir(dir).args(
+        "server --listen 127.0.0.1:0 --key server.key --registry fleet.reg".split_whitespace(),
+    );
+    c
+}
+
 struct Server(Child, String);
 
 impl Drop for Server {
@@ -76,17 +85,7 @@ impl Drop for Server {
 }
 
 fn start_server(dir: &Path, extra: &[&str]) -> Server {
-    let mut child = bin()
-        .current_dir(dir)
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--key",
-            "server.key",
-            "--registry",
-            "fleet.reg",
-        ])
+    let mut child = server(dir)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -201,19 +200,7 @@ fn tampered_registry_fails_verify_and_the_server_will_not_start() {
     std::fs::write(&path, text.replace("sensor-1", "sensor-X")).unwrap();
     let out = cmd(&dir, "registry verify fleet.reg");
     assert_one_line_error(&out, &["entry 2", "restore it from a backup"]);
-    let out = bin()
-        .current_dir(&dir)
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--key",
-            "server.key",
-            "--registry",
-            "fleet.reg",
-        ])
-        .output()
-        .unwrap();
+    let out = server(&dir).output().unwrap();
     assert_one_line_error(
         &out,
         &[
@@ -284,35 +271,24 @@ fn zero_touch_enrollment_with_a_token_then_reuse_is_refused() {
         .unwrap();
     assert_eq!(enrolled["by_token"], true);
     assert_eq!(enrolled["group"], "greenhouse");
-    let out = device(
-        &dir,
-        &[
+    let enroll = |key: &str, token: &str| {
+        let args = [
             "--connect",
             &server.1,
             "--key",
-            "other.key",
+            key,
             "--enroll-token",
             token,
-        ],
-        "x\n",
-    );
+        ];
+        device(&dir, &args, "x\n")
+    };
+    let out = enroll("other.key", token);
     assert_one_line_error(
         &out,
         &["already used", "ask the server's operator for a new one"],
     );
     let out = device(&dir, &["--connect", &server.1, "--enroll-token", token], "");
     assert_one_line_error(&out, &["--enroll-token needs a device identity"]);
-    let out = device(
-        &dir,
-        &[
-            "--connect",
-            &server.1,
-            "--key",
-            "other.key",
-            "--enroll-token",
-            "nonsense",
-        ],
-        "",
-    );
+    let out = enroll("other.key", "nonsense");
     assert_one_line_error(&out, &["invalid enrollment token"]);
 }

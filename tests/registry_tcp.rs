@@ -293,68 +293,47 @@ async fn revoked_and_wrong_group_devices_are_refused() {
     assert_refused(addr, &mut rx, &config(&a, Some(t)), AlertCode::Revoked).await;
 }
 
-#[tokio::test]
-async fn revocation_closes_a_live_session() {
-    let path = registry("live-revoke");
+/// A device in `group` has an open session with a server serving `groups`; the operator
+/// appends `change(device)` from another process; the session is closed with `code`.
+async fn assert_live_session_closed(
+    name: &str,
+    groups: Groups,
+    change: impl FnOnce(String) -> Op,
+    code: AlertCode,
+) {
+    let path = registry(name);
     let dev = key(1);
     enroll(&path, &dev, "sensor-1", "greenhouse");
-    let (addr, _, mut rx) = start(&path, Groups::all()).await;
+    let (addr, _, mut rx) = start(&path, groups).await;
     let mut conn = session(addr, &config(&dev, None)).await.unwrap();
-    // The operator revokes the device from another process while the session is open.
-    append(
-        &path,
-        Op::Revoke {
-            device: dev.public().fingerprint(),
-        },
-    );
+    append(&path, change(dev.public().fingerprint()));
     let err = tokio::time::timeout(HANG_GUARD, conn.recv())
         .await
         .expect("session was not closed")
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            TransportError::Session(SessionError::PeerAlert(AlertCode::Revoked))
-        ),
+        matches!(err, TransportError::Session(SessionError::PeerAlert(c)) if c == code),
         "{err:?}"
     );
-    assert_eq!(
-        next(&mut rx).await.unwrap(),
-        Received::Refused(AlertCode::Revoked)
-    );
+    assert_eq!(next(&mut rx).await.unwrap(), Received::Refused(code));
     // And it cannot come back.
-    assert_refused(addr, &mut rx, &config(&dev, None), AlertCode::Revoked).await;
+    assert_refused(addr, &mut rx, &config(&dev, None), code).await;
+}
+
+#[tokio::test]
+async fn revocation_closes_a_live_session() {
+    let revoke = |device| Op::Revoke { device };
+    assert_live_session_closed("live-revoke", Groups::all(), revoke, AlertCode::Revoked).await;
 }
 
 #[tokio::test]
 async fn moving_a_device_out_of_the_served_groups_closes_its_session() {
-    let path = registry("live-regroup");
-    let dev = key(1);
-    enroll(&path, &dev, "sensor-1", "greenhouse");
-    let (addr, _, mut rx) = start(&path, Groups::only(["greenhouse".to_string()])).await;
-    let mut conn = session(addr, &config(&dev, None)).await.unwrap();
-    append(
-        &path,
-        Op::Regroup {
-            device: dev.public().fingerprint(),
-            group: "ward".into(),
-        },
-    );
-    let err = tokio::time::timeout(HANG_GUARD, conn.recv())
-        .await
-        .expect("session was not closed")
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransportError::Session(SessionError::PeerAlert(AlertCode::WrongGroup))
-        ),
-        "{err:?}"
-    );
-    assert_eq!(
-        next(&mut rx).await.unwrap(),
-        Received::Refused(AlertCode::WrongGroup)
-    );
+    let regroup = |device| Op::Regroup {
+        device,
+        group: "ward".into(),
+    };
+    let greenhouse = Groups::only(["greenhouse".to_string()]);
+    assert_live_session_closed("live-regroup", greenhouse, regroup, AlertCode::WrongGroup).await;
 }
 
 /// Runs the device side of one handshake up to TH2 against `scfg`, finishing with the auth
