@@ -364,3 +364,64 @@ fn rule_breaking_appends_are_refused_before_writing() {
     }
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
+
+/// The worked example of docs/registry.md §2.4, rebuilt from its inputs: the document and
+/// the code cannot drift apart.
+#[test]
+fn worked_example_in_the_docs_matches() {
+    let path = tempdir("example").join("fleet.reg");
+    let server = server_key();
+    file::init(&path, &server, T0).unwrap();
+    let append = |time: u64, op: Op| file::append(&path, &server, time, |_| Ok(op)).unwrap();
+    append(
+        T0 + 60,
+        Op::Enroll {
+            device: device(1).public().fingerprint(),
+            name: "sensor-1".into(),
+            group: "greenhouse".into(),
+            token: None,
+        },
+    );
+    let token = device(3).public();
+    append(
+        T0 + 120,
+        Op::Token {
+            id: token,
+            group: "greenhouse".into(),
+            name: "sensor-2".into(),
+            expires: T0 + 3720,
+        },
+    );
+    append(
+        T0 + 180,
+        Op::Enroll {
+            device: device(2).public().fingerprint(),
+            name: "sensor-2".into(),
+            group: "greenhouse".into(),
+            token: Some(token),
+        },
+    );
+    append(
+        T0 + 240,
+        Op::Revoke {
+            device: device(1).public().fingerprint(),
+        },
+    );
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/registry.md")).unwrap();
+    let block = |name: &str| {
+        let start = format!("<!-- {name} -->\n```\n");
+        let from = doc
+            .find(&start)
+            .unwrap_or_else(|| panic!("{name} block missing"))
+            + start.len();
+        doc[from..].split("```").next().unwrap().to_string()
+    };
+    let log = std::fs::read_to_string(&path).unwrap();
+    let head = std::fs::read_to_string(head_path(&path)).unwrap();
+    if std::env::var_os("SECCHAN_PRINT_EXAMPLE").is_some() {
+        println!("{log}---\n{head}");
+    }
+    assert_eq!(block("example-log"), log);
+    assert_eq!(block("example-head"), head);
+}
