@@ -237,14 +237,7 @@ async fn mitm_downgrade_to_classical_is_detected() {
         }
     })
     .await;
-    let err = connect(
-        mitm,
-        &device_config(&X25519_MLKEM768, AeadId::Aes256Gcm),
-        &pin(),
-        short_timeouts(),
-    )
-    .await
-    .unwrap_err();
+    let err = connect_hybrid(mitm).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -270,14 +263,7 @@ async fn session_through(
         }
     })
     .await;
-    let conn = connect(
-        mitm,
-        &device_config(&X25519_MLKEM768, AeadId::Aes256Gcm),
-        &pin(),
-        short_timeouts(),
-    )
-    .await
-    .unwrap();
+    let conn = connect_hybrid(mitm).await.unwrap();
     (conn, rx)
 }
 
@@ -389,7 +375,9 @@ async fn oversize_frame_is_refused_before_allocation() {
 async fn garbage_in_place_of_hello_gets_decode_alert() {
     let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    write_frame(&mut s, b"\x01\x01\x01\x02GARBAGE").await;
+    write_frame(&mut s, b"\x01\x01\x01\x02GARBAGE")
+        .await
+        .unwrap();
     let alert = read_frame(&mut s).await.unwrap();
     assert_eq!(
         alert,
@@ -432,16 +420,40 @@ async fn stalled_peer_mid_handshake_times_out() {
 #[tokio::test]
 async fn oversize_message_is_refused_locally() {
     let (addr, _rx) = start_server(server_config(Mode::Hybrid)).await;
-    let mut conn = connect(
-        addr,
-        &device_config(&X25519_MLKEM768, AeadId::Aes256Gcm),
-        &pin(),
-        short_timeouts(),
-    )
-    .await
-    .unwrap();
+    let mut conn = connect_hybrid(addr).await.unwrap();
     assert!(matches!(
         conn.send(&vec![0u8; 16385]).await.unwrap_err(),
         TransportError::Session(SessionError::Record(RecordError::PayloadTooLarge(16385)))
+    ));
+}
+
+#[tokio::test]
+async fn idle_session_is_closed_with_timeout_alert() {
+    let mut scfg = server_config(Mode::Hybrid);
+    scfg.session = Default::default();
+    let listener = secchan::transport::tcp::Listener::bind(
+        "127.0.0.1:0",
+        Arc::new(scfg),
+        secchan::transport::Timeouts {
+            handshake: Duration::from_secs(5),
+            idle: Duration::from_millis(200),
+        },
+    )
+    .await
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap().handshake().await.unwrap();
+        conn.recv().await
+    });
+    let mut conn = connect_hybrid(addr).await.unwrap();
+    // The device stays silent; the server gives up and says why.
+    assert!(matches!(
+        server.await.unwrap(),
+        Err(TransportError::IdleTimeout(_))
+    ));
+    assert!(matches!(
+        conn.recv().await.unwrap_err(),
+        TransportError::Session(SessionError::PeerAlert(AlertCode::Timeout))
     ));
 }

@@ -101,14 +101,18 @@ async fn expect_frame(
 }
 
 /// Connects to a server, runs the handshake, and checks the server's identity with
-/// `verifier` before revealing the device's own identity.
+/// `verifier` before revealing the device's own identity. The TCP connect and the handshake
+/// together must finish within `timeouts.handshake`.
 pub async fn connect(
     addr: impl ToSocketAddrs,
     config: &DeviceConfig,
     verifier: &dyn ServerVerifier,
     timeouts: Timeouts,
 ) -> Result<Connection, TransportError> {
-    let stream = TcpStream::connect(addr).await?;
+    let deadline = tokio::time::Instant::now() + timeouts.handshake;
+    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+        .await
+        .map_err(|_| TransportError::HandshakeTimeout(timeouts.handshake))??;
     stream.set_nodelay(true)?;
     let peer_addr = stream.peer_addr()?;
     let mut io = framed(stream);
@@ -134,7 +138,7 @@ pub async fn connect(
         write_frame(&mut io, &mut stats, finish).await?;
         Ok::<_, TransportError>(session)
     };
-    let session = tokio::time::timeout(timeouts.handshake, handshake)
+    let session = tokio::time::timeout_at(deadline, handshake)
         .await
         .map_err(|_| TransportError::HandshakeTimeout(timeouts.handshake))??;
     stats.handshake_sent = stats.sent;

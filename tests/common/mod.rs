@@ -9,10 +9,11 @@ use secchan::handshake::server::{PeerDevice, ServerConfig};
 use secchan::handshake::{AuthorizedDevices, Mode};
 use secchan::transport::tcp::{Connection, Listener};
 use secchan::transport::{Timeouts, TransportError};
+use secchan::trust::Pinned;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -106,19 +107,30 @@ async fn serve(mut conn: Connection, peer: PeerDevice) -> ServerOutcome {
 }
 
 /// Writes one length-prefixed frame.
-pub async fn write_frame(stream: &mut TcpStream, body: &[u8]) {
-    let len = u16::try_from(body.len()).unwrap().to_be_bytes();
-    stream.write_all(&len).await.unwrap();
-    stream.write_all(body).await.unwrap();
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
+    w.write_all(&u16::try_from(body.len()).unwrap().to_be_bytes())
+        .await?;
+    w.write_all(body).await
 }
 
 /// Reads one length-prefixed frame, or `None` at end of stream.
-pub async fn read_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
     let mut len = [0u8; 2];
-    stream.read_exact(&mut len).await.ok()?;
+    r.read_exact(&mut len).await.ok()?;
     let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    stream.read_exact(&mut body).await.ok()?;
+    r.read_exact(&mut body).await.ok()?;
     Some(body)
+}
+
+/// Connects a hybrid AES-256-GCM device with the test identity, pinning the test server.
+pub async fn connect_hybrid(addr: SocketAddr) -> Result<Connection, TransportError> {
+    secchan::transport::tcp::connect(
+        addr,
+        &device_config(&secchan::crypto::kem::X25519_MLKEM768, AeadId::Aes256Gcm),
+        &Pinned(server_key().public().fingerprint()),
+        short_timeouts(),
+    )
+    .await
 }
 
 /// A man in the middle: forwards frames between a device and `upstream`, passing each through
@@ -140,9 +152,9 @@ where
         let t1 = tamper.clone();
         let up = tokio::spawn(async move {
             let mut i = 0;
-            while let Some(f) = read_half(&mut dr).await {
+            while let Some(f) = read_frame(&mut dr).await {
                 for out in t1(true, i, f) {
-                    if write_half(&mut sw, &out).await.is_err() {
+                    if write_frame(&mut sw, &out).await.is_err() {
                         return;
                     }
                 }
@@ -150,9 +162,9 @@ where
             }
         });
         let mut i = 0;
-        while let Some(f) = read_half(&mut sr).await {
+        while let Some(f) = read_frame(&mut sr).await {
             for out in tamper(false, i, f) {
-                if write_half(&mut dw, &out).await.is_err() {
+                if write_frame(&mut dw, &out).await.is_err() {
                     break;
                 }
             }
@@ -161,17 +173,4 @@ where
         up.abort();
     });
     addr
-}
-
-async fn read_half(r: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Vec<u8>> {
-    let mut len = [0u8; 2];
-    r.read_exact(&mut len).await.ok()?;
-    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    r.read_exact(&mut body).await.ok()?;
-    Some(body)
-}
-
-async fn write_half(w: &mut tokio::net::tcp::OwnedWriteHalf, body: &[u8]) -> std::io::Result<()> {
-    w.write_all(&(body.len() as u16).to_be_bytes()).await?;
-    w.write_all(body).await
 }
