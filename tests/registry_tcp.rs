@@ -6,7 +6,9 @@ use secchan::crypto::identity::{IdentityKey, PublicIdentity};
 use secchan::crypto::random::OsRandom;
 use secchan::handshake::device::{self, DeviceConfig};
 use secchan::handshake::server::{self, ServerConfig};
-use secchan::handshake::{HandshakeError, DEVICE_SIGNATURE_CONTEXT, ENROLLMENT_PROOF_CONTEXT};
+use secchan::handshake::{
+    AuthorizedDevices, HandshakeError, DEVICE_SIGNATURE_CONTEXT, ENROLLMENT_PROOF_CONTEXT,
+};
 use secchan::msgs::{AlertCode, DeviceAuth};
 use secchan::registry::entry::Op;
 use secchan::registry::{file, unix_now, EnrollmentToken, Groups, Received, RegistryAuthorizer};
@@ -424,4 +426,34 @@ fn a_proof_stolen_from_another_handshake_is_refused() {
     assert_eq!(v.fleet.devices().count(), 0);
     let name = handshake_with(&scfg, |th2| enrollment(&victim, &token_key, th2)).unwrap();
     assert_eq!(name, "victim");
+}
+
+#[test]
+fn authorizers_without_enrollment_treat_a_token_as_absent() {
+    let (listed, stranger, token) = (key(1), key(2), key(3));
+    let mut list = AuthorizedDevices::new();
+    list.insert(listed.public().fingerprint(), "listed".into());
+    let scfg = ServerConfig::new(server_key(), Arc::new(list));
+    let name = handshake_with(&scfg, |th2| enrollment(&listed, &token, th2)).unwrap();
+    assert_eq!(name, "listed");
+    let err = handshake_with(&scfg, |th2| enrollment(&stranger, &token, th2)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HandshakeError::DeviceRefused {
+                code: AlertCode::UnknownDevice,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // A token without a device identity is a configuration error, caught before any I/O.
+    let cfg = DeviceConfig {
+        enrollment: Some(token),
+        ..DeviceConfig::default()
+    };
+    assert_eq!(
+        device::start(&cfg, &mut OsRandom).err(),
+        Some(HandshakeError::EnrollmentWithoutIdentity)
+    );
 }

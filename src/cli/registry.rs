@@ -2,7 +2,7 @@
 
 use super::keys::{load_secret, server_fingerprint};
 use super::CliError;
-use crate::crypto::identity::IdentityKey;
+use crate::crypto::identity::{IdentityKey, PublicIdentity};
 use crate::crypto::random::OsRandom;
 use crate::registry::entry::Op;
 use crate::registry::fleet::{Device, Fleet};
@@ -146,16 +146,22 @@ fn find<'a>(fleet: &'a Fleet, device: &str) -> Result<&'a Device, RegistryError>
     }
 }
 
+/// A device named by its fingerprint or its .pub file.
 fn device_fingerprint(value: &str) -> Result<String, CliError> {
-    let fp = server_fingerprint(value)?;
-    if crate::registry::entry::valid_fingerprint(&fp) {
-        Ok(fp)
-    } else {
-        Err(CliError::KeyFile {
-            path: value.into(),
-            reason: "not a valid SHA256: fingerprint".into(),
-        })
+    let bad = |reason: String| CliError::KeyFile {
+        path: value.into(),
+        reason: format!("{reason} (a device is named by its .pub file or SHA256: fingerprint)"),
+    };
+    if value.starts_with("SHA256:") {
+        return match crate::registry::entry::valid_fingerprint(value) {
+            true => Ok(value.to_string()),
+            false => Err(bad("not a valid fingerprint".into())),
+        };
     }
+    let text = std::fs::read_to_string(value).map_err(|e| bad(e.to_string()))?;
+    PublicIdentity::from_file_text(&text)
+        .map(|p| p.fingerprint())
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// A device that may still change: not revoked.
