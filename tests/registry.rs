@@ -320,6 +320,45 @@ fn a_running_server_notices_a_rollback() {
 }
 
 #[test]
+fn a_running_server_rechecks_what_changed_and_keeps_its_verified_state() {
+    let path = five_entries("reload");
+    let server = RegistryAuthorizer::open(&path, server_key(), Groups::all()).unwrap();
+    let original = lines(&path);
+    // A new genuine entry is picked up.
+    enroll(&path, 4, "new", "ward");
+    assert!(server.reload().unwrap());
+    assert_eq!(server.len(), 6);
+    // An entry the server already verified is edited: the whole log is verified again.
+    let mut l = lines(&path);
+    l[2] = l[2].replace("sensor-2", "sensor-Z");
+    write_lines(&path, &l);
+    assert!(matches!(
+        server.reload().unwrap_err(),
+        RegistryError::Verify(VerifyError::BadSignature { entry: 3 })
+    ));
+    // A forged entry after the verified ones is caught by its own signature.
+    let mut l = lines(&path);
+    l[2].clone_from(&original[2]);
+    let forged = Entry {
+        seq: 7,
+        time: T0 + 70,
+        prev: secchan::registry::entry::line_hash(l[5].as_bytes()),
+        op: Op::Revoke {
+            device: device(1).public().fingerprint(),
+        },
+    };
+    l.push(forged.sign(&device(9)));
+    write_lines(&path, &l);
+    assert!(matches!(
+        server.reload().unwrap_err(),
+        RegistryError::Verify(VerifyError::BadSignature { entry: 7 })
+    ));
+    // Meanwhile the server enforces the last verified state.
+    assert_eq!(server.len(), 6);
+    assert_eq!(server.check(&device(1).public()).unwrap(), "sensor-1");
+}
+
+#[test]
 fn concurrent_writers_do_not_corrupt_the_log() {
     let path = tempdir("concurrent").join("fleet.reg");
     file::init(&path, &server_key(), T0).unwrap();

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 
 struct Loaded {
-    verified: Verified,
+    verified: Arc<Verified>,
     /// The files' stamp at the last load attempt, successful or not.
     stamp: Stamp,
 }
@@ -66,7 +66,10 @@ impl RegistryAuthorizer {
             path: path.to_path_buf(),
             key,
             groups,
-            state: RwLock::new(Loaded { verified, stamp }),
+            state: RwLock::new(Loaded {
+                verified: Arc::new(verified),
+                stamp,
+            }),
             changed: watch::Sender::new(0),
         })
     }
@@ -76,22 +79,25 @@ impl RegistryAuthorizer {
         f(&state.verified.fleet)
     }
 
+    fn snapshot(&self) -> Arc<Verified> {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .verified
+            .clone()
+    }
+
     fn install(&self, verified: Verified) {
         self.state
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .verified = verified;
+            .verified = Arc::new(verified);
         self.changed.send_modify(|generation| *generation += 1);
     }
 
     /// Entries in the loaded registry.
     pub fn len(&self) -> usize {
-        self.state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .verified
-            .entries
-            .len()
+        self.snapshot().entries.len()
     }
 
     /// Whether the loaded registry is empty (never: entry 1 is `init`).
@@ -104,15 +110,17 @@ impl RegistryAuthorizer {
     /// Returns whether a new state was installed.
     pub fn reload(&self) -> Result<bool, RegistryError> {
         let stamp = Stamp::of(&self.path);
-        let (had, last) = {
+        let known = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             if state.stamp == stamp {
                 return Ok(false);
             }
             state.stamp = stamp;
-            (state.verified.entries.len(), state.verified.last_hash())
+            state.verified.clone()
         };
-        let new = file::load(&self.path, Some(&self.key.public()))?;
+        let (had, last) = (known.entries.len(), known.last_hash());
+        // Only the new entries' signatures are checked; the old ones must be unchanged.
+        let new = file::load_extending(&self.path, Some(&self.key.public()), Some(&known))?;
         if had.checked_sub(1).and_then(|i| new.hashes.get(i)) != Some(&last) {
             return Err(RegistryError::RolledBack {
                 had,
@@ -218,7 +226,8 @@ impl Authorizer for RegistryAuthorizer {
         let now = unix_now();
         // The token is checked again under the registry's exclusive lock, so two devices
         // racing for one token cannot both win, even across processes.
-        let appended = file::append(&self.path, &self.key, now, |fleet| {
+        let known = self.snapshot();
+        let appended = file::append_extending(&self.path, &self.key, now, Some(&known), |fleet| {
             if fleet.device(&fingerprint).is_some() {
                 return Err(RegistryError::AlreadyEnrolled(fingerprint.clone()));
             }

@@ -9,7 +9,7 @@
 
 use super::entry::{Entry, Op};
 use super::fleet::Fleet;
-use super::verify::{too_large, verify, Head, Verified, VerifyError};
+use super::verify::{too_large, verify, verify_extending, Head, Verified, VerifyError};
 use super::RegistryError;
 use crate::crypto::identity::{IdentityKey, PublicIdentity};
 use fs4::fs_std::FileExt;
@@ -56,23 +56,35 @@ fn read_head(path: &Path) -> Result<Option<Vec<u8>>, RegistryError> {
     }
 }
 
-/// Reads and verifies both files under `file`'s lock.
+/// Reads and verifies both files under `file`'s lock; entries that `known` already holds,
+/// byte for byte, are not verified again.
 fn read_verified(
     file: &mut File,
     path: &Path,
     expected: Option<&PublicIdentity>,
+    known: Option<&Verified>,
 ) -> Result<Verified, RegistryError> {
     let log = read_all(file, path)?;
     let head = read_head(path)?;
-    Ok(verify(&log, head.as_deref(), expected)?)
+    Ok(verify_extending(known, &log, head.as_deref(), expected)?)
 }
 
 /// Loads and verifies the registry at `path`. With `expected`, the log must belong to that
 /// server key.
 pub fn load(path: &Path, expected: Option<&PublicIdentity>) -> Result<Verified, RegistryError> {
+    load_extending(path, expected, None)
+}
+
+/// Like [`load`], skipping the signature checks of the entries `known` (verified earlier
+/// against `expected`) already holds unchanged.
+pub fn load_extending(
+    path: &Path,
+    expected: Option<&PublicIdentity>,
+    known: Option<&Verified>,
+) -> Result<Verified, RegistryError> {
     let mut file = File::open(path).map_err(io("open", path))?;
     FileExt::lock_shared(&file).map_err(io("lock", path))?;
-    read_verified(&mut file, path, expected)
+    read_verified(&mut file, path, expected, known)
 }
 
 fn sync_dir(path: &Path) -> Result<(), RegistryError> {
@@ -161,13 +173,25 @@ pub fn append(
     now: u64,
     make: impl FnOnce(&Fleet) -> Result<Op, RegistryError>,
 ) -> Result<Verified, RegistryError> {
+    append_extending(path, key, now, None, make)
+}
+
+/// Like [`append`], skipping the signature checks of the entries `known` already holds
+/// unchanged.
+pub fn append_extending(
+    path: &Path,
+    key: &IdentityKey,
+    now: u64,
+    known: Option<&Verified>,
+    make: impl FnOnce(&Fleet) -> Result<Op, RegistryError>,
+) -> Result<Verified, RegistryError> {
     let mut file = OpenOptions::new()
         .read(true)
         .append(true)
         .open(path)
         .map_err(io("open", path))?;
     FileExt::lock_exclusive(&file).map_err(io("lock", path))?;
-    let mut v = read_verified(&mut file, path, Some(&key.public()))?;
+    let mut v = read_verified(&mut file, path, Some(&key.public()), known)?;
     let entry = Entry {
         seq: v.entries.len() as u64 + 1,
         time: now,
@@ -201,14 +225,14 @@ pub fn repair(path: &Path, key: &IdentityKey) -> Result<Option<(u64, usize)>, Re
         .open(path)
         .map_err(io("open", path))?;
     FileExt::lock_exclusive(&file).map_err(io("lock", path))?;
-    match read_verified(&mut file, path, Some(&key.public())) {
+    match read_verified(&mut file, path, Some(&key.public()), None) {
         Ok(_) => Ok(None),
         Err(RegistryError::Verify(VerifyError::Torn { entry, bytes })) => {
             let len = file.metadata().map_err(io("read", path))?.len();
             file.set_len(len.saturating_sub(bytes as u64))
                 .and_then(|()| file.sync_all())
                 .map_err(io("truncate", path))?;
-            read_verified(&mut file, path, Some(&key.public()))?;
+            read_verified(&mut file, path, Some(&key.public()), None)?;
             Ok(Some((entry, bytes)))
         }
         Err(e) => Err(e),

@@ -1,7 +1,9 @@
 //! Verification of a registry log and its head (docs/registry.md §4), on bytes: no file
 //! access here. Each failure names the first bad entry.
 
-use super::entry::{line_hash, Entry, EntryError, Op, ENTRY_SIGNATURE_CONTEXT, MAX_LINE_LEN};
+use super::entry::{
+    terminated_line_hash, Entry, EntryError, Op, ENTRY_SIGNATURE_CONTEXT, MAX_LINE_LEN,
+};
 use super::fleet::Fleet;
 use crate::crypto::identity::{IdentityKey, PublicIdentity, SIGNATURE_LEN};
 use crate::crypto::kdf::HASH_LEN;
@@ -247,6 +249,18 @@ pub fn verify(
     head: Option<&[u8]>,
     expected: Option<&PublicIdentity>,
 ) -> Result<Verified, VerifyError> {
+    verify_extending(None, log, head, expected)
+}
+
+/// Like [`verify`], but if the log starts with exactly the lines of `known` (a log verified
+/// earlier against the same key), those entries are not verified again: only the hash of
+/// each of their lines is compared. Otherwise the whole log is verified.
+pub fn verify_extending(
+    known: Option<&Verified>,
+    log: &[u8],
+    head: Option<&[u8]>,
+    expected: Option<&PublicIdentity>,
+) -> Result<Verified, VerifyError> {
     // Split into complete lines and an unterminated tail (a torn write, or truncation).
     let mut lines: Vec<&[u8]> = log.split(|&b| b == b'\n').collect();
     let tail = lines.pop().unwrap_or_default();
@@ -254,7 +268,20 @@ pub fn verify(
     let mut entries = Vec::with_capacity(lines.len());
     let mut hashes: Vec<[u8; HASH_LEN]> = Vec::with_capacity(lines.len());
     let mut server = expected.copied();
-    for (i, line) in lines.iter().enumerate() {
+    let unchanged = known.filter(|k| {
+        expected == Some(&k.server())
+            && lines.len() >= k.hashes.len()
+            && lines
+                .iter()
+                .zip(&k.hashes)
+                .all(|(line, hash)| terminated_line_hash(line) == *hash)
+    });
+    if let Some(k) = unchanged {
+        fleet = k.fleet.clone();
+        entries.clone_from(&k.entries);
+        hashes.clone_from(&k.hashes);
+    }
+    for (i, line) in lines.iter().enumerate().skip(entries.len()) {
         let seq = i as u64 + 1;
         let malformed = |reason| VerifyError::Malformed { entry: seq, reason };
         let text = std::str::from_utf8(line).map_err(|_| malformed(EntryError::Field("text")))?;
@@ -290,9 +317,7 @@ pub fn verify(
         fleet
             .apply(&entry)
             .map_err(|reason| VerifyError::Invalid { entry: seq, reason })?;
-        let mut full = line.to_vec();
-        full.push(b'\n');
-        hashes.push(line_hash(&full));
+        hashes.push(terminated_line_hash(line));
         entries.push(entry);
     }
     let present = entries.len() as u64;
