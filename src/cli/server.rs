@@ -133,8 +133,13 @@ fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthori
         _ if args.registry.is_some() => {
             let path = args.registry.clone().unwrap_or_default();
             let groups = Groups::only(args.groups.iter().cloned());
-            let r = RegistryAuthorizer::open(&path, identity.clone(), groups)
-                .map_err(|error| CliError::Registry { path, error })?;
+            let r = RegistryAuthorizer::open(&path, identity.clone(), groups).map_err(|error| {
+                CliError::Registry {
+                    path: path.clone(),
+                    error,
+                }
+            })?;
+            tracing::info!(registry = %path.display(), entries = r.len(), "registry verified");
             let r = Arc::new(r);
             registry = Some(r.clone());
             r
