@@ -186,10 +186,21 @@ fn truncated_tail_is_named() {
             recorded: 5,
         },
     );
-    // Without the head, truncation cannot be ruled out.
+    // Without the head, truncation cannot be ruled out; a head rewritten to match the cut
+    // log needs the server key.
     let path = five_entries("no-head");
     std::fs::remove_file(head_path(&path)).unwrap();
     assert_refused(&path, VerifyError::Head("missing"));
+    let path = five_entries("forged-head");
+    let mut l = lines(&path);
+    l.truncate(3);
+    write_lines(&path, &l);
+    let forged = secchan::registry::verify::Head {
+        count: 3,
+        hash: secchan::registry::entry::line_hash(l[2].as_bytes()),
+    };
+    std::fs::write(head_path(&path), forged.sign(&device(9))).unwrap();
+    assert_refused(&path, VerifyError::Head("not signed by the server key"));
 }
 
 #[test]

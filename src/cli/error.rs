@@ -178,6 +178,10 @@ fn registry_advice(path: &std::path::Path, error: &crate::registry::RegistryErro
             "; nothing else was changed: run `secchan registry repair --key SERVER_KEY {}`",
             path.display()
         ),
+        RegistryError::Verify(VerifyError::WrongServer { .. }) => format!(
+            "; use the server key that created {} (--key), or create a registry for this key with `secchan registry init`",
+            path.display()
+        ),
         RegistryError::Verify(_) | RegistryError::RolledBack { .. } => format!(
             "; the registry fails verification, so no server starts on it and nothing is appended: inspect it with `secchan registry verify {}` and restore it from a backup",
             path.display()
