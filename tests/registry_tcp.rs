@@ -91,9 +91,17 @@ async fn start(
     path: &Path,
     groups: Groups,
 ) -> (SocketAddr, Arc<RegistryAuthorizer>, mpsc::Receiver<Outcome>) {
-    let registry = Arc::new(RegistryAuthorizer::open(path, server_key(), groups).unwrap());
     // A short poll keeps the test quick; the bound under test is "closed after the change".
-    registry.watch(Duration::from_millis(50));
+    start_polling(path, groups, Duration::from_millis(50)).await
+}
+
+async fn start_polling(
+    path: &Path,
+    groups: Groups,
+    poll: Duration,
+) -> (SocketAddr, Arc<RegistryAuthorizer>, mpsc::Receiver<Outcome>) {
+    let registry = Arc::new(RegistryAuthorizer::open(path, server_key(), groups).unwrap());
+    registry.watch(poll);
     let config = ServerConfig::new(server_key(), registry.clone());
     let listener = Listener::bind("127.0.0.1:0", Arc::new(config), timeouts())
         .await
@@ -293,6 +301,24 @@ async fn revoked_and_wrong_group_devices_are_refused() {
     // A revoked device cannot come back with a token either.
     let t = token(&path, "greenhouse", "again", unix_now() + 3600);
     assert_refused(addr, &mut rx, &config(&a, Some(t)), AlertCode::Revoked).await;
+}
+
+#[tokio::test]
+async fn revocation_refuses_the_next_handshake_without_waiting_for_the_poll() {
+    let path = registry("revoke-now");
+    let dev = key(1);
+    enroll(&path, &dev, "sensor-1", "greenhouse");
+    let hour = Duration::from_secs(3600);
+    let (addr, _, mut rx) = start_polling(&path, Groups::all(), hour).await;
+    let conn = session(addr, &config(&dev, None)).await.unwrap();
+    close(conn, &mut rx).await;
+    append(
+        &path,
+        Op::Revoke {
+            device: dev.public().fingerprint(),
+        },
+    );
+    assert_refused(addr, &mut rx, &config(&dev, None), AlertCode::Revoked).await;
 }
 
 /// A device in `group` has an open session with a server serving `groups`; the operator
