@@ -271,6 +271,10 @@ fn zero_touch_enrollment_with_a_token_then_reuse_is_refused() {
         .unwrap();
     assert_eq!(enrolled["by_token"], true);
     assert_eq!(enrolled["group"], "greenhouse");
+    let tokens: serde_json::Value =
+        serde_json::from_str(&ok(cmd(&dir, "registry list --tokens --json fleet.reg"))).unwrap();
+    assert_eq!(tokens[0]["status"], "used");
+    assert_eq!(tokens[0]["used_by"], enrolled["fingerprint"]);
     let enroll = |key: &str, token: &str| {
         let args = [
             "--connect",

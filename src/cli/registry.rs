@@ -8,6 +8,7 @@ use crate::registry::entry::Op;
 use crate::registry::fleet::{Device, Fleet};
 use crate::registry::verify::Verified;
 use crate::registry::{file, label, unix_now, EnrollmentToken, RegistryError};
+use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -83,6 +84,9 @@ pub enum RegistryCommand {
         /// JSON output.
         #[arg(long)]
         json: bool,
+        /// List enrollment tokens (by id, with their status) instead of devices.
+        #[arg(long)]
+        tokens: bool,
     },
     /// Verify the whole log and its head; names the first bad entry.
     Verify {
@@ -237,6 +241,50 @@ fn print_list(fleet: &Fleet, group: Option<&str>, json: bool) {
     }
 }
 
+fn print_tokens(fleet: &Fleet, group: Option<&str>, json: bool) {
+    let now = unix_now();
+    let mut tokens: Vec<_> = fleet
+        .tokens()
+        .filter(|(_, t)| group.is_none_or(|g| t.group == g))
+        .map(|(id, t)| {
+            let status = match (&t.used_by, now > t.expires) {
+                (Some(_), _) => "used",
+                (None, true) => "expired",
+                (None, false) => "unused",
+            };
+            (STANDARD_NO_PAD.encode(id.0), t, status)
+        })
+        .collect();
+    tokens.sort_by_key(|(_, t, _)| t.expires);
+    if json {
+        let rows: Vec<serde_json::Value> = tokens
+            .iter()
+            .map(|(id, t, status)| {
+                let mut v = serde_json::to_value(t).unwrap_or_default();
+                v["id"] = id.as_str().into();
+                v["status"] = (*status).into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return;
+    }
+    println!(
+        "{:<24} {:<16} {:<8} {:<20} USED BY",
+        "NAME", "GROUP", "STATUS", "EXPIRES"
+    );
+    for (_, t, status) in tokens {
+        println!(
+            "{:<24} {:<16} {:<8} {:<20} {}",
+            t.name,
+            t.group,
+            status,
+            rfc3339(t.expires),
+            t.used_by.as_deref().unwrap_or("-")
+        );
+    }
+}
+
 /// Runs a `secchan registry` subcommand.
 pub fn run(command: RegistryCommand) -> Result<(), CliError> {
     match command {
@@ -350,7 +398,14 @@ pub fn run(command: RegistryCommand) -> Result<(), CliError> {
             target,
             group,
             json,
+            tokens: false,
         } => print_list(&load(&target)?.fleet, group.as_deref(), json),
+        RegistryCommand::List {
+            target,
+            group,
+            json,
+            tokens: true,
+        } => print_tokens(&load(&target)?.fleet, group.as_deref(), json),
         RegistryCommand::Verify { target } => {
             let v = load(&target)?;
             let unrecorded = v.entries.len() as u64 - v.head_count;

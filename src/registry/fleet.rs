@@ -26,7 +26,7 @@ pub struct Device {
 }
 
 /// One issued enrollment token (only its public key is known).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Token {
     /// Group the enrolled device joins.
     pub group: String,
@@ -84,9 +84,9 @@ impl Fleet {
         self.devices.get(fingerprint)
     }
 
-    /// An issued token by its public key.
-    pub fn token(&self, id: &PublicIdentity) -> Option<&Token> {
-        self.tokens.get(&id.0)
+    /// Every issued token with its public key, in no particular order.
+    pub fn tokens(&self) -> impl Iterator<Item = (PublicIdentity, &Token)> {
+        self.tokens.iter().map(|(id, t)| (PublicIdentity(*id), t))
     }
 
     /// Whether a device may connect to a server serving `groups`, with its name if so.
