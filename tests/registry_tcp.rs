@@ -250,6 +250,31 @@ async fn token_enrolls_once_and_is_then_refused_to_others() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_racing_for_one_token_cannot_both_enroll() {
+    let path = registry("token-race");
+    let text = token(&path, "greenhouse", "winner", unix_now() + 3600).to_text();
+    let (addr, _, _rx) = start(&path, Groups::all()).await;
+    let racers: Vec<_> = (1..=4u8)
+        .map(|n| {
+            let t = EnrollmentToken::parse(&text).unwrap();
+            let cfg = config(&key(n), Some(t));
+            tokio::spawn(async move { session(addr, &cfg).await.map(|_| ()) })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(TransportError::Refused(AlertCode::TokenUsed)) => {}
+            Err(e) => panic!("unexpected outcome {e:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    let v = file::load(&path, Some(&server_key().public())).unwrap();
+    assert_eq!(v.fleet.devices().count(), 1);
+}
+
 #[tokio::test]
 async fn expired_foreign_group_and_unknown_tokens_are_refused() {
     let path = registry("token-refusals");

@@ -13,7 +13,7 @@ use crate::msgs::AlertCode;
 use crate::transport::tcp::Connection;
 use crate::transport::TransportError;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -33,6 +33,10 @@ pub struct RegistryAuthorizer {
     key: Arc<IdentityKey>,
     groups: Groups,
     state: RwLock<Loaded>,
+    /// Held while the registry is re-read or appended to, so that a slower re-read never
+    /// installs a state older than one installed meanwhile, and a handshake waits for a
+    /// re-read in progress instead of deciding on the state before it.
+    updating: Mutex<()>,
     changed: watch::Sender<u64>,
 }
 
@@ -70,6 +74,7 @@ impl RegistryAuthorizer {
                 verified: Arc::new(verified),
                 stamp,
             }),
+            updating: Mutex::new(()),
             changed: watch::Sender::new(0),
         })
     }
@@ -87,11 +92,15 @@ impl RegistryAuthorizer {
             .clone()
     }
 
+    /// Installs a newer state (never an older one) and wakes the sessions' checks.
     fn install(&self, verified: Verified) {
-        self.state
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .verified = Arc::new(verified);
+        {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            if verified.entries.len() < state.verified.entries.len() {
+                return;
+            }
+            state.verified = Arc::new(verified);
+        }
         self.changed.send_modify(|generation| *generation += 1);
     }
 
@@ -109,6 +118,7 @@ impl RegistryAuthorizer {
     /// loaded one; otherwise the loaded state stays in force and the error is returned.
     /// Returns whether a new state was installed.
     pub fn reload(&self) -> Result<bool, RegistryError> {
+        let _updating = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let stamp = Stamp::of(&self.path);
         let known = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
@@ -226,29 +236,35 @@ impl Authorizer for RegistryAuthorizer {
         let now = unix_now();
         // The token is checked again under the registry's exclusive lock, so two devices
         // racing for one token cannot both win, even across processes.
-        let known = self.snapshot();
-        let appended = file::append_extending(&self.path, &self.key, now, Some(&known), |fleet| {
-            if fleet.device(&fingerprint).is_some() {
-                return Err(RegistryError::AlreadyEnrolled(fingerprint.clone()));
-            }
-            let t = fleet
-                .check_token(token, &self.groups, now)
-                .map_err(RegistryError::Refused)?;
-            Ok(Op::Enroll {
-                device: fingerprint.clone(),
-                name: t.name.clone(),
-                group: t.group.clone(),
-                token: Some(*token),
+        let enrolled = {
+            let _updating = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+            let known = self.snapshot();
+            file::append_extending(&self.path, &self.key, now, Some(&known), |fleet| {
+                if fleet.device(&fingerprint).is_some() {
+                    return Err(RegistryError::AlreadyEnrolled(fingerprint.clone()));
+                }
+                let t = fleet
+                    .check_token(token, &self.groups, now)
+                    .map_err(RegistryError::Refused)?;
+                Ok(Op::Enroll {
+                    device: fingerprint.clone(),
+                    name: t.name.clone(),
+                    group: t.group.clone(),
+                    token: Some(*token),
+                })
             })
-        });
-        match appended {
-            Ok(verified) => {
+            .map(|verified| {
                 let device = verified.fleet.device(&fingerprint).cloned();
                 self.install(verified);
-                let d = device.ok_or(AlertCode::InternalError)?;
+                device
+            })
+        };
+        match enrolled {
+            Ok(Some(d)) => {
                 tracing::info!(device = %fingerprint, name = %d.name, group = %d.group, "device enrolled with a token");
                 Ok(d.name)
             }
+            Ok(None) => Err(AlertCode::InternalError),
             Err(RegistryError::Refused(code)) => Err(code),
             // Enrolled by someone else a moment ago: decide on the registry as it is now.
             Err(RegistryError::AlreadyEnrolled(_)) => self.authorize(Some(device)),
