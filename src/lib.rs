@@ -14,6 +14,7 @@
 //! | [`session`] | an established session: `handle_frame`, `send`, `poll_transmit` (sans IO) |
 //! | [`transport`] | tokio TCP transport and the embedding API (`connect`, `Listener`); MQTT (`transport::mqtt`, feature `mqtt`) |
 //! | [`telemetry`] | device telemetry sources: stdin, CSV datasets, simulated sensors |
+//! | [`registry`] | the fleet registry: signed append-only log, enrollment tokens, revocation |
 //! | [`cli`] | the `secchan` command line |
 //!
 //! Embedding: see `examples/device.rs` and `examples/server.rs`.
@@ -26,6 +27,7 @@ pub mod crypto;
 pub mod handshake;
 pub mod msgs;
 pub mod record;
+pub mod registry;
 pub mod session;
 pub mod telemetry;
 pub mod transport;

@@ -6,6 +6,7 @@ use super::{parse_aead, CliError, DeviceMode, SessionArgs};
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::Suite;
 use crate::handshake::device::DeviceConfig;
+use crate::registry::EnrollmentToken;
 use crate::transport::tcp::connect;
 use crate::transport::TransportError;
 use crate::trust::{KnownServers, Pinned, ServerVerifier};
@@ -31,6 +32,10 @@ pub struct DeviceArgs {
     /// The device's secret key file; without it the device connects anonymously.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Enroll this device (its --key) during the handshake with a one-time token from
+    /// `secchan registry token`. Without --server-key, the server key in the token is pinned.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "known_servers")]
+    enroll_token: Option<String>,
     /// Key exchange: hybrid post-quantum (default) or classical X25519.
     #[arg(long, value_enum, default_value_t = DeviceMode::Hybrid)]
     mode: DeviceMode,
@@ -56,10 +61,18 @@ fn parse_suite(s: &str) -> Result<&'static Suite, String> {
     })
 }
 
-/// `host` names the server in the known-servers file.
-fn verifier(args: &DeviceArgs, host: &str) -> Result<Box<dyn ServerVerifier>, CliError> {
+/// The server trust anchor: `--server-key`, else the server key inside an enrollment token,
+/// else the known-servers file, where `host` names the server.
+fn verifier(
+    args: &DeviceArgs,
+    token: Option<&Pinned>,
+    host: &str,
+) -> Result<Box<dyn ServerVerifier>, CliError> {
     if let Some(value) = &args.server_key {
         return Ok(Box::new(Pinned(server_fingerprint(value)?)));
+    }
+    if let Some(pin) = token {
+        return Ok(Box::new(pin.clone()));
     }
     let file = args
         .known_servers
@@ -71,6 +84,12 @@ fn verifier(args: &DeviceArgs, host: &str) -> Result<Box<dyn ServerVerifier>, Cl
 
 /// Connects, sends stdin line by line, prints what the server sends, closes cleanly at EOF.
 pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
+    let token = match &args.enroll_token {
+        Some(_) if args.key.is_none() => return Err(CliError::EnrollWithoutKey),
+        Some(text) => Some(EnrollmentToken::parse(text).map_err(CliError::EnrollToken)?),
+        None => None,
+    };
+    let server_from_token = token.as_ref().map(|t| Pinned(t.server().fingerprint()));
     let config = DeviceConfig {
         suite: args.suite.unwrap_or_else(|| args.mode.default_suite()),
         aeads: if args.aead.is_empty() {
@@ -84,17 +103,19 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
             .map(load_secret)
             .transpose()?
             .map(Arc::new),
+        enrollment: token.map(|t| Arc::new(t.into_key())),
         session: args.session.session_config(),
     };
     let mut source = args.telemetry.open()?;
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {
-        let verifier = verifier(&args, &args.mqtt.broker.known_servers_host(url)?)?;
+        let host = args.mqtt.broker.known_servers_host(url)?;
+        let verifier = verifier(&args, server_from_token.as_ref(), &host)?;
         let timeouts = args.session.timeouts();
         return super::mqtt::run_device(&args.mqtt, url, config, verifier, timeouts, source).await;
     }
     let addr = args.connect.clone().unwrap_or_default();
-    let verifier = verifier(&args, &addr)?;
+    let verifier = verifier(&args, server_from_token.as_ref(), &addr)?;
     let mut conn = connect(&addr, &config, verifier.as_ref(), args.session.timeouts())
         .await
         .map_err(|e| match e {

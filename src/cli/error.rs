@@ -97,6 +97,20 @@ pub enum CliError {
     /// Reading stdin or writing stdout failed.
     #[error("local I/O failed: {0}")]
     LocalIo(#[from] std::io::Error),
+    /// A registry command failed, or a server's registry is unusable.
+    #[error("registry {path}: {error}{hint}", path = path.display(), hint = registry_advice(path, error))]
+    Registry {
+        /// The registry file.
+        path: PathBuf,
+        /// What went wrong.
+        error: crate::registry::RegistryError,
+    },
+    /// An enrollment token was given without a device key to enroll.
+    #[error("--enroll-token needs a device identity: create one with `secchan keygen --out device.key` and pass --key device.key")]
+    EnrollWithoutKey,
+    /// The --enroll-token value is not a token.
+    #[error("{0}; pass the whole line `secchan registry token` printed")]
+    EnrollToken(crate::registry::RegistryError),
     /// A session failed.
     #[error("{error}{hint}", hint = advice(error))]
     Session {
@@ -123,6 +137,18 @@ fn alert_advice(code: AlertCode) -> &'static str {
             "; create a device key with `secchan keygen --out device.key`, pass --key device.key, and have its fingerprint authorized"
         }
         AlertCode::UnsupportedVersion => "; upgrade the older of the two secchan builds",
+        AlertCode::Revoked => {
+            "; this device's key was revoked by the server's operator: a revoked key never returns, ask for a new enrollment with a new key"
+        }
+        AlertCode::WrongGroup => {
+            "; this server does not serve the device's group: connect to the server for its group, or ask the operator to move the device"
+        }
+        AlertCode::EnrollmentRefused => {
+            "; the token is not one this server issued (check --connect and the token), ask the operator for a new one"
+        }
+        AlertCode::TokenUsed | AlertCode::TokenExpired => {
+            "; tokens are single-use and short-lived: ask the server's operator for a new one (`secchan registry token`)"
+        }
         AlertCode::NoCommonAead => "; allow both AEADs on both sides (the default)",
         _ => "",
     }
@@ -132,7 +158,10 @@ fn alert_advice(code: AlertCode) -> &'static str {
 fn advice(error: &TransportError) -> &'static str {
     match error {
         TransportError::Refused(code)
-        | TransportError::Handshake(HandshakeError::PeerAlert(code)) => alert_advice(*code),
+        | TransportError::Handshake(HandshakeError::PeerAlert(code))
+        | TransportError::Session(crate::session::SessionError::PeerAlert(code)) => {
+            alert_advice(*code)
+        }
         TransportError::Handshake(HandshakeError::ServerAuthFailed) => {
             "; the connection may be intercepted: do not retry over this network until you know why"
         }
@@ -149,5 +178,25 @@ fn advice(error: &TransportError) -> &'static str {
             "; the peer or the network cut the connection: messages after the last acknowledged one may be lost"
         }
         _ => "",
+    }
+}
+
+/// What to do about a registry failure, as a clause appended to its message.
+fn registry_advice(path: &std::path::Path, error: &crate::registry::RegistryError) -> String {
+    use crate::registry::{RegistryError, VerifyError};
+    match error {
+        RegistryError::Verify(VerifyError::Torn { .. }) => format!(
+            "; nothing else was changed: run `secchan registry repair --key SERVER_KEY {}`",
+            path.display()
+        ),
+        RegistryError::Verify(VerifyError::WrongServer { .. }) => format!(
+            "; use the server key that created {} (--key), or create a registry for this key with `secchan registry init`",
+            path.display()
+        ),
+        RegistryError::Verify(_) | RegistryError::RolledBack { .. } => format!(
+            "; the registry fails verification, so no server starts on it and nothing is appended: inspect it with `secchan registry verify {}` and restore it from a backup",
+            path.display()
+        ),
+        _ => String::new(),
     }
 }

@@ -8,6 +8,7 @@ mod keys;
 #[cfg(feature = "mqtt")]
 mod mqtt;
 mod output;
+mod registry;
 mod server;
 mod sources;
 
@@ -51,6 +52,9 @@ enum Command {
     Device(device::DeviceArgs),
     /// Run a server and a device in this process on loopback and show what happens.
     Demo,
+    /// Manage the fleet registry: who may connect, in which group (docs/registry.md).
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
 }
 
 /// Suites a device may offer, by mode.
@@ -173,6 +177,7 @@ pub fn run() -> ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Device(args) => device::run(args).await,
             Command::Demo => demo::run().await,
+            Command::Registry(command) => registry::run(command),
         }
     });
     match result {

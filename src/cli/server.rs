@@ -5,12 +5,14 @@ use super::output::Output;
 use super::{CliError, ServerMode, SessionArgs};
 use crate::handshake::server::{PeerDevice, ServerConfig};
 use crate::handshake::{AllowAnyDevice, Authorizer};
+use crate::registry::{Groups, Received, RegistryAuthorizer};
 use crate::transport::tcp::{Connection, Listener};
 use crate::transport::TransportError;
 use base64::Engine;
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Options of `secchan server`.
@@ -35,6 +37,17 @@ pub struct ServerArgs {
     /// File listing the devices allowed to connect (fingerprints or .pub contents, with names).
     #[arg(long, value_name = "FILE", conflicts_with = "allow_any_device")]
     authorized_devices: Option<PathBuf>,
+    /// Fleet registry deciding which devices may connect (`secchan registry init`); the server
+    /// refuses to start if it fails verification.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["authorized_devices", "allow_any_device"])]
+    registry: Option<PathBuf>,
+    /// With --registry: serve only devices of this group (repeatable) [default: every group].
+    #[arg(long = "group", value_name = "GROUP", requires = "registry")]
+    groups: Vec<String>,
+    /// With --registry: seconds between checks of the registry for changes; revoked devices'
+    /// sessions are closed within this time.
+    #[arg(long, value_name = "SECS", default_value_t = 1, requires = "registry", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    registry_poll: u64,
     /// Accept any device, including anonymous ones. Not recommended outside testing.
     #[arg(long)]
     allow_any_device: bool,
@@ -95,8 +108,14 @@ pub(super) fn message_line(origin: &Origin<'_>, message: &[u8]) -> String {
     serde_json::to_string(&line).unwrap_or_default()
 }
 
-/// Serves one device until it closes; forwards its messages to `out`.
-async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>) {
+/// Serves one device until it closes; forwards its messages to `out`. With a registry, the
+/// session is closed as soon as the registry stops authorizing the device.
+async fn serve(
+    mut conn: Connection,
+    peer: PeerDevice,
+    out: mpsc::Sender<String>,
+    registry: Option<Arc<RegistryAuthorizer>>,
+) {
     tracing::info!(
         device = %peer.name,
         peer = %conn.peer_addr(),
@@ -105,8 +124,16 @@ async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>
         "session established"
     );
     loop {
-        match conn.recv().await {
-            Ok(Some(message)) => {
+        let next = match (&registry, &peer.identity) {
+            (Some(registry), Some(id)) => registry.recv(&mut conn, id).await,
+            _ => conn
+                .recv()
+                .await
+                .map(|m| m.map_or(Received::Closed, Received::Message)),
+        };
+        match next {
+            Ok(Received::Refused(_)) => return,
+            Ok(Received::Message(message)) => {
                 let origin = Origin {
                     device: &peer,
                     peer: conn.peer_addr().to_string(),
@@ -119,7 +146,7 @@ async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>
                     return;
                 }
             }
-            Ok(None) => {
+            Ok(Received::Closed) => {
                 tracing::info!(device = %peer.name, peer = %conn.peer_addr(), "session closed");
                 return;
             }
@@ -131,10 +158,25 @@ async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>
     }
 }
 
-/// Builds the server configuration from the command line.
-fn config(args: &ServerArgs) -> Result<ServerConfig, CliError> {
+/// Builds the server configuration from the command line, and the registry if one is used.
+fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthorizer>>), CliError> {
     let identity = Arc::new(load_secret(&args.key)?);
+    let mut registry = None;
     let authorizer: Arc<dyn Authorizer> = match (&args.authorized_devices, args.allow_any_device) {
+        _ if args.registry.is_some() => {
+            let path = args.registry.clone().unwrap_or_default();
+            let groups = Groups::only(args.groups.iter().cloned());
+            let r = RegistryAuthorizer::open(&path, identity.clone(), groups).map_err(|error| {
+                CliError::Registry {
+                    path: path.clone(),
+                    error,
+                }
+            })?;
+            tracing::info!(registry = %path.display(), entries = r.len(), "registry verified");
+            let r = Arc::new(r);
+            registry = Some(r.clone());
+            r
+        }
         (Some(path), _) => Arc::new(load_authorized(path)?),
         (None, true) => {
             tracing::warn!("--allow-any-device: every device, even anonymous ones, is accepted");
@@ -145,12 +187,16 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, CliError> {
     let mut config = ServerConfig::new(identity, authorizer);
     config.mode = args.mode.into();
     config.session = args.session.session_config();
-    Ok(config)
+    Ok((config, registry))
 }
 
 /// Accepts devices until interrupted, printing one JSON line per message.
 pub async fn run(args: ServerArgs) -> Result<(), CliError> {
-    let config = Arc::new(config(&args)?);
+    let (config, registry) = config(&args)?;
+    let config = Arc::new(config);
+    let _watch = registry
+        .as_ref()
+        .map(|r| r.watch(Duration::from_secs(args.registry_poll)));
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {
         let timeouts = args.session.timeouts();
@@ -189,9 +235,10 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
                     }
                 };
                 let tx = tx.clone();
+                let registry = registry.clone();
                 tokio::spawn(async move {
                     match incoming.handshake().await {
-                        Ok((conn, peer)) => serve(conn, peer, tx).await,
+                        Ok((conn, peer)) => serve(conn, peer, tx, registry).await,
                         // Handshake failures were logged with the peer's address.
                         Err(TransportError::Handshake(_) | TransportError::HandshakeTimeout(_)) => {}
                         Err(e) => tracing::debug!(error = %e, "connection dropped during handshake"),

@@ -383,7 +383,13 @@ impl Connection {
     /// Sends an authenticated close and stops sending. Keep calling [`recv`](Self::recv)
     /// until it returns `Ok(None)` (the peer's close) to be sure everything was delivered.
     pub async fn send_close(&mut self) -> Result<(), TransportError> {
-        self.session.close(AlertCode::CloseNotify);
+        self.send_close_with(AlertCode::CloseNotify).await
+    }
+
+    /// Sends an authenticated close carrying `code`; any code but `CloseNotify` ends the
+    /// session at once (e.g. [`AlertCode::Revoked`] when the device's identity is revoked).
+    pub async fn send_close_with(&mut self, code: AlertCode) -> Result<(), TransportError> {
+        self.session.close(code);
         self.flush_session().await
     }
 
