@@ -1,22 +1,11 @@
 //! The `secchan` binary as users run it: keygen, server and device in two processes over
 //! loopback, the errors they print, and the demo.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod cli_support;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_secchan"));
-    c.env("RUST_LOG", "info");
-    c
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("secchan-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use cli_support::{assert_one_line_error, bin, run_device, tempdir, Server};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 
 fn keygen(path: &Path) -> String {
     let out = bin().arg("keygen").arg("--out").arg(path).output().unwrap();
@@ -28,74 +17,18 @@ fn keygen(path: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// One line on stderr, starting with "secchan: ", and a failure exit.
-fn assert_one_line_error(out: &Output, needle: &str) {
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("secchan: "), "stderr: {stderr}");
-    assert!(last.contains(needle), "expected {needle:?} in {last:?}");
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `secchan server` on a free port; waits for its "listening" log line.
+/// `secchan server` on a free loopback port with `dir/server.key`.
 fn start_server(dir: &Path, extra: &[&str]) -> Server {
-    let mut child = bin()
-        .args(["server", "--listen", "127.0.0.1:0", "--key"])
+    let mut c = bin();
+    c.args(["server", "--listen", "127.0.0.1:0", "--key"])
         .arg(dir.join("server.key"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
-}
-
-fn run_device(args: &[&str], stdin: &str) -> Output {
-    let mut child = bin()
-        .arg("device")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+        .args(extra);
+    Server::start(c)
 }
 
 #[test]
 fn keygen_writes_private_key_0600_and_refuses_to_overwrite() {
-    let dir = tempdir("keygen");
+    let dir = tempdir("cli-keygen");
     let key = dir.join("id.key");
     let fp = keygen(&key);
     assert!(fp.starts_with("SHA256:") && fp.len() == 50, "{fp}");
@@ -114,14 +47,14 @@ fn keygen_writes_private_key_0600_and_refuses_to_overwrite() {
         .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), fp);
     let out = bin().arg("keygen").arg("--out").arg(&key).output().unwrap();
-    assert_one_line_error(&out, "already exists");
+    assert_one_line_error(&out, &["already exists"]);
 }
 
 #[cfg(unix)]
 #[test]
 fn world_readable_secret_key_is_refused() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempdir("perm");
+    let dir = tempdir("cli-perm");
     keygen(&dir.join("server.key"));
     std::fs::set_permissions(
         dir.join("server.key"),
@@ -139,24 +72,24 @@ fn world_readable_secret_key_is_refused() {
         .arg(dir.join("server.key"))
         .output()
         .unwrap();
-    assert_one_line_error(&out, "chmod 600");
+    assert_one_line_error(&out, &["chmod 600"]);
 }
 
 #[test]
 fn server_without_device_policy_refuses_to_start() {
-    let dir = tempdir("policy");
+    let dir = tempdir("cli-policy");
     keygen(&dir.join("server.key"));
     let out = bin()
         .args(["server", "--listen", "127.0.0.1:0", "--key"])
         .arg(dir.join("server.key"))
         .output()
         .unwrap();
-    assert_one_line_error(&out, "--authorized-devices");
+    assert_one_line_error(&out, &["--authorized-devices"]);
 }
 
 #[test]
 fn device_lines_reach_server_as_json_and_device_exits_zero() {
-    let dir = tempdir("e2e");
+    let dir = tempdir("cli-e2e");
     let server_fp = keygen(&dir.join("server.key"));
     let device_fp = keygen(&dir.join("device.key"));
     std::fs::write(
@@ -169,6 +102,7 @@ fn device_lines_reach_server_as_json_and_device_exits_zero() {
     let key = dir.join("device.key");
     for mode in ["hybrid", "classical"] {
         let out = run_device(
+            &dir,
             &[
                 "--connect",
                 &server.addr,
@@ -189,7 +123,7 @@ fn device_lines_reach_server_as_json_and_device_exits_zero() {
             );
         } else {
             // The server runs in hybrid mode: a classical device is refused with advice.
-            assert_one_line_error(&out, "--mode");
+            assert_one_line_error(&out, &["--mode"]);
         }
     }
     let stdout = server.child.stdout.take().unwrap();
@@ -206,7 +140,7 @@ fn device_lines_reach_server_as_json_and_device_exits_zero() {
 
 #[test]
 fn unknown_device_gets_one_clear_line() {
-    let dir = tempdir("unknown");
+    let dir = tempdir("cli-unknown");
     let server_fp = keygen(&dir.join("server.key"));
     let known = keygen(&dir.join("known.key"));
     keygen(&dir.join("stranger.key"));
@@ -215,6 +149,7 @@ fn unknown_device_gets_one_clear_line() {
     let server = start_server(&dir, &["--authorized-devices", devices.to_str().unwrap()]);
     let stranger = dir.join("stranger.key");
     let out = run_device(
+        &dir,
         &[
             "--connect",
             &server.addr,
@@ -225,12 +160,12 @@ fn unknown_device_gets_one_clear_line() {
         ],
         "hello\n",
     );
-    assert_one_line_error(&out, "authorized list");
+    assert_one_line_error(&out, &["authorized list"]);
 }
 
 #[test]
 fn tofu_records_server_then_rejects_a_changed_key() {
-    let dir = tempdir("tofu");
+    let dir = tempdir("cli-tofu");
     keygen(&dir.join("server.key"));
     let known = dir.join("known_servers");
     let server = start_server(&dir, &["--allow-any-device"]);
@@ -241,7 +176,7 @@ fn tofu_records_server_then_rejects_a_changed_key() {
         "--known-servers",
         known.to_str().unwrap(),
     ];
-    let out = run_device(&args, "first\n");
+    let out = run_device(&dir, &args, "first\n");
     assert!(
         out.status.success(),
         "{}",
@@ -253,15 +188,12 @@ fn tofu_records_server_then_rejects_a_changed_key() {
     std::fs::remove_file(dir.join("server.key")).unwrap();
     std::fs::remove_file(dir.join("server.key.pub")).unwrap();
     keygen(&dir.join("server.key"));
-    let mut server2 = bin()
-        .args(["server", "--allow-any-device", "--listen", &addr, "--key"])
-        .arg(dir.join("server.key"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server2.stderr.take().unwrap()).lines();
-    while !lines.next().unwrap().unwrap().contains("listening") {}
+    let mut c = bin();
+    c.args(["server", "--allow-any-device", "--listen", &addr, "--key"])
+        .arg(dir.join("server.key"));
+    let server2 = Server::start(c);
     let out = run_device(
+        &dir,
         &[
             "--connect",
             &addr,
@@ -270,9 +202,8 @@ fn tofu_records_server_then_rejects_a_changed_key() {
         ],
         "x\n",
     );
-    let _ = server2.kill();
-    let _ = server2.wait();
-    assert_one_line_error(&out, &format!("{}:1", known.display()));
+    drop(server2);
+    assert_one_line_error(&out, &[&format!("{}:1", known.display())]);
 }
 
 #[test]
@@ -280,8 +211,12 @@ fn device_cannot_reach_server() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     drop(listener);
-    let out = run_device(&["--connect", &addr, "--server-key", "SHA256:x"], "");
-    assert_one_line_error(&out, "cannot connect");
+    let out = run_device(
+        &std::env::temp_dir(),
+        &["--connect", &addr, "--server-key", "SHA256:x"],
+        "",
+    );
+    assert_one_line_error(&out, &["cannot connect"]);
 }
 
 #[test]

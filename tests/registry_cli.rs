@@ -2,25 +2,12 @@
 //! one-line errors, a server refusing a tampered registry, and zero-touch enrollment of a
 //! device process with a token.
 
-use std::io::{BufRead, BufReader, Write};
+mod cli_support;
+
+use cli_support::{assert_one_line_error, bin, run_device, tempdir, Server};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_secchan"));
-    c.env("RUST_LOG", "info");
-    c
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "secchan-registry-cli-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use std::process::{Command, Output};
 
 fn ok(out: Output) -> String {
     assert!(
@@ -40,20 +27,9 @@ fn cmd(dir: &Path, args: &str) -> Output {
     run(dir, &args.split_whitespace().collect::<Vec<_>>())
 }
 
-/// One line on stderr, starting with "secchan: ", and a failure exit.
-fn assert_one_line_error(out: &Output, needles: &[&str]) {
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("secchan: "), "stderr: {stderr}");
-    for needle in needles {
-        assert!(last.contains(needle), "expected {needle:?} in {last:?}");
-    }
-}
-
 /// A directory with server and device keys and a registry with one enrolled device.
 fn setup(name: &str) -> (PathBuf, String) {
-    let dir = tempdir(name);
+    let dir = tempdir(&format!("registry-cli-{name}"));
     let server_fp = ok(cmd(&dir, "keygen --out server.key")).trim().to_string();
     ok(cmd(&dir, "keygen --out dev.key"));
     let out = ok(cmd(&dir, "registry init --key server.key fleet.reg"));
@@ -75,53 +51,14 @@ fn server(dir: &Path) -> Command {
     c
 }
 
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_server(dir: &Path, extra: &[&str]) -> Server {
-    let mut child = server(dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server(child, addr)
+    let mut c = server(dir);
+    c.args(extra);
+    Server::start(c)
 }
 
 fn device(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = bin()
-        .current_dir(dir)
-        .arg("device")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_device(dir, args, stdin)
 }
 
 #[test]
@@ -248,7 +185,7 @@ fn zero_touch_enrollment_with_a_token_then_reuse_is_refused() {
         &dir,
         &[
             "--connect",
-            &server.1,
+            &server.addr,
             "--key",
             "new.key",
             "--enroll-token",
@@ -278,7 +215,7 @@ fn zero_touch_enrollment_with_a_token_then_reuse_is_refused() {
     let enroll = |key: &str, token: &str| {
         let args = [
             "--connect",
-            &server.1,
+            &server.addr,
             "--key",
             key,
             "--enroll-token",
@@ -291,7 +228,11 @@ fn zero_touch_enrollment_with_a_token_then_reuse_is_refused() {
         &out,
         &["already used", "ask the server's operator for a new one"],
     );
-    let out = device(&dir, &["--connect", &server.1, "--enroll-token", token], "");
+    let out = device(
+        &dir,
+        &["--connect", &server.addr, "--enroll-token", token],
+        "",
+    );
     assert_one_line_error(&out, &["--enroll-token needs a device identity"]);
     let out = enroll("other.key", "nonsense");
     assert_one_line_error(&out, &["invalid enrollment token"]);
