@@ -156,7 +156,9 @@ fn reference_primitives(c: &mut Criterion) {
     g.bench_function("ML-KEM-768 keygen", |b| {
         b.iter(|| black_box(kem::DecapsulationKey::generate(&kem::ML_KEM_768).unwrap()))
     });
-    g.bench_function("ML-KEM-768 encaps", |b| b.iter(|| black_box(ek.encapsulate().unwrap())));
+    g.bench_function("ML-KEM-768 encaps", |b| {
+        b.iter(|| black_box(ek.encapsulate().unwrap()))
+    });
     g.bench_function("ML-KEM-768 decaps", |b| {
         b.iter(|| black_box(dk.decapsulate(ct.as_ref().into()).unwrap()))
     });
@@ -186,7 +188,8 @@ fn reference_primitives(c: &mut Criterion) {
     let msg = [7u8; 60];
     g.bench_function("Ed25519 sign", |b| b.iter(|| black_box(pair.sign(&msg))));
     let sig = pair.sign(&msg);
-    let public = signature::UnparsedPublicKey::new(&signature::ED25519, pair.public_key().as_ref().to_vec());
+    let public =
+        signature::UnparsedPublicKey::new(&signature::ED25519, pair.public_key().as_ref().to_vec());
     g.bench_function("Ed25519 verify", |b| {
         b.iter(|| public.verify(&msg, sig.as_ref()).unwrap())
     });

@@ -12,7 +12,9 @@
 //! | [`handshake`] | device and server state machines, key schedule (sans IO) |
 //! | [`record`] | sealing, opening, replay window, key update (sans IO) |
 //! | [`session`] | an established session: `handle_frame`, `send`, `poll_transmit` (sans IO) |
-//! | [`transport`] | tokio TCP transport and the embedding API (`connect`, `Listener`) |
+//! | [`transport`] | tokio TCP transport and the embedding API (`connect`, `Listener`); MQTT (`transport::mqtt`, feature `mqtt`) |
+//! | [`telemetry`] | device telemetry sources: stdin, CSV datasets, simulated sensors |
+//! | [`registry`] | the fleet registry: signed append-only log, enrollment tokens, revocation |
 //! | [`cli`] | the `secchan` command line |
 //! | [`bench`] | `secchan bench`: measurements over real connections |
 //!
@@ -27,6 +29,8 @@ pub mod crypto;
 pub mod handshake;
 pub mod msgs;
 pub mod record;
+pub mod registry;
 pub mod session;
+pub mod telemetry;
 pub mod transport;
 pub mod trust;

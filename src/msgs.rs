@@ -166,8 +166,7 @@ pub struct ServerHello<'a> {
 impl<'a> ServerHello<'a> {
     /// Encodes everything but the sealed authentication: the part hashed into TH1.
     pub fn encode_prefix(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(4 + self.suite.response_len() + SEALED_SERVER_AUTH_LEN);
+        let mut out = Vec::with_capacity(4 + self.suite.response_len() + SEALED_SERVER_AUTH_LEN);
         out.extend_from_slice(&[
             FrameType::ServerHello as u8,
             VERSION,
@@ -213,6 +212,8 @@ pub enum DeviceAuthKind {
     Anonymous = 0x00,
     /// Ed25519 public key and signature.
     Ed25519 = 0x01,
+    /// Ed25519 public key and signature, plus an enrollment-token proof (docs/registry.md §5).
+    Enroll = 0x02,
 }
 
 /// Plaintext of DeviceFinish's sealed payload.
@@ -226,6 +227,19 @@ pub enum DeviceAuth {
         public: [u8; PUBLIC_KEY_LEN],
         /// Signature.
         signature: [u8; SIGNATURE_LEN],
+    },
+    /// A device joining with an enrollment token: its identity and signature over TH2, the
+    /// token's public key, and the token's signature over TH2 and the device key
+    /// (docs/registry.md §5).
+    Enroll {
+        /// Device public key.
+        public: [u8; PUBLIC_KEY_LEN],
+        /// Device signature.
+        signature: [u8; SIGNATURE_LEN],
+        /// The token's public key (its identifier in the registry).
+        token: [u8; PUBLIC_KEY_LEN],
+        /// The token's proof.
+        proof: [u8; SIGNATURE_LEN],
     },
 }
 
@@ -241,6 +255,19 @@ impl DeviceAuth {
                 out.extend_from_slice(signature);
                 out
             }
+            Self::Enroll {
+                public,
+                signature,
+                token,
+                proof,
+            } => {
+                let mut out = Vec::with_capacity(1 + 2 * (PUBLIC_KEY_LEN + SIGNATURE_LEN));
+                out.push(DeviceAuthKind::Enroll as u8);
+                for part in [&public[..], signature, token, proof] {
+                    out.extend_from_slice(part);
+                }
+                out
+            }
         }
     }
 
@@ -252,6 +279,12 @@ impl DeviceAuth {
             0x01 => Self::Ed25519 {
                 public: r.array("device public key")?,
                 signature: r.array("device signature")?,
+            },
+            0x02 => Self::Enroll {
+                public: r.array("device public key")?,
+                signature: r.array("device signature")?,
+                token: r.array("enrollment token key")?,
+                proof: r.array("enrollment proof")?,
             },
             value => {
                 return Err(DecodeError::InvalidValue {
@@ -267,8 +300,8 @@ impl DeviceAuth {
 
 /// Shortest legal DeviceFinish frame: type byte and a sealed one-byte plaintext.
 const MIN_DEVICE_FINISH: usize = 1 + 1 + TAG_LEN;
-/// Longest legal DeviceFinish frame.
-const MAX_DEVICE_FINISH: usize = 1 + 1 + PUBLIC_KEY_LEN + SIGNATURE_LEN + TAG_LEN;
+/// Longest legal DeviceFinish frame: an enrollment (kind 0x02).
+const MAX_DEVICE_FINISH: usize = 1 + 1 + 2 * (PUBLIC_KEY_LEN + SIGNATURE_LEN) + TAG_LEN;
 
 /// Splits a DeviceFinish frame into its sealed payload.
 pub fn decode_device_finish(frame: &[u8]) -> Result<&[u8], DecodeError> {
@@ -315,6 +348,16 @@ pub enum AlertCode {
     ServerRejected = 0x0c,
     /// An internal failure.
     InternalError = 0x0d,
+    /// The device's identity was revoked in the server's registry (docs/registry.md).
+    Revoked = 0x0e,
+    /// The device (or its enrollment token) belongs to a group this server does not serve.
+    WrongGroup = 0x0f,
+    /// The enrollment token is unknown to the server or its proof did not verify.
+    EnrollmentRefused = 0x10,
+    /// The enrollment token was already used by another device.
+    TokenUsed = 0x11,
+    /// The enrollment token has expired.
+    TokenExpired = 0x12,
 }
 
 impl AlertCode {
@@ -336,6 +379,11 @@ impl AlertCode {
             Timeout,
             ServerRejected,
             InternalError,
+            Revoked,
+            WrongGroup,
+            EnrollmentRefused,
+            TokenUsed,
+            TokenExpired,
         ]
         .into_iter()
         .find(|c| *c as u8 == v)
@@ -358,6 +406,13 @@ impl AlertCode {
             Self::Timeout => "timed out",
             Self::ServerRejected => "device refused the server's identity",
             Self::InternalError => "internal error",
+            Self::Revoked => "device identity revoked by the server's registry",
+            Self::WrongGroup => "device or token belongs to a group this server does not serve",
+            Self::EnrollmentRefused => {
+                "enrollment token unknown to the server or its proof is invalid"
+            }
+            Self::TokenUsed => "enrollment token already used",
+            Self::TokenExpired => "enrollment token expired",
         }
     }
 }
@@ -447,13 +502,22 @@ mod tests {
             DeviceAuth::decode(&DeviceAuth::Anonymous.encode()).unwrap(),
             DeviceAuth::Anonymous
         );
+        let e = DeviceAuth::Enroll {
+            public: [1; 32],
+            signature: [2; 64],
+            token: [3; 32],
+            proof: [4; 64],
+        };
+        assert_eq!(e.encode().len(), 193);
+        assert_eq!(DeviceAuth::decode(&e.encode()).unwrap(), e);
+        assert!(DeviceAuth::decode(&e.encode()[..192]).is_err());
         assert!(DeviceAuth::decode(&[9]).is_err());
         assert!(DeviceAuth::decode(&[1, 2]).is_err());
     }
 
     #[test]
     fn alert_round_trip() {
-        for code in 0..=0x0d {
+        for code in 0..=0x12 {
             let c = AlertCode::from_u8(code).unwrap();
             assert_eq!(decode_alert(&encode_alert(c)).unwrap(), c);
         }

@@ -222,7 +222,11 @@ impl Session {
             return;
         }
         let mut out = Vec::new();
-        if self.sealer.seal(FrameType::Close, &[code as u8], &mut out).is_ok() {
+        if self
+            .sealer
+            .seal(FrameType::Close, &[code as u8], &mut out)
+            .is_ok()
+        {
             self.transmit.push_back(out);
         }
         self.state = match self.state {

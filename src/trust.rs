@@ -96,8 +96,12 @@ impl KnownServers {
         if let Some(p) = std::env::var_os("SECCHAN_KNOWN_SERVERS") {
             return Some(PathBuf::from(p));
         }
-        std::env::var_os("HOME")
-            .map(|h| Path::new(&h).join(".config").join("secchan").join("known_servers"))
+        std::env::var_os("HOME").map(|h| {
+            Path::new(&h)
+                .join(".config")
+                .join("secchan")
+                .join("known_servers")
+        })
     }
 
     fn io(&self, source: std::io::Error) -> TrustError {

@@ -47,11 +47,17 @@ async fn start_server(
     tokio::spawn(async move {
         while let Ok(incoming) = listener.accept().await {
             tokio::spawn(async move {
-                let Ok((mut conn, peer)) = incoming.handshake().await else { return };
+                let Ok((mut conn, peer)) = incoming.handshake().await else {
+                    return;
+                };
                 let mut n = 0u32;
                 while let Ok(Some(m)) = conn.recv().await {
                     n += 1;
-                    println!("  server  <- {} : {}", peer.name, String::from_utf8_lossy(&m));
+                    println!(
+                        "  server  <- {} : {}",
+                        peer.name,
+                        String::from_utf8_lossy(&m)
+                    );
                     if conn.send(format!("ack {n}").as_bytes()).await.is_err() {
                         return;
                     }
@@ -99,7 +105,10 @@ pub async fn run() -> Result<(), CliError> {
 
     println!("secchan demo: server and device on {addr}");
     println!("  server key  {}", server_key.public().fingerprint());
-    println!("  device key  {} (authorized as demo-device)", device_key.public().fingerprint());
+    println!(
+        "  device key  {} (authorized as demo-device)",
+        device_key.public().fingerprint()
+    );
 
     let config = device_config(&X25519_MLKEM768, &device_key);
     let start = Instant::now();
@@ -112,7 +121,10 @@ pub async fn run() -> Result<(), CliError> {
         conn.session().suite().name,
         conn.session().aead()
     );
-    println!("  time      {:.2} ms (device side, TCP connect to finish sent)", handshake_time.as_secs_f64() * 1e3);
+    println!(
+        "  time      {:.2} ms (device side, TCP connect to finish sent)",
+        handshake_time.as_secs_f64() * 1e3
+    );
     println!(
         "  bytes     {} device->server, {} server->device, {} total",
         hs.handshake_sent,
@@ -158,7 +170,9 @@ pub async fn run() -> Result<(), CliError> {
     let cbytes = classical_conn.stats();
     classical_conn.close(Duration::from_secs(5)).await?;
     println!();
-    println!("cost of post-quantum safety (median of {TIMED_HANDSHAKES} handshakes each, this machine):");
+    println!(
+        "cost of post-quantum safety (median of {TIMED_HANDSHAKES} handshakes each, this machine):"
+    );
     println!(
         "  hybrid    {:>8.1} us  {:>5} bytes",
         hybrid.as_secs_f64() * 1e6,

@@ -1,24 +1,27 @@
 //! `secchan device`.
 
 use super::keys::{load_secret, server_fingerprint};
+use super::sources::TelemetryArgs;
 use super::{parse_aead, CliError, DeviceMode, SessionArgs};
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::Suite;
 use crate::handshake::device::DeviceConfig;
+use crate::registry::EnrollmentToken;
 use crate::transport::tcp::connect;
 use crate::transport::TransportError;
 use crate::trust::{KnownServers, Pinned, ServerVerifier};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
 /// Options of `secchan device`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("transport").required(true)))]
 pub struct DeviceArgs {
     /// Server address, e.g. 192.0.2.10:4433.
-    #[arg(long, value_name = "ADDR")]
-    connect: String,
+    #[arg(long, value_name = "ADDR", group = "transport")]
+    connect: Option<String>,
     /// The server's key: its fingerprint (SHA256:...) or its .pub file. Without it, the
     /// known-servers file is used with trust on first use.
     #[arg(long, value_name = "FINGERPRINT|FILE")]
@@ -29,6 +32,10 @@ pub struct DeviceArgs {
     /// The device's secret key file; without it the device connects anonymously.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Enroll this device (its --key) during the handshake with a one-time token from
+    /// `secchan registry token`. Without --server-key, the server key in the token is pinned.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "known_servers")]
+    enroll_token: Option<String>,
     /// Key exchange: hybrid post-quantum (default) or classical X25519.
     #[arg(long, value_enum, default_value_t = DeviceMode::Hybrid)]
     mode: DeviceMode,
@@ -41,27 +48,48 @@ pub struct DeviceArgs {
     aead: Vec<AeadId>,
     #[command(flatten)]
     session: SessionArgs,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+    #[cfg(feature = "mqtt")]
+    #[command(flatten)]
+    mqtt: super::mqtt::MqttDeviceArgs,
 }
 
 pub(super) fn parse_suite(s: &str) -> Result<&'static Suite, String> {
-    Suite::from_name(s)
-        .ok_or_else(|| format!("unknown suite {s:?}: use X25519MLKEM768, X25519Kyber768R3 or X25519"))
+    Suite::from_name(s).ok_or_else(|| {
+        format!("unknown suite {s:?}: use X25519MLKEM768, X25519Kyber768R3 or X25519")
+    })
 }
 
-fn verifier(args: &DeviceArgs) -> Result<Box<dyn ServerVerifier>, CliError> {
+/// The server trust anchor: `--server-key`, else the server key inside an enrollment token,
+/// else the known-servers file, where `host` names the server.
+fn verifier(
+    args: &DeviceArgs,
+    token: Option<&Pinned>,
+    host: &str,
+) -> Result<Box<dyn ServerVerifier>, CliError> {
     if let Some(value) = &args.server_key {
         return Ok(Box::new(Pinned(server_fingerprint(value)?)));
+    }
+    if let Some(pin) = token {
+        return Ok(Box::new(pin.clone()));
     }
     let file = args
         .known_servers
         .clone()
         .or_else(KnownServers::default_path)
         .ok_or(CliError::NoTrustAnchor)?;
-    Ok(Box::new(KnownServers::new(file, args.connect.clone())))
+    Ok(Box::new(KnownServers::new(file, host)))
 }
 
 /// Connects, sends stdin line by line, prints what the server sends, closes cleanly at EOF.
 pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
+    let token = match &args.enroll_token {
+        Some(_) if args.key.is_none() => return Err(CliError::EnrollWithoutKey),
+        Some(text) => Some(EnrollmentToken::parse(text).map_err(CliError::EnrollToken)?),
+        None => None,
+    };
+    let server_from_token = token.as_ref().map(|t| Pinned(t.server().fingerprint()));
     let config = DeviceConfig {
         suite: args.suite.unwrap_or_else(|| args.mode.default_suite()),
         aeads: if args.aead.is_empty() {
@@ -69,32 +97,46 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
         } else {
             args.aead.clone()
         },
-        identity: args.key.as_deref().map(load_secret).transpose()?.map(Arc::new),
+        identity: args
+            .key
+            .as_deref()
+            .map(load_secret)
+            .transpose()?
+            .map(Arc::new),
+        enrollment: token.map(|t| Arc::new(t.into_key())),
         session: args.session.session_config(),
     };
-    let verifier = verifier(&args)?;
-    let mut conn = connect(&args.connect, &config, verifier.as_ref(), args.session.timeouts())
+    let mut source = args.telemetry.open()?;
+    #[cfg(feature = "mqtt")]
+    if let Some(url) = &args.mqtt.broker.mqtt {
+        let host = args.mqtt.broker.known_servers_host(url)?;
+        let verifier = verifier(&args, server_from_token.as_ref(), &host)?;
+        let timeouts = args.session.timeouts();
+        return super::mqtt::run_device(&args.mqtt, url, config, verifier, timeouts, source).await;
+    }
+    let addr = args.connect.clone().unwrap_or_default();
+    let verifier = verifier(&args, server_from_token.as_ref(), &addr)?;
+    let mut conn = connect(&addr, &config, verifier.as_ref(), args.session.timeouts())
         .await
         .map_err(|e| match e {
             TransportError::Io(source) => CliError::Connect {
-                addr: args.connect.clone(),
+                addr: addr.clone(),
                 source,
             },
             e => e.into(),
         })?;
-    tracing::info!(
-        server = %args.connect,
+    tracing::debug!(
+        server = %addr,
         suite = conn.session().suite().name,
         aead = conn.session().aead().name(),
-        "session established"
+        "handshake complete"
     );
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     let mut line_no = 0usize;
     let mut input_open = true;
     loop {
         tokio::select! {
-            line = lines.next_line(), if input_open => match line? {
+            line = source.next(), if input_open => match line? {
                 Some(line) => {
                     line_no += 1;
                     if line.len() > crate::record::MAX_PAYLOAD {

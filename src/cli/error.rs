@@ -17,7 +17,9 @@ pub enum CliError {
         reason: String,
     },
     /// A secret key file is readable by other users.
-    #[error("secret key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
+    #[error(
+        "secret key file {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`"
+    )]
     KeyPermissions {
         /// The file.
         path: PathBuf,
@@ -81,9 +83,34 @@ pub enum CliError {
         /// Lines sent before the close.
         sent: usize,
     },
+    /// The broker password file could not be read.
+    #[error("cannot read the MQTT password file {path}: {source}")]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The telemetry source failed.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     /// Reading stdin or writing stdout failed.
     #[error("local I/O failed: {0}")]
     LocalIo(#[from] std::io::Error),
+    /// A registry command failed, or a server's registry is unusable.
+    #[error("registry {path}: {error}{hint}", path = path.display(), hint = registry_advice(path, error))]
+    Registry {
+        /// The registry file.
+        path: PathBuf,
+        /// What went wrong.
+        error: crate::registry::RegistryError,
+    },
+    /// An enrollment token was given without a device key to enroll.
+    #[error("--enroll-token needs a device identity: create one with `secchan keygen --out device.key` and pass --key device.key")]
+    EnrollWithoutKey,
+    /// The --enroll-token value is not a token.
+    #[error("{0}; pass the whole line `secchan registry token` printed")]
+    EnrollToken(crate::registry::RegistryError),
     /// A benchmark could not run.
     #[error("benchmark failed: {0}")]
     Bench(#[from] crate::bench::BenchError),
@@ -113,6 +140,18 @@ fn alert_advice(code: AlertCode) -> &'static str {
             "; create a device key with `secchan keygen --out device.key`, pass --key device.key, and have its fingerprint authorized"
         }
         AlertCode::UnsupportedVersion => "; upgrade the older of the two secchan builds",
+        AlertCode::Revoked => {
+            "; this device's key was revoked by the server's operator: a revoked key never returns, ask for a new enrollment with a new key"
+        }
+        AlertCode::WrongGroup => {
+            "; this server does not serve the device's group: connect to the server for its group, or ask the operator to move the device"
+        }
+        AlertCode::EnrollmentRefused => {
+            "; the token is not one this server issued (check --connect and the token), ask the operator for a new one"
+        }
+        AlertCode::TokenUsed | AlertCode::TokenExpired => {
+            "; tokens are single-use and short-lived: ask the server's operator for a new one (`secchan registry token`)"
+        }
         AlertCode::NoCommonAead => "; allow both AEADs on both sides (the default)",
         _ => "",
     }
@@ -122,12 +161,18 @@ fn alert_advice(code: AlertCode) -> &'static str {
 fn advice(error: &TransportError) -> &'static str {
     match error {
         TransportError::Refused(code)
-        | TransportError::Handshake(HandshakeError::PeerAlert(code)) => alert_advice(*code),
+        | TransportError::Handshake(HandshakeError::PeerAlert(code))
+        | TransportError::Session(crate::session::SessionError::PeerAlert(code)) => {
+            alert_advice(*code)
+        }
         TransportError::Handshake(HandshakeError::ServerAuthFailed) => {
             "; the connection may be intercepted: do not retry over this network until you know why"
         }
         TransportError::Handshake(HandshakeError::Downgrade { .. }) => {
             "; someone on the network is tampering with the handshake"
+        }
+        TransportError::Trust(crate::trust::TrustError::Mismatch { .. }) => {
+            "; if the server's key was replaced on purpose, pin the new fingerprint, otherwise someone may be impersonating the server"
         }
         TransportError::HandshakeTimeout(_) => {
             "; check that the address is a secchan server and the network is not dropping packets"
@@ -136,5 +181,25 @@ fn advice(error: &TransportError) -> &'static str {
             "; the peer or the network cut the connection: messages after the last acknowledged one may be lost"
         }
         _ => "",
+    }
+}
+
+/// What to do about a registry failure, as a clause appended to its message.
+fn registry_advice(path: &std::path::Path, error: &crate::registry::RegistryError) -> String {
+    use crate::registry::{RegistryError, VerifyError};
+    match error {
+        RegistryError::Verify(VerifyError::Torn { .. }) => format!(
+            "; nothing else was changed: run `secchan registry repair --key SERVER_KEY {}`",
+            path.display()
+        ),
+        RegistryError::Verify(VerifyError::WrongServer { .. }) => format!(
+            "; use the server key that created {} (--key), or create a registry for this key with `secchan registry init`",
+            path.display()
+        ),
+        RegistryError::Verify(_) | RegistryError::RolledBack { .. } => format!(
+            "; the registry fails verification, so no server starts on it and nothing is appended: inspect it with `secchan registry verify {}` and restore it from a backup",
+            path.display()
+        ),
+        _ => String::new(),
     }
 }

@@ -78,18 +78,20 @@ pub fn load_secret(path: &Path) -> Result<IdentityKey, CliError> {
             });
         }
     }
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
+    let text =
+        zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
     IdentityKey::from_file_text(&text).map_err(|e| err(e.to_string()))
 }
 
 /// `secchan fingerprint FILE`: works on secret and public key files.
 pub fn fingerprint(path: &Path) -> Result<(), CliError> {
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-        CliError::KeyFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }
-    })?);
+    let text =
+        zeroize::Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| CliError::KeyFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?,
+        );
     let public = match PublicIdentity::from_file_text(&text) {
         Ok(p) => p,
         Err(_) => load_secret(path)?.public(),

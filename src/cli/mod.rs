@@ -6,7 +6,12 @@ mod demo;
 mod device;
 mod error;
 mod keys;
+#[cfg(feature = "mqtt")]
+mod mqtt;
+mod output;
+mod registry;
 mod server;
+mod sources;
 
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::{Suite, X25519_MLKEM768, X25519_ONLY};
@@ -42,12 +47,15 @@ enum Command {
         /// A secret key file or a .pub file.
         file: PathBuf,
     },
-    /// Accept devices over TCP and print each message as one JSON line on stdout.
+    /// Accept devices over TCP or through an MQTT broker; print each message as one JSON line.
     Server(server::ServerArgs),
-    /// Connect to a server, send each line of stdin as one message, print what comes back.
+    /// Connect to a server (TCP or MQTT) and send telemetry: stdin lines, a CSV dataset, or simulated readings.
     Device(device::DeviceArgs),
     /// Run a server and a device in this process on loopback and show what happens.
     Demo,
+    /// Manage the fleet registry: who may connect, in which group (docs/registry.md).
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Measure handshakes, records, throughput and memory (docs/benchmarks.md).
     Bench(bench::BenchArgs),
 }
@@ -137,9 +145,8 @@ impl SessionArgs {
 }
 
 fn parse_aead(s: &str) -> Result<AeadId, String> {
-    AeadId::from_name(s).ok_or_else(|| {
-        format!("unknown AEAD {s:?}: use AES-256-GCM or ChaCha20-Poly1305")
-    })
+    AeadId::from_name(s)
+        .ok_or_else(|| format!("unknown AEAD {s:?}: use AES-256-GCM or ChaCha20-Poly1305"))
 }
 
 fn init_logging() {
@@ -148,6 +155,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -155,7 +163,10 @@ fn init_logging() {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("secchan: cannot start the async runtime: {e}");
@@ -169,6 +180,7 @@ pub fn run() -> ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Device(args) => device::run(args).await,
             Command::Demo => demo::run().await,
+            Command::Registry(command) => registry::run(command),
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -1,24 +1,33 @@
 //! `secchan server`.
 
 use super::keys::{load_authorized, load_secret};
+use super::output::Output;
 use super::{CliError, ServerMode, SessionArgs};
 use crate::handshake::server::{PeerDevice, ServerConfig};
 use crate::handshake::{AllowAnyDevice, Authorizer};
+use crate::registry::{Groups, Received, RegistryAuthorizer};
 use crate::transport::tcp::{Connection, Listener};
 use crate::transport::TransportError;
 use base64::Engine;
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Options of `secchan server`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("transport").required(true)))]
 pub struct ServerArgs {
     /// Address to listen on, e.g. 0.0.0.0:4433.
-    #[arg(long, value_name = "ADDR")]
-    listen: String,
+    #[arg(long, value_name = "ADDR", group = "transport")]
+    listen: Option<String>,
+    /// Also append each message's JSON line to FILE (created with mode 0600).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    #[cfg(feature = "mqtt")]
+    #[command(flatten)]
+    mqtt: super::mqtt::MqttServerArgs,
     /// The server's secret key file (from `secchan keygen`).
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
@@ -28,6 +37,17 @@ pub struct ServerArgs {
     /// File listing the devices allowed to connect (fingerprints or .pub contents, with names).
     #[arg(long, value_name = "FILE", conflicts_with = "allow_any_device")]
     authorized_devices: Option<PathBuf>,
+    /// Fleet registry deciding which devices may connect (`secchan registry init`); the server
+    /// refuses to start if it fails verification.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["authorized_devices", "allow_any_device"])]
+    registry: Option<PathBuf>,
+    /// With --registry: serve only devices of this group (repeatable) [default: every group].
+    #[arg(long = "group", value_name = "GROUP", requires = "registry")]
+    groups: Vec<String>,
+    /// With --registry: seconds between checks of the registry for changes; revoked devices'
+    /// sessions are closed within this time.
+    #[arg(long, value_name = "SECS", default_value_t = 1, requires = "registry", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    registry_poll: u64,
     /// Accept any device, including anonymous ones. Not recommended outside testing.
     #[arg(long)]
     allow_any_device: bool,
@@ -44,20 +64,42 @@ struct MessageLine<'a> {
     suite: &'static str,
     aead: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data_base64: Option<String>,
 }
 
+/// Where a message came from, for its output line.
+pub(super) struct Origin<'a> {
+    /// The authorized device.
+    pub(super) device: &'a PeerDevice,
+    /// Its address (TCP) or session (MQTT).
+    pub(super) peer: String,
+    /// Suite name.
+    pub(super) suite: &'static str,
+    /// AEAD name.
+    pub(super) aead: &'static str,
+    /// Message id on MQTT: the device's stream and the sequence in it.
+    pub(super) stream: Option<&'a str>,
+    /// See `stream`.
+    pub(super) seq: Option<u64>,
+}
+
 /// Renders one message as a JSON line: `data` if it is UTF-8, `data_base64` otherwise.
-fn message_line(conn: &Connection, peer: &PeerDevice, message: &[u8]) -> String {
+pub(super) fn message_line(origin: &Origin<'_>, message: &[u8]) -> String {
     let text = std::str::from_utf8(message).ok();
     let line = MessageLine {
-        device: &peer.name,
-        fingerprint: peer.identity.map(|i| i.fingerprint()),
-        peer: conn.peer_addr().to_string(),
-        suite: conn.session().suite().name,
-        aead: conn.session().aead().name(),
+        device: &origin.device.name,
+        fingerprint: origin.device.identity.map(|i| i.fingerprint()),
+        peer: origin.peer.clone(),
+        suite: origin.suite,
+        aead: origin.aead,
+        stream: origin.stream,
+        seq: origin.seq,
         data: text,
         data_base64: text
             .is_none()
@@ -66,8 +108,14 @@ fn message_line(conn: &Connection, peer: &PeerDevice, message: &[u8]) -> String 
     serde_json::to_string(&line).unwrap_or_default()
 }
 
-/// Serves one device until it closes; forwards its messages to `out`.
-async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>) {
+/// Serves one device until it closes; forwards its messages to `out`. With a registry, the
+/// session is closed as soon as the registry stops authorizing the device.
+async fn serve(
+    mut conn: Connection,
+    peer: PeerDevice,
+    out: mpsc::Sender<String>,
+    registry: Option<Arc<RegistryAuthorizer>>,
+) {
     tracing::info!(
         device = %peer.name,
         peer = %conn.peer_addr(),
@@ -76,13 +124,29 @@ async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>
         "session established"
     );
     loop {
-        match conn.recv().await {
-            Ok(Some(message)) => {
-                if out.send(message_line(&conn, &peer, &message)).await.is_err() {
+        let next = match (&registry, &peer.identity) {
+            (Some(registry), Some(id)) => registry.recv(&mut conn, id).await,
+            _ => conn
+                .recv()
+                .await
+                .map(|m| m.map_or(Received::Closed, Received::Message)),
+        };
+        match next {
+            Ok(Received::Refused(_)) => return,
+            Ok(Received::Message(message)) => {
+                let origin = Origin {
+                    device: &peer,
+                    peer: conn.peer_addr().to_string(),
+                    suite: conn.session().suite().name,
+                    aead: conn.session().aead().name(),
+                    stream: None,
+                    seq: None,
+                };
+                if out.send(message_line(&origin, &message)).await.is_err() {
                     return;
                 }
             }
-            Ok(None) => {
+            Ok(Received::Closed) => {
                 tracing::info!(device = %peer.name, peer = %conn.peer_addr(), "session closed");
                 return;
             }
@@ -94,10 +158,25 @@ async fn serve(mut conn: Connection, peer: PeerDevice, out: mpsc::Sender<String>
     }
 }
 
-/// Builds the server configuration from the command line.
-fn config(args: &ServerArgs) -> Result<ServerConfig, CliError> {
+/// Builds the server configuration from the command line, and the registry if one is used.
+fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthorizer>>), CliError> {
     let identity = Arc::new(load_secret(&args.key)?);
+    let mut registry = None;
     let authorizer: Arc<dyn Authorizer> = match (&args.authorized_devices, args.allow_any_device) {
+        _ if args.registry.is_some() => {
+            let path = args.registry.clone().unwrap_or_default();
+            let groups = Groups::only(args.groups.iter().cloned());
+            let r = RegistryAuthorizer::open(&path, identity.clone(), groups).map_err(|error| {
+                CliError::Registry {
+                    path: path.clone(),
+                    error,
+                }
+            })?;
+            tracing::info!(registry = %path.display(), entries = r.len(), "registry verified");
+            let r = Arc::new(r);
+            registry = Some(r.clone());
+            r
+        }
         (Some(path), _) => Arc::new(load_authorized(path)?),
         (None, true) => {
             tracing::warn!("--allow-any-device: every device, even anonymous ones, is accepted");
@@ -108,19 +187,27 @@ fn config(args: &ServerArgs) -> Result<ServerConfig, CliError> {
     let mut config = ServerConfig::new(identity, authorizer);
     config.mode = args.mode.into();
     config.session = args.session.session_config();
-    Ok(config)
+    Ok((config, registry))
 }
 
 /// Accepts devices until interrupted, printing one JSON line per message.
 pub async fn run(args: ServerArgs) -> Result<(), CliError> {
-    let config = Arc::new(config(&args)?);
+    let (config, registry) = config(&args)?;
+    let config = Arc::new(config);
+    let _watch = registry
+        .as_ref()
+        .map(|r| r.watch(Duration::from_secs(args.registry_poll)));
+    #[cfg(feature = "mqtt")]
+    if let Some(url) = &args.mqtt.broker.mqtt {
+        let timeouts = args.session.timeouts();
+        return super::mqtt::serve(&args.mqtt, url, config, timeouts, args.out.as_deref()).await;
+    }
     let fingerprint = config.identity.public().fingerprint();
-    let listener = Listener::bind(&args.listen, config.clone(), args.session.timeouts())
+    let addr = args.listen.clone().unwrap_or_default();
+    let listener = Listener::bind(&addr, config.clone(), args.session.timeouts())
         .await
-        .map_err(|source| CliError::Bind {
-            addr: args.listen.clone(),
-            source,
-        })?;
+        .map_err(|source| CliError::Bind { addr, source })?;
+    let mut output = Output::open(args.out.as_deref()).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
         mode = %config.mode,
@@ -130,10 +217,9 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
     // One writer owns stdout so lines from concurrent sessions never interleave.
     let (tx, mut rx) = mpsc::channel::<String>(1024);
     let writer = tokio::spawn(async move {
-        let mut stdout = tokio::io::stdout();
-        while let Some(mut line) = rx.recv().await {
-            line.push('\n');
-            if stdout.write_all(line.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
+        while let Some(line) = rx.recv().await {
+            if let Err(e) = output.write_line(&line).await {
+                tracing::error!(error = %e, "cannot write the output: messages are no longer recorded");
                 break;
             }
         }
@@ -149,9 +235,10 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
                     }
                 };
                 let tx = tx.clone();
+                let registry = registry.clone();
                 tokio::spawn(async move {
                     match incoming.handshake().await {
-                        Ok((conn, peer)) => serve(conn, peer, tx).await,
+                        Ok((conn, peer)) => serve(conn, peer, tx, registry).await,
                         // Handshake failures were logged with the peer's address.
                         Err(TransportError::Handshake(_) | TransportError::HandshakeTimeout(_)) => {}
                         Err(e) => tracing::debug!(error = %e, "connection dropped during handshake"),

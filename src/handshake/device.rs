@@ -1,10 +1,11 @@
 //! The device (initiator) side of the handshake (protocol.md §6.1).
 
 use super::key_schedule::{
-    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput,
-    HandshakeKey,
+    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput, HandshakeKey,
 };
-use super::{HandshakeError, DEVICE_SIGNATURE_CONTEXT, SERVER_SIGNATURE_CONTEXT};
+use super::{
+    HandshakeError, DEVICE_SIGNATURE_CONTEXT, ENROLLMENT_PROOF_CONTEXT, SERVER_SIGNATURE_CONTEXT,
+};
 use crate::codec::Reader;
 use crate::crypto::aead::AeadId;
 use crate::crypto::identity::{IdentityKey, PublicIdentity};
@@ -25,6 +26,9 @@ pub struct DeviceConfig {
     pub aeads: Vec<AeadId>,
     /// The device's identity; `None` connects anonymously.
     pub identity: Option<Arc<IdentityKey>>,
+    /// An enrollment token's key (docs/registry.md §5): the device asks to be enrolled with
+    /// `identity` during this handshake. Needs `identity`.
+    pub enrollment: Option<Arc<IdentityKey>>,
     /// Record-layer parameters.
     pub session: SessionConfig,
 }
@@ -36,6 +40,7 @@ impl Default for DeviceConfig {
             suite: &X25519_MLKEM768,
             aeads: AeadId::default_preference(),
             identity: None,
+            enrollment: None,
             session: SessionConfig::default(),
         }
     }
@@ -47,6 +52,7 @@ impl std::fmt::Debug for DeviceConfig {
             .field("suite", &self.suite.name)
             .field("aeads", &self.aeads)
             .field("identity", &self.identity.as_ref().map(|i| i.public()))
+            .field("enrollment", &self.enrollment.as_ref().map(|t| t.public()))
             .finish_non_exhaustive()
     }
 }
@@ -61,6 +67,9 @@ pub fn start(
 ) -> Result<(ExpectServerHello, Vec<u8>), HandshakeError> {
     if config.aeads.is_empty() || config.aeads.len() > crate::msgs::MAX_AEAD_OFFERS {
         return Err(HandshakeError::NoCommonAead);
+    }
+    if config.enrollment.is_some() && config.identity.is_none() {
+        return Err(HandshakeError::EnrollmentWithoutIdentity);
     }
     let x25519 = X25519Ephemeral::generate(rng)?;
     let (pq, encaps_key) = match config.suite.pq {
@@ -188,18 +197,46 @@ impl ServerAuthenticated {
         self.aead
     }
 
+    /// TH2 = H(DeviceHello || ServerHello): what the device's signature (and an enrollment
+    /// proof) covers. For devices whose keys live outside this process (see
+    /// [`finish_with`](Self::finish_with)).
+    pub fn transcript_hash(&self) -> [u8; 32] {
+        self.transcript.current()
+    }
+
     /// Builds DeviceFinish and the established session (protocol.md §6.1 step 3). The device
     /// may send records right behind the returned frame.
     pub fn finish(self, now: Instant) -> Result<(Session, Vec<u8>), HandshakeError> {
         // 3a. TH2 = H(DeviceHello || ServerHello).
-        let th2 = self.transcript.current();
-        let auth = match &self.config.identity {
-            Some(id) => DeviceAuth::Ed25519 {
-                public: id.public().0,
-                signature: id.sign(DEVICE_SIGNATURE_CONTEXT, &th2),
-            },
-            None => DeviceAuth::Anonymous,
+        let th2 = self.transcript_hash();
+        let auth = match (&self.config.identity, &self.config.enrollment) {
+            (Some(id), token) => {
+                let public = id.public().0;
+                let signature = id.sign(DEVICE_SIGNATURE_CONTEXT, &th2);
+                match token {
+                    // docs/registry.md §5: proof = Sign_token(context || TH2 || device key).
+                    Some(token) => DeviceAuth::Enroll {
+                        public,
+                        signature,
+                        token: token.public().0,
+                        proof: token.sign(ENROLLMENT_PROOF_CONTEXT, &[th2, public].concat()),
+                    },
+                    None => DeviceAuth::Ed25519 { public, signature },
+                }
+            }
+            (None, _) => DeviceAuth::Anonymous,
         };
+        self.finish_with(&auth, now)
+    }
+
+    /// Like [`finish`](Self::finish), with a device authentication built by the caller over
+    /// [`transcript_hash`](Self::transcript_hash) (e.g. signed by a secure element).
+    pub fn finish_with(
+        self,
+        auth: &DeviceAuth,
+        now: Instant,
+    ) -> Result<(Session, Vec<u8>), HandshakeError> {
+        let th2 = self.transcript_hash();
         let plain = zeroize::Zeroizing::new(auth.encode());
         let mut finish = vec![FrameType::DeviceFinish as u8];
         seal_handshake(

@@ -23,6 +23,9 @@ use crate::msgs::{AlertCode, FrameType};
 pub const SERVER_SIGNATURE_CONTEXT: &[u8] = b"secchan v1 server signature\0";
 /// Signature context for the device's signature (protocol.md §5.3).
 pub const DEVICE_SIGNATURE_CONTEXT: &[u8] = b"secchan v1 device signature\0";
+/// Signature context for an enrollment token's proof (docs/registry.md §5): the token key
+/// signs `context || TH2 || device public key`.
+pub const ENROLLMENT_PROOF_CONTEXT: &[u8] = b"secchan v1 enrollment proof\0";
 
 /// Which suites a server accepts, and which one a device offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,7 +89,9 @@ pub enum HandshakeError {
     #[error("no AEAD in common with the peer")]
     NoCommonAead,
     /// The server selected a suite or AEAD the device did not offer: a downgrade attempt.
-    #[error("downgrade detected: the device offered {offered} but the server hello selected {selected}")]
+    #[error(
+        "downgrade detected: the device offered {offered} but the server hello selected {selected}"
+    )]
     Downgrade {
         /// What the device offered.
         offered: String,
@@ -102,6 +107,16 @@ pub enum HandshakeError {
     /// The device's authentication did not verify.
     #[error("device authentication failed: its signature or handshake MAC did not verify")]
     DeviceAuthFailed,
+    /// The enrollment token's proof did not verify: it was made for another handshake or
+    /// another device key.
+    #[error("enrollment proof of device {device} did not verify (replayed from another handshake, or forged)")]
+    EnrollmentProofFailed {
+        /// The device's fingerprint.
+        device: String,
+    },
+    /// An enrollment token was configured without a device identity to enroll.
+    #[error("an enrollment token needs a device identity key to enroll")]
+    EnrollmentWithoutIdentity,
     /// The device was refused by the server's authorizer.
     #[error("device {device} refused: {code}")]
     DeviceRefused {
@@ -119,7 +134,8 @@ impl HandshakeError {
             Self::Decode(DecodeError::UnsupportedVersion(_)) => AlertCode::UnsupportedVersion,
             Self::Decode(_) => AlertCode::DecodeError,
             Self::UnexpectedMessage(_) => AlertCode::UnexpectedMessage,
-            Self::PeerAlert(_) => return None,
+            Self::PeerAlert(_) | Self::EnrollmentWithoutIdentity => return None,
+            Self::EnrollmentProofFailed { .. } => AlertCode::EnrollmentRefused,
             Self::SuiteRefused { .. } => AlertCode::SuiteRefused,
             Self::NoCommonAead => AlertCode::NoCommonAead,
             Self::Downgrade { .. }
@@ -137,6 +153,15 @@ pub trait Authorizer: Send + Sync {
     /// Returns the name to show for an accepted device, or the alert that refuses it
     /// ([`AlertCode::UnknownDevice`] or [`AlertCode::DeviceAuthRequired`]).
     fn authorize(&self, device: Option<&PublicIdentity>) -> Result<String, AlertCode>;
+
+    /// Called instead of [`authorize`](Self::authorize) when the device presented an
+    /// enrollment token (DeviceFinish kind 0x02) whose proof over this handshake verified:
+    /// `token` is the token's public key. Returns the device's name, or the alert refusing it.
+    /// An authorizer without enrollment treats the device as if it presented no token.
+    fn enroll(&self, device: &PublicIdentity, token: &PublicIdentity) -> Result<String, AlertCode> {
+        let _ = token;
+        self.authorize(Some(device))
+    }
 }
 
 /// Accepts every device, naming it by fingerprint. Only for `--allow-any-device`.

@@ -1,11 +1,10 @@
 //! The server (responder) side of the handshake (protocol.md §6.2).
 
 use super::key_schedule::{
-    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput,
-    HandshakeKey,
+    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput, HandshakeKey,
 };
 use super::{select_aead, Authorizer, HandshakeError, Mode};
-use super::{DEVICE_SIGNATURE_CONTEXT, SERVER_SIGNATURE_CONTEXT};
+use super::{DEVICE_SIGNATURE_CONTEXT, ENROLLMENT_PROOF_CONTEXT, SERVER_SIGNATURE_CONTEXT};
 use crate::crypto::aead::AeadId;
 use crate::crypto::identity::{IdentityKey, PublicIdentity};
 use crate::crypto::kdf::{Secret, Transcript};
@@ -173,26 +172,46 @@ impl ExpectDeviceFinish {
         let plain = open_handshake(&self.hs, HandshakeKey::Device, self.aead, &th2, sealed)
             .map_err(|_| HandshakeError::DeviceAuthFailed)?;
         // 3b. Verify the device's signature over TH2.
-        let identity = match DeviceAuth::decode(&plain)? {
-            DeviceAuth::Anonymous => None,
+        let verify_device = |public: [u8; 32], signature: &[u8; 64]| {
+            let id = PublicIdentity(public);
+            id.verify(DEVICE_SIGNATURE_CONTEXT, &th2, signature)
+                .map_err(|_| HandshakeError::DeviceAuthFailed)?;
+            Ok::<_, HandshakeError>(id)
+        };
+        let (identity, token) = match DeviceAuth::decode(&plain)? {
+            DeviceAuth::Anonymous => (None, None),
             DeviceAuth::Ed25519 { public, signature } => {
-                let id = PublicIdentity(public);
-                id.verify(DEVICE_SIGNATURE_CONTEXT, &th2, &signature)
-                    .map_err(|_| HandshakeError::DeviceAuthFailed)?;
-                Some(id)
+                (Some(verify_device(public, &signature)?), None)
+            }
+            // 3b'. Enrollment (docs/registry.md §5): the token key signs TH2 || device key.
+            DeviceAuth::Enroll {
+                public,
+                signature,
+                token,
+                proof,
+            } => {
+                let id = verify_device(public, &signature)?;
+                let token = PublicIdentity(token);
+                token
+                    .verify(ENROLLMENT_PROOF_CONTEXT, &[th2, public].concat(), &proof)
+                    .map_err(|_| HandshakeError::EnrollmentProofFailed {
+                        device: id.fingerprint(),
+                    })?;
+                (Some(id), Some(token))
             }
         };
         // 3c. Authorization.
-        let name = self
-            .config
-            .authorizer
-            .authorize(identity.as_ref())
-            .map_err(|code| HandshakeError::DeviceRefused {
-                device: identity
-                    .as_ref()
-                    .map_or_else(|| "anonymous".into(), |i| i.fingerprint()),
-                code,
-            })?;
+        let authorizer = &self.config.authorizer;
+        let name = match (&identity, &token) {
+            (Some(id), Some(token)) => authorizer.enroll(id, token),
+            _ => authorizer.authorize(identity.as_ref()),
+        }
+        .map_err(|code| HandshakeError::DeviceRefused {
+            device: identity
+                .as_ref()
+                .map_or_else(|| "anonymous".into(), |i| i.fingerprint()),
+            code,
+        })?;
         // 3d. TH3 and traffic secrets.
         let mut transcript = self.transcript;
         transcript.update(frame);

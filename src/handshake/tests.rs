@@ -52,7 +52,10 @@ fn exchange(a: &mut Session, b: &mut Session, msg: &[u8]) {
     let now = Instant::now();
     a.send(msg, now).unwrap();
     let mut frame = a.poll_transmit().unwrap();
-    assert_eq!(b.handle_frame(&mut frame, now).unwrap(), Event::Message(msg));
+    assert_eq!(
+        b.handle_frame(&mut frame, now).unwrap(),
+        Event::Message(msg)
+    );
 }
 
 #[test]
@@ -75,8 +78,7 @@ fn hybrid_mutual_handshake_fits_budget_and_carries_data_both_ways() {
 #[test]
 fn classical_handshake_fits_budget() {
     let (scfg, dev) = server_config(Mode::Classical);
-    let (mut d, mut s, sizes) =
-        handshake(&device_config(&X25519_ONLY, Some(dev)), &scfg).unwrap();
+    let (mut d, mut s, sizes) = handshake(&device_config(&X25519_ONLY, Some(dev)), &scfg).unwrap();
     assert_eq!(sizes, [38, 148, 114]);
     assert!(sizes.iter().sum::<usize>() + 6 <= 400);
     exchange(&mut d, &mut s, b"x");
@@ -174,7 +176,8 @@ fn impostor_server_with_own_key_is_reported_by_identity() {
     let (scfg, dev) = server_config(Mode::Hybrid);
     let mut impostor = scfg.clone();
     impostor.identity = Arc::new(IdentityKey::from_seed(&[66; 32]));
-    let (expect, hello) = device::start(&device_config(&X25519_MLKEM768, Some(dev)), &mut OsRandom).unwrap();
+    let (expect, hello) =
+        device::start(&device_config(&X25519_MLKEM768, Some(dev)), &mut OsRandom).unwrap();
     let (_, sh) = server::accept_hello(&impostor, &hello, &mut OsRandom).unwrap();
     let authed = expect.read_server_hello(&sh).unwrap();
     assert_ne!(*authed.server_identity(), scfg.identity.public());
@@ -184,8 +187,11 @@ fn impostor_server_with_own_key_is_reported_by_identity() {
 fn unknown_and_anonymous_devices_are_refused() {
     let (scfg, _) = server_config(Mode::Hybrid);
     let stranger = Arc::new(IdentityKey::from_seed(&[9; 32]));
-    let err = handshake(&device_config(&X25519_MLKEM768, Some(stranger.clone())), &scfg)
-        .unwrap_err();
+    let err = handshake(
+        &device_config(&X25519_MLKEM768, Some(stranger.clone())),
+        &scfg,
+    )
+    .unwrap_err();
     assert_eq!(
         err,
         HandshakeError::DeviceRefused {
@@ -212,7 +218,11 @@ fn tampered_device_finish_fails_device_authentication() {
     let dcfg = device_config(&X25519_MLKEM768, Some(dev));
     let (expect, hello) = device::start(&dcfg, &mut OsRandom).unwrap();
     let (ef, sh) = server::accept_hello(&scfg, &hello, &mut OsRandom).unwrap();
-    let (_, mut finish) = expect.read_server_hello(&sh).unwrap().finish(Instant::now()).unwrap();
+    let (_, mut finish) = expect
+        .read_server_hello(&sh)
+        .unwrap()
+        .finish(Instant::now())
+        .unwrap();
     finish[20] ^= 1;
     assert_eq!(
         ef.read_device_finish(&finish, Instant::now()).err(),
@@ -223,8 +233,15 @@ fn tampered_device_finish_fails_device_authentication() {
 #[test]
 fn garbage_instead_of_hello_is_a_decode_error() {
     let (scfg, _) = server_config(Mode::Hybrid);
-    for garbage in [&b""[..], b"GET / HTTP/1.1\r\n", &[0x01, 0x01], &[0x01; 3000]] {
-        let err = server::accept_hello(&scfg, garbage, &mut OsRandom).err().unwrap();
+    for garbage in [
+        &b""[..],
+        b"GET / HTTP/1.1\r\n",
+        &[0x01, 0x01],
+        &[0x01; 3000],
+    ] {
+        let err = server::accept_hello(&scfg, garbage, &mut OsRandom)
+            .err()
+            .unwrap();
         assert!(
             matches!(
                 err,
@@ -302,5 +319,8 @@ fn close_notify_and_error_close_are_distinguished() {
     let mut f = s.poll_transmit().unwrap();
     assert_eq!(d.handle_frame(&mut f, now).unwrap(), Event::Closed);
     assert!(d.is_closed() && s.is_closed());
-    assert_eq!(d.send(b"late", now), Err(crate::session::SessionError::Closed));
+    assert_eq!(
+        d.send(b"late", now),
+        Err(crate::session::SessionError::Closed)
+    );
 }

@@ -293,7 +293,9 @@ impl Opener {
             Some(p) if counter < self.keys_from && counter <= p.last => &p.keys,
             _ => &self.keys,
         };
-        let (header, body) = frame.split_at_mut(HEADER_LEN);
+        let (header, body) = frame
+            .split_at_mut_checked(HEADER_LEN)
+            .ok_or(DecodeError::Empty)?;
         let len = match keys.key.open_in_place(keys.nonce(counter), header, body) {
             Ok(len) => len,
             Err(_) => {
@@ -491,6 +493,71 @@ mod tests {
         assert!(s.wants_key_update(now));
         s.update_key(now);
         assert!(!s.wants_key_update(now));
+    }
+
+    #[test]
+    fn soft_limit_requests_update_and_hard_limit_refuses_to_seal() {
+        let now = Instant::now();
+        let policy = KeyUpdatePolicy {
+            max_records: u64::MAX,
+            max_bytes: u64::MAX,
+            max_age: None,
+        };
+        let mut s = Sealer::new(AeadId::Aes256Gcm, Zeroizing::new([1; 32]), policy, now);
+        s.records_this_key = SOFT_LIMIT_RECORDS - 1;
+        assert!(!s.wants_key_update(now));
+        s.records_this_key = SOFT_LIMIT_RECORDS;
+        assert!(s.wants_key_update(now));
+        s.records_this_key = crate::crypto::aead::AES_GCM_HARD_LIMIT_RECORDS;
+        let mut out = Vec::new();
+        assert_eq!(
+            s.seal(FrameType::Data, b"x", &mut out),
+            Err(RecordError::HardLimit)
+        );
+        assert!(out.is_empty());
+        s.update_key(now);
+        s.seal(FrameType::Data, b"x", &mut out).unwrap();
+    }
+
+    #[test]
+    fn byte_limit_requests_update() {
+        let now = Instant::now();
+        let policy = KeyUpdatePolicy {
+            max_records: u64::MAX,
+            max_bytes: 10,
+            max_age: None,
+        };
+        let mut s = Sealer::new(
+            AeadId::ChaCha20Poly1305,
+            Zeroizing::new([1; 32]),
+            policy,
+            now,
+        );
+        seal(&mut s, FrameType::Data, &[0; 9]);
+        assert!(!s.wants_key_update(now));
+        seal(&mut s, FrameType::Data, &[0; 1]);
+        assert!(s.wants_key_update(now));
+    }
+
+    #[test]
+    fn counter_never_wraps() {
+        let (mut s, _) = pair(AeadId::ChaCha20Poly1305, true);
+        s.next = u64::MAX;
+        let mut out = Vec::new();
+        assert_eq!(
+            s.seal(FrameType::Data, b"x", &mut out),
+            Err(RecordError::HardLimit)
+        );
+    }
+
+    #[test]
+    fn integrity_limit_closes_after_too_many_forgeries() {
+        let (mut s, mut o) = pair(AeadId::Aes256Gcm, false);
+        let mut rec = seal(&mut s, FrameType::Data, b"x");
+        rec[5] ^= 1;
+        assert_eq!(open(&mut o, rec.clone()), Err(RecordError::BadTag(0)));
+        o.failures_this_key = INTEGRITY_LIMIT_FAILURES - 1;
+        assert_eq!(open(&mut o, rec), Err(RecordError::IntegrityLimit));
     }
 
     #[test]

@@ -247,7 +247,10 @@ mod tests {
     fn counter_near_u64_max_does_not_overflow() {
         let mut w = ReplayWindow::new(64);
         accept(&mut w, u64::MAX - 1);
-        assert_eq!(w.check(u64::MAX - 1), Err(ReplayError::Duplicate(u64::MAX - 1)));
+        assert_eq!(
+            w.check(u64::MAX - 1),
+            Err(ReplayError::Duplicate(u64::MAX - 1))
+        );
         assert_eq!(w.next_expected(), u64::MAX);
     }
 }

@@ -4,6 +4,8 @@
 //! [`tcp`] is the embedding API for TCP: [`tcp::connect`] on a device,
 //! [`tcp::Listener`] and [`tcp::accept`] on a server, both yielding a [`tcp::Connection`].
 
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod tcp;
 
 use crate::handshake::HandshakeError;
@@ -65,6 +67,10 @@ pub enum TransportError {
     /// The TCP stream ended without an authenticated Close: data may have been cut off.
     #[error("connection ended without an authenticated close: the stream was truncated")]
     Truncated,
+    /// An MQTT broker or delivery failure.
+    #[cfg(feature = "mqtt")]
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttError),
 }
 
 impl TransportError {

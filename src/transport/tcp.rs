@@ -106,14 +106,18 @@ async fn expect_frame(
 }
 
 /// Connects to a server, runs the handshake, and checks the server's identity with
-/// `verifier` before revealing the device's own identity.
+/// `verifier` before revealing the device's own identity. The TCP connect and the handshake
+/// together must finish within `timeouts.handshake`.
 pub async fn connect(
     addr: impl ToSocketAddrs,
     config: &DeviceConfig,
     verifier: &dyn ServerVerifier,
     timeouts: Timeouts,
 ) -> Result<Connection, TransportError> {
-    let stream = TcpStream::connect(addr).await?;
+    let deadline = tokio::time::Instant::now() + timeouts.handshake;
+    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+        .await
+        .map_err(|_| TransportError::HandshakeTimeout(timeouts.handshake))??;
     stream.set_nodelay(true)?;
     let peer_addr = stream.peer_addr()?;
     let mut io = framed(stream);
@@ -139,7 +143,7 @@ pub async fn connect(
         write_frame(&mut io, &mut stats, finish).await?;
         Ok::<_, TransportError>(session)
     };
-    let session = tokio::time::timeout(timeouts.handshake, handshake)
+    let session = tokio::time::timeout_at(deadline, handshake)
         .await
         .map_err(|_| TransportError::HandshakeTimeout(timeouts.handshake))??;
     stats.handshake_sent = stats.sent;
@@ -340,22 +344,21 @@ impl Connection {
                 return Ok(None);
             }
             let idle = self.timeouts.idle;
-            let frame = match tokio::time::timeout(idle, read_frame(&mut self.io, &mut self.stats))
-                .await
-            {
-                Err(_) => {
-                    self.session.close(AlertCode::Timeout);
-                    let _ = self.flush_session().await;
-                    return Err(TransportError::IdleTimeout(idle));
-                }
-                Ok(Err(e)) => {
-                    self.session.close(AlertCode::DecodeError);
-                    let _ = self.flush_session().await;
-                    return Err(e);
-                }
-                Ok(Ok(None)) => return Err(TransportError::Truncated),
-                Ok(Ok(Some(frame))) => frame,
-            };
+            let frame =
+                match tokio::time::timeout(idle, read_frame(&mut self.io, &mut self.stats)).await {
+                    Err(_) => {
+                        self.session.close(AlertCode::Timeout);
+                        let _ = self.flush_session().await;
+                        return Err(TransportError::IdleTimeout(idle));
+                    }
+                    Ok(Err(e)) => {
+                        self.session.close(AlertCode::DecodeError);
+                        let _ = self.flush_session().await;
+                        return Err(e);
+                    }
+                    Ok(Ok(None)) => return Err(TransportError::Truncated),
+                    Ok(Ok(Some(frame))) => frame,
+                };
             let mut frame = frame;
             if !self.authenticated_input && FrameType::of(&frame).ok() == Some(FrameType::Alert) {
                 let code = crate::msgs::decode_alert(&frame).map_err(HandshakeError::from)?;
@@ -385,7 +388,13 @@ impl Connection {
     /// Sends an authenticated close and stops sending. Keep calling [`recv`](Self::recv)
     /// until it returns `Ok(None)` (the peer's close) to be sure everything was delivered.
     pub async fn send_close(&mut self) -> Result<(), TransportError> {
-        self.session.close(AlertCode::CloseNotify);
+        self.send_close_with(AlertCode::CloseNotify).await
+    }
+
+    /// Sends an authenticated close carrying `code`; any code but `CloseNotify` ends the
+    /// session at once (e.g. [`AlertCode::Revoked`] when the device's identity is revoked).
+    pub async fn send_close_with(&mut self, code: AlertCode) -> Result<(), TransportError> {
+        self.session.close(code);
         self.flush_session().await
     }
 

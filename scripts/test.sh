@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command: installs the system packages the test suite needs if they are missing,
+# then runs every test. Usage: bash scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(mosquitto)
+# mosquitto: the MQTT integration tests start a real broker on a loopback port.
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "scripts/test.sh: installing ${missing[*]}" >&2
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cargo test --locked "$@"

@@ -1,0 +1,208 @@
+//! `secchan server --mqtt` and `secchan device --mqtt`: the same sessions carried through an
+//! MQTT 5 broker (docs/mqtt.md).
+
+use super::output::Output;
+use super::server::{message_line, Origin};
+use super::CliError;
+use crate::handshake::device::DeviceConfig;
+use crate::handshake::server::ServerConfig;
+use crate::telemetry::Source;
+use crate::transport::mqtt::delivery::{DEFAULT_BUFFER, ENVELOPE_LEN, MAX_BUFFER};
+use crate::transport::mqtt::topics::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
+use crate::transport::mqtt::{
+    Broker, DeviceOptions, MqttDevice, MqttServer, ServerOptions, Topics,
+};
+use crate::transport::Timeouts;
+use crate::trust::ServerVerifier;
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// Environment variable holding the broker password (instead of --mqtt-password-file).
+pub const PASSWORD_ENV: &str = "SECCHAN_MQTT_PASSWORD";
+
+/// Broker options shared by `server` and `device`.
+#[derive(Debug, Clone, Args)]
+pub(super) struct MqttArgs {
+    /// Carry sessions through this MQTT broker, e.g. mqtt://127.0.0.1:1883.
+    #[arg(long, value_name = "URL", group = "transport")]
+    pub(super) mqtt: Option<String>,
+    /// MQTT client id [default: secchan-<random>]. The broker sees it: do not put the
+    /// device's identity in it.
+    #[arg(long, value_name = "ID", requires = "mqtt")]
+    mqtt_client_id: Option<String>,
+    /// Broker user name.
+    #[arg(long, value_name = "USER", requires = "mqtt")]
+    mqtt_username: Option<String>,
+    /// File holding the broker password (or set $SECCHAN_MQTT_PASSWORD).
+    #[arg(long, value_name = "FILE", requires = "mqtt_username")]
+    mqtt_password_file: Option<PathBuf>,
+    /// Topic prefix shared by the servers and their devices.
+    #[arg(long, value_name = "PREFIX", default_value = DEFAULT_PREFIX, requires = "mqtt")]
+    mqtt_prefix: String,
+}
+
+impl MqttArgs {
+    fn broker(&self, url: &str) -> Result<Broker, CliError> {
+        let mut b = Broker::parse_url(url).map_err(crate::transport::TransportError::from)?;
+        b.topics =
+            Topics::new(&self.mqtt_prefix).map_err(crate::transport::TransportError::from)?;
+        b.client_id = self.mqtt_client_id.clone();
+        b.username = self.mqtt_username.clone();
+        b.password = match (&self.mqtt_password_file, std::env::var(PASSWORD_ENV)) {
+            (Some(path), _) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| CliError::PasswordFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Some(Zeroizing::new(
+                    text.trim_end_matches(['\r', '\n']).to_string(),
+                ))
+            }
+            (None, Ok(p)) => Some(Zeroizing::new(p)),
+            (None, Err(_)) => None,
+        };
+        Ok(b)
+    }
+
+    /// The broker name a device records in its known-servers file.
+    pub(super) fn known_servers_host(&self, url: &str) -> Result<String, CliError> {
+        Ok(self.broker(url)?.display_name())
+    }
+}
+
+/// Server-only MQTT options.
+#[derive(Debug, Clone, Args)]
+pub(super) struct MqttServerArgs {
+    #[command(flatten)]
+    pub(super) broker: MqttArgs,
+    /// Shared-subscription group: servers in the same group share the devices.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_SHARE_GROUP, requires = "mqtt")]
+    mqtt_share_group: String,
+}
+
+/// Device-only MQTT options.
+#[derive(Debug, Clone, Args)]
+pub(super) struct MqttDeviceArgs {
+    #[command(flatten)]
+    pub(super) broker: MqttArgs,
+    /// Messages kept until the server acknowledges them; when full, the source is paused.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BUFFER as u64, requires = "mqtt",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BUFFER as u64))]
+    buffer: u64,
+    /// Seconds without an acknowledgement after which the device starts a new session.
+    #[arg(long, value_name = "SECS", default_value_t = 5, requires = "mqtt")]
+    ack_timeout: u64,
+    /// Seconds to wait at the end for the last acknowledgements.
+    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "mqtt")]
+    drain_timeout: u64,
+}
+
+/// Runs a server instance on the broker until interrupted.
+pub(super) async fn serve(
+    args: &MqttServerArgs,
+    url: &str,
+    config: Arc<ServerConfig>,
+    timeouts: Timeouts,
+    out: Option<&std::path::Path>,
+) -> Result<(), CliError> {
+    let broker = args.broker.broker(url)?;
+    let mut output = Output::open(out).await?;
+    let options = ServerOptions {
+        share_group: args.mqtt_share_group.clone(),
+        timeouts,
+        ..ServerOptions::default()
+    };
+    let mut server = MqttServer::start(&broker, config.clone(), options).await?;
+    tracing::info!(
+        broker = %broker.display_name(),
+        group = %args.mqtt_share_group,
+        instance = server.instance(),
+        mode = %config.mode,
+        fingerprint = %config.identity.public().fingerprint(),
+        "serving through the MQTT broker"
+    );
+    loop {
+        tokio::select! {
+            delivery = server.next() => {
+                let d = delivery?;
+                let origin = Origin {
+                    device: &d.device,
+                    peer: format!("mqtt:{}", d.session),
+                    suite: d.suite,
+                    aead: d.aead.name(),
+                    stream: Some(&d.stream),
+                    seq: Some(d.seq),
+                };
+                output.write_line(&message_line(&origin, &d.data)).await?;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted: closing sessions");
+                break;
+            }
+        }
+    }
+    let s = server.shutdown().await;
+    tracing::info!(
+        sessions = s.sessions_established,
+        delivered = s.delivered,
+        duplicate_records = s.duplicate_records,
+        duplicate_messages = s.duplicate_messages,
+        rejected_records = s.rejected_records,
+        malformed = s.malformed,
+        "server stopped"
+    );
+    Ok(())
+}
+
+/// Sends every message of `source` through the broker and waits until all are acknowledged.
+pub(super) async fn run_device(
+    args: &MqttDeviceArgs,
+    url: &str,
+    config: DeviceConfig,
+    verifier: Box<dyn ServerVerifier>,
+    timeouts: Timeouts,
+    mut source: Source,
+) -> Result<(), CliError> {
+    let broker = args.broker.broker(url)?;
+    let options = DeviceOptions {
+        buffer: usize::try_from(args.buffer).unwrap_or(MAX_BUFFER),
+        ack_timeout: Duration::from_secs(args.ack_timeout.max(1)),
+        timeouts,
+    };
+    let mut device = MqttDevice::start(&broker, config, Arc::from(verifier), options).await?;
+    tracing::info!(broker = %broker.display_name(), "connected through the MQTT broker");
+    let limit = crate::record::MAX_PAYLOAD - ENVELOPE_LEN;
+    loop {
+        let line = tokio::select! {
+            line = source.next() => match line? {
+                Some(line) => line,
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!(drain = args.drain_timeout, "interrupted: delivering what is buffered, then stopping");
+                break;
+            }
+        };
+        if line.len() > limit {
+            return Err(CliError::MessageTooLarge {
+                line: source.produced() as usize,
+                len: line.len(),
+            });
+        }
+        device.send(line.into_bytes()).await?;
+    }
+    let stats = device
+        .finish(Duration::from_secs(args.drain_timeout))
+        .await?;
+    tracing::info!(
+        messages = stats.queued,
+        acknowledged = stats.acknowledged,
+        sessions = stats.sessions,
+        "all messages delivered and acknowledged"
+    );
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The server side of the registry: an [`Authorizer`] that accepts enrolled devices, enrolls
+//! devices presenting a valid token, re-reads the registry when it changes, and closes the
+//! sessions of devices that are no longer authorized (docs/registry.md §7).
+
+use super::entry::Op;
+use super::file::{self, Stamp};
+use super::fleet::{Fleet, Groups};
+use super::verify::Verified;
+use super::{unix_now, RegistryError};
+use crate::crypto::identity::{IdentityKey, PublicIdentity};
+use crate::handshake::Authorizer;
+use crate::msgs::AlertCode;
+use crate::transport::tcp::Connection;
+use crate::transport::TransportError;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often a server re-reads its registry by default: revocations close live sessions
+/// within this interval.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+
+struct Loaded {
+    verified: Arc<Verified>,
+    /// The files' stamp at the last load attempt, successful or not.
+    stamp: Stamp,
+}
+
+/// Accepts the devices a registry authorizes; see the module documentation.
+pub struct RegistryAuthorizer {
+    path: PathBuf,
+    key: Arc<IdentityKey>,
+    groups: Groups,
+    state: RwLock<Loaded>,
+    /// Held while the registry is re-read or appended to, so that a slower re-read never
+    /// installs a state older than one installed meanwhile, and a handshake waits for a
+    /// re-read in progress instead of deciding on the state before it.
+    updating: Mutex<()>,
+    changed: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for RegistryAuthorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuthorizer")
+            .field("path", &self.path)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`RegistryAuthorizer::recv`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// A message from the device.
+    Message(Vec<u8>),
+    /// The device closed the session normally.
+    Closed,
+    /// The registry stopped authorizing the device: the session was closed with this alert.
+    Refused(AlertCode),
+}
+
+impl RegistryAuthorizer {
+    /// Loads and verifies the registry at `path`, which must belong to `key` (the server's
+    /// identity, which also signs token enrollments). A server serves `groups`.
+    pub fn open(path: &Path, key: Arc<IdentityKey>, groups: Groups) -> Result<Self, RegistryError> {
+        let stamp = Stamp::of(path);
+        let verified = file::load(path, Some(&key.public()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            key,
+            groups,
+            state: RwLock::new(Loaded {
+                verified: Arc::new(verified),
+                stamp,
+            }),
+            updating: Mutex::new(()),
+            changed: watch::Sender::new(0),
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Fleet) -> T) -> T {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        f(&state.verified.fleet)
+    }
+
+    fn snapshot(&self) -> Arc<Verified> {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .verified
+            .clone()
+    }
+
+    /// Installs a newer state (never an older one) and wakes the sessions' checks.
+    fn install(&self, verified: Verified) {
+        {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            if verified.entries.len() < state.verified.entries.len() {
+                return;
+            }
+            state.verified = Arc::new(verified);
+        }
+        self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    /// Entries in the loaded registry.
+    pub fn len(&self) -> usize {
+        self.snapshot().entries.len()
+    }
+
+    /// Whether the loaded registry is empty (never: entry 1 is `init`).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Re-reads the registry if its files changed. The new log must verify and extend the
+    /// loaded one; otherwise the loaded state stays in force and the error is returned.
+    /// Returns whether a new state was installed.
+    pub fn reload(&self) -> Result<bool, RegistryError> {
+        let _updating = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = Stamp::of(&self.path);
+        let known = {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            if state.stamp == stamp {
+                return Ok(false);
+            }
+            state.stamp = stamp;
+            state.verified.clone()
+        };
+        let (had, last) = (known.entries.len(), known.last_hash());
+        // Only the new entries' signatures are checked; the old ones must be unchanged.
+        let new = file::load_extending(&self.path, Some(&self.key.public()), Some(&known))?;
+        if had.checked_sub(1).and_then(|i| new.hashes.get(i)) != Some(&last) {
+            return Err(RegistryError::RolledBack {
+                had,
+                now: new.entries.len(),
+            });
+        }
+        if new.entries.len() == had {
+            return Ok(false);
+        }
+        self.install(new);
+        Ok(true)
+    }
+
+    fn reload_logged(&self) {
+        match self.reload() {
+            Ok(true) => {
+                tracing::info!(registry = %self.path.display(), entries = self.len(), "registry reloaded")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                registry = %self.path.display(),
+                error = %e,
+                "registry failed verification; the last verified state stays in force: inspect it with `secchan registry verify`"
+            ),
+        }
+    }
+
+    /// Re-reads the registry every `every` until the returned task is aborted, so that
+    /// revocations reach live sessions within `every`.
+    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let m = me.clone();
+                let _ = tokio::task::spawn_blocking(move || m.reload_logged()).await;
+            }
+        })
+    }
+
+    /// Whether `device` is authorized now, with its name.
+    pub fn check(&self, device: &PublicIdentity) -> Result<String, AlertCode> {
+        self.read(|f| {
+            f.check(&device.fingerprint(), &self.groups)
+                .map(|d| d.name.clone())
+        })
+    }
+
+    /// Resolves with the alert once the registry no longer authorizes `device`.
+    pub async fn until_refused(&self, device: &PublicIdentity) -> AlertCode {
+        let mut changes = self.changed.subscribe();
+        loop {
+            if let Err(code) = self.check(device) {
+                return code;
+            }
+            // The sender lives as long as `self`: `changed` cannot fail while we borrow it.
+            let _ = changes.changed().await;
+        }
+    }
+
+    /// Receives the next message from `device`'s session, unless the registry stops
+    /// authorizing the device first: then the session is closed with the matching alert
+    /// ([`AlertCode::Revoked`] or [`AlertCode::WrongGroup`]) and a warning is logged.
+    pub async fn recv(
+        &self,
+        conn: &mut Connection,
+        device: &PublicIdentity,
+    ) -> Result<Received, TransportError> {
+        let refused = tokio::select! {
+            message = conn.recv() => {
+                return Ok(message?.map_or(Received::Closed, Received::Message));
+            }
+            code = self.until_refused(device) => code,
+        };
+        tracing::warn!(
+            device = %device.fingerprint(),
+            peer = %conn.peer_addr(),
+            reason = %refused,
+            "closing the session: the registry no longer authorizes the device"
+        );
+        conn.send_close_with(refused).await?;
+        Ok(Received::Refused(refused))
+    }
+}
+
+impl Authorizer for RegistryAuthorizer {
+    fn authorize(&self, device: Option<&PublicIdentity>) -> Result<String, AlertCode> {
+        let device = device.ok_or(AlertCode::DeviceAuthRequired)?;
+        // Revocations and enrollments made since the last poll apply to this handshake.
+        self.reload_logged();
+        self.check(device)
+    }
+
+    fn enroll(&self, device: &PublicIdentity, token: &PublicIdentity) -> Result<String, AlertCode> {
+        // A device already enrolled connects by its key: the token is neither needed nor used.
+        match self.authorize(Some(device)) {
+            Err(AlertCode::UnknownDevice) => {}
+            known => return known,
+        }
+        let fingerprint = device.fingerprint();
+        let now = unix_now();
+        // The token is checked again under the registry's exclusive lock, so two devices
+        // racing for one token cannot both win, even across processes.
+        let enrolled = {
+            let _updating = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+            let known = self.snapshot();
+            file::append_extending(&self.path, &self.key, now, Some(&known), |fleet| {
+                if fleet.device(&fingerprint).is_some() {
+                    return Err(RegistryError::AlreadyEnrolled(fingerprint.clone()));
+                }
+                let t = fleet
+                    .check_token(token, &self.groups, now)
+                    .map_err(RegistryError::Refused)?;
+                Ok(Op::Enroll {
+                    device: fingerprint.clone(),
+                    name: t.name.clone(),
+                    group: t.group.clone(),
+                    token: Some(*token),
+                })
+            })
+            .map(|verified| {
+                let device = verified.fleet.device(&fingerprint).cloned();
+                self.install(verified);
+                device
+            })
+        };
+        match enrolled {
+            Ok(Some(d)) => {
+                tracing::info!(device = %fingerprint, name = %d.name, group = %d.group, "device enrolled with a token");
+                Ok(d.name)
+            }
+            Ok(None) => Err(AlertCode::InternalError),
+            Err(RegistryError::Refused(code)) => Err(code),
+            // Enrolled by someone else a moment ago: decide on the registry as it is now.
+            Err(RegistryError::AlreadyEnrolled(_)) => self.authorize(Some(device)),
+            Err(e) => {
+                tracing::error!(registry = %self.path.display(), error = %e, "cannot record an enrollment");
+                Err(AlertCode::InternalError)
+            }
+        }
+    }
+}

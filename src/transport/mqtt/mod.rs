@@ -1,0 +1,253 @@
+//! secchan over an MQTT 5 broker (docs/mqtt.md): the same handshake and records as over TCP,
+//! one frame per MQTT message, on topics that carry random session identifiers only.
+//!
+//! - [`topics`]: the topic layout and the opaque identifiers in it.
+//! - [`delivery`]: end-to-end delivery on top of a session (message ids, acknowledgements,
+//!   the device's bounded buffer, the server's duplicate filter), sans IO.
+//! - [`MqttDevice`]: a device that keeps a session up through broker restarts and
+//!   re-handshakes, delivering every message exactly once to the server's output.
+//! - [`MqttServer`]: a server instance; several share the load through a shared subscription.
+//!
+//! The broker sees the MQTT client id, credentials and address of each client, the topics,
+//! and the frames: ciphertext, ephemeral key shares, and sizes. It never sees a device's
+//! identity key or any payload.
+
+pub mod delivery;
+mod device;
+mod link;
+mod server;
+pub mod topics;
+
+pub use device::{DeviceOptions, DeviceStats, MqttDevice};
+pub use server::{Delivery, MqttServer, ServerOptions, ServerStats};
+pub use topics::Topics;
+
+use crate::msgs::FrameType;
+use crate::record::RECORD_OVERHEAD;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// Default MQTT port (plain TCP).
+pub const DEFAULT_PORT: u16 = 1883;
+
+/// Largest MQTT packet secchan accepts from the broker, announced in CONNECT so the broker
+/// drops bigger messages itself: one full record plus room for the topic and headers.
+pub const MAX_PACKET_SIZE: u32 = 32 * 1024;
+
+/// How to reach the broker, and as whom.
+#[derive(Clone)]
+pub struct Broker {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id; `None` draws a random `secchan-<hex>` id.
+    pub client_id: Option<String>,
+    /// Broker user name.
+    pub username: Option<String>,
+    /// Broker password (only sent with a user name).
+    pub password: Option<Zeroizing<String>>,
+    /// Topic prefix.
+    pub topics: Topics,
+    /// MQTT keep-alive: how quickly a dead broker connection is noticed.
+    pub keep_alive: Duration,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+impl Broker {
+    /// Parses `mqtt://HOST[:PORT]` (or `tcp://`); credentials are set separately so that
+    /// they never appear on a command line.
+    pub fn parse_url(url: &str) -> Result<Self, MqttError> {
+        let bad = |reason: &str| MqttError::Url {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let rest = match url.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => rest,
+            Some(("mqtts" | "ssl" | "ws" | "wss", _)) => {
+                return Err(bad("only plain mqtt:// is built in (secchan encrypts end to end; to protect broker credentials, reach the broker through a TLS tunnel)"))
+            }
+            _ => return Err(bad("expected mqtt://HOST:PORT")),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('@') {
+            return Err(bad("put the user name in --mqtt-username and the password in a file (--mqtt-password-file), not in the URL"));
+        }
+        if authority.contains('/') || authority.contains('?') {
+            return Err(bad(
+                "the URL names only the broker: set the topic prefix with --mqtt-prefix",
+            ));
+        }
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("invalid port"))
+        };
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(bracketed) => match bracketed.split_once(']') {
+                Some((h, "")) => (h, DEFAULT_PORT),
+                Some((h, after)) => (h, port(after.strip_prefix(':').unwrap_or(after))?),
+                None => return Err(bad("unclosed [ in the host")),
+            },
+            None => match authority.split_once(':') {
+                Some((h, p)) => (h, port(p)?),
+                None => (authority, DEFAULT_PORT),
+            },
+        };
+        if host.is_empty() {
+            return Err(bad("missing host"));
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            client_id: None,
+            username: None,
+            password: None,
+            topics: Topics::default(),
+            keep_alive: Duration::from_secs(15),
+        })
+    }
+
+    /// `mqtt://host:port/prefix`, naming this broker and topic space (e.g. in a
+    /// known-servers file).
+    pub fn display_name(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("mqtt://{host}:{}/{}", self.port, self.topics.prefix())
+    }
+}
+
+/// MQTT-specific failures.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The broker URL is unusable.
+    #[error("invalid MQTT broker URL {url:?}: {reason}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A topic prefix or share group is unusable.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Topic {
+        /// Which setting.
+        what: &'static str,
+        /// Its value.
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The broker could not be reached.
+    #[error("cannot reach the MQTT broker at {broker}: {reason}; check the URL and that the broker runs")]
+    Unreachable {
+        /// host:port.
+        broker: String,
+        /// The connection error.
+        reason: String,
+    },
+    /// The broker refused the connection.
+    #[error("the MQTT broker at {broker} refused the connection ({code}); check --mqtt-username and the password, and the broker's ACL")]
+    Refused {
+        /// host:port.
+        broker: String,
+        /// The CONNACK reason.
+        code: String,
+    },
+    /// The broker refused to subscribe secchan to its topics.
+    #[error("the MQTT broker refused a subscription ({reason}); allow this client to subscribe to the secchan topics in the broker's ACL")]
+    SubscribeRefused {
+        /// The SUBACK reason.
+        reason: String,
+    },
+    /// No server answered the handshake.
+    #[error("no secchan server answered on {topic} within {after:?}; check that `secchan server --mqtt` runs against the same broker and --mqtt-prefix")]
+    NoServer {
+        /// Where the hello was published.
+        topic: String,
+        /// How long the device waited.
+        after: Duration,
+    },
+    /// Messages were still unacknowledged when the device had to stop.
+    #[error("{0} messages were not acknowledged by the server before the deadline; they may not have been delivered")]
+    Unacknowledged(usize),
+    /// The background task ended unexpectedly.
+    #[error("the MQTT connection task stopped")]
+    Stopped,
+}
+
+/// Whether unauthenticated bytes can be a record at all. Anything else is dropped before it
+/// reaches the session, so a stranger on the broker cannot close it with garbage.
+fn may_be_record(frame: &[u8]) -> bool {
+    frame.len() >= RECORD_OVERHEAD && FrameType::of(frame).is_ok_and(FrameType::is_record)
+}
+
+/// A random identifier of `N` bytes as lowercase hex.
+fn random_hex<const N: usize>() -> Result<String, crate::crypto::CryptoError> {
+    use crate::crypto::random::{OsRandom, Random};
+    let mut b = [0u8; N];
+    OsRandom.fill(&mut b)?;
+    Ok(hex::encode(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let b = Broker::parse_url("mqtt://127.0.0.1:1884").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("127.0.0.1", 1884));
+        let b = Broker::parse_url("tcp://broker.local/").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("broker.local", DEFAULT_PORT));
+        let b = Broker::parse_url("mqtt://[::1]:1999").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("::1", 1999));
+        assert_eq!(b.display_name(), "mqtt://[::1]:1999/secchan");
+        for bad in [
+            "127.0.0.1:1883",
+            "mqtts://h:8883",
+            "mqtt://user:pw@h:1883",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://h:1883/topic",
+            "mqtt://:1883",
+        ] {
+            assert!(
+                matches!(Broker::parse_url(bad), Err(MqttError::Url { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_plausible_records_reach_a_session() {
+        assert!(!may_be_record(&[]));
+        assert!(!may_be_record(&[0x10; RECORD_OVERHEAD - 1]));
+        assert!(may_be_record(&[0x10; RECORD_OVERHEAD]));
+        assert!(!may_be_record(&[FrameType::DeviceFinish as u8; 64]));
+        assert!(!may_be_record(&[0xff; 64]));
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let mut b = Broker::parse_url("mqtt://h").unwrap();
+        b.password = Some(Zeroizing::new("hunter2".into()));
+        assert!(!format!("{b:?}").contains("hunter2"));
+    }
+}

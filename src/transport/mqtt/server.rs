@@ -1,0 +1,503 @@
+//! A secchan server instance on MQTT: answers hellos from the shared subscription, keeps the
+//! sessions it accepted, outputs each device message once and acknowledges it.
+
+use super::delivery::{Envelope, StreamId, StreamKey, Streams, Verdict};
+use super::link::{Link, LinkEvent, PayloadBytes};
+use super::topics::{self, Route, Topics};
+use super::{may_be_record, random_hex, Broker, MqttError};
+use crate::crypto::aead::AeadId;
+use crate::crypto::random::OsRandom;
+use crate::handshake::server::{self, ExpectDeviceFinish, PeerDevice, ServerConfig};
+use crate::handshake::HandshakeError;
+use crate::msgs::{encode_alert, AlertCode, FrameType};
+use crate::record::RecordError;
+use crate::session::{Event, Session, SessionError};
+use crate::transport::{Timeouts, TransportError, MAX_FRAME_LEN};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Incoming messages handled in one go before deliveries are handed out, so that one
+/// acknowledgement covers a burst.
+const BATCH: usize = 64;
+/// How often expired handshakes, idle sessions and old streams are swept.
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// How a server instance runs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Shared-subscription group: instances in the same group share the hellos.
+    pub share_group: String,
+    /// Most sessions (pending and established) at once; further hellos are dropped.
+    pub max_sessions: usize,
+    /// Most device streams remembered for dropping duplicates.
+    pub max_streams: usize,
+    /// Handshake and idle timeouts; a stream is remembered for the idle timeout.
+    pub timeouts: Timeouts,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            share_group: topics::DEFAULT_SHARE_GROUP.to_string(),
+            max_sessions: 10_000,
+            max_streams: 10_000,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// One device message, output once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The session it arrived in (random, as on the topics).
+    pub session: String,
+    /// The device, as authenticated and authorized in that session.
+    pub device: PeerDevice,
+    /// Key-exchange suite of the session.
+    pub suite: &'static str,
+    /// AEAD of the session.
+    pub aead: AeadId,
+    /// The device's stream (hex).
+    pub stream: String,
+    /// Position in the stream.
+    pub seq: u64,
+    /// The message.
+    pub data: Vec<u8>,
+}
+
+/// Counters of a server instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Sessions established.
+    pub sessions_established: u64,
+    /// Handshakes that failed.
+    pub handshake_failures: u64,
+    /// Messages output.
+    pub delivered: u64,
+    /// Repeated MQTT deliveries dropped by the replay window (or a repeated handshake
+    /// message).
+    pub duplicate_records: u64,
+    /// Messages sent again by a device and already output: dropped.
+    pub duplicate_messages: u64,
+    /// Records that failed authentication or were older than the replay window.
+    pub rejected_records: u64,
+    /// Messages on secchan's topics that were not well-formed secchan frames or topics.
+    pub malformed: u64,
+    /// Messages for sessions this instance does not hold.
+    pub unknown_session: u64,
+    /// Payload bytes moved through the broker.
+    pub bytes: PayloadBytes,
+}
+
+struct Open {
+    session: Session,
+    peer: PeerDevice,
+    last_input: Instant,
+    /// The stream to acknowledge at the next flush.
+    ack_due: Option<StreamId>,
+}
+
+enum Slot {
+    Pending {
+        expect: Box<ExpectDeviceFinish>,
+        deadline: Instant,
+    },
+    Open(Box<Open>),
+}
+
+/// A server instance.
+pub struct MqttServer {
+    link: Link,
+    topics: Topics,
+    instance: String,
+    config: Arc<ServerConfig>,
+    options: ServerOptions,
+    slots: HashMap<String, Slot>,
+    streams: Streams,
+    ready: VecDeque<Delivery>,
+    acks_due: HashSet<String>,
+    stats: ServerStats,
+    sweeper: tokio::time::Interval,
+}
+
+impl std::fmt::Debug for MqttServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttServer")
+            .field("instance", &self.instance)
+            .field("sessions", &self.slots.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MqttServer {
+    /// Connects to the broker and subscribes to the hellos (shared) and to this instance's
+    /// sessions. The session configuration is switched to unordered delivery.
+    pub async fn start(
+        broker: &Broker,
+        config: Arc<ServerConfig>,
+        options: ServerOptions,
+    ) -> Result<Self, TransportError> {
+        topics::check_share_group(&options.share_group)?;
+        let mut config = (*config).clone();
+        config.session.ordered = false;
+        let instance = random_hex::<8>().map_err(HandshakeError::from)?;
+        let mut link = Link::connect(broker).await?;
+        link.subscribe(broker.topics.hello_filter(&options.share_group));
+        link.subscribe(broker.topics.up_filter(&instance));
+        let mut server = Self {
+            link,
+            topics: broker.topics.clone(),
+            instance,
+            config: Arc::new(config),
+            streams: Streams::new(options.max_streams, options.timeouts.idle),
+            options,
+            slots: HashMap::new(),
+            ready: VecDeque::new(),
+            acks_due: HashSet::new(),
+            stats: ServerStats::default(),
+            sweeper: tokio::time::interval(SWEEP),
+        };
+        server.await_subscriptions(2).await?;
+        Ok(server)
+    }
+
+    /// Waits until the broker confirmed `n` subscriptions, so no device is missed once
+    /// `start` returns; messages arriving meanwhile are handled.
+    async fn await_subscriptions(&mut self, mut n: usize) -> Result<(), TransportError> {
+        let wait = self.options.timeouts.handshake;
+        let confirmed = async {
+            while n > 0 {
+                match self.link.next_event().await.ok_or(MqttError::Stopped)? {
+                    LinkEvent::Subscribed(Ok(())) => n -= 1,
+                    LinkEvent::Subscribed(Err(reason)) => {
+                        return Err(MqttError::SubscribeRefused { reason })
+                    }
+                    other => self.handle(other),
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(wait, confirmed).await.map_err(|_| {
+            MqttError::SubscribeRefused {
+                reason: format!("no answer within {wait:?}"),
+            }
+        })??;
+        Ok(())
+    }
+
+    /// This instance's random id (as on its topics).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ServerStats {
+        ServerStats {
+            bytes: self.link.bytes(),
+            ..self.stats
+        }
+    }
+
+    /// Sessions held (pending and established).
+    pub fn sessions(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The next message to output. A message is acknowledged to its device only when `next`
+    /// is called again, so a caller that writes each delivery before asking for the next one
+    /// never has a message acknowledged that it did not write.
+    pub async fn next(&mut self) -> Result<Delivery, TransportError> {
+        loop {
+            if let Some(d) = self.ready.pop_front() {
+                return Ok(d);
+            }
+            self.flush_acks();
+            tokio::select! {
+                ev = self.link.next_event() => {
+                    let ev = ev.ok_or(MqttError::Stopped)?;
+                    self.handle(ev);
+                    for _ in 1..BATCH {
+                        match self.link.try_next_event() {
+                            Some(ev) => self.handle(ev),
+                            None => break,
+                        }
+                    }
+                }
+                _ = self.sweeper.tick() => self.sweep(Instant::now()),
+            }
+        }
+    }
+
+    /// Closes every session with an authenticated close (so devices move to another
+    /// instance at once) and disconnects from the broker.
+    pub async fn shutdown(mut self) -> ServerStats {
+        self.flush_acks();
+        let sids: Vec<String> = self.slots.keys().cloned().collect();
+        for sid in sids {
+            if let Some(Slot::Open(mut open)) = self.slots.remove(&sid) {
+                open.session.close(AlertCode::CloseNotify);
+                self.transmit(&sid, &mut open.session);
+            }
+        }
+        let stats = self.stats();
+        self.link.close().await;
+        stats
+    }
+
+    fn down(&self, sid: &str) -> String {
+        self.topics.down(sid, &self.instance)
+    }
+
+    fn transmit(&mut self, sid: &str, session: &mut Session) {
+        let topic = self.down(sid);
+        while let Some(frame) = session.poll_transmit() {
+            self.link.publish(topic.clone(), frame);
+        }
+    }
+
+    fn handle(&mut self, event: LinkEvent) {
+        let (topic, payload) = match event {
+            LinkEvent::Connected => {
+                tracing::info!(instance = %self.instance, "subscribed to the broker");
+                return;
+            }
+            LinkEvent::Disconnected | LinkEvent::Subscribed(_) => return,
+            LinkEvent::Message { topic, payload } => (topic, payload),
+        };
+        if payload.len() > MAX_FRAME_LEN {
+            self.malformed(&topic, "message larger than a record");
+            return;
+        }
+        match self.topics.parse(&topic) {
+            Some(Route::Hello { session }) => self.on_hello(session.to_string(), &payload),
+            Some(Route::Up { instance, session }) if instance == self.instance => {
+                let mut frame = payload.to_vec();
+                self.on_up(session.to_string(), &mut frame);
+            }
+            _ => self.malformed(&topic, "not a secchan topic for this server"),
+        }
+    }
+
+    fn malformed(&mut self, topic: &str, why: &str) {
+        self.stats.malformed += 1;
+        tracing::warn!(topic, why, "dropped a foreign or malformed MQTT message");
+    }
+
+    fn on_hello(&mut self, sid: String, frame: &[u8]) {
+        if self.slots.contains_key(&sid) {
+            self.stats.duplicate_records += 1;
+            tracing::debug!(session = %sid, "repeated hello dropped");
+            return;
+        }
+        if self.slots.len() >= self.options.max_sessions {
+            tracing::warn!(session = %sid, max = self.options.max_sessions, "too many sessions: hello dropped");
+            return;
+        }
+        match server::accept_hello(&self.config, frame, &mut OsRandom) {
+            Ok((expect, reply)) => {
+                self.link.publish(self.down(&sid), reply);
+                let deadline = Instant::now() + self.options.timeouts.handshake;
+                let expect = Box::new(expect);
+                self.slots.insert(sid, Slot::Pending { expect, deadline });
+            }
+            Err(e) => self.handshake_failed(&sid, &e),
+        }
+    }
+
+    fn handshake_failed(&mut self, sid: &str, e: &HandshakeError) {
+        self.stats.handshake_failures += 1;
+        if let Some(code) = e.alert() {
+            self.link.publish(self.down(sid), encode_alert(code));
+        }
+        match e {
+            HandshakeError::DeviceRefused { device, code } => {
+                tracing::warn!(session = %sid, device = %device, reason = %code, "device refused")
+            }
+            _ => tracing::warn!(session = %sid, error = %e, "handshake failed"),
+        }
+    }
+
+    fn on_up(&mut self, sid: String, frame: &mut [u8]) {
+        let now = Instant::now();
+        match self.slots.remove(&sid) {
+            None => {
+                self.stats.unknown_session += 1;
+                tracing::debug!(session = %sid, "message for a session this instance does not hold");
+            }
+            Some(Slot::Pending { expect, deadline }) => match FrameType::of(frame) {
+                Ok(FrameType::DeviceFinish) => match expect.read_device_finish(frame, now) {
+                    Ok((session, peer)) => {
+                        self.stats.sessions_established += 1;
+                        tracing::info!(
+                            session = %sid,
+                            device = %peer.name,
+                            suite = session.suite().name,
+                            aead = session.aead().name(),
+                            "session established"
+                        );
+                        let open = Open {
+                            session,
+                            peer,
+                            last_input: now,
+                            ack_due: None,
+                        };
+                        self.slots.insert(sid, Slot::Open(Box::new(open)));
+                    }
+                    Err(e) => self.handshake_failed(&sid, &e),
+                },
+                Ok(FrameType::Alert) => {
+                    self.stats.handshake_failures += 1;
+                    let code = crate::msgs::decode_alert(frame).unwrap_or(AlertCode::DecodeError);
+                    tracing::warn!(session = %sid, reason = %code, "device aborted the handshake");
+                }
+                _ => {
+                    // A record ahead of DeviceFinish, or garbage: the handshake goes on; a
+                    // record is sent again by the device once it gets no acknowledgement.
+                    self.stats.malformed += 1;
+                    tracing::debug!(session = %sid, "frame before DeviceFinish dropped");
+                    self.slots.insert(sid, Slot::Pending { expect, deadline });
+                }
+            },
+            Some(Slot::Open(mut open)) => {
+                let keep = self.on_record(&sid, &mut open, frame, now);
+                if keep {
+                    self.slots.insert(sid, Slot::Open(open));
+                }
+            }
+        }
+    }
+
+    /// Handles one frame of an established session; returns whether the session goes on.
+    fn on_record(&mut self, sid: &str, open: &mut Open, frame: &mut [u8], now: Instant) -> bool {
+        if !may_be_record(frame) {
+            if FrameType::of(frame) == Ok(FrameType::DeviceFinish) {
+                self.stats.duplicate_records += 1;
+            } else {
+                self.malformed(sid, "not a record");
+            }
+            return true;
+        }
+        match open.session.handle_frame(frame, now) {
+            Ok(Event::Message(plaintext)) => {
+                open.last_input = now;
+                match Envelope::decode(plaintext) {
+                    Ok(Envelope::Message {
+                        stream,
+                        seq,
+                        base,
+                        data,
+                    }) => {
+                        let delivery = self.accept(sid, open, (stream, seq, base), data, now);
+                        self.ready.extend(delivery);
+                    }
+                    Ok(Envelope::Ack { .. }) | Err(_) => {
+                        self.stats.malformed += 1;
+                        tracing::warn!(session = %sid, device = %open.peer.name, "device sent something other than a message: dropped");
+                    }
+                }
+                true
+            }
+            Ok(Event::KeyUpdated) => {
+                open.last_input = now;
+                true
+            }
+            Ok(Event::Closed) => {
+                open.session.close(AlertCode::CloseNotify);
+                self.transmit(sid, &mut open.session);
+                tracing::info!(session = %sid, device = %open.peer.name, "session closed");
+                false
+            }
+            Err(SessionError::Record(RecordError::Replay(e))) => {
+                self.stats.duplicate_records += 1;
+                tracing::debug!(session = %sid, error = %e, "duplicate record dropped");
+                true
+            }
+            Err(e) if !open.session.is_closed() => {
+                self.stats.rejected_records += 1;
+                tracing::warn!(session = %sid, error = %e, "record rejected and dropped");
+                true
+            }
+            Err(e) => {
+                self.transmit(sid, &mut open.session);
+                tracing::warn!(session = %sid, device = %open.peer.name, error = %e, "session ended with an error");
+                false
+            }
+        }
+    }
+
+    fn accept(
+        &mut self,
+        sid: &str,
+        open: &mut Open,
+        (stream, seq, base): (StreamId, u64, u64),
+        data: &[u8],
+        now: Instant,
+    ) -> Option<Delivery> {
+        let key: StreamKey = (open.peer.identity.map(|i| i.fingerprint()), stream);
+        open.ack_due = Some(stream);
+        self.acks_due.insert(sid.to_string());
+        match self.streams.accept(&key, seq, base, now) {
+            Verdict::New => {
+                self.stats.delivered += 1;
+                Some(Delivery {
+                    session: sid.to_string(),
+                    device: open.peer.clone(),
+                    suite: open.session.suite().name,
+                    aead: open.session.aead(),
+                    stream: hex::encode(stream),
+                    seq,
+                    data: data.to_vec(),
+                })
+            }
+            Verdict::Duplicate => {
+                self.stats.duplicate_messages += 1;
+                tracing::debug!(session = %sid, seq, "message already output: dropped");
+                None
+            }
+            Verdict::TooFarAhead => {
+                tracing::warn!(session = %sid, seq, "message too far ahead of the acknowledged ones: dropped");
+                None
+            }
+        }
+    }
+
+    fn flush_acks(&mut self) {
+        let now = Instant::now();
+        for sid in std::mem::take(&mut self.acks_due) {
+            let Some(Slot::Open(mut open)) = self.slots.remove(&sid) else {
+                continue;
+            };
+            if let Some(stream) = open.ack_due.take() {
+                let key = (open.peer.identity.map(|i| i.fingerprint()), stream);
+                let ack = Envelope::Ack {
+                    stream,
+                    next: self.streams.ack(&key),
+                };
+                tracing::debug!(session = %sid, ?ack, "acknowledging");
+                if let Err(e) = open.session.send(&ack.encode(), now) {
+                    tracing::warn!(session = %sid, error = %e, "cannot acknowledge: session closed");
+                }
+                self.transmit(&sid, &mut open.session);
+            }
+            self.slots.insert(sid, Slot::Open(open));
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let idle = self.options.timeouts.idle;
+        self.slots.retain(|sid, slot| match slot {
+            Slot::Pending { deadline, .. } if *deadline <= now => {
+                tracing::warn!(session = %sid, "handshake timed out");
+                false
+            }
+            Slot::Open(open) if now.saturating_duration_since(open.last_input) >= idle => {
+                tracing::info!(session = %sid, device = %open.peer.name, "session idle: forgotten");
+                false
+            }
+            _ => true,
+        });
+        self.streams.expire(now);
+    }
+}

@@ -1,0 +1,235 @@
+//! The `secchan` binary as users run it: keygen, server and device in two processes over
+//! loopback, the errors they print, and the demo.
+
+mod cli_support;
+
+use cli_support::{assert_one_line_error, bin, run_device, tempdir, Server};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+fn keygen(path: &Path) -> String {
+    let out = bin().arg("keygen").arg("--out").arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `secchan server` on a free loopback port with `dir/server.key`.
+fn start_server(dir: &Path, extra: &[&str]) -> Server {
+    let mut c = bin();
+    c.args(["server", "--listen", "127.0.0.1:0", "--key"])
+        .arg(dir.join("server.key"))
+        .args(extra);
+    Server::start(c)
+}
+
+#[test]
+fn keygen_writes_private_key_0600_and_refuses_to_overwrite() {
+    let dir = tempdir("cli-keygen");
+    let key = dir.join("id.key");
+    let fp = keygen(&key);
+    assert!(fp.starts_with("SHA256:") && fp.len() == 50, "{fp}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let pubtext = std::fs::read_to_string(dir.join("id.key.pub")).unwrap();
+    assert!(pubtext.starts_with("secchan-ed25519-public-v1 "));
+    let out = bin()
+        .arg("fingerprint")
+        .arg(dir.join("id.key.pub"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), fp);
+    let out = bin().arg("keygen").arg("--out").arg(&key).output().unwrap();
+    assert_one_line_error(&out, &["already exists"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn world_readable_secret_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir("cli-perm");
+    keygen(&dir.join("server.key"));
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = bin()
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-any-device",
+            "--key",
+        ])
+        .arg(dir.join("server.key"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, &["chmod 600"]);
+}
+
+#[test]
+fn server_without_device_policy_refuses_to_start() {
+    let dir = tempdir("cli-policy");
+    keygen(&dir.join("server.key"));
+    let out = bin()
+        .args(["server", "--listen", "127.0.0.1:0", "--key"])
+        .arg(dir.join("server.key"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, &["--authorized-devices"]);
+}
+
+#[test]
+fn device_lines_reach_server_as_json_and_device_exits_zero() {
+    let dir = tempdir("cli-e2e");
+    let server_fp = keygen(&dir.join("server.key"));
+    let device_fp = keygen(&dir.join("device.key"));
+    std::fs::write(
+        dir.join("devices"),
+        format!("# fleet\n{device_fp} greenhouse-1\n"),
+    )
+    .unwrap();
+    let devices = dir.join("devices");
+    let mut server = start_server(&dir, &["--authorized-devices", devices.to_str().unwrap()]);
+    let key = dir.join("device.key");
+    for mode in ["hybrid", "classical"] {
+        let out = run_device(
+            &dir,
+            &[
+                "--connect",
+                &server.addr,
+                "--server-key",
+                &server_fp,
+                "--key",
+                key.to_str().unwrap(),
+                "--mode",
+                mode,
+            ],
+            "temp=21.5\n\u{e9}t\u{e9}\n",
+        );
+        if mode == "hybrid" {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            // The server runs in hybrid mode: a classical device is refused with advice.
+            assert_one_line_error(&out, &["--mode"]);
+        }
+    }
+    let stdout = server.child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    for expected in ["temp=21.5", "\u{e9}t\u{e9}"] {
+        let line = lines.next().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["device"], "greenhouse-1");
+        assert_eq!(v["fingerprint"], device_fp.as_str());
+        assert_eq!(v["suite"], "X25519MLKEM768");
+        assert_eq!(v["data"], expected);
+    }
+}
+
+#[test]
+fn unknown_device_gets_one_clear_line() {
+    let dir = tempdir("cli-unknown");
+    let server_fp = keygen(&dir.join("server.key"));
+    let known = keygen(&dir.join("known.key"));
+    keygen(&dir.join("stranger.key"));
+    std::fs::write(dir.join("devices"), format!("{known}\n")).unwrap();
+    let devices = dir.join("devices");
+    let server = start_server(&dir, &["--authorized-devices", devices.to_str().unwrap()]);
+    let stranger = dir.join("stranger.key");
+    let out = run_device(
+        &dir,
+        &[
+            "--connect",
+            &server.addr,
+            "--server-key",
+            &server_fp,
+            "--key",
+            stranger.to_str().unwrap(),
+        ],
+        "hello\n",
+    );
+    assert_one_line_error(&out, &["authorized list"]);
+}
+
+#[test]
+fn tofu_records_server_then_rejects_a_changed_key() {
+    let dir = tempdir("cli-tofu");
+    keygen(&dir.join("server.key"));
+    let known = dir.join("known_servers");
+    let server = start_server(&dir, &["--allow-any-device"]);
+    let addr = server.addr.clone();
+    let args = [
+        "--connect",
+        &addr,
+        "--known-servers",
+        known.to_str().unwrap(),
+    ];
+    let out = run_device(&dir, &args, "first\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(&known).unwrap().contains(&addr));
+    drop(server);
+    // A different key at the same address.
+    std::fs::remove_file(dir.join("server.key")).unwrap();
+    std::fs::remove_file(dir.join("server.key.pub")).unwrap();
+    keygen(&dir.join("server.key"));
+    let mut c = bin();
+    c.args(["server", "--allow-any-device", "--listen", &addr, "--key"])
+        .arg(dir.join("server.key"));
+    let server2 = Server::start(c);
+    let out = run_device(
+        &dir,
+        &[
+            "--connect",
+            &addr,
+            "--known-servers",
+            known.to_str().unwrap(),
+        ],
+        "x\n",
+    );
+    drop(server2);
+    assert_one_line_error(&out, &[&format!("{}:1", known.display())]);
+}
+
+#[test]
+fn device_cannot_reach_server() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let out = run_device(
+        &std::env::temp_dir(),
+        &["--connect", &addr, "--server-key", "SHA256:x"],
+        "",
+    );
+    assert_one_line_error(&out, &["cannot connect"]);
+}
+
+#[test]
+fn demo_runs_and_reports() {
+    let out = bin().arg("demo").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("X25519MLKEM768"));
+    assert!(text.contains("2578 total"));
+    assert!(text.contains("21 bytes overhead per record"));
+    assert!(text.contains("ack 4"));
+}

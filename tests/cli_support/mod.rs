@@ -1,0 +1,92 @@
+//! Running the `secchan` binary from tests: commands, temporary directories, a server process
+//! on a free loopback port, a device process fed from stdin, and the one-line error check.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// `secchan` with info logs on stderr.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_secchan"));
+    c.env("RUST_LOG", "info");
+    c
+}
+
+/// A fresh, empty directory for one test.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("secchan-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One line on stderr, starting with "secchan: " and containing every needle, and a failure
+/// exit.
+pub fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("secchan: "), "stderr: {stderr}");
+    for needle in needles {
+        assert!(last.contains(needle), "expected {needle:?} in {last:?}");
+    }
+}
+
+/// A `secchan server` process, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    /// Spawns `command` (a `secchan server --listen 127.0.0.1:0 ...`) and waits for its
+    /// "listening" log line to learn the address.
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .unwrap();
+            if let Some(rest) = line.split("addr=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `secchan device ARGS` in `dir` with `stdin` as its input.
+pub fn run_device(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = bin()
+        .current_dir(dir)
+        .arg("device")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}

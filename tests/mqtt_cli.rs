@@ -1,0 +1,301 @@
+//! The `secchan` binary over a real Mosquitto: the README's walkthrough with the sample
+//! dataset, and two server processes sharing the devices.
+#![cfg(feature = "mqtt")]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::mosquitto::Mosquitto;
+
+const SECCHAN: &str = env!("CARGO_BIN_EXE_secchan");
+/// Upper bound for anything the tests wait for.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("secchan-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn secchan(args: &[&str]) -> Command {
+    let mut c = Command::new(SECCHAN);
+    c.args(args).env("RUST_LOG", "secchan=info");
+    c
+}
+
+fn run_ok(mut c: Command) -> Output {
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A broker, and a directory with a server key, `devices` device keys and the
+/// authorized-devices file.
+fn setup(name: &str, devices: usize) -> (Mosquitto, Dir) {
+    let dir = Dir::new(name);
+    keys(&dir, devices);
+    (Mosquitto::start(), dir)
+}
+
+/// Creates the server key and device keys, and the authorized-devices file.
+fn keys(dir: &Dir, devices: usize) {
+    run_ok(secchan(&[
+        "keygen",
+        "--out",
+        dir.path("server.key").to_str().unwrap(),
+    ]));
+    let mut authorized = String::new();
+    for i in 0..devices {
+        let key = dir.path(&format!("device{i}.key"));
+        let out = run_ok(secchan(&["keygen", "--out", key.to_str().unwrap()]));
+        authorized.push_str(&format!(
+            "{} device-{i}\n",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+    }
+    std::fs::write(dir.path("authorized"), authorized).unwrap();
+}
+
+/// Starts `secchan server --mqtt` writing to `out`; returns once it serves.
+fn server(m: &Mosquitto, dir: &Dir, out: &str) -> Child {
+    let log = dir.path(&format!("{out}.log"));
+    let child = secchan(&[
+        "server",
+        "--mqtt",
+        &m.url(),
+        "--key",
+        dir.path("server.key").to_str().unwrap(),
+        "--authorized-devices",
+        dir.path("authorized").to_str().unwrap(),
+        "--mode",
+        "any",
+        "--out",
+        dir.path(out).to_str().unwrap(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
+    wait_for(|| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("serving through")
+    });
+    child
+}
+
+fn device(m: &Mosquitto, dir: &Dir, i: usize, telemetry: &[&str]) -> Command {
+    let mut c = secchan(&[
+        "device",
+        "--mqtt",
+        &m.url(),
+        "--server-key",
+        dir.path("server.key.pub").to_str().unwrap(),
+        "--key",
+        dir.path(&format!("device{i}.key")).to_str().unwrap(),
+    ]);
+    c.args(telemetry);
+    c
+}
+
+fn wait_for(mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < PATIENCE, "gave up waiting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Stops a server the way Ctrl-C does.
+fn interrupt(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > PATIENCE {
+            let _ = child.kill();
+            panic!("server did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sample_dataset_reaches_the_server_output_file() {
+    let (m, dir) = setup("mqtt-cli-csv", 1);
+    let srv = server(&m, &dir, "received.jsonl");
+    let dataset = concat!(env!("CARGO_MANIFEST_DIR"), "/data/sample.csv");
+    let csv = format!("csv:{dataset}");
+    run_ok(device(
+        &m,
+        &dir,
+        0,
+        &["--telemetry", &csv, "--rate", "500/s"],
+    ));
+    let out = dir.path("received.jsonl");
+    wait_for(|| lines(&out).len() >= 50);
+    interrupt(srv);
+    let got = lines(&out);
+    assert_eq!(got.len(), 50);
+    for (i, line) in got.iter().enumerate() {
+        assert_eq!(line["device"], "device-0");
+        assert_eq!(line["seq"], i as u64);
+        assert_eq!(line["suite"], "X25519MLKEM768");
+        let data: serde_json::Value = serde_json::from_str(line["data"].as_str().unwrap()).unwrap();
+        assert!(
+            data["temperature_c"].is_number() && data["spo2_pct"].is_number(),
+            "{data}"
+        );
+    }
+    let first: serde_json::Value = serde_json::from_str(got[0]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(first["timestamp"], "2026-03-14T08:00:00Z");
+    let mode = std::fs::metadata(&out).unwrap();
+    #[cfg(unix)]
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn two_server_processes_share_the_devices() {
+    let (m, dir) = setup("mqtt-cli-share", 4);
+    let a = server(&m, &dir, "a.jsonl");
+    let b = server(&m, &dir, "b.jsonl");
+    let devices: Vec<Child> = (0..4)
+        .map(|i| {
+            device(
+                &m,
+                &dir,
+                i,
+                &[
+                    "--telemetry",
+                    "sim",
+                    "--count",
+                    "5",
+                    "--rate",
+                    "500/s",
+                    "--mode",
+                    "classical",
+                ],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for d in devices {
+        let out = d.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (a_out, b_out) = (dir.path("a.jsonl"), dir.path("b.jsonl"));
+    wait_for(|| lines(&a_out).len() + lines(&b_out).len() >= 20);
+    interrupt(a);
+    interrupt(b);
+    let (a_lines, b_lines) = (lines(&a_out), lines(&b_out));
+    assert!(!a_lines.is_empty(), "server A got no device");
+    assert!(!b_lines.is_empty(), "server B got no device");
+    let mut ids: Vec<(String, u64)> = a_lines
+        .iter()
+        .chain(&b_lines)
+        .map(|l| {
+            (
+                l["stream"].as_str().unwrap().to_string(),
+                l["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        20,
+        "every message exactly once across both servers"
+    );
+}
+
+/// Runs secchan, expects it to fail, returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = secchan(args).stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success(), "secchan {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_mqtt_options_are_one_line_errors() {
+    let dir = Dir::new("mqtt-cli-errors");
+    keys(&dir, 1);
+    let err = fails(&[
+        "device",
+        "--mqtt",
+        "mqtts://h:8883",
+        "--server-key",
+        "SHA256:x",
+    ]);
+    assert!(err.contains("only plain mqtt:// is built in"), "{err}");
+    let pin = dir.path("server.key.pub");
+    let pin = pin.to_str().unwrap();
+    let no_broker = [
+        "device",
+        "--mqtt",
+        "mqtt://127.0.0.1:1",
+        "--server-key",
+        pin,
+    ];
+    let err = fails(&[&no_broker[..], &["--telemetry", "csv:/nonexistent.csv"]].concat());
+    assert!(
+        err.contains("cannot read telemetry dataset /nonexistent.csv"),
+        "{err}"
+    );
+    let err = fails(&no_broker);
+    assert!(
+        err.contains("cannot reach the MQTT broker at 127.0.0.1:1"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = fails(&[
+        "device",
+        "--mqtt",
+        "mqtt://h",
+        "--connect",
+        "127.0.0.1:4433",
+    ]);
+    assert!(err.contains("cannot be used with"), "{err}");
+}

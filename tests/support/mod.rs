@@ -1,0 +1,3 @@
+//! Helpers shared by integration tests.
+#![allow(dead_code)] // each test crate uses a different part of the helpers
+pub mod mosquitto;

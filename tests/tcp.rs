@@ -1,0 +1,459 @@
+//! Server and device in one process over real loopback sockets: every mode and AEAD, and a
+//! negative test for every check the transport and the session make.
+
+mod common;
+
+use common::*;
+use secchan::crypto::aead::AeadId;
+use secchan::crypto::identity::IdentityKey;
+use secchan::crypto::kem::{X25519_KYBER768R3, X25519_MLKEM768, X25519_ONLY};
+use secchan::handshake::{HandshakeError, Mode};
+use secchan::msgs::{AlertCode, FrameType};
+use secchan::record::replay::ReplayError;
+use secchan::record::RecordError;
+use secchan::session::SessionError;
+use secchan::transport::tcp::connect;
+use secchan::transport::TransportError;
+use secchan::trust::{KnownServers, Pinned, TrustError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+fn pin() -> Pinned {
+    Pinned(server_key().public().fingerprint())
+}
+
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<ServerOutcome>) -> ServerOutcome {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("server reported no outcome")
+        .expect("server task ended")
+}
+
+#[tokio::test]
+async fn every_suite_and_aead_carries_messages_both_ways_and_closes_cleanly() {
+    let cases = [
+        (Mode::Hybrid, &X25519_MLKEM768, AeadId::Aes256Gcm),
+        (Mode::Hybrid, &X25519_MLKEM768, AeadId::ChaCha20Poly1305),
+        (Mode::Hybrid, &X25519_KYBER768R3, AeadId::Aes256Gcm),
+        (Mode::Classical, &X25519_ONLY, AeadId::Aes256Gcm),
+        (Mode::Any, &X25519_ONLY, AeadId::ChaCha20Poly1305),
+    ];
+    for (mode, suite, aead) in cases {
+        let (addr, mut rx) = start_server(server_config(mode)).await;
+        let mut conn = connect(addr, &device_config(suite, aead), &pin(), short_timeouts())
+            .await
+            .unwrap();
+        assert_eq!(conn.session().suite(), suite);
+        assert_eq!(conn.session().aead(), aead);
+        for msg in [
+            &b"temp=21.5"[..],
+            b"",
+            &[0xff, 0xfe, 0x00],
+            &vec![7u8; 16_000],
+        ] {
+            conn.send(msg).await.unwrap();
+            let reply = conn.recv().await.unwrap().unwrap();
+            assert_eq!(&reply[6..], msg);
+        }
+        conn.send_close().await.unwrap();
+        assert_eq!(conn.recv().await.unwrap(), None);
+        let outcome = next(&mut rx).await;
+        assert!(outcome.end.is_ok(), "{:?}", outcome.end);
+        assert_eq!(outcome.messages.len(), 4);
+        assert_eq!(outcome.peer.unwrap().name, "sensor-1");
+    }
+}
+
+#[tokio::test]
+async fn key_updates_every_few_records_keep_the_session_working() {
+    let mut scfg = server_config(Mode::Hybrid);
+    scfg.session.key_update.max_records = 3;
+    let (addr, mut rx) = start_server(scfg).await;
+    let mut dcfg = device_config(&X25519_MLKEM768, AeadId::Aes256Gcm);
+    dcfg.session.key_update.max_records = 2;
+    let mut conn = connect(addr, &dcfg, &pin(), short_timeouts())
+        .await
+        .unwrap();
+    for i in 0..20u32 {
+        conn.send(&i.to_be_bytes()).await.unwrap();
+        assert_eq!(&conn.recv().await.unwrap().unwrap()[6..], i.to_be_bytes());
+    }
+    // 20 data records plus a key update before every third: 9 key updates, so 29 records.
+    assert_eq!(conn.session().next_send_counter(), 29);
+    conn.update_keys().await.unwrap();
+    conn.send(b"after forced update").await.unwrap();
+    assert!(conn.recv().await.unwrap().is_some());
+    conn.close(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(next(&mut rx).await.messages.len(), 21);
+}
+
+#[tokio::test]
+async fn hybrid_server_refuses_classical_device_on_both_ends() {
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let err = connect(
+        addr,
+        &device_config(&X25519_ONLY, AeadId::Aes256Gcm),
+        &pin(),
+        short_timeouts(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Handshake(HandshakeError::PeerAlert(AlertCode::SuiteRefused))
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::Handshake(
+            HandshakeError::SuiteRefused { .. }
+        ))
+    ));
+}
+
+#[tokio::test]
+async fn unknown_device_is_refused_on_both_ends() {
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let mut cfg = device_config(&X25519_MLKEM768, AeadId::Aes256Gcm);
+    let stranger = Arc::new(IdentityKey::from_seed(&[0x77; 32]));
+    cfg.identity = Some(stranger.clone());
+    // The device completes its side (1-RTT) and learns of the refusal on its first read.
+    let mut conn = connect(addr, &cfg, &pin(), short_timeouts()).await.unwrap();
+    let _ = conn.send(b"hello?").await;
+    let err = conn.recv().await.unwrap_err();
+    assert!(
+        matches!(err, TransportError::Refused(AlertCode::UnknownDevice)),
+        "{err:?}"
+    );
+    match next(&mut rx).await.end {
+        Err(TransportError::Handshake(HandshakeError::DeviceRefused { device, code })) => {
+            assert_eq!(device, stranger.public().fingerprint());
+            assert_eq!(code, AlertCode::UnknownDevice);
+        }
+        other => panic!("unexpected server outcome {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn anonymous_device_is_refused_by_default() {
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let mut cfg = device_config(&X25519_MLKEM768, AeadId::Aes256Gcm);
+    cfg.identity = None;
+    let mut conn = connect(addr, &cfg, &pin(), short_timeouts()).await.unwrap();
+    assert!(matches!(
+        conn.recv().await.unwrap_err(),
+        TransportError::Refused(AlertCode::DeviceAuthRequired)
+    ));
+    assert!(next(&mut rx).await.end.is_err());
+}
+
+#[tokio::test]
+async fn wrong_pinned_server_key_is_refused_before_device_identity_is_sent() {
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let wrong = Pinned(IdentityKey::from_seed(&[0x99; 32]).public().fingerprint());
+    let err = connect(
+        addr,
+        &device_config(&X25519_MLKEM768, AeadId::Aes256Gcm),
+        &wrong,
+        short_timeouts(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, TransportError::Trust(TrustError::Mismatch { .. })),
+        "{err:?}"
+    );
+    // The server never got a DeviceFinish: the device told it why instead.
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::Handshake(HandshakeError::PeerAlert(
+            AlertCode::ServerRejected
+        )))
+    ));
+}
+
+#[tokio::test]
+async fn changed_server_key_under_tofu_names_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("secchan-tofu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("known_servers");
+    let _ = std::fs::remove_file(&file);
+    let (addr, _rx) = start_server(server_config(Mode::Hybrid)).await;
+    let host = addr.to_string();
+    let cfg = device_config(&X25519_MLKEM768, AeadId::Aes256Gcm);
+    // First use: accepted and recorded.
+    let conn = connect(
+        addr,
+        &cfg,
+        &KnownServers::new(&file, &host),
+        short_timeouts(),
+    )
+    .await
+    .unwrap();
+    conn.close(Duration::from_secs(5)).await.unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        text.trim(),
+        format!("{host} {}", server_key().public().fingerprint())
+    );
+    // Same address, new server key.
+    let mut impostor = server_config(Mode::Hybrid);
+    impostor.identity = Arc::new(IdentityKey::from_seed(&[0x42; 32]));
+    let (addr2, _rx2) = start_server(impostor).await;
+    let err = connect(
+        addr2,
+        &cfg,
+        &KnownServers::new(&file, &host),
+        short_timeouts(),
+    )
+    .await
+    .unwrap_err();
+    match err {
+        TransportError::Trust(TrustError::Changed { file: f, line, .. }) => {
+            assert_eq!(f, file);
+            assert_eq!(line, 1);
+        }
+        other => panic!("expected Changed, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn mitm_downgrade_to_classical_is_detected() {
+    let (addr, _rx) = start_server(server_config(Mode::Any)).await;
+    // Rewrite the hybrid DeviceHello into a classical one with the same X25519 value.
+    let mitm = start_mitm(addr, |up, i, f| {
+        if up && i == 0 {
+            let mut forged = f[..4].to_vec();
+            forged[2] = 0x03; // X25519 suite
+            let n = usize::from(f[3]);
+            forged.extend_from_slice(&f[4..4 + n + 32]);
+            vec![forged]
+        } else {
+            vec![f]
+        }
+    })
+    .await;
+    let err = connect_hybrid(mitm).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Handshake(HandshakeError::Downgrade { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+/// Sets up a MITM that applies `tamper` to device->server records (frame index >= 2).
+async fn session_through(
+    tamper: impl Fn(usize, Vec<u8>) -> Vec<Vec<u8>> + Send + Sync + 'static,
+) -> (
+    secchan::transport::tcp::Connection,
+    tokio::sync::mpsc::Receiver<ServerOutcome>,
+) {
+    let (addr, rx) = start_server(server_config(Mode::Hybrid)).await;
+    let mitm = start_mitm(addr, move |up, i, f| {
+        if up && i >= 2 {
+            tamper(i - 2, f)
+        } else {
+            vec![f]
+        }
+    })
+    .await;
+    let conn = connect_hybrid(mitm).await.unwrap();
+    (conn, rx)
+}
+
+#[tokio::test]
+async fn tampered_record_is_fatal_with_bad_tag() {
+    let (mut conn, mut rx) = session_through(|_, mut f| {
+        let last = f.len() - 1;
+        f[last] ^= 1;
+        vec![f]
+    })
+    .await;
+    conn.send(b"x").await.unwrap();
+    assert!(matches!(
+        conn.recv().await.unwrap_err(),
+        TransportError::Session(SessionError::PeerAlert(AlertCode::BadRecord))
+    ));
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::Session(SessionError::Record(
+            RecordError::BadTag(0)
+        )))
+    ));
+}
+
+#[tokio::test]
+async fn replayed_record_is_fatal_on_tcp() {
+    let (mut conn, mut rx) =
+        session_through(|i, f| if i == 0 { vec![f.clone(), f] } else { vec![f] }).await;
+    conn.send(b"once").await.unwrap();
+    let outcome = next(&mut rx).await;
+    assert_eq!(outcome.messages, vec![b"once".to_vec()]);
+    assert!(matches!(
+        outcome.end,
+        Err(TransportError::Session(SessionError::Record(
+            RecordError::Replay(ReplayError::Duplicate(0))
+        )))
+    ));
+    let _ = conn.recv().await;
+}
+
+#[tokio::test]
+async fn reordered_record_is_fatal_on_tcp() {
+    let held = Arc::new(std::sync::Mutex::new(None));
+    let (mut conn, mut rx) = session_through(move |i, f| {
+        let mut h = held.lock().unwrap();
+        match i {
+            0 => {
+                *h = Some(f);
+                vec![]
+            }
+            1 => vec![f, h.take().unwrap()],
+            _ => vec![f],
+        }
+    })
+    .await;
+    conn.send(b"first").await.unwrap();
+    conn.send(b"second").await.unwrap();
+    let outcome = next(&mut rx).await;
+    assert!(outcome.messages.is_empty());
+    assert!(matches!(
+        outcome.end,
+        Err(TransportError::Session(SessionError::Record(
+            RecordError::OutOfOrder {
+                expected: 0,
+                got: 1
+            }
+        )))
+    ));
+}
+
+#[tokio::test]
+async fn dropped_close_is_reported_as_truncation() {
+    // The attacker swallows the device's Close and cuts the connection.
+    let (mut conn, mut rx) = session_through(|_, f| {
+        if f[0] == FrameType::Close as u8 {
+            vec![]
+        } else {
+            vec![f]
+        }
+    })
+    .await;
+    conn.send(b"data").await.unwrap();
+    assert!(conn.recv().await.unwrap().is_some());
+    conn.send_close().await.unwrap();
+    drop(conn);
+    let outcome = next(&mut rx).await;
+    assert_eq!(outcome.messages.len(), 1);
+    assert!(
+        matches!(outcome.end, Err(TransportError::Truncated)),
+        "{:?}",
+        outcome.end
+    );
+}
+
+#[tokio::test]
+async fn oversize_frame_is_refused_before_allocation() {
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &[0xff, 0xff, 0x01])
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::FrameTooLarge)
+    ));
+}
+
+#[tokio::test]
+async fn garbage_in_place_of_hello_gets_decode_alert() {
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    write_frame(&mut s, b"\x01\x01\x01\x02GARBAGE")
+        .await
+        .unwrap();
+    let alert = read_frame(&mut s).await.unwrap();
+    assert_eq!(
+        alert,
+        vec![FrameType::Alert as u8, 0x01, AlertCode::DecodeError as u8]
+    );
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::Handshake(HandshakeError::Decode(_)))
+    ));
+}
+
+#[tokio::test]
+async fn stalled_peer_mid_handshake_times_out() {
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // Half a length prefix, then nothing.
+    tokio::io::AsyncWriteExt::write_all(&mut s, &[0x04])
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::HandshakeTimeout(_))
+    ));
+    // The device side of a stalled server: a listener that never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = connect(
+        silent.local_addr().unwrap(),
+        &device_config(&X25519_MLKEM768, AeadId::Aes256Gcm),
+        &pin(),
+        short_timeouts(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, TransportError::HandshakeTimeout(_)),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn oversize_message_is_refused_locally() {
+    let (addr, _rx) = start_server(server_config(Mode::Hybrid)).await;
+    let mut conn = connect_hybrid(addr).await.unwrap();
+    assert!(matches!(
+        conn.send(&vec![0u8; 16385]).await.unwrap_err(),
+        TransportError::Session(SessionError::Record(RecordError::PayloadTooLarge(16385)))
+    ));
+}
+
+#[tokio::test]
+async fn idle_session_is_closed_with_timeout_alert() {
+    let mut scfg = server_config(Mode::Hybrid);
+    scfg.session = Default::default();
+    let listener = secchan::transport::tcp::Listener::bind(
+        "127.0.0.1:0",
+        Arc::new(scfg),
+        secchan::transport::Timeouts {
+            handshake: Duration::from_secs(5),
+            idle: Duration::from_millis(200),
+        },
+    )
+    .await
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap().handshake().await.unwrap();
+        conn.recv().await
+    });
+    let mut conn = connect_hybrid(addr).await.unwrap();
+    // The device stays silent; the server gives up and says why.
+    assert!(matches!(
+        server.await.unwrap(),
+        Err(TransportError::IdleTimeout(_))
+    ));
+    assert!(matches!(
+        conn.recv().await.unwrap_err(),
+        TransportError::Session(SessionError::PeerAlert(AlertCode::Timeout))
+    ));
+}

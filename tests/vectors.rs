@@ -1,0 +1,212 @@
+//! Test vectors (protocol.md §9): fixed randomness and identity keys in, every message,
+//! intermediate secret and the first record out. Intermediate values are re-derived here
+//! from protocol.md with the primitive crates directly (not through secchan's key schedule),
+//! and the whole run is compared with `tests/vectors/*.json`.
+//!
+//! Regenerate after an intentional wire change (and bump the version byte):
+//! `SECCHAN_WRITE_VECTORS=1 cargo test --test vectors`.
+
+use hkdf::Hkdf;
+use secchan::crypto::aead::AeadId;
+use secchan::crypto::identity::IdentityKey;
+use secchan::crypto::kem::{Suite, X25519_MLKEM768, X25519_ONLY};
+use secchan::crypto::random::FixedRandom;
+use secchan::handshake::device::{self, DeviceConfig};
+use secchan::handshake::server::{self, ServerConfig};
+use secchan::handshake::{AllowAnyDevice, Mode};
+use secchan::session::Event;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn filled(byte: u8, n: usize) -> Vec<u8> {
+    (0..n).map(|i| byte.wrapping_add(i as u8)).collect()
+}
+
+fn expand(prk: &[u8], label: &str, n: usize) -> Vec<u8> {
+    let hk = Hkdf::<Sha256>::from_prk(prk).unwrap();
+    let mut out = vec![0u8; n];
+    hk.expand(format!("secchan v1 {label}").as_bytes(), &mut out)
+        .unwrap();
+    out
+}
+
+fn extract(salt: &[u8], ikm: &[u8]) -> Vec<u8> {
+    Hkdf::<Sha256>::extract(Some(salt), ikm).0.to_vec()
+}
+
+fn generate(
+    suite: &'static Suite,
+    aead: AeadId,
+    device_identity: Option<[u8; 32]>,
+) -> BTreeMap<&'static str, String> {
+    let mut v = BTreeMap::new();
+    let put = |v: &mut BTreeMap<&'static str, String>, k, bytes: &[u8]| {
+        v.insert(k, hex::encode(bytes));
+    };
+    let server_seed = [0x5e; 32];
+    let rand_dx = filled(0x10, 32);
+    let rand_dkem = filled(0x40, 64);
+    let rand_sx = filled(0x80, 32);
+    let rand_skem = filled(0xc0, 32);
+    v.insert("suite", suite.name.to_string());
+    v.insert("aead", aead.name().to_string());
+    put(&mut v, "server_identity_seed", &server_seed);
+    if let Some(seed) = device_identity {
+        put(&mut v, "device_identity_seed", &seed);
+    }
+    put(&mut v, "random_device_x25519", &rand_dx);
+    put(&mut v, "random_server_x25519", &rand_sx);
+    let (mut drand, mut srand) = (vec![rand_dx.clone()], vec![rand_sx.clone()]);
+    if suite.is_hybrid() {
+        put(&mut v, "random_device_mlkem_keygen", &rand_dkem);
+        put(&mut v, "random_server_mlkem_encaps", &rand_skem);
+        drand.push(rand_dkem.clone());
+        srand.push(rand_skem.clone());
+    }
+
+    let dcfg = DeviceConfig {
+        suite,
+        aeads: vec![aead],
+        identity: device_identity.map(|s| Arc::new(IdentityKey::from_seed(&s))),
+        ..DeviceConfig::default()
+    };
+    let mut scfg = ServerConfig::new(
+        Arc::new(IdentityKey::from_seed(&server_seed)),
+        Arc::new(AllowAnyDevice),
+    );
+    scfg.mode = Mode::Any;
+    let now = Instant::now();
+    let (expect, hello) = device::start(&dcfg, &mut FixedRandom::new(drand)).unwrap();
+    let (expect_finish, sh) =
+        server::accept_hello(&scfg, &hello, &mut FixedRandom::new(srand)).unwrap();
+    let (mut dsession, finish) = expect.read_server_hello(&sh).unwrap().finish(now).unwrap();
+    let (mut ssession, _) = expect_finish.read_device_finish(&finish, now).unwrap();
+    put(&mut v, "device_hello", &hello);
+    put(&mut v, "server_hello", &sh);
+    put(&mut v, "device_finish", &finish);
+
+    // Re-derive everything from protocol.md §5 with the primitive crates.
+    let x_d = x25519_dalek::StaticSecret::from(<[u8; 32]>::try_from(&rand_dx[..]).unwrap());
+    let ss_x = x_d.diffie_hellman(&x25519_dalek::PublicKey::from(
+        <[u8; 32]>::try_from(&sh[4..36]).unwrap(),
+    ));
+    let pq_len = suite.pq.map_or(0, |k| k.ciphertext_len());
+    let ek = &hello[hello.len() - suite.pq.map_or(0, |k| k.encaps_key_len())..];
+    let ct = &sh[36..36 + pq_len];
+    let mut ikm = Vec::new();
+    if suite.is_hybrid() {
+        let pair =
+            libcrux_ml_kem::mlkem768::generate_key_pair(rand_dkem.clone().try_into().unwrap());
+        let ss_kem = libcrux_ml_kem::mlkem768::decapsulate(
+            pair.private_key(),
+            &libcrux_ml_kem::mlkem768::MlKem768Ciphertext::try_from(ct).unwrap(),
+        );
+        put(&mut v, "ss_mlkem", &ss_kem);
+        ikm.extend_from_slice(&ss_kem);
+    }
+    put(&mut v, "ss_x25519", ss_x.as_bytes());
+    ikm.extend_from_slice(ss_x.as_bytes());
+    ikm.extend_from_slice(&hello[hello.len() - ek.len() - 32..hello.len() - ek.len()]);
+    ikm.extend_from_slice(&sh[4..36]);
+    ikm.extend_from_slice(ct);
+    ikm.extend_from_slice(ek);
+    let prefix = &sh[..36 + pq_len];
+    let th1 = Sha256::new()
+        .chain_update(&hello)
+        .chain_update(prefix)
+        .finalize();
+    let th2 = Sha256::new()
+        .chain_update(&hello)
+        .chain_update(&sh)
+        .finalize();
+    let th3 = Sha256::new()
+        .chain_update(&hello)
+        .chain_update(&sh)
+        .chain_update(&finish)
+        .finalize();
+    put(&mut v, "th1", &th1);
+    put(&mut v, "th2", &th2);
+    put(&mut v, "th3", &th3);
+    let hs = extract(&th1, &ikm);
+    put(&mut v, "handshake_secret", &hs);
+    put(
+        &mut v,
+        "server_handshake_key",
+        &expand(&hs, "server handshake key", 32),
+    );
+    put(
+        &mut v,
+        "device_handshake_key",
+        &expand(&hs, "device handshake key", 32),
+    );
+    let master = extract(&th3, &hs);
+    put(&mut v, "master_secret", &master);
+    let d2s = expand(&master, "d2s traffic", 32);
+    let s2d = expand(&master, "s2d traffic", 32);
+    put(&mut v, "d2s_traffic_secret", &d2s);
+    put(&mut v, "s2d_traffic_secret", &s2d);
+    let key = expand(&d2s, "key", 32);
+    let iv = expand(&d2s, "iv", 12);
+    put(&mut v, "d2s_key", &key);
+    put(&mut v, "d2s_iv", &iv);
+    put(&mut v, "d2s_key_update_1", &expand(&d2s, "key update", 32));
+
+    // The device's first record, opened here with ring and the derived key and IV.
+    let plaintext = b"{\"temperature_c\":21.5}";
+    dsession.send(plaintext, now).unwrap();
+    let record = dsession.poll_transmit().unwrap();
+    put(&mut v, "first_record_plaintext", plaintext);
+    put(&mut v, "first_record", &record);
+    let alg = match aead {
+        AeadId::Aes256Gcm => &ring::aead::AES_256_GCM,
+        AeadId::ChaCha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
+    };
+    let k = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, &key).unwrap());
+    let mut body = record[3..].to_vec();
+    let opened = k
+        .open_in_place(
+            ring::aead::Nonce::try_assume_unique_for_key(&iv).unwrap(),
+            ring::aead::Aad::from(&record[..3]),
+            &mut body,
+        )
+        .unwrap();
+    assert_eq!(opened, plaintext);
+    let mut frame = record.clone();
+    assert_eq!(
+        ssession.handle_frame(&mut frame, now).unwrap(),
+        Event::Message(plaintext)
+    );
+    v
+}
+
+fn check(name: &str, v: BTreeMap<&'static str, String>) {
+    let path = format!("{}/tests/vectors/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let json = serde_json::to_string_pretty(&v).unwrap() + "\n";
+    if std::env::var_os("SECCHAN_WRITE_VECTORS").is_some() {
+        std::fs::write(&path, &json).unwrap();
+    }
+    let stored: BTreeMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (k, want) in &stored {
+        assert_eq!(v.get(k.as_str()), Some(want), "{name}: field {k} differs");
+    }
+    assert_eq!(stored.len(), v.len(), "{name}: field set differs");
+}
+
+#[test]
+fn hybrid_mlkem768_aes256gcm_mutual() {
+    check(
+        "hybrid_mlkem768_aes256gcm",
+        generate(&X25519_MLKEM768, AeadId::Aes256Gcm, Some([0xde; 32])),
+    );
+}
+
+#[test]
+fn classical_x25519_chacha20poly1305_anonymous() {
+    check(
+        "classical_x25519_chacha20poly1305",
+        generate(&X25519_ONLY, AeadId::ChaCha20Poly1305, None),
+    );
+}
