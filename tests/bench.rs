@@ -2,13 +2,14 @@
 //! `secchan server` child process, each checking the report's figures and files (never their
 //! speed), plus the in-memory operations used for instruction counts.
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+mod cli_support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_secchan");
+use cli_support::{assert_one_line_error, bin, tempdir, Server};
+use std::path::Path;
+use std::process::Output;
 
 fn secchan(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run secchan")
+    bin().args(args).output().expect("run secchan")
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -31,7 +32,7 @@ const TINY: [&str; 10] = [
 
 #[test]
 fn in_process_run_reports_every_figure_and_writes_json_and_charts() {
-    let dir = tempdir("local");
+    let dir = tempdir("bench-local");
     let report = dir.join("report.json");
     let plots = dir.join("plots");
     let out = secchan(
@@ -103,49 +104,36 @@ fn in_process_run_reports_every_figure_and_writes_json_and_charts() {
 
 #[test]
 fn remote_run_measures_a_secchan_server_child_process() {
-    let dir = tempdir("remote");
+    let dir = tempdir("bench-remote");
     let key = dir.join("server.key");
     assert!(secchan(&["keygen", "--out", key.to_str().unwrap()])
         .status
         .success());
-    let addr = free_port();
-    let mut server = Command::new(BIN)
-        .args(["server", "--listen", &addr, "--key", key.to_str().unwrap()])
-        .args(["--mode", "any", "--allow-any-device"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server");
+    let mut command = bin();
+    command
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            key.to_str().unwrap(),
+        ])
+        .args(["--mode", "any", "--allow-any-device"]);
+    let mut server = Server::start(command);
+    // The server prints every message on stdout: drain it so it never blocks.
+    let mut stdout = server.child.stdout.take().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let report = dir.join("remote.json");
     let pubkey = format!("{}.pub", key.display());
-    let mut out = None;
-    for _ in 0..50 {
-        let o = secchan(
-            &[
-                &[
-                    "bench",
-                    "--connect",
-                    &addr,
-                    "--server-key",
-                    &pubkey,
-                    "--suite",
-                    "X25519",
-                ][..],
-                &TINY,
-                &["--json", report.to_str().unwrap()],
-            ]
-            .concat(),
-        );
-        let refused = String::from_utf8_lossy(&o.stderr).contains("refused");
-        out = Some(o);
-        if !refused {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = server.kill();
-    let _ = server.wait();
-    let out = out.unwrap();
+    let out = secchan(
+        &[
+            &["bench", "--connect", &server.addr, "--server-key", &pubkey][..],
+            &["--suite", "X25519"],
+            &TINY,
+            &["--json", report.to_str().unwrap()],
+        ]
+        .concat(),
+    );
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -161,23 +149,28 @@ fn remote_run_measures_a_secchan_server_child_process() {
 
 #[test]
 fn unreachable_server_is_one_line_error() {
-    let addr = free_port();
-    let out = secchan(&[
+    // A port nothing listens on: bind one, then free it.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .to_string();
+    let args = [
         "bench",
         "--connect",
         &addr,
         "--server-key",
         "SHA256:AAAA",
         "--quick",
-        "--no-progress",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.starts_with("secchan: benchmark failed: network error"),
-        "{err}"
+    ];
+    let out = secchan(&[&args[..], &["--no-progress"]].concat());
+    assert_one_line_error(&out, &["benchmark failed", "network error"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1
     );
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     let out = secchan(&["bench", "--connect", &addr]);
     assert!(
         !out.status.success(),
@@ -218,17 +211,4 @@ fn operations_for_instruction_counts_run_in_memory() {
         stdout.contains(std::env::consts::ARCH) && stdout.contains("AEAD preference"),
         "{stdout}"
     );
-}
-
-fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("secchan-bench-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
