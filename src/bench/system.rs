@@ -72,7 +72,7 @@ impl Build {
         let mlkem_path = if cfg!(target_arch = "x86_64") && has_avx2() {
             "AVX2"
         } else if cfg!(target_arch = "aarch64") {
-            "portable (NEON not enabled)"
+            "NEON"
         } else {
             "portable"
         };
