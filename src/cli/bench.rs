@@ -27,7 +27,7 @@ pub struct BenchArgs {
     /// server accepts only with --allow-any-device).
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// A short run (about ten seconds): 50 handshakes per suite and AEAD, 16 MiB bulk, 100 idle
+    /// A short run (a few seconds): 50 handshakes per suite and AEAD, 16 MiB bulk, 100 idle
     /// sessions. Explicit size options below override it.
     #[arg(long)]
     quick: bool,
