@@ -180,6 +180,9 @@ pub fn run() -> ExitCode {
             Command::Registry(command) => registry::run(command),
         }
     });
+    // A blocking stdin read may still be pending (a device whose server closed first); do not
+    // wait for it.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
