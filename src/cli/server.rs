@@ -13,7 +13,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 /// Options of `secchan server`.
 #[derive(Debug, Args)]
@@ -121,7 +121,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 async fn serve(
     mut conn: Connection,
     peer: PeerDevice,
-    out: mpsc::Sender<String>,
+    out: mpsc::Sender<(String, oneshot::Sender<()>)>,
     registry: Option<Arc<RegistryAuthorizer>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -163,7 +163,14 @@ async fn serve(
                     stream: None,
                     seq: None,
                 };
-                if out.send(message_line(&origin, &message)).await.is_err() {
+                // Wait until the line is written before reading on: the device's close is only
+                // answered (inside the next receive) once all its messages are recorded, so a
+                // device that exits 0 knows the server has them.
+                let (written, confirmed) = oneshot::channel();
+                if out.send((message_line(&origin, &message), written)).await.is_err()
+                    || confirmed.await.is_err()
+                {
+                    tracing::error!(device = %peer.name, "output failed: closing the session unanswered");
                     return;
                 }
             }
@@ -236,13 +243,14 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
         "listening"
     );
     // One writer owns stdout so lines from concurrent sessions never interleave.
-    let (tx, mut rx) = mpsc::channel::<String>(1024);
+    let (tx, mut rx) = mpsc::channel::<(String, oneshot::Sender<()>)>(1024);
     let writer = tokio::spawn(async move {
-        while let Some(line) = rx.recv().await {
+        while let Some((line, written)) = rx.recv().await {
             if let Err(e) = output.write_line(&line).await {
                 tracing::error!(error = %e, "cannot write the output: messages are no longer recorded");
                 break;
             }
+            let _ = written.send(());
         }
     });
     let (stop, stopped) = watch::channel(false);
