@@ -167,7 +167,10 @@ async fn serve(
                 // answered (inside the next receive) once all its messages are recorded, so a
                 // device that exits 0 knows the server has them.
                 let (written, confirmed) = oneshot::channel();
-                if out.send((message_line(&origin, &message), written)).await.is_err()
+                if out
+                    .send((message_line(&origin, &message), written))
+                    .await
+                    .is_err()
                     || confirmed.await.is_err()
                 {
                     tracing::error!(device = %peer.name, "output failed: closing the session unanswered");
