@@ -6,7 +6,7 @@
 //! | [`entry`] | one entry: its line, canonical encoding, signature |
 //! | [`fleet`] | the state the entries build, and the rules each entry obeys |
 //! | [`verify`] | verification of a log and its head, naming the first bad entry |
-//! | [`file`] | the files: locking, durable appends, the head, repair |
+//! | [`file`](mod@file) | the files: locking, durable appends, the head, repair |
 //! | [`token`] | enrollment tokens |
 //! | [`authorizer`] | the server side: [`authorizer::RegistryAuthorizer`] accepts, enrolls and
 //!   watches devices, and closes sessions of revoked ones |
