@@ -233,3 +233,54 @@ fn demo_runs_and_reports() {
     assert!(text.contains("21 bytes overhead per record"));
     assert!(text.contains("ack 4"));
 }
+
+#[cfg(unix)]
+#[test]
+fn server_shutdown_closes_live_sessions_with_an_authenticated_close() {
+    use std::io::{Read, Write};
+    let dir = tempdir("cli-shutdown");
+    let server_fp = keygen(&dir.join("server.key"));
+    let mut server = start_server(&dir, &["--allow-any-device"]);
+    let mut device = bin()
+        .args([
+            "device",
+            "--connect",
+            &server.addr,
+            "--server-key",
+            &server_fp,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Keep the device's input open: it is mid-stream when the server stops.
+    let mut input = device.stdin.take().unwrap();
+    input.write_all(b"reading 1\n").unwrap();
+    input.flush().unwrap();
+    let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().contains("reading 1"));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        server.child.wait().unwrap().success(),
+        "server exits 0 after SIGTERM"
+    );
+    let device_status = device.wait().unwrap();
+    let mut stderr = String::new();
+    device
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    drop(input);
+    assert!(!device_status.success());
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("the server closed the session after 1 lines"),
+        "{stderr}"
+    );
+}

@@ -115,11 +115,15 @@ struct Running {
 }
 
 async fn spawn_server(m: &Mosquitto, keys: &Keys) -> Running {
+    spawn_server_with(m, keys.server_config()).await
+}
+
+async fn spawn_server_with(m: &Mosquitto, config: Arc<ServerConfig>) -> Running {
     let options = ServerOptions {
         timeouts: timeouts(),
         ..ServerOptions::default()
     };
-    let mut server = MqttServer::start(&broker(m), keys.server_config(), options)
+    let mut server = MqttServer::start(&broker(m), config, options)
         .await
         .unwrap();
     let instance = server.instance().to_string();
@@ -762,4 +766,82 @@ async fn key_updates_inside_an_mqtt_session() {
     let (rest, stats) = server.stop().await;
     assert!(rest.is_empty());
     assert_eq!(stats.rejected_records, 0);
+}
+
+/// Accepts the test devices until `revoked` is set, then refuses them as a fleet registry
+/// does after `secchan registry revoke`.
+struct Revocable {
+    devices: AuthorizedDevices,
+    revoked: std::sync::atomic::AtomicBool,
+}
+
+impl Revocable {
+    fn refused(&self) -> Result<(), AlertCode> {
+        if self.revoked.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(AlertCode::Revoked)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl secchan::handshake::Authorizer for Revocable {
+    fn authorize(
+        &self,
+        device: Option<&secchan::crypto::identity::PublicIdentity>,
+    ) -> Result<String, AlertCode> {
+        self.refused()?;
+        self.devices.authorize(device)
+    }
+
+    fn still_authorized(
+        &self,
+        _device: &secchan::crypto::identity::PublicIdentity,
+    ) -> Result<(), AlertCode> {
+        self.refused()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_closes_a_live_session_and_refuses_the_next_handshake() {
+    use secchan::handshake::Authorizer as _;
+    let m = Mosquitto::start();
+    let keys = Keys::new(1);
+    let mut devices = AuthorizedDevices::new();
+    devices.insert(keys.devices[0].public().fingerprint(), "device-0".into());
+    let authorizer = Arc::new(Revocable {
+        devices,
+        revoked: false.into(),
+    });
+    assert!(authorizer
+        .authorize(Some(&keys.devices[0].public()))
+        .is_ok());
+    let mut config = ServerConfig::new(keys.server.clone(), authorizer.clone());
+    config.mode = Mode::Any;
+    let mut server = spawn_server_with(&m, Arc::new(config)).await;
+    let mut dev = start_device(&m, &keys, 0, &X25519_MLKEM768).await;
+    dev.send(b"before".to_vec()).await.unwrap();
+    assert_eq!(texts(&server.take(1).await), vec!["before".to_string()]);
+    authorizer
+        .revoked
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Within one sweep the server closes the session with `revoked`; the device's attempt to
+    // start a new one is refused with the same alert.
+    let _ = dev.send(b"after".to_vec()).await;
+    let err = dev.finish(PATIENCE).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Refused(AlertCode::Revoked)
+                | TransportError::Session(secchan::session::SessionError::PeerAlert(
+                    AlertCode::Revoked
+                ))
+        ),
+        "{err}"
+    );
+    let (rest, _) = server.stop().await;
+    assert!(
+        texts(&rest).is_empty(),
+        "nothing after the revocation is output"
+    );
 }

@@ -184,6 +184,9 @@ pub fn run() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
         }
     });
+    // A blocking stdin read may still be pending (a device whose server closed first); do not
+    // wait for it.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -13,7 +13,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 /// Options of `secchan server`.
 #[derive(Debug, Args)]
@@ -48,6 +48,10 @@ pub struct ServerArgs {
     /// sessions are closed within this time.
     #[arg(long, value_name = "SECS", default_value_t = 1, requires = "registry", value_parser = clap::value_parser!(u64).range(1..=3600))]
     registry_poll: u64,
+    /// Most devices served at once (sessions and handshakes in progress); connections beyond
+    /// it are dropped with a warning.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_sessions: usize,
     /// Accept any device, including anonymous ones. Not recommended outside testing.
     #[arg(long)]
     allow_any_device: bool,
@@ -108,13 +112,18 @@ pub(super) fn message_line(origin: &Origin<'_>, message: &[u8]) -> String {
     serde_json::to_string(&line).unwrap_or_default()
 }
 
+/// How long a shutting-down server waits for devices to answer its close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves one device until it closes; forwards its messages to `out`. With a registry, the
-/// session is closed as soon as the registry stops authorizing the device.
+/// session is closed as soon as the registry stops authorizing the device. When `shutdown`
+/// turns true the session is closed with an authenticated close.
 async fn serve(
     mut conn: Connection,
     peer: PeerDevice,
-    out: mpsc::Sender<String>,
+    out: mpsc::Sender<(String, oneshot::Sender<()>)>,
     registry: Option<Arc<RegistryAuthorizer>>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     tracing::info!(
         device = %peer.name,
@@ -124,12 +133,24 @@ async fn serve(
         "session established"
     );
     loop {
-        let next = match (&registry, &peer.identity) {
-            (Some(registry), Some(id)) => registry.recv(&mut conn, id).await,
-            _ => conn
-                .recv()
-                .await
-                .map(|m| m.map_or(Received::Closed, Received::Message)),
+        let receive = async {
+            match (&registry, &peer.identity) {
+                (Some(registry), Some(id)) => registry.recv(&mut conn, id).await,
+                _ => conn
+                    .recv()
+                    .await
+                    .map(|m| m.map_or(Received::Closed, Received::Message)),
+            }
+        };
+        let next = tokio::select! {
+            next = receive => next,
+            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                tracing::info!(device = %peer.name, peer = %conn.peer_addr(), "server shutting down: closing the session");
+                if let Err(e) = conn.close(SHUTDOWN_GRACE).await {
+                    tracing::debug!(device = %peer.name, error = %e, "device did not confirm the close");
+                }
+                return;
+            }
         };
         match next {
             Ok(Received::Refused(_)) => return,
@@ -142,7 +163,17 @@ async fn serve(
                     stream: None,
                     seq: None,
                 };
-                if out.send(message_line(&origin, &message)).await.is_err() {
+                // Wait until the line is written before reading on: the device's close is only
+                // answered (inside the next receive) once all its messages are recorded, so a
+                // device that exits 0 knows the server has them.
+                let (written, confirmed) = oneshot::channel();
+                if out
+                    .send((message_line(&origin, &message), written))
+                    .await
+                    .is_err()
+                    || confirmed.await.is_err()
+                {
+                    tracing::error!(device = %peer.name, "output failed: closing the session unanswered");
                     return;
                 }
             }
@@ -215,15 +246,19 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
         "listening"
     );
     // One writer owns stdout so lines from concurrent sessions never interleave.
-    let (tx, mut rx) = mpsc::channel::<String>(1024);
+    let (tx, mut rx) = mpsc::channel::<(String, oneshot::Sender<()>)>(1024);
     let writer = tokio::spawn(async move {
-        while let Some(line) = rx.recv().await {
+        while let Some((line, written)) = rx.recv().await {
             if let Err(e) = output.write_line(&line).await {
                 tracing::error!(error = %e, "cannot write the output: messages are no longer recorded");
                 break;
             }
+            let _ = written.send(());
         }
     });
+    let (stop, stopped) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(args.max_sessions));
+    let max = u32::try_from(args.max_sessions).unwrap_or(u32::MAX);
     loop {
         tokio::select! {
             incoming = listener.accept() => {
@@ -234,24 +269,61 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(peer = %incoming.peer_addr(), limit = args.max_sessions, "session limit reached: connection dropped");
+                    continue;
+                };
                 let tx = tx.clone();
                 let registry = registry.clone();
+                let stopped = stopped.clone();
                 tokio::spawn(async move {
                     match incoming.handshake().await {
-                        Ok((conn, peer)) => serve(conn, peer, tx, registry).await,
+                        Ok((conn, peer)) => serve(conn, peer, tx, registry, stopped).await,
                         // Handshake failures were logged with the peer's address.
                         Err(TransportError::Handshake(_) | TransportError::HandshakeTimeout(_)) => {}
                         Err(e) => tracing::debug!(error = %e, "connection dropped during handshake"),
                     }
+                    drop(slot);
                 });
             }
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("interrupted: shutting down");
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down: closing every session");
                 break;
             }
         }
     }
+    drop(listener);
+    let _ = stop.send(true);
+    // Every session holds a slot until it ends; wait for them (handshakes in progress finish
+    // or time out, then close at once).
+    let grace = args.session.timeouts().handshake + SHUTDOWN_GRACE;
+    if tokio::time::timeout(grace, slots.acquire_many(max))
+        .await
+        .is_err()
+    {
+        tracing::warn!("some sessions did not close in time");
+    }
     drop(tx);
     let _ = writer.await;
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM on Unix (what service managers send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -162,6 +162,14 @@ pub trait Authorizer: Send + Sync {
         let _ = token;
         self.authorize(Some(device))
     }
+
+    /// Whether a device accepted earlier is still authorized. Transports that keep sessions
+    /// open ask it periodically (the MQTT server on every sweep) and close the session with
+    /// the returned alert. It must be cheap and do no I/O. The default keeps every session.
+    fn still_authorized(&self, device: &PublicIdentity) -> Result<(), AlertCode> {
+        let _ = device;
+        Ok(())
+    }
 }
 
 /// Accepts every device, naming it by fingerprint. Only for `--allow-any-device`.

@@ -226,6 +226,11 @@ impl Authorizer for RegistryAuthorizer {
         self.check(device)
     }
 
+    fn still_authorized(&self, device: &PublicIdentity) -> Result<(), AlertCode> {
+        // The state the watch task keeps current; no re-read here.
+        self.check(device).map(|_| ())
+    }
+
     fn enroll(&self, device: &PublicIdentity, token: &PublicIdentity) -> Result<String, AlertCode> {
         // A device already enrolled connects by its key: the token is neither needed nor used.
         match self.authorize(Some(device)) {

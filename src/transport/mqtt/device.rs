@@ -247,6 +247,11 @@ fn is_refusal(code: AlertCode) -> bool {
             | AlertCode::SuiteRefused
             | AlertCode::NoCommonAead
             | AlertCode::UnsupportedVersion
+            | AlertCode::Revoked
+            | AlertCode::WrongGroup
+            | AlertCode::EnrollmentRefused
+            | AlertCode::TokenUsed
+            | AlertCode::TokenExpired
     )
 }
 
@@ -560,6 +565,9 @@ impl Task {
             Err(e) if !session.is_closed() => {
                 self.stats.rejected_records += 1;
                 tracing::warn!(error = %e, "record rejected and dropped");
+            }
+            Err(SessionError::PeerAlert(code)) if is_refusal(code) => {
+                return Err(SessionError::PeerAlert(code).into());
             }
             Err(e) => {
                 tracing::warn!(error = %e, "session ended: starting a new one");

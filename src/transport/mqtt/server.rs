@@ -382,6 +382,14 @@ impl MqttServer {
         match open.session.handle_frame(frame, now) {
             Ok(Event::Message(plaintext)) => {
                 open.last_input = now;
+                if let Some(code) = open
+                    .peer
+                    .identity
+                    .and_then(|id| self.config.authorizer.still_authorized(&id).err())
+                {
+                    self.close_refused(sid, open, code);
+                    return false;
+                }
                 match Envelope::decode(plaintext) {
                     Ok(Envelope::Message {
                         stream,
@@ -498,6 +506,36 @@ impl MqttServer {
             }
             _ => true,
         });
+        self.close_unauthorized();
         self.streams.expire(now);
+    }
+
+    /// Closes, with the authorizer's alert, every open session whose device the authorizer
+    /// no longer accepts (a revocation in the fleet registry).
+    fn close_unauthorized(&mut self) {
+        let authorizer = self.config.authorizer.clone();
+        let refused: Vec<(String, AlertCode)> = self
+            .slots
+            .iter()
+            .filter_map(|(sid, slot)| match slot {
+                Slot::Open(open) => open
+                    .peer
+                    .identity
+                    .and_then(|id| authorizer.still_authorized(&id).err())
+                    .map(|code| (sid.clone(), code)),
+                Slot::Pending { .. } => None,
+            })
+            .collect();
+        for (sid, code) in refused {
+            if let Some(Slot::Open(mut open)) = self.slots.remove(&sid) {
+                self.close_refused(&sid, &mut open, code);
+            }
+        }
+    }
+
+    fn close_refused(&mut self, sid: &str, open: &mut Open, code: AlertCode) {
+        tracing::warn!(session = %sid, device = %open.peer.name, reason = %code, "closing the session: the device is no longer authorized");
+        open.session.close(code);
+        self.transmit(sid, &mut open.session);
     }
 }
