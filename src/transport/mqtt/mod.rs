@@ -131,6 +131,12 @@ impl Broker {
         };
         format!("mqtt://{host}:{}/{}", self.port, self.topics.prefix())
     }
+
+    /// The rumqttc options secchan's own connections use (client id, credentials,
+    /// keep-alive, clean start, packet size), for a bare MQTT client beside them.
+    pub(crate) fn client_options(&self) -> Result<rumqttc::v5::MqttOptions, MqttError> {
+        link::options(self)
+    }
 }
 
 /// MQTT-specific failures.
@@ -199,7 +205,7 @@ fn may_be_record(frame: &[u8]) -> bool {
 }
 
 /// A random identifier of `N` bytes as lowercase hex.
-fn random_hex<const N: usize>() -> Result<String, crate::crypto::CryptoError> {
+pub(crate) fn random_hex<const N: usize>() -> Result<String, crate::crypto::CryptoError> {
     use crate::crypto::random::{OsRandom, Random};
     let mut b = [0u8; N];
     OsRandom.fill(&mut b)?;
