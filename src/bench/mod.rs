@@ -178,6 +178,12 @@ pub fn run(
             .iter()
             .flat_map(|&s| opts.aeads.iter().map(move |&a| (s, a)))
             .collect();
+        // First, so that an unreachable broker fails the run at once.
+        #[cfg(feature = "mqtt")]
+        if let Some(m) = &opts.mqtt {
+            progress.phase("MQTT: secchan and plaintext through the broker");
+            report.mqtt = Some(mqtt::run(m, target, opts, || progress.tick()).await?);
+        }
         progress.phase("handshakes, every suite and AEAD in turn");
         report.handshakes =
             measure::handshakes(target, &combos, opts.warmup, opts.handshakes, || {
@@ -226,16 +232,6 @@ pub fn run(
             progress.phase("raw TCP baseline");
             report.raw_tcp = Some(measure::raw_tcp(raw, opts.handshakes, opts.bulk_bytes).await?);
             progress.tick();
-        }
-        #[cfg(feature = "mqtt")]
-        if let Some(m) = &opts.mqtt {
-            progress.phase("MQTT: secchan and plaintext through the broker");
-            report.mqtt = Some(
-                mqtt::run(m, target.identity.clone(), suite, default_aead, || {
-                    progress.tick()
-                })
-                .await?,
-            );
         }
         if opts.idle_sessions > 0 {
             progress.phase(&format!("{} idle sessions", opts.idle_sessions));

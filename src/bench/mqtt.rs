@@ -21,10 +21,10 @@
 
 use super::measure::micros;
 use super::system::Percentiles;
-use super::{BenchError, Options};
+use super::{BenchError, Options, Target};
 use crate::crypto::aead::AeadId;
 use crate::crypto::identity::IdentityKey;
-use crate::crypto::kem::Suite;
+use crate::crypto::kem::X25519_MLKEM768;
 use crate::crypto::random::OsRandom;
 use crate::handshake::device::DeviceConfig;
 use crate::handshake::server::ServerConfig;
@@ -195,14 +195,16 @@ impl MqttReport {
     }
 }
 
-/// Runs both transports through `bench.broker`; `tick` after each payload size.
+/// Runs both transports through `bench.broker`, secchan with the first suite and AEAD of
+/// `opts` and the device identity of `target`; `tick` after each payload size.
 pub async fn run(
     bench: &MqttBench,
-    identity: Arc<IdentityKey>,
-    suite: &'static Suite,
-    aead: AeadId,
+    target: &Target,
+    opts: &Options,
     mut tick: impl FnMut(),
 ) -> Result<MqttReport, BenchError> {
+    let suite = opts.suites.first().copied().unwrap_or(&X25519_MLKEM768);
+    let aead = opts.aeads.first().copied().unwrap_or(AeadId::Aes256Gcm);
     let mut broker = bench.broker.clone();
     let prefix = format!("{}/bench-{}", broker.topics.prefix(), random_hex::<4>()?);
     broker.topics = Topics::new(&prefix).map_err(mqtt)?;
@@ -219,7 +221,7 @@ pub async fn run(
     let device_config = DeviceConfig {
         suite,
         aeads: vec![aead],
-        identity: Some(identity),
+        identity: Some(target.identity.clone()),
         ..DeviceConfig::default()
     };
     let device = MqttDevice::start(
