@@ -575,16 +575,7 @@ async fn drive(
             }
             Ok(_) => {}
             Err(e) => {
-                let error = match e {
-                    ConnectionError::ConnectionRefused(code) => MqttError::Refused {
-                        broker,
-                        code: format!("{code:?}"),
-                    },
-                    e => MqttError::Unreachable {
-                        broker,
-                        reason: e.to_string(),
-                    },
-                };
+                let error = MqttError::connecting(broker, e);
                 match first.take() {
                     Some(f) => {
                         let _ = f.send(Err(mqtt(error)));

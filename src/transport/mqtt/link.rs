@@ -109,17 +109,7 @@ async fn run(
             Err(ConnectionError::RequestsDone) => return,
             Err(e) => {
                 if let Some(first) = first.take() {
-                    let error = match e {
-                        ConnectionError::ConnectionRefused(code) => MqttError::Refused {
-                            broker,
-                            code: format!("{code:?}"),
-                        },
-                        e => MqttError::Unreachable {
-                            broker,
-                            reason: e.to_string(),
-                        },
-                    };
-                    let _ = first.send(Err(error));
+                    let _ = first.send(Err(MqttError::connecting(broker, e)));
                     return;
                 }
                 if connected {

@@ -198,6 +198,22 @@ pub enum MqttError {
     Stopped,
 }
 
+impl MqttError {
+    /// Why a first connection to `broker` (host:port) failed.
+    pub(crate) fn connecting(broker: String, e: rumqttc::v5::ConnectionError) -> Self {
+        match e {
+            rumqttc::v5::ConnectionError::ConnectionRefused(code) => Self::Refused {
+                broker,
+                code: format!("{code:?}"),
+            },
+            e => Self::Unreachable {
+                broker,
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
 /// Whether unauthenticated bytes can be a record at all. Anything else is dropped before it
 /// reaches the session, so a stranger on the broker cannot close it with garbage.
 fn may_be_record(frame: &[u8]) -> bool {
