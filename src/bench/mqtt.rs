@@ -48,6 +48,9 @@ use tokio::sync::{mpsc, oneshot};
 const WARMUP: u64 = 10;
 /// Longest wait for anything the broker should deliver (never reached when things work).
 const PATIENCE: Duration = Duration::from_secs(30);
+/// A secchan median latency from which the table explains the broker's Nagle delay (Linux
+/// delays a TCP ACK by up to 40 ms; the stalls measured here are 40-48 ms).
+const NAGLE_HINT_US: f64 = 20_000.0;
 /// rumqttc's request queue for the plaintext clients, in MQTT packets (as secchan's links).
 const REQUEST_QUEUE: usize = 256;
 
@@ -191,7 +194,19 @@ impl MqttReport {
             s,
             "  secchan server output {} messages, dropped {} duplicates",
             self.server_delivered, self.server_duplicates
-        )
+        )?;
+        if self
+            .results
+            .iter()
+            .any(|r| r.secchan.latency_us.median >= NAGLE_HINT_US && r.ratios.latency >= 10.0)
+        {
+            writeln!(
+                s,
+                "  note: about 40 ms per message is the broker holding writes for delayed TCP ACKs (Nagle);\n        \
+                 with Mosquitto set `set_tcp_nodelay true` (docs/mqtt.md, Measuring)"
+            )?;
+        }
+        Ok(())
     }
 }
 
