@@ -295,6 +295,7 @@ pub async fn run(
     })
 }
 
+/// An MQTT failure as the benchmark's error.
 fn mqtt(e: MqttError) -> BenchError {
     BenchError::Transport(e.into())
 }

@@ -68,10 +68,13 @@ pub struct BenchArgs {
     /// Repetitions for --ops.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "ops")]
     iterations: usize,
-    /// Also measure secchan through an MQTT broker (--mqtt URL) beside plaintext MQTT
-    /// through the same broker.
+    /// With --mqtt URL, also measure secchan through that broker beside plaintext MQTT
+    /// through the same broker (docs/mqtt.md, Measuring).
     #[cfg(feature = "mqtt")]
-    #[command(flatten)]
+    #[command(
+        flatten,
+        next_help_heading = "secchan beside plaintext MQTT through a broker"
+    )]
     mqtt: super::mqtt::MqttArgs,
     /// Messages sent back to back per payload size for the --mqtt rate figure; a tenth of
     /// them are timed one by one for its latency figure [default: 2000].
