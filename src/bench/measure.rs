@@ -91,7 +91,7 @@ impl HandshakeResult {
     }
 }
 
-fn micros(d: Duration) -> f64 {
+pub(super) fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 

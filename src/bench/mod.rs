@@ -7,6 +7,8 @@
 //! measures against a running `secchan server`, e.g. from a Raspberry Pi over a real network.
 
 mod measure;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod ops;
 mod plot;
 mod progress;
@@ -80,6 +82,9 @@ pub struct Options {
     pub server_threads: usize,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Also measure secchan beside plaintext MQTT through this broker.
+    #[cfg(feature = "mqtt")]
+    pub mqtt: Option<mqtt::MqttBench>,
 }
 
 impl Options {
@@ -99,6 +104,8 @@ impl Options {
             aeads: vec![AeadId::Aes256Gcm, AeadId::ChaCha20Poly1305],
             server_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             progress: true,
+            #[cfg(feature = "mqtt")]
+            mqtt: None,
         }
     }
 
@@ -135,6 +142,19 @@ impl Options {
             + self.aeads.len() as u64 * per_aead
             + u64::from(local)
             + u64::from(self.idle_sessions > 0)
+            + self.mqtt_steps()
+    }
+
+    #[cfg(feature = "mqtt")]
+    fn mqtt_steps(&self) -> u64 {
+        self.mqtt
+            .as_ref()
+            .map_or(0, |_| Self::SMALL_PAYLOADS.len() as u64)
+    }
+
+    #[cfg(not(feature = "mqtt"))]
+    fn mqtt_steps(&self) -> u64 {
+        0
     }
 }
 
@@ -158,6 +178,12 @@ pub fn run(
             .iter()
             .flat_map(|&s| opts.aeads.iter().map(move |&a| (s, a)))
             .collect();
+        // First, so that an unreachable broker fails the run at once.
+        #[cfg(feature = "mqtt")]
+        if let Some(m) = &opts.mqtt {
+            progress.phase("MQTT: secchan and plaintext through the broker");
+            report.mqtt = Some(mqtt::run(m, target, opts, || progress.tick()).await?);
+        }
         progress.phase("handshakes, every suite and AEAD in turn");
         report.handshakes =
             measure::handshakes(target, &combos, opts.warmup, opts.handshakes, || {

@@ -73,6 +73,10 @@ pub struct Report {
     pub echo: Vec<EchoResult>,
     /// Loopback TCP without secchan (in-process runs).
     pub raw_tcp: Option<RawTcpResult>,
+    /// secchan beside plaintext MQTT through a broker (`--mqtt`).
+    #[cfg(feature = "mqtt")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<super::mqtt::MqttReport>,
     /// Idle-session memory.
     pub memory: Option<MemoryResult>,
     /// Peak RSS of this process, in KiB.
@@ -105,6 +109,8 @@ impl Report {
             records: Vec::new(),
             echo: Vec::new(),
             raw_tcp: None,
+            #[cfg(feature = "mqtt")]
+            mqtt: None,
             memory: None,
             peak_rss_kib: None,
             ratios: None,
@@ -299,6 +305,11 @@ impl Report {
         if let Some(raw) = &self.raw_tcp {
             writeln!(s)?;
             writeln!(s, "Raw loopback TCP: connect + 1-byte echo median {:.0} µs; {} MiB in 16 KiB writes {:.0} MB/s", raw.connect_echo_us.median, raw.bulk_bytes >> 20, raw.bulk_mb_per_s)?;
+        }
+        #[cfg(feature = "mqtt")]
+        if let Some(m) = &self.mqtt {
+            writeln!(s)?;
+            m.write_table(s)?;
         }
         writeln!(s)?;
         if let Some(m) = &self.memory {

@@ -68,6 +68,19 @@ pub struct BenchArgs {
     /// Repetitions for --ops.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "ops")]
     iterations: usize,
+    /// With --mqtt URL, also measure secchan through that broker beside plaintext MQTT
+    /// through the same broker (docs/mqtt.md, Measuring).
+    #[cfg(feature = "mqtt")]
+    #[command(
+        flatten,
+        next_help_heading = "secchan beside plaintext MQTT through a broker"
+    )]
+    mqtt: super::mqtt::MqttArgs,
+    /// Messages sent back to back per payload size for the --mqtt rate figure; a tenth of
+    /// them are timed one by one for its latency figure [default: 2000].
+    #[cfg(feature = "mqtt")]
+    #[arg(long, value_name = "N", requires = "mqtt", value_parser = clap::value_parser!(u64).range(1..))]
+    mqtt_messages: Option<u64>,
     /// Internal: open N sessions to --connect, print "ready", hold them until stdin has a line.
     #[arg(long, value_name = "N", hide = true, requires = "connect")]
     hold_sessions: Option<usize>,
@@ -176,7 +189,17 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         Some(path) => load_secret(path)?,
         None => IdentityKey::generate(&mut OsRandom).map_err(bench::BenchError::from)?,
     });
-    let opts = args.options();
+    #[allow(unused_mut)] // set only with the mqtt feature
+    let mut opts = args.options();
+    #[cfg(feature = "mqtt")]
+    if let Some(url) = &args.mqtt.mqtt {
+        opts.mqtt = Some(bench::mqtt::MqttBench {
+            broker: args.mqtt.broker(url)?,
+            messages: args
+                .mqtt_messages
+                .unwrap_or(bench::mqtt::MqttBench::DEFAULT_MESSAGES),
+        });
+    }
     let remote = match &args.connect {
         Some(addr) => Some((
             resolve(addr)?,

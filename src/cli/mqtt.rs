@@ -45,7 +45,7 @@ pub(super) struct MqttArgs {
 }
 
 impl MqttArgs {
-    fn broker(&self, url: &str) -> Result<Broker, CliError> {
+    pub(super) fn broker(&self, url: &str) -> Result<Broker, CliError> {
         let mut b = Broker::parse_url(url).map_err(crate::transport::TransportError::from)?;
         b.topics =
             Topics::new(&self.mqtt_prefix).map_err(crate::transport::TransportError::from)?;

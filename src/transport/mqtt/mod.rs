@@ -131,6 +131,12 @@ impl Broker {
         };
         format!("mqtt://{host}:{}/{}", self.port, self.topics.prefix())
     }
+
+    /// The rumqttc options secchan's own connections use (client id, credentials,
+    /// keep-alive, clean start, packet size), for a bare MQTT client beside them.
+    pub(crate) fn client_options(&self) -> Result<rumqttc::v5::MqttOptions, MqttError> {
+        link::options(self)
+    }
 }
 
 /// MQTT-specific failures.
@@ -192,6 +198,22 @@ pub enum MqttError {
     Stopped,
 }
 
+impl MqttError {
+    /// Why a first connection to `broker` (host:port) failed.
+    pub(crate) fn connecting(broker: String, e: rumqttc::v5::ConnectionError) -> Self {
+        match e {
+            rumqttc::v5::ConnectionError::ConnectionRefused(code) => Self::Refused {
+                broker,
+                code: format!("{code:?}"),
+            },
+            e => Self::Unreachable {
+                broker,
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
 /// Whether unauthenticated bytes can be a record at all. Anything else is dropped before it
 /// reaches the session, so a stranger on the broker cannot close it with garbage.
 fn may_be_record(frame: &[u8]) -> bool {
@@ -199,7 +221,7 @@ fn may_be_record(frame: &[u8]) -> bool {
 }
 
 /// A random identifier of `N` bytes as lowercase hex.
-fn random_hex<const N: usize>() -> Result<String, crate::crypto::CryptoError> {
+pub(crate) fn random_hex<const N: usize>() -> Result<String, crate::crypto::CryptoError> {
     use crate::crypto::random::{OsRandom, Random};
     let mut b = [0u8; N];
     OsRandom.fill(&mut b)?;
