@@ -4,10 +4,10 @@ use super::Report;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-const W: f64 = 720.0;
+const W: f64 = 780.0;
 const H: f64 = 420.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 190.0;
+const RIGHT: f64 = 250.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
 const COLORS: [&str; 6] = [
