@@ -148,7 +148,7 @@ async fn session(addr: SocketAddr, cfg: &DeviceConfig) -> Result<Connection, Tra
     conn.send(b"hello").await?;
     match conn.recv().await? {
         Some(reply) => {
-            assert_eq!(reply, b"echo: hello");
+            assert_eq!(&reply[..], b"echo: hello");
             Ok(conn)
         }
         None => Err(TransportError::Truncated),
