@@ -413,7 +413,9 @@ fn zero_touch_enrollment_with_a_token_then_reuse_is_refused() {
         .unwrap()
         .contains(&token[17..40]));
     let server = start_server(&dir, &[]);
-    // No --server-key: the device pins the server key carried in the token.
+    // The token from a file, kept out of the process list. No --server-key: the device pins
+    // the server key carried in the token.
+    std::fs::write(dir.join("token.txt"), format!("{token}\n")).unwrap();
     let out = device(
         &dir,
         &[
@@ -421,8 +423,8 @@ fn zero_touch_enrollment_with_a_token_then_reuse_is_refused() {
             &server.addr,
             "--key",
             "new.key",
-            "--enroll-token",
-            token,
+            "--enroll-token-file",
+            "token.txt",
         ],
         "first reading\n",
     );
@@ -469,4 +471,17 @@ fn zero_touch_enrollment_with_a_token_then_reuse_is_refused() {
     assert_one_line_error(&out, &["--enroll-token needs a device identity"]);
     let out = enroll("other.key", "nonsense");
     assert_one_line_error(&out, &["invalid enrollment token"]);
+    let out = device(
+        &dir,
+        &[
+            "--connect",
+            &server.addr,
+            "--key",
+            "other.key",
+            "--enroll-token-file",
+            "missing.txt",
+        ],
+        "",
+    );
+    assert_one_line_error(&out, &["cannot read missing.txt"]);
 }

@@ -416,7 +416,7 @@ pub fn run(command: RegistryCommand) -> Result<(), CliError> {
             .map_err(err(&target.file))?;
             println!("{}", token.to_text().as_str());
             eprintln!(
-                "one-time token for device {name} in group {group}, valid until {}: give it to the device as `secchan device --key DEVICE_KEY --enroll-token TOKEN ...`",
+                "one-time token for device {name} in group {group}, valid until {}: give it to the device in a file only it can read, as `secchan device --key DEVICE_KEY --enroll-token-file FILE ...`",
                 rfc3339(until)
             );
         }
