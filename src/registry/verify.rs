@@ -204,8 +204,8 @@ pub struct Verified {
     pub entries: Vec<Entry>,
     /// The hash of each entry's line, in order.
     pub hashes: Vec<[u8; HASH_LEN]>,
-    /// Entries the head file records; the rest were appended by a writer that stopped
-    /// before updating the head (they are signed, so they are kept).
+    /// Entries the head file records; the rest (at most one) was appended by a writer that
+    /// stopped before updating the head (it is signed, so it is kept).
     pub head_count: u64,
 }
 
