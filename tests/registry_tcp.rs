@@ -417,69 +417,6 @@ fn enrollment(device: &IdentityKey, token: &IdentityKey, th2: &[u8; 32]) -> Devi
 }
 
 #[test]
-fn a_proof_stolen_from_another_handshake_is_refused() {
-    let path = registry("stolen");
-    let t = token(&path, "greenhouse", "victim", unix_now() + 3600);
-    let token_key = t.into_key();
-    let reg = RegistryAuthorizer::open(&path, server_key(), Groups::all()).unwrap();
-    let scfg = ServerConfig::new(server_key(), Arc::new(reg));
-    let (victim, attacker) = (key(1), key(2));
-
-    // Handshake A: the victim's DeviceFinish, as someone able to read it would capture it
-    // (it travels encrypted under handshake keys, so a passive eavesdropper never does).
-    let mut captured = None;
-    let _ = handshake_with(&scfg, |th2| {
-        let auth = enrollment(&victim, &token_key, th2);
-        captured = Some(auth.clone());
-        // Handshake A is abandoned before it reaches the server: the victim's token stays
-        // unused, which is the attacker's best case.
-        DeviceAuth::Anonymous
-    });
-    let Some(DeviceAuth::Enroll {
-        token,
-        proof,
-        public,
-        signature,
-    }) = captured
-    else {
-        panic!("nothing captured")
-    };
-
-    // Handshake B, the attacker's own key with the captured token proof: the proof covers
-    // A's TH2 and the victim's key, not this handshake.
-    let err = handshake_with(&scfg, |th2| DeviceAuth::Enroll {
-        public: attacker.public().0,
-        signature: attacker.sign(DEVICE_SIGNATURE_CONTEXT, th2),
-        token,
-        proof,
-    })
-    .unwrap_err();
-    assert_eq!(
-        err,
-        HandshakeError::EnrollmentProofFailed {
-            device: attacker.public().fingerprint()
-        }
-    );
-    assert_eq!(err.alert(), Some(AlertCode::EnrollmentRefused));
-
-    // Handshake B replaying the victim's whole authentication: its signature covers A's TH2.
-    let err = handshake_with(&scfg, |_| DeviceAuth::Enroll {
-        public,
-        signature,
-        token,
-        proof,
-    })
-    .unwrap_err();
-    assert_eq!(err, HandshakeError::DeviceAuthFailed);
-
-    // Nothing was enrolled and the token is still unused: the victim can still enroll.
-    let v = file::load(&path, None).unwrap();
-    assert_eq!(v.fleet.devices().count(), 0);
-    let name = handshake_with(&scfg, |th2| enrollment(&victim, &token_key, th2)).unwrap();
-    assert_eq!(name, "victim");
-}
-
-#[test]
 fn authorizers_without_enrollment_treat_a_token_as_absent() {
     let (listed, stranger, token) = (key(1), key(2), key(3));
     let mut list = AuthorizedDevices::new();
@@ -506,5 +443,160 @@ fn authorizers_without_enrollment_treat_a_token_as_absent() {
     assert_eq!(
         device::start(&cfg, &mut OsRandom).err(),
         Some(HandshakeError::EnrollmentWithoutIdentity)
+    );
+}
+
+#[tokio::test]
+async fn revoking_or_refusing_one_device_leaves_other_sessions_alone() {
+    let path = registry("bystander");
+    let (a, b) = (key(1), key(2));
+    enroll(&path, &a, "a", "greenhouse");
+    enroll(&path, &b, "b", "greenhouse");
+    let (addr, _, mut rx) = start(&path, Groups::all()).await;
+    let mut conn_a = session(addr, &config(&a, None)).await.unwrap();
+    let mut conn_b = session(addr, &config(&b, None)).await.unwrap();
+    // A stranger is refused while both sessions are open...
+    assert_refused(
+        addr,
+        &mut rx,
+        &config(&key(3), None),
+        AlertCode::UnknownDevice,
+    )
+    .await;
+    // ...and device a is revoked: its session is closed.
+    append(
+        &path,
+        Op::Revoke {
+            device: a.public().fingerprint(),
+        },
+    );
+    let err = tokio::time::timeout(HANG_GUARD, conn_a.recv())
+        .await
+        .expect("session was not closed")
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Session(SessionError::PeerAlert(AlertCode::Revoked))
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        next(&mut rx).await.unwrap(),
+        Received::Refused(AlertCode::Revoked)
+    );
+    // Device b's session, open all along, still carries messages.
+    conn_b.send(b"still here").await.unwrap();
+    assert_eq!(conn_b.recv().await.unwrap().unwrap(), b"echo: still here");
+    close(conn_b, &mut rx).await;
+}
+
+async fn write_raw(stream: &mut tokio::net::TcpStream, frame: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let len = u16::try_from(frame.len()).unwrap().to_be_bytes();
+    stream.write_all(&[&len[..], frame].concat()).await.unwrap();
+}
+
+async fn read_raw(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut frame = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut frame).await.unwrap();
+    frame
+}
+
+/// A device driven by hand over a loopback socket, as an attacker would: the handshake up
+/// to TH2, then the DeviceFinish `build` returns (`None`: hang up instead). Returns the
+/// server's answer, if the DeviceFinish was sent.
+async fn raw_handshake(
+    addr: SocketAddr,
+    build: impl FnOnce(&[u8; 32]) -> Option<DeviceAuth>,
+) -> Option<AlertCode> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (expect, hello) = device::start(&DeviceConfig::default(), &mut OsRandom).unwrap();
+    write_raw(&mut stream, &hello).await;
+    let reply = read_raw(&mut stream).await;
+    let authed = expect.read_server_hello(&reply).unwrap();
+    let auth = build(&authed.transcript_hash())?;
+    let (_, finish) = authed.finish_with(&auth, Instant::now()).unwrap();
+    write_raw(&mut stream, &finish).await;
+    let answer = tokio::time::timeout(HANG_GUARD, read_raw(&mut stream))
+        .await
+        .expect("no answer");
+    Some(secchan::msgs::decode_alert(&answer).unwrap())
+}
+
+#[tokio::test]
+async fn a_stolen_proof_is_refused_over_tcp() {
+    let path = registry("stolen-tcp");
+    let t = token(&path, "greenhouse", "victim", unix_now() + 3600);
+    let text = t.to_text();
+    let token_key = t.into_key();
+    let (addr, _, mut rx) = start(&path, Groups::all()).await;
+    let (victim, attacker) = (key(1), key(2));
+
+    // Handshake A: the victim's authentication is made, then the connection drops before
+    // it is sent, so the token stays unused (the attacker's best case).
+    let mut captured = None;
+    let sent = raw_handshake(addr, |th2| {
+        captured = Some(enrollment(&victim, &token_key, th2));
+        None
+    })
+    .await;
+    assert_eq!(sent, None);
+    assert!(next(&mut rx).await.is_err());
+    let Some(DeviceAuth::Enroll {
+        public,
+        signature,
+        token,
+        proof,
+    }) = captured
+    else {
+        panic!("nothing captured")
+    };
+
+    // Handshake B with the attacker's key and the captured proof.
+    let answer = raw_handshake(addr, |th2| {
+        Some(DeviceAuth::Enroll {
+            public: attacker.public().0,
+            signature: attacker.sign(DEVICE_SIGNATURE_CONTEXT, th2),
+            token,
+            proof,
+        })
+    })
+    .await;
+    assert_eq!(answer, Some(AlertCode::EnrollmentRefused));
+    match next(&mut rx).await {
+        Err(TransportError::Handshake(HandshakeError::EnrollmentProofFailed { device })) => {
+            assert_eq!(device, attacker.public().fingerprint());
+        }
+        other => panic!("server: {other:?}"),
+    }
+    // Handshake C replaying the victim's whole authentication.
+    let answer = raw_handshake(addr, |_| {
+        Some(DeviceAuth::Enroll {
+            public,
+            signature,
+            token,
+            proof,
+        })
+    })
+    .await;
+    assert_eq!(answer, Some(AlertCode::HandshakeFailure));
+    assert!(matches!(
+        next(&mut rx).await,
+        Err(TransportError::Handshake(HandshakeError::DeviceAuthFailed))
+    ));
+
+    // Nothing was enrolled; the victim still enrolls with its token.
+    assert_eq!(file::load(&path, None).unwrap().fleet.devices().count(), 0);
+    let token = EnrollmentToken::parse(&text).unwrap();
+    let conn = session(addr, &config(&victim, Some(token))).await.unwrap();
+    close(conn, &mut rx).await;
+    let v = file::load(&path, None).unwrap();
+    assert_eq!(
+        v.fleet.device(&victim.public().fingerprint()).unwrap().name,
+        "victim"
     );
 }

@@ -6,14 +6,16 @@ use super::{parse_aead, CliError, DeviceMode, SessionArgs};
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::Suite;
 use crate::handshake::device::DeviceConfig;
-use crate::registry::EnrollmentToken;
+use crate::registry::{EnrollmentToken, RegistryError};
 use crate::transport::tcp::connect;
 use crate::transport::TransportError;
 use crate::trust::{KnownServers, Pinned, ServerVerifier};
 use clap::Args;
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
+use zeroize::Zeroizing;
 
 /// Options of `secchan device`.
 #[derive(Debug, Args)]
@@ -36,6 +38,10 @@ pub struct DeviceArgs {
     /// `secchan registry token`. Without --server-key, the server key in the token is pinned.
     #[arg(long, value_name = "TOKEN", conflicts_with = "known_servers")]
     enroll_token: Option<String>,
+    /// Like --enroll-token, with the token read from FILE (the line `secchan registry token`
+    /// printed), so that it shows neither in the process list nor in the shell's history.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["known_servers", "enroll_token"])]
+    enroll_token_file: Option<PathBuf>,
     /// Key exchange: hybrid post-quantum (default) or classical X25519.
     #[arg(long, value_enum, default_value_t = DeviceMode::Hybrid)]
     mode: DeviceMode,
@@ -82,11 +88,35 @@ fn verifier(
     Ok(Box::new(KnownServers::new(file, host)))
 }
 
+/// Longest --enroll-token-file read: a token line is 103 bytes.
+const MAX_TOKEN_FILE: u64 = 1024;
+
+/// The token text from --enroll-token or --enroll-token-file.
+fn token_text(args: &DeviceArgs) -> Result<Option<Zeroizing<String>>, CliError> {
+    if let Some(text) = &args.enroll_token {
+        return Ok(Some(Zeroizing::new(text.clone())));
+    }
+    let Some(path) = &args.enroll_token_file else {
+        return Ok(None);
+    };
+    let mut text = Zeroizing::new(String::new());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN_FILE).read_to_string(&mut text))
+        .map_err(|source| {
+            CliError::EnrollToken(RegistryError::Io {
+                action: "read",
+                path: path.clone(),
+                source,
+            })
+        })?;
+    Ok(Some(text))
+}
+
 /// Connects, sends stdin line by line, prints what the server sends, closes cleanly at EOF.
 pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
-    let token = match &args.enroll_token {
+    let token = match token_text(&args)? {
         Some(_) if args.key.is_none() => return Err(CliError::EnrollWithoutKey),
-        Some(text) => Some(EnrollmentToken::parse(text).map_err(CliError::EnrollToken)?),
+        Some(text) => Some(EnrollmentToken::parse(&text).map_err(CliError::EnrollToken)?),
         None => None,
     };
     let server_from_token = token.as_ref().map(|t| Pinned(t.server().fingerprint()));

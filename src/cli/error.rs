@@ -134,10 +134,10 @@ fn alert_advice(code: AlertCode) -> &'static str {
             "; the server's --mode does not accept this device's --mode: use --mode hybrid, or ask the operator to run the server with --mode any"
         }
         AlertCode::UnknownDevice => {
-            "; ask the server's operator to add this device's fingerprint (`secchan fingerprint KEYFILE`) to its authorized devices"
+            "; ask the server's operator to enroll this device's fingerprint (`secchan fingerprint KEYFILE`) with `secchan registry enroll`, or add it to the server's authorized-devices file, or ask for an enrollment token (`secchan registry token`)"
         }
         AlertCode::DeviceAuthRequired => {
-            "; create a device key with `secchan keygen --out device.key`, pass --key device.key, and have its fingerprint authorized"
+            "; create a device key with `secchan keygen --out device.key`, pass --key device.key, and have it enrolled or authorized"
         }
         AlertCode::UnsupportedVersion => "; upgrade the older of the two secchan builds",
         AlertCode::Revoked => {
@@ -186,19 +186,32 @@ fn advice(error: &TransportError) -> &'static str {
 
 /// What to do about a registry failure, as a clause appended to its message.
 fn registry_advice(path: &std::path::Path, error: &crate::registry::RegistryError) -> String {
-    use crate::registry::{RegistryError, VerifyError};
+    use crate::registry::{file::head_path, RegistryError, VerifyError};
+    let file = path.display();
+    let refused = format!(
+        "no server starts on it and nothing is appended: inspect it with `secchan registry verify {file}`"
+    );
     match error {
         RegistryError::Verify(VerifyError::Torn { .. }) => format!(
-            "; nothing else was changed: run `secchan registry repair --key SERVER_KEY {}`",
-            path.display()
+            "; {refused}; if an append was interrupted, `secchan registry repair --key SERVER_KEY {file}` removes the torn entry, otherwise restore it from a backup"
         ),
         RegistryError::Verify(VerifyError::WrongServer { .. }) => format!(
-            "; use the server key that created {} (--key), or create a registry for this key with `secchan registry init`",
-            path.display()
+            "; use the server key that created {file} (--key), or create a registry for this key with `secchan registry init`"
+        ),
+        RegistryError::Head { path: head, .. } if *head == head_path(path) => format!(
+            "; {refused}; {} is part of the registry: copy it together with {file} or restore both from a backup (an interrupted `secchan registry init` completes when run again)",
+            head.display()
+        ),
+        RegistryError::Head { path: anchor, .. } => format!(
+            "; {} is the server's anchor file (--registry-anchor): restore it, or delete it to accept {file} as it is",
+            anchor.display()
+        ),
+        RegistryError::BehindAnchor { anchor, .. } => format!(
+            "; {refused} and restore its latest copy from a backup; if you restored an older registry on purpose, delete {} to accept it",
+            anchor.display()
         ),
         RegistryError::Verify(_) | RegistryError::RolledBack { .. } => format!(
-            "; the registry fails verification, so no server starts on it and nothing is appended: inspect it with `secchan registry verify {}` and restore it from a backup",
-            path.display()
+            "; the registry fails verification, so {refused} and restore it from a backup"
         ),
         _ => String::new(),
     }

@@ -6,7 +6,7 @@ use crate::crypto::identity::{IdentityKey, PublicIdentity};
 use crate::crypto::random::OsRandom;
 use crate::registry::entry::Op;
 use crate::registry::fleet::{Device, Fleet};
-use crate::registry::verify::Verified;
+use crate::registry::verify::{Head, Verified};
 use crate::registry::{file, label, unix_now, EnrollmentToken, RegistryError};
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
 use clap::{Args, Subcommand};
@@ -88,10 +88,15 @@ pub enum RegistryCommand {
         #[arg(long)]
         tokens: bool,
     },
-    /// Verify the whole log and its head; names the first bad entry.
+    /// Verify the whole log and its head; names the first bad entry, or prints the
+    /// registry's anchor (entry count and last hash) to keep elsewhere.
     Verify {
         #[command(flatten)]
         target: Unsigned,
+        /// An anchor printed by an earlier `verify` (COUNT:HASH): the registry must still
+        /// hold that entry unchanged, which detects a rollback to an older copy.
+        #[arg(long, value_name = "COUNT:HASH", value_parser = parse_anchor)]
+        expect: Option<Head>,
     },
     /// Remove a torn last entry left by an interrupted append (and nothing else).
     Repair {
@@ -126,6 +131,27 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err("the validity must be longer than zero".into()),
         Err(e) => Err(format!("{e} (use e.g. 15m, 1h, 7d)")),
+    }
+}
+
+/// An anchor as `verify` prints it: the entry count, `:`, and the hex SHA-256 of that entry's
+/// line.
+fn anchor_text(head: &Head) -> String {
+    format!("{}:{}", head.count, hex::encode(head.hash))
+}
+
+fn parse_anchor(s: &str) -> Result<Head, String> {
+    let bad =
+        || format!("{s:?} is not an anchor: use COUNT:HASH as `secchan registry verify` prints it");
+    let (count, hash) = s.split_once(':').ok_or_else(bad)?;
+    let count: u64 = count.parse().map_err(|_| bad())?;
+    let hash = hex::decode(hash)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(bad)?;
+    match count {
+        0 => Err(bad()),
+        _ => Ok(Head { count, hash }),
     }
 }
 
@@ -390,7 +416,7 @@ pub fn run(command: RegistryCommand) -> Result<(), CliError> {
             .map_err(err(&target.file))?;
             println!("{}", token.to_text().as_str());
             eprintln!(
-                "one-time token for device {name} in group {group}, valid until {}: give it to the device as `secchan device --key DEVICE_KEY --enroll-token TOKEN ...`",
+                "one-time token for device {name} in group {group}, valid until {}: give it to the device in a file only it can read, as `secchan device --key DEVICE_KEY --enroll-token-file FILE ...`",
                 rfc3339(until)
             );
         }
@@ -406,9 +432,15 @@ pub fn run(command: RegistryCommand) -> Result<(), CliError> {
             json,
             tokens: true,
         } => print_tokens(&load(&target)?.fleet, group.as_deref(), json),
-        RegistryCommand::Verify { target } => {
+        RegistryCommand::Verify { target, expect } => {
             let v = load(&target)?;
-            let unrecorded = v.entries.len() as u64 - v.head_count;
+            if let Some(anchor) = expect.filter(|a| !v.extends(a)) {
+                return Err(err(&target.file)(RegistryError::RolledBack {
+                    had: anchor.count,
+                    now: v.entries.len(),
+                }));
+            }
+            let head = anchor_text(&v.head());
             println!(
                 "{}: {} entries verified, signed by server {}{}",
                 target.file.display(),
@@ -420,15 +452,19 @@ pub fn run(command: RegistryCommand) -> Result<(), CliError> {
                     " (compare it with your server's fingerprint)"
                 }
             );
-            if unrecorded > 0 {
-                println!("note: the last {unrecorded} entries are signed but not yet recorded in the head file (an append was interrupted); the next change records them");
+            match expect {
+                Some(a) => println!("anchor: {head} (extends {})", anchor_text(&a)),
+                None => println!("anchor: {head} (keep it elsewhere: `secchan registry verify --expect {head} {}` shows whether a later copy extends this one)", target.file.display()),
+            }
+            if v.head_count < v.entries.len() as u64 {
+                println!("note: entry {} is signed but not yet recorded in the head file, which records {} (an append was interrupted, or the head file is an older copy); the next change records it", v.entries.len(), v.head_count);
             }
         }
         RegistryCommand::Repair { target } => {
             let key = load_secret(&target.key)?;
             match file::repair(&target.file, &key).map_err(err(&target.file))? {
                 Some((entry, bytes)) => println!(
-                    "removed torn entry {entry} ({bytes} bytes) from {}; repeat the command that was interrupted",
+                    "removed torn entry {entry} ({bytes} bytes) from {}; repeat the command that was interrupted (if none was, the registry was tampered with: compare `secchan registry verify` with the anchor you kept)",
                     target.file.display()
                 ),
                 None => println!("{}: nothing to repair", target.file.display()),

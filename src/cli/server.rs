@@ -44,6 +44,11 @@ pub struct ServerArgs {
     /// With --registry: serve only devices of this group (repeatable) [default: every group].
     #[arg(long = "group", value_name = "GROUP", requires = "registry")]
     groups: Vec<String>,
+    /// With --registry: file recording the last registry state the server accepted, kept
+    /// outside the registry's directory; the server refuses to start on a registry that does
+    /// not extend it (a rollback to an older copy of both files).
+    #[arg(long, value_name = "FILE", requires = "registry")]
+    registry_anchor: Option<PathBuf>,
     /// With --registry: seconds between checks of the registry for changes; revoked devices'
     /// sessions are closed within this time.
     #[arg(long, value_name = "SECS", default_value_t = 1, requires = "registry", value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -197,12 +202,15 @@ fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthori
         _ if args.registry.is_some() => {
             let path = args.registry.clone().unwrap_or_default();
             let groups = Groups::only(args.groups.iter().cloned());
-            let r = RegistryAuthorizer::open(&path, identity.clone(), groups).map_err(|error| {
-                CliError::Registry {
+            let r = RegistryAuthorizer::open(&path, identity.clone(), groups)
+                .and_then(|r| match &args.registry_anchor {
+                    Some(anchor) => r.anchored(anchor),
+                    None => Ok(r),
+                })
+                .map_err(|error| CliError::Registry {
                     path: path.clone(),
                     error,
-                }
-            })?;
+                })?;
             tracing::info!(registry = %path.display(), entries = r.len(), "registry verified");
             let r = Arc::new(r);
             registry = Some(r.clone());

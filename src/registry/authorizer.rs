@@ -2,7 +2,7 @@
 //! devices presenting a valid token, re-reads the registry when it changes, and closes the
 //! sessions of devices that are no longer authorized (docs/registry.md §7).
 
-use super::entry::Op;
+use super::entry::{valid_label, Op};
 use super::file::{self, Stamp};
 use super::fleet::{Fleet, Groups};
 use super::verify::Verified;
@@ -38,6 +38,8 @@ pub struct RegistryAuthorizer {
     /// re-read in progress instead of deciding on the state before it.
     updating: Mutex<()>,
     changed: watch::Sender<u64>,
+    /// Where the server records every state it accepts (docs/registry.md §7.1), if anywhere.
+    anchor: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RegistryAuthorizer {
@@ -62,10 +64,26 @@ pub enum Received {
 
 impl RegistryAuthorizer {
     /// Loads and verifies the registry at `path`, which must belong to `key` (the server's
-    /// identity, which also signs token enrollments). A server serves `groups`.
+    /// identity, which also signs token enrollments). A server serves `groups`, which must be
+    /// valid group names; a group no device or token of the registry belongs to is served
+    /// with a warning (a typo would refuse every device).
     pub fn open(path: &Path, key: Arc<IdentityKey>, groups: Groups) -> Result<Self, RegistryError> {
+        if let Some(bad) = groups.names().find(|g| !valid_label(g)) {
+            return Err(RegistryError::Label {
+                what: "group",
+                value: bad.to_string(),
+            });
+        }
         let stamp = Stamp::of(path);
         let verified = file::load(path, Some(&key.public()))?;
+        for group in groups.names() {
+            let fleet = &verified.fleet;
+            let used = fleet.devices().any(|d| d.group == group)
+                || fleet.tokens().any(|(_, t)| t.group == group);
+            if !used {
+                tracing::warn!(registry = %path.display(), group, "no device or token of the registry is in this served group: check the --group spelling");
+            }
+        }
         Ok(Self {
             path: path.to_path_buf(),
             key,
@@ -76,7 +94,29 @@ impl RegistryAuthorizer {
             }),
             updating: Mutex::new(()),
             changed: watch::Sender::new(0),
+            anchor: None,
         })
+    }
+
+    /// Anchors the registry in the file `anchor`, which must be outside the registry's
+    /// directory (docs/registry.md §7.1): the loaded registry must extend the state recorded
+    /// there, and every state the server accepts from now on is recorded there. A missing
+    /// anchor file is created. This is what detects a rollback of both registry files to an
+    /// older copy across restarts.
+    pub fn anchored(mut self, anchor: &Path) -> Result<Self, RegistryError> {
+        let verified = self.snapshot();
+        if let Some(recorded) = file::load_head_file(anchor, &self.key.public())? {
+            if !verified.extends(&recorded) {
+                return Err(RegistryError::BehindAnchor {
+                    anchor: anchor.to_path_buf(),
+                    had: recorded.count,
+                    now: verified.entries.len(),
+                });
+            }
+        }
+        file::write_head_file(anchor, &verified.head(), &self.key)?;
+        self.anchor = Some(anchor.to_path_buf());
+        Ok(self)
     }
 
     fn read<T>(&self, f: impl FnOnce(&Fleet) -> T) -> T {
@@ -92,16 +132,25 @@ impl RegistryAuthorizer {
             .clone()
     }
 
-    /// Installs a newer state (never an older one) and wakes the sessions' checks.
-    fn install(&self, verified: Verified) {
+    /// Installs a state that extends the current one (never an older or another history),
+    /// records it in the anchor file, and wakes the sessions' checks. Called with `updating`
+    /// held. Returns whether it was installed.
+    fn install(&self, verified: Verified) -> bool {
+        let head = verified.head();
         {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-            if verified.entries.len() < state.verified.entries.len() {
-                return;
+            if !verified.extends(&state.verified.head()) {
+                return false;
             }
             state.verified = Arc::new(verified);
         }
+        if let Some(anchor) = &self.anchor {
+            if let Err(e) = file::write_head_file(anchor, &head, &self.key) {
+                tracing::error!(anchor = %anchor.display(), error = %e, "cannot record the registry state in the anchor file");
+            }
+        }
         self.changed.send_modify(|generation| *generation += 1);
+        true
     }
 
     /// Entries in the loaded registry.
@@ -128,20 +177,12 @@ impl RegistryAuthorizer {
             state.stamp = stamp;
             state.verified.clone()
         };
-        let (had, last) = (known.entries.len(), known.last_hash());
         // Only the new entries' signatures are checked; the old ones must be unchanged.
         let new = file::load_extending(&self.path, Some(&self.key.public()), Some(&known))?;
-        if had.checked_sub(1).and_then(|i| new.hashes.get(i)) != Some(&last) {
-            return Err(RegistryError::RolledBack {
-                had,
-                now: new.entries.len(),
-            });
-        }
-        if new.entries.len() == had {
+        if new.entries.len() == known.entries.len() {
             return Ok(false);
         }
-        self.install(new);
-        Ok(true)
+        Ok(self.install(new))
     }
 
     fn reload_logged(&self) {
@@ -239,6 +280,10 @@ impl Authorizer for RegistryAuthorizer {
         }
         let fingerprint = device.fingerprint();
         let now = unix_now();
+        // Checks 6-9 of docs/registry.md §5.4 on the state in memory first: anyone can make a
+        // valid proof with a token key of its own, and such a stranger must not make the
+        // server lock and re-read the registry. `authorize` above re-read it if it changed.
+        self.read(|fleet| fleet.check_token(token, &self.groups, now).map(|_| ()))?;
         // The token is checked again under the registry's exclusive lock, so two devices
         // racing for one token cannot both win, even across processes.
         let enrolled = {

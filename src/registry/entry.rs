@@ -204,16 +204,6 @@ pub fn line_hash(line_with_newline: &[u8]) -> [u8; HASH_LEN] {
     sha256(line_with_newline)
 }
 
-/// SHA-256 of `line` followed by a newline, without copying it.
-pub fn terminated_line_hash(line: &[u8]) -> [u8; HASH_LEN] {
-    use sha2::Digest;
-    sha2::Sha256::new()
-        .chain_update(line)
-        .chain_update(b"\n")
-        .finalize()
-        .into()
-}
-
 /// Reads `key=value` fields in a fixed order.
 struct Fields<'a> {
     fields: std::slice::Iter<'a, &'a str>,

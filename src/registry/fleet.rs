@@ -54,6 +54,11 @@ impl Groups {
         Self((!set.is_empty()).then_some(set))
     }
 
+    /// The served groups, if not all.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().flatten().map(String::as_str)
+    }
+
     /// Whether `group` is served.
     pub fn serves(&self, group: &str) -> bool {
         self.0.as_ref().is_none_or(|s| s.contains(group))

@@ -45,14 +45,37 @@ pub enum RegistryError {
     /// The log is larger than any registry secchan writes.
     #[error("{0} is too large to be a secchan registry")]
     TooLarge(PathBuf),
+    /// A registry file is a directory, a FIFO, a device or another special file.
+    #[error("{0} is not a regular file")]
+    NotRegular(PathBuf),
     /// The registry failed verification.
     #[error(transparent)]
     Verify(#[from] VerifyError),
-    /// A server saw the registry shrink or change history since it last loaded it.
-    #[error("the registry was rolled back: it held {had} entries, it now holds {now} or its history changed")]
+    /// A head file (`FILE.head`, or a server's anchor file) is missing, malformed or not
+    /// signed by the server key.
+    #[error("the head file {path} is {reason}: truncation of the log cannot be ruled out", path = path.display())]
+    Head {
+        /// The head file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The registry does not extend a state seen earlier: a running server's, or one an
+    /// operator kept (`registry verify --expect`).
+    #[error("the registry was rolled back or rewritten: entry {had}, as seen before, is not in it (it holds {now} entries)")]
     RolledBack {
-        /// Entries the server had loaded.
-        had: usize,
+        /// Entries of the state seen before.
+        had: u64,
+        /// Entries the file holds now.
+        now: usize,
+    },
+    /// The registry does not extend the state a server recorded in its anchor file.
+    #[error("the registry was rolled back or rewritten: it does not extend the {had} entries the server accepted before, as recorded in {anchor} (it holds {now} entries)", anchor = anchor.display())]
+    BehindAnchor {
+        /// The anchor file.
+        anchor: PathBuf,
+        /// Entries the anchor records.
+        had: u64,
         /// Entries the file holds now.
         now: usize,
     },

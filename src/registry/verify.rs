@@ -1,9 +1,7 @@
 //! Verification of a registry log and its head (docs/registry.md §4), on bytes: no file
 //! access here. Each failure names the first bad entry.
 
-use super::entry::{
-    terminated_line_hash, Entry, EntryError, Op, ENTRY_SIGNATURE_CONTEXT, MAX_LINE_LEN,
-};
+use super::entry::{line_hash, Entry, EntryError, Op, ENTRY_SIGNATURE_CONTEXT, MAX_LINE_LEN};
 use super::fleet::Fleet;
 use crate::crypto::identity::{IdentityKey, PublicIdentity, SIGNATURE_LEN};
 use crate::crypto::kdf::HASH_LEN;
@@ -13,6 +11,9 @@ use base64::Engine;
 /// Signature context for the head file.
 pub const HEAD_SIGNATURE_CONTEXT: &[u8] = b"secchan v1 registry head\0";
 const HEAD_MAGIC: &str = "secchan-registry-head-v1";
+/// Longest head file accepted: the magic (24 bytes), a count of up to 20 digits, the hash
+/// (64), the signature (86) and the separators come to 201 bytes.
+pub const MAX_HEAD_LEN: usize = 256;
 
 /// Why a registry failed verification. Entries are numbered from 1, as lines are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,8 +75,9 @@ pub enum VerifyError {
         /// The rule.
         reason: &'static str,
     },
-    /// The last line is incomplete: an append was interrupted (crash or power loss).
-    #[error("entry {entry} is torn: its line is incomplete ({bytes} bytes, no end of line) because an append was interrupted; `secchan registry repair` removes it")]
+    /// The last line, which the head does not record, is incomplete or unreadable: an
+    /// append was interrupted (crash or power loss), or someone cut the log there.
+    #[error("entry {entry} is torn: its last {bytes} bytes are not a complete entry, as an interrupted append leaves it")]
     Torn {
         /// Line number.
         entry: u64,
@@ -89,6 +91,18 @@ pub enum VerifyError {
         entry: u64,
         /// Entries the head records.
         recorded: u64,
+    },
+    /// More than one complete entry follows the last entry the head records. A writer
+    /// records every entry in the head before it appends the next, so the head is an older
+    /// copy put back, which would hide entries cut off the end.
+    #[error("entry {entry} and later ones are not recorded in the head file, which records {recorded} of {present} entries: a writer leaves at most one entry unrecorded, so an older head file was put back (entries may have been cut off the end of the log)")]
+    StaleHead {
+        /// The first entry the head does not record.
+        entry: u64,
+        /// Entries the head records.
+        recorded: u64,
+        /// Complete entries in the log.
+        present: u64,
     },
     /// The head file is missing or unreadable.
     #[error("the head file is {0}: truncation of the log cannot be ruled out")]
@@ -122,6 +136,7 @@ impl VerifyError {
             | Self::Invalid { entry, .. }
             | Self::Torn { entry, .. }
             | Self::Truncated { entry, .. }
+            | Self::StaleHead { entry, .. }
             | Self::HeadMismatch { entry } => Some(*entry),
             Self::Empty | Self::Head(_) | Self::WrongServer { .. } => None,
         }
@@ -152,6 +167,9 @@ impl Head {
     /// Parses and verifies a head file against the server key.
     pub fn parse(text: &[u8], server: &PublicIdentity) -> Result<Self, VerifyError> {
         let bad = VerifyError::Head("malformed");
+        if text.len() > MAX_HEAD_LEN {
+            return Err(bad);
+        }
         let text = std::str::from_utf8(text).map_err(|_| bad.clone())?;
         let (body, sig) = text
             .strip_suffix('\n')
@@ -186,8 +204,8 @@ pub struct Verified {
     pub entries: Vec<Entry>,
     /// The hash of each entry's line, in order.
     pub hashes: Vec<[u8; HASH_LEN]>,
-    /// Entries the head file records; the rest were appended by a writer that stopped
-    /// before updating the head (they are signed, so they are kept).
+    /// Entries the head file records; the rest (at most one) was appended by a writer that
+    /// stopped before updating the head (it is signed, so it is kept).
     pub head_count: u64,
 }
 
@@ -205,6 +223,19 @@ impl Verified {
         }
     }
 
+    /// Whether this log extends the state `earlier` describes: it holds `earlier`'s last
+    /// entry, unchanged, at the same place. The chain makes every entry before it the same
+    /// too.
+    pub fn extends(&self, earlier: &Head) -> bool {
+        match earlier.count.checked_sub(1) {
+            None => true,
+            Some(i) => usize::try_from(i)
+                .ok()
+                .and_then(|i| self.hashes.get(i))
+                .is_some_and(|h| *h == earlier.hash),
+        }
+    }
+
     /// The server key that signs it.
     pub fn server(&self) -> PublicIdentity {
         // Entry 1 is `init` in every verified log.
@@ -215,20 +246,27 @@ impl Verified {
     }
 }
 
-/// Classifies a line carrying sequence number `found` where `expected` belongs.
-fn misplaced(expected: u64, found: u64, later: &[&[u8]]) -> VerifyError {
+/// Decodes one line of the log, without its `\n`.
+fn parse_line(line: &[u8]) -> Result<(Entry, [u8; SIGNATURE_LEN]), EntryError> {
+    if line.len() >= MAX_LINE_LEN {
+        return Err(EntryError::TooLong);
+    }
+    let text = std::str::from_utf8(line).map_err(|_| EntryError::Field("text"))?;
+    Entry::parse(text)
+}
+
+/// Classifies a correctly signed line carrying sequence number `found` where `expected`
+/// belongs; `later` is the rest of the log.
+fn misplaced(expected: u64, found: u64, later: &[u8]) -> VerifyError {
     if found < expected {
         return VerifyError::Injected {
             entry: expected,
             found,
         };
     }
-    let appears_later = later.iter().any(|l| {
-        std::str::from_utf8(l)
-            .ok()
-            .and_then(|l| Entry::parse(l).ok())
-            .is_some_and(|(e, _)| e.seq == expected)
-    });
+    let appears_later = later
+        .split(|&b| b == b'\n')
+        .any(|l| parse_line(l).is_ok_and(|(e, _)| e.seq == expected));
     if appears_later {
         VerifyError::Reordered {
             entry: expected,
@@ -240,6 +278,21 @@ fn misplaced(expected: u64, found: u64, later: &[&[u8]]) -> VerifyError {
             found,
         }
     }
+}
+
+/// The length of the first `known.hashes.len()` lines of `body` if they are exactly the
+/// lines `known` verified (each line's hash matches).
+fn known_prefix(known: &Verified, body: &[u8]) -> Option<usize> {
+    let mut offset = 0;
+    for hash in &known.hashes {
+        let rest = body.get(offset..)?;
+        let len = rest.iter().position(|&b| b == b'\n')? + 1;
+        if line_hash(rest.get(..len)?) != *hash {
+            return None;
+        }
+        offset += len;
+    }
+    Some(offset)
 }
 
 /// Verifies a log and its head. `expected` is the server key the log must belong to (a
@@ -254,45 +307,55 @@ pub fn verify(
 
 /// Like [`verify`], but if the log starts with exactly the lines of `known` (a log verified
 /// earlier against the same key), those entries are not verified again: only the hash of
-/// each of their lines is compared. Otherwise the whole log is verified.
+/// each of their lines is compared. Otherwise the whole log is verified. Whether the log
+/// extends `known` is for the caller to check ([`Verified::extends`]).
+///
+/// Lines are verified one at a time as they are found, so memory use grows with the entries
+/// that verify, never with what a hostile file claims.
 pub fn verify_extending(
     known: Option<&Verified>,
     log: &[u8],
     head: Option<&[u8]>,
     expected: Option<&PublicIdentity>,
 ) -> Result<Verified, VerifyError> {
-    // Split into complete lines and an unterminated tail (a torn write, or truncation).
-    let mut lines: Vec<&[u8]> = log.split(|&b| b == b'\n').collect();
-    let tail = lines.pop().unwrap_or_default();
+    // §4 step 1: complete lines, and the unterminated tail (a torn write, or truncation).
+    let (body, tail) = match log.iter().rposition(|&b| b == b'\n') {
+        Some(end) => log.split_at(end + 1),
+        None => (&[][..], log),
+    };
     let mut fleet = Fleet::default();
-    let mut entries = Vec::with_capacity(lines.len());
-    let mut hashes: Vec<[u8; HASH_LEN]> = Vec::with_capacity(lines.len());
+    let mut entries = Vec::new();
+    let mut hashes: Vec<[u8; HASH_LEN]> = Vec::new();
     let mut server = expected.copied();
-    let unchanged = known.filter(|k| {
-        expected == Some(&k.server())
-            && lines.len() >= k.hashes.len()
-            && lines
-                .iter()
-                .zip(&k.hashes)
-                .all(|(line, hash)| terminated_line_hash(line) == *hash)
-    });
-    if let Some(k) = unchanged {
+    let mut offset = 0;
+    let unchanged = known
+        .filter(|k| expected == Some(&k.server()))
+        .and_then(|k| Some((k, known_prefix(k, body)?)));
+    if let Some((k, len)) = unchanged {
         fleet = k.fleet.clone();
         entries.clone_from(&k.entries);
         hashes.clone_from(&k.hashes);
+        offset = len;
     }
-    for (i, line) in lines.iter().enumerate().skip(entries.len()) {
-        let seq = i as u64 + 1;
-        let malformed = |reason| VerifyError::Malformed { entry: seq, reason };
-        let text = std::str::from_utf8(line).map_err(|_| malformed(EntryError::Field("text")))?;
-        let (entry, sig) = Entry::parse(text).map_err(malformed)?;
-        if entry.seq != seq {
-            return Err(misplaced(
-                seq,
-                entry.seq,
-                lines.get(i + 1..).unwrap_or_default(),
-            ));
-        }
+    // A malformed last line that the head may not record: possibly an append whose line
+    // reached the disk out of order (its end before its start), decided once the head is read.
+    let mut unreadable_last = None;
+    let mut rest = body.get(offset..).unwrap_or_default();
+    while let Some(len) = rest.iter().position(|&b| b == b'\n') {
+        let (line, after) = rest.split_at(len + 1);
+        rest = after;
+        let seq = entries.len() as u64 + 1;
+        let text = line.get(..len).unwrap_or_default();
+        // Step 2.1: decode.
+        let (entry, sig) = match parse_line(text) {
+            Ok(parsed) => parsed,
+            Err(reason) if rest.is_empty() && tail.is_empty() => {
+                unreadable_last = Some((seq, line.len(), reason));
+                break;
+            }
+            Err(reason) => return Err(VerifyError::Malformed { entry: seq, reason }),
+        };
+        // Step 2.2: entry 1 names the server key.
         if let (1, Op::Init { server: s }) = (seq, &entry.op) {
             match server {
                 Some(expected) if expected != *s => {
@@ -304,39 +367,70 @@ pub fn verify_extending(
                 _ => server = Some(*s),
             }
         }
-        let key = server.ok_or(VerifyError::Invalid {
-            entry: 1,
-            reason: "is not `init`",
-        })?;
+        let Some(key) = server else {
+            // No key to check line 1 with: it is not `init`, and none was expected.
+            return Err(match entry.seq {
+                1 => VerifyError::Invalid {
+                    entry: 1,
+                    reason: "is not `init`",
+                },
+                found => misplaced(seq, found, rest),
+            });
+        };
+        // Step 2.3: the signature first, so that an edited line is reported as edited, not
+        // as misplaced.
         key.verify(ENTRY_SIGNATURE_CONTEXT, entry.body().as_bytes(), &sig)
             .map_err(|_| VerifyError::BadSignature { entry: seq })?;
+        // Step 2.4: a genuine entry in the wrong place.
+        if entry.seq != seq {
+            return Err(misplaced(seq, entry.seq, rest));
+        }
+        // Step 2.5: the chain.
         let prev = hashes.last().copied().unwrap_or([0; HASH_LEN]);
         if entry.prev != prev {
             return Err(VerifyError::ChainBroken { entry: seq });
         }
+        // Step 2.6: the rules.
         fleet
             .apply(&entry)
             .map_err(|reason| VerifyError::Invalid { entry: seq, reason })?;
-        hashes.push(terminated_line_hash(line));
+        hashes.push(line_hash(line));
         entries.push(entry);
     }
     let present = entries.len() as u64;
     let server = server.ok_or(VerifyError::Empty)?;
+    // Step 4: the head.
     let head = Head::parse(head.ok_or(VerifyError::Head("missing"))?, &server)?;
-    // The head is rewritten only after the entry it names is durable: an entry it records
-    // that is not complete in the log was cut off after the fact.
+    // Step 5: a malformed last line the head records was edited, not torn.
+    let torn = match unreadable_last {
+        Some((entry, _, reason)) if entry <= head.count => {
+            return Err(VerifyError::Malformed { entry, reason })
+        }
+        Some((entry, bytes, _)) => Some((entry, bytes)),
+        None => (!tail.is_empty()).then_some((present + 1, tail.len())),
+    };
+    // Step 6: the head is rewritten only after the entry it names is durable: an entry it
+    // records that is not complete in the log was cut off after the fact.
     if head.count > present {
         return Err(VerifyError::Truncated {
             entry: present + 1,
             recorded: head.count,
         });
     }
-    if !tail.is_empty() {
-        return Err(VerifyError::Torn {
-            entry: present + 1,
-            bytes: tail.len(),
+    // Step 7: a writer records every entry in the head before it appends the next one, so
+    // at most one complete entry can follow the head's count.
+    if present > head.count + 1 {
+        return Err(VerifyError::StaleHead {
+            entry: head.count + 1,
+            recorded: head.count,
+            present,
         });
     }
+    // Step 8: an interrupted append.
+    if let Some((entry, bytes)) = torn {
+        return Err(VerifyError::Torn { entry, bytes });
+    }
+    // Step 9: the entry the head names.
     let recorded = usize::try_from(head.count)
         .ok()
         .and_then(|n| n.checked_sub(1))
@@ -354,8 +448,6 @@ pub fn verify_extending(
     })
 }
 
-/// Whether a registry file of `len` bytes is too large to load: the limit keeps a corrupt
-/// or hostile file from exhausting memory (about 80,000 entries).
-pub fn too_large(len: u64) -> bool {
-    len > 80_000 * MAX_LINE_LEN as u64
-}
+/// Largest log accepted, in bytes: the limit keeps a corrupt or hostile file from exhausting
+/// memory (80,000 maximum-length entries).
+pub const MAX_LOG_LEN: u64 = 80_000 * MAX_LINE_LEN as u64;
