@@ -280,6 +280,11 @@ async fn tampered_record_is_fatal_with_bad_tag() {
         conn.recv().await.unwrap_err(),
         TransportError::Session(SessionError::PeerAlert(AlertCode::BadRecord))
     ));
+    // A caller that goes on after the error gets it again, never an orderly end.
+    assert!(matches!(
+        conn.recv().await.unwrap_err(),
+        TransportError::Session(SessionError::PeerAlert(AlertCode::BadRecord))
+    ));
     assert!(matches!(
         next(&mut rx).await.end,
         Err(TransportError::Session(SessionError::Record(
@@ -444,14 +449,20 @@ async fn idle_session_is_closed_with_timeout_alert() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (mut conn, _) = listener.accept().await.unwrap().handshake().await.unwrap();
-        conn.recv().await
+        (conn.recv().await, conn.recv().await)
     });
     let mut conn = connect_hybrid(addr).await.unwrap();
-    // The device stays silent; the server gives up and says why.
-    assert!(matches!(
-        server.await.unwrap(),
-        Err(TransportError::IdleTimeout(_))
-    ));
+    // The device stays silent; the server gives up and says why, and a second receive does
+    // not turn the timeout into an orderly end.
+    let (first, second) = server.await.unwrap();
+    assert!(
+        matches!(first, Err(TransportError::IdleTimeout(_))),
+        "{first:?}"
+    );
+    assert!(
+        matches!(second, Err(TransportError::Session(SessionError::Closed))),
+        "{second:?}"
+    );
     assert!(matches!(
         conn.recv().await.unwrap_err(),
         TransportError::Session(SessionError::PeerAlert(AlertCode::Timeout))

@@ -7,7 +7,7 @@ use crate::crypto::identity::IdentityKey;
 use crate::crypto::kem::{X25519_KYBER768R3, X25519_MLKEM768, X25519_ONLY};
 use crate::crypto::random::OsRandom;
 use crate::msgs::DeviceHello;
-use crate::session::{Event, Session};
+use crate::session::{Event, Session, SessionError};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -319,8 +319,57 @@ fn close_notify_and_error_close_are_distinguished() {
     let mut f = s.poll_transmit().unwrap();
     assert_eq!(d.handle_frame(&mut f, now).unwrap(), Event::Closed);
     assert!(d.is_closed() && s.is_closed());
+    assert_eq!(d.end(), Some(Ok(())));
+    assert_eq!(s.end(), Some(Ok(())));
+    assert_eq!(d.send(b"late", now), Err(SessionError::Closed));
+
+    // An error close ends the session on both sides with that error, unanswered.
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (mut d, mut s, _) = handshake(&device_config(&X25519_MLKEM768, Some(dev)), &scfg).unwrap();
+    s.close(AlertCode::Revoked);
+    let mut f = s.poll_transmit().unwrap();
     assert_eq!(
-        d.send(b"late", now),
-        Err(crate::session::SessionError::Closed)
+        d.handle_frame(&mut f, now),
+        Err(SessionError::PeerAlert(AlertCode::Revoked))
     );
+    assert!(
+        d.poll_transmit().is_none(),
+        "an error close is not answered"
+    );
+    assert_eq!(
+        d.end(),
+        Some(Err(SessionError::PeerAlert(AlertCode::Revoked)))
+    );
+    assert_eq!(s.end(), Some(Err(SessionError::Closed)));
+}
+
+#[test]
+fn a_failed_session_reports_its_error_on_every_later_call() {
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (mut d, mut s, _) = handshake(&device_config(&X25519_MLKEM768, Some(dev)), &scfg).unwrap();
+    let now = Instant::now();
+    d.send(b"x", now).unwrap();
+    let mut forged = d.poll_transmit().unwrap();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let bad_tag = SessionError::Record(crate::record::RecordError::BadTag(0));
+    assert_eq!(s.handle_frame(&mut forged, now), Err(bad_tag.clone()));
+    // Never an orderly end: the error comes back for any later frame, send or key update.
+    assert_eq!(s.end(), Some(Err(bad_tag.clone())));
+    d.send(b"y", now).unwrap();
+    let mut next = d.poll_transmit().unwrap();
+    assert_eq!(s.handle_frame(&mut next, now), Err(bad_tag.clone()));
+    assert_eq!(s.send(b"z", now), Err(bad_tag.clone()));
+    assert_eq!(s.update_keys(now), Err(bad_tag));
+}
+
+#[test]
+fn no_key_update_after_our_close() {
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (mut d, _s, _) = handshake(&device_config(&X25519_MLKEM768, Some(dev)), &scfg).unwrap();
+    let now = Instant::now();
+    d.close(AlertCode::CloseNotify);
+    assert!(d.poll_transmit().is_some());
+    assert_eq!(d.update_keys(now), Err(SessionError::Closed));
+    assert!(d.poll_transmit().is_none(), "nothing may follow our Close");
 }

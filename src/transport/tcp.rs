@@ -337,11 +337,12 @@ impl Connection {
 
     /// Receives the next message. Returns `Ok(None)` once the peer closed the session with
     /// an authenticated close; answers that close with its own. A stream that ends without
-    /// one is [`TransportError::Truncated`].
+    /// one is [`TransportError::Truncated`]. After the session failed, every call returns an
+    /// error again, never `Ok(None)`.
     pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
         loop {
-            if self.session.is_closed() {
-                return Ok(None);
+            if let Some(end) = self.session.end() {
+                return end.map(|()| None).map_err(TransportError::from);
             }
             let idle = self.timeouts.idle;
             let frame =
