@@ -162,6 +162,8 @@ impl Sealer {
             return Err(RecordError::HardLimit);
         }
         let counter = self.next;
+        // Checked before anything is written: on any error `out` is left as it was.
+        let next = counter.checked_add(1).ok_or(RecordError::HardLimit)?;
         // The wire carries the low 16 bits; the nonce binds all 64 (protocol.md §7.1).
         let seq = (counter as u16).to_be_bytes();
         let header = [ty as u8, seq[0], seq[1]];
@@ -169,11 +171,16 @@ impl Sealer {
         out.reserve(RECORD_OVERHEAD + payload.len());
         out.extend_from_slice(&header);
         out.extend_from_slice(payload);
-        self.keys
+        if self
+            .keys
             .key
             .seal_in_place(self.keys.nonce(counter), &header, out, start + HEADER_LEN)
-            .map_err(|_| RecordError::HardLimit)?;
-        self.next = counter.checked_add(1).ok_or(RecordError::HardLimit)?;
+            .is_err()
+        {
+            out.truncate(start);
+            return Err(RecordError::HardLimit);
+        }
+        self.next = next;
         self.records_this_key += 1;
         self.bytes_this_key = self.bytes_this_key.saturating_add(payload.len() as u64);
         Ok(())
@@ -548,6 +555,8 @@ mod tests {
             s.seal(FrameType::Data, b"x", &mut out),
             Err(RecordError::HardLimit)
         );
+        assert!(out.is_empty(), "no record with counter 2^64-1 was sealed");
+        assert_eq!(s.next_counter(), u64::MAX);
     }
 
     #[test]
