@@ -333,9 +333,17 @@ impl Session {
             _ => {
                 let code = match plaintext {
                     [c] => AlertCode::from_u8(*c).unwrap_or(AlertCode::InternalError),
-                    _ => {
+                    [] => {
                         return Err(SessionError::Record(RecordError::Decode(
-                            crate::codec::DecodeError::TrailingBytes(plaintext.len()),
+                            crate::codec::DecodeError::Truncated {
+                                field: "close code",
+                                needed: 1,
+                            },
+                        )))
+                    }
+                    [_, rest @ ..] => {
+                        return Err(SessionError::Record(RecordError::Decode(
+                            crate::codec::DecodeError::TrailingBytes(rest.len()),
                         )))
                     }
                 };
@@ -350,6 +358,57 @@ impl Session {
                 };
                 Ok(Event::Closed)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::DecodeError;
+    use crate::crypto::kem::X25519_MLKEM768;
+    use zeroize::Zeroizing;
+
+    /// A server session and a sealer for the device's direction of it.
+    fn session_and_peer() -> (Session, Sealer) {
+        let now = Instant::now();
+        let aead = AeadId::Aes256Gcm;
+        let keys = SessionKeys {
+            suite: &X25519_MLKEM768,
+            aead,
+            send: Zeroizing::new([8; 32]),
+            recv: Zeroizing::new([7; 32]),
+        };
+        let session = Session::new(Role::Server, keys, None, &SessionConfig::default(), now);
+        let peer = Sealer::new(
+            aead,
+            Zeroizing::new([7; 32]),
+            KeyUpdatePolicy::default(),
+            now,
+        );
+        (session, peer)
+    }
+
+    #[test]
+    fn close_record_must_carry_exactly_one_code() {
+        for (payload, want) in [
+            (
+                &[][..],
+                DecodeError::Truncated {
+                    field: "close code",
+                    needed: 1,
+                },
+            ),
+            (&[0, 0, 0][..], DecodeError::TrailingBytes(2)),
+        ] {
+            let (mut session, mut peer) = session_and_peer();
+            let mut frame = Vec::new();
+            peer.seal(FrameType::Close, payload, &mut frame).unwrap();
+            assert_eq!(
+                session.handle_frame(&mut frame, Instant::now()),
+                Err(SessionError::Record(RecordError::Decode(want)))
+            );
+            assert!(session.is_closed());
         }
     }
 }

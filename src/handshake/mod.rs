@@ -88,6 +88,9 @@ pub enum HandshakeError {
     /// The device and server share no AEAD.
     #[error("no AEAD in common with the peer")]
     NoCommonAead,
+    /// The device is configured to offer no AEAD, or more than a DeviceHello can carry.
+    #[error("a device offers 1 to {max} AEADs, but {0} are configured", max = crate::msgs::MAX_AEAD_OFFERS)]
+    AeadOfferCount(usize),
     /// The server selected a suite or AEAD the device did not offer: a downgrade attempt.
     #[error(
         "downgrade detected: the device offered {offered} but the server hello selected {selected}"
@@ -134,7 +137,9 @@ impl HandshakeError {
             Self::Decode(DecodeError::UnsupportedVersion(_)) => AlertCode::UnsupportedVersion,
             Self::Decode(_) => AlertCode::DecodeError,
             Self::UnexpectedMessage(_) => AlertCode::UnexpectedMessage,
-            Self::PeerAlert(_) | Self::EnrollmentWithoutIdentity => return None,
+            Self::PeerAlert(_) | Self::EnrollmentWithoutIdentity | Self::AeadOfferCount(_) => {
+                return None
+            }
             Self::EnrollmentProofFailed { .. } => AlertCode::EnrollmentRefused,
             Self::SuiteRefused { .. } => AlertCode::SuiteRefused,
             Self::NoCommonAead => AlertCode::NoCommonAead,

@@ -284,6 +284,35 @@ fn low_order_x25519_value_is_refused() {
 }
 
 #[test]
+fn x25519_is_checked_before_the_kem_key() {
+    // protocol.md §6.2 steps 4 and 5: a hello failing both checks reports the first.
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (_, mut hello) =
+        device::start(&device_config(&X25519_MLKEM768, Some(dev)), &mut OsRandom).unwrap();
+    hello[6..38].fill(0);
+    hello[38] = 0xff;
+    hello[39] |= 0x0f;
+    assert_eq!(
+        server::accept_hello(&scfg, &hello, &mut OsRandom).err(),
+        Some(HandshakeError::KeyExchange(
+            crate::crypto::CryptoError::ZeroSharedSecret
+        ))
+    );
+}
+
+#[test]
+fn device_offering_no_aead_or_too_many_is_a_local_error() {
+    let (_, dev) = server_config(Mode::Hybrid);
+    for n in [0, crate::msgs::MAX_AEAD_OFFERS + 1] {
+        let mut dcfg = device_config(&X25519_MLKEM768, Some(dev.clone()));
+        dcfg.aeads = vec![AeadId::Aes256Gcm; n];
+        let err = device::start(&dcfg, &mut OsRandom).err();
+        assert_eq!(err, Some(HandshakeError::AeadOfferCount(n)));
+        assert_eq!(err.and_then(|e| e.alert()), None);
+    }
+}
+
+#[test]
 fn no_common_aead_is_refused() {
     let (mut scfg, dev) = server_config(Mode::Hybrid);
     scfg.aeads = vec![AeadId::Aes256Gcm];
