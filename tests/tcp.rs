@@ -35,7 +35,7 @@ async fn every_suite_and_aead_carries_messages_both_ways_and_closes_cleanly() {
     let cases = [
         (Mode::Hybrid, &X25519_MLKEM768, AeadId::Aes256Gcm),
         (Mode::Hybrid, &X25519_MLKEM768, AeadId::ChaCha20Poly1305),
-        (Mode::Hybrid, &X25519_KYBER768R3, AeadId::Aes256Gcm),
+        (Mode::Any, &X25519_KYBER768R3, AeadId::Aes256Gcm),
         (Mode::Classical, &X25519_ONLY, AeadId::Aes256Gcm),
         (Mode::Any, &X25519_ONLY, AeadId::ChaCha20Poly1305),
     ];
@@ -111,6 +111,33 @@ async fn hybrid_server_refuses_classical_device_on_both_ends() {
         Err(TransportError::Handshake(
             HandshakeError::SuiteRefused { .. }
         ))
+    ));
+}
+
+#[tokio::test]
+async fn default_server_refuses_pre_standard_kyber() {
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let err = connect(
+        addr,
+        &device_config(&X25519_KYBER768R3, AeadId::Aes256Gcm),
+        &pin(),
+        short_timeouts(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Handshake(HandshakeError::PeerAlert(AlertCode::SuiteRefused))
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::Handshake(HandshakeError::SuiteRefused {
+            suite: "X25519Kyber768R3",
+            mode: Mode::Hybrid
+        }))
     ));
 }
 

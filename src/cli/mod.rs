@@ -72,11 +72,11 @@ enum DeviceMode {
 /// Suites a server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ServerMode {
-    /// Hybrid suites only (the default).
+    /// X25519 + ML-KEM-768 only (the default).
     Hybrid,
     /// X25519 alone.
     Classical,
-    /// Hybrid and classical devices.
+    /// Every suite: hybrid, classical, and the pre-standard X25519Kyber768R3 (benchmarks).
     Any,
 }
 

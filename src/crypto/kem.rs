@@ -231,6 +231,9 @@ pub struct Suite {
     pub name: &'static str,
     /// The post-quantum half; `None` for the classical suite.
     pub pq: Option<&'static dyn PqKem>,
+    /// Whether every algorithm in the suite is a published standard. A server in the default
+    /// `hybrid` mode accepts only standard hybrid suites (protocol.md §3.1).
+    pub standard: bool,
 }
 
 impl fmt::Debug for Suite {
@@ -281,13 +284,16 @@ pub static X25519_MLKEM768: Suite = Suite {
     id: SuiteId::X25519MlKem768,
     name: "X25519MLKEM768",
     pq: Some(&MlKem768),
+    standard: true,
 };
 
-/// Hybrid X25519 + Kyber768 round 3.
+/// Hybrid X25519 + Kyber768 round 3: pre-standard, for benchmarks; only a server in `any`
+/// mode accepts it.
 pub static X25519_KYBER768R3: Suite = Suite {
     id: SuiteId::X25519Kyber768R3,
     name: "X25519Kyber768R3",
     pq: Some(&Kyber768R3),
+    standard: false,
 };
 
 /// Classical X25519 alone.
@@ -295,6 +301,7 @@ pub static X25519_ONLY: Suite = Suite {
     id: SuiteId::X25519,
     name: "X25519",
     pq: None,
+    standard: true,
 };
 
 /// Every suite this build knows, default first.

@@ -27,15 +27,16 @@ pub const DEVICE_SIGNATURE_CONTEXT: &[u8] = b"secchan v1 device signature\0";
 /// signs `context || TH2 || device public key`.
 pub const ENROLLMENT_PROOF_CONTEXT: &[u8] = b"secchan v1 enrollment proof\0";
 
-/// Which suites a server accepts, and which one a device offers.
+/// Which suites a server accepts, and which one a device offers (protocol.md §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// Post-quantum hybrid suites only (the default).
+    /// Standard post-quantum hybrid suites only: X25519 + ML-KEM-768 (the default).
     #[default]
     Hybrid,
     /// X25519 alone (for measuring the cost of post-quantum safety).
     Classical,
-    /// Server only: hybrid and classical devices alike.
+    /// Server only: every suite, classical X25519 and the pre-standard X25519 + Kyber768
+    /// round 3 (benchmarks) included.
     Any,
 }
 
@@ -43,7 +44,7 @@ impl Mode {
     /// Whether a server in this mode accepts `suite`.
     pub fn allows(self, suite: &Suite) -> bool {
         match self {
-            Self::Hybrid => suite.is_hybrid(),
+            Self::Hybrid => suite.is_hybrid() && suite.standard,
             Self::Classical => !suite.is_hybrid(),
             Self::Any => true,
         }

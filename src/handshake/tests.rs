@@ -85,11 +85,21 @@ fn classical_handshake_fits_budget() {
 }
 
 #[test]
-fn kyber_round3_suite_works() {
-    let (scfg, dev) = server_config(Mode::Hybrid);
+fn kyber_round3_suite_works_only_with_a_server_in_any_mode() {
+    let (scfg, dev) = server_config(Mode::Any);
     let (mut d, mut s, _) =
-        handshake(&device_config(&X25519_KYBER768R3, Some(dev)), &scfg).unwrap();
+        handshake(&device_config(&X25519_KYBER768R3, Some(dev.clone())), &scfg).unwrap();
     exchange(&mut d, &mut s, b"kyber");
+    for mode in [Mode::Hybrid, Mode::Classical] {
+        let (scfg, _) = server_config(mode);
+        assert_eq!(
+            handshake(&device_config(&X25519_KYBER768R3, Some(dev.clone())), &scfg).err(),
+            Some(HandshakeError::SuiteRefused {
+                suite: "X25519Kyber768R3",
+                mode
+            })
+        );
+    }
 }
 
 #[test]
