@@ -120,8 +120,10 @@ pub fn cpu_has_aes() -> bool {
     }
 }
 
-/// One direction's AEAD key. `ring` keeps its expanded key schedule internally; the raw key
-/// bytes this was built from are held and erased by the caller (`record::Direction`).
+/// One direction's AEAD key, or a handshake key. `ring` keeps its expanded key schedule inside
+/// and does not erase it on drop (threat_model.md, memory erasure). The raw key bytes are
+/// derived by the caller (the record layer, the key schedule) into a `Zeroizing` buffer that is
+/// erased as soon as this key is built.
 pub struct AeadKey {
     id: AeadId,
     key: LessSafeKey,
