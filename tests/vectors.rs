@@ -316,3 +316,43 @@ fn classical_x25519_chacha20poly1305_anonymous() {
         generate(&X25519_ONLY, AeadId::ChaCha20Poly1305, None),
     );
 }
+
+/// protocol.md §9's excerpt quotes the hybrid vector: every hex value it shows (whole, or a
+/// prefix ending in "...") must be the file's.
+#[test]
+fn protocol_md_excerpt_matches_the_vector_file() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let spec = std::fs::read_to_string(format!("{root}/protocol.md")).unwrap();
+    let stored: BTreeMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{root}/tests/vectors/hybrid_mlkem768_aes256gcm.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let excerpt = spec
+        .split("Excerpt of `hybrid_mlkem768_aes256gcm.json`")
+        .nth(1)
+        .and_then(|rest| rest.split("```").nth(1))
+        .expect("protocol.md §9 has the excerpt");
+    let mut checked = 0;
+    for line in excerpt.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let hex = value.trim_end_matches("...");
+        if value.contains("...") && !value.ends_with("...") || hex.len() < 16 {
+            continue; // abbreviated inputs such as 5e5e...5e
+        }
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let want = stored
+            .get(name)
+            .unwrap_or_else(|| panic!("protocol.md §9 quotes {name}, which the vector lacks"));
+        assert!(want.starts_with(hex), "protocol.md §9: {name} differs");
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} values checked");
+}
