@@ -7,8 +7,9 @@ use common::*;
 use secchan::crypto::aead::AeadId;
 use secchan::crypto::identity::IdentityKey;
 use secchan::crypto::kem::{X25519_KYBER768R3, X25519_MLKEM768, X25519_ONLY};
-use secchan::handshake::{HandshakeError, Mode};
-use secchan::msgs::{AlertCode, FrameType};
+use secchan::crypto::random::OsRandom;
+use secchan::handshake::{server, HandshakeError, Mode};
+use secchan::msgs::{encode_alert, AlertCode, FrameType};
 use secchan::record::replay::ReplayError;
 use secchan::record::RecordError;
 use secchan::session::SessionError;
@@ -175,6 +176,70 @@ async fn anonymous_device_is_refused_by_default() {
         TransportError::Refused(AlertCode::DeviceAuthRequired)
     ));
     assert!(next(&mut rx).await.end.is_err());
+}
+
+#[tokio::test]
+async fn plaintext_alert_after_the_first_frame_is_not_a_refusal() {
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    // The attacker appends a forged "revoked" alert to the server's first record.
+    let mitm = start_mitm(addr, |up, i, f| {
+        if !up && i == 1 {
+            vec![f, encode_alert(AlertCode::Revoked)]
+        } else {
+            vec![f]
+        }
+    })
+    .await;
+    let mut conn = connect_hybrid(mitm).await.unwrap();
+    conn.send(b"x").await.unwrap();
+    assert_eq!(conn.recv().await.unwrap().unwrap(), b"echo: x");
+    let err = conn.recv().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Session(SessionError::UnexpectedFrame(FrameType::Alert))
+        ),
+        "{err:?}"
+    );
+    // The device closed with unexpected_message, authenticated.
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::Session(SessionError::PeerAlert(
+            AlertCode::UnexpectedMessage
+        )))
+    ));
+}
+
+#[tokio::test]
+async fn plaintext_alert_after_the_handshake_timeout_is_not_a_refusal() {
+    // A server that completes the handshake, then sends an alert only after the device's
+    // refusal window (the handshake timeout) has passed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let timeouts = short_timeouts();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let hello = read_frame(&mut s).await.unwrap();
+        let config = server_config(Mode::Hybrid);
+        let (_, reply) = server::accept_hello(&config, &hello, &mut OsRandom).unwrap();
+        write_frame(&mut s, &reply).await.unwrap();
+        read_frame(&mut s).await.unwrap();
+        tokio::time::sleep(timeouts.handshake * 2).await;
+        write_frame(&mut s, &encode_alert(AlertCode::UnknownDevice))
+            .await
+            .unwrap();
+        // Hold the connection until the device has read the alert.
+        let _ = read_frame(&mut s).await;
+    });
+    let mut conn = connect_hybrid(addr).await.unwrap();
+    let err = conn.recv().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Session(SessionError::UnexpectedFrame(FrameType::Alert))
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]

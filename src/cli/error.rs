@@ -115,7 +115,7 @@ pub enum CliError {
     #[error("benchmark failed: {0}")]
     Bench(#[from] crate::bench::BenchError),
     /// A session failed.
-    #[error("{error}{hint}", hint = advice(error))]
+    #[error("{error}{caveat}{hint}", caveat = caveat(error), hint = advice(error))]
     Session {
         /// The transport error.
         error: TransportError,
@@ -153,6 +153,17 @@ fn alert_advice(code: AlertCode) -> &'static str {
             "; tokens are single-use and short-lived: ask the server's operator for a new one (`secchan registry token`)"
         }
         AlertCode::NoCommonAead => "; allow both AEADs on both sides (the default)",
+        _ => "",
+    }
+}
+
+/// What the reader must know before trusting the message itself.
+fn caveat(error: &TransportError) -> &'static str {
+    match error {
+        // protocol.md §8.1: the refusal is a plaintext alert, which no key authenticates.
+        TransportError::Refused(_) => {
+            " (an unauthenticated refusal: someone on the network could have forged it, the server's log shows a real one)"
+        }
         _ => "",
     }
 }
@@ -201,5 +212,27 @@ fn registry_advice(path: &std::path::Path, error: &crate::registry::RegistryErro
             path.display()
         ),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plaintext_refusal_is_called_unauthenticated() {
+        let refused = CliError::from(TransportError::Refused(AlertCode::Revoked)).to_string();
+        assert!(
+            refused.starts_with("server refused the session: device identity revoked"),
+            "{refused}"
+        );
+        assert!(refused.contains("unauthenticated refusal"), "{refused}");
+        assert!(refused.contains("ask for a new enrollment"), "{refused}");
+        // An authenticated error close carries no such caveat.
+        let closed = CliError::from(TransportError::Session(
+            crate::session::SessionError::PeerAlert(AlertCode::Revoked),
+        ))
+        .to_string();
+        assert!(!closed.contains("unauthenticated"), "{closed}");
     }
 }

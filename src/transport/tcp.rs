@@ -53,9 +53,11 @@ pub struct Connection {
     timeouts: Timeouts,
     peer_addr: SocketAddr,
     stats: WireStats,
-    /// Whether an authenticated record has arrived; until then a device honours a plaintext
-    /// alert (the server's refusal of its identity, protocol.md §8.1).
-    authenticated_input: bool,
+    /// On a device, until the first frame arrives: the end of the window in which a plaintext
+    /// alert is honoured as the server's refusal (protocol.md §6.1 step 4). Unauthenticated,
+    /// so it is believed only as the first frame and only within the handshake timeout after
+    /// DeviceFinish; later it is an unexpected frame.
+    refusal_window: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -154,7 +156,7 @@ pub async fn connect(
         timeouts,
         peer_addr,
         stats,
-        authenticated_input: false,
+        refusal_window: Some(tokio::time::Instant::now() + timeouts.handshake),
     })
 }
 
@@ -288,7 +290,7 @@ pub async fn accept(
             timeouts,
             peer_addr,
             stats,
-            authenticated_input: true,
+            refusal_window: None,
         },
         peer,
     ))
@@ -361,7 +363,10 @@ impl Connection {
                     Ok(Ok(Some(frame))) => frame,
                 };
             let mut frame = frame;
-            if !self.authenticated_input && FrameType::of(&frame).ok() == Some(FrameType::Alert) {
+            let refusal_window = self.refusal_window.take();
+            if FrameType::of(&frame).ok() == Some(FrameType::Alert)
+                && refusal_window.is_some_and(|end| tokio::time::Instant::now() <= end)
+            {
                 let code = crate::msgs::decode_alert(&frame).map_err(HandshakeError::from)?;
                 return Err(TransportError::Refused(code));
             }
@@ -379,7 +384,6 @@ impl Connection {
                     return Err(e.into());
                 }
             };
-            self.authenticated_input = true;
             if let Some(m) = event {
                 return Ok(Some(m));
             }
