@@ -164,6 +164,36 @@ fn unknown_device_gets_one_clear_line() {
 }
 
 #[test]
+fn unknown_device_streaming_many_lines_still_reads_the_refusal() {
+    // The device sends lines right behind its DeviceFinish; the server must not reset the
+    // connection under the refusal it sent.
+    let dir = tempdir("cli-unknown-many");
+    let server_fp = keygen(&dir.join("server.key"));
+    let known = keygen(&dir.join("known.key"));
+    keygen(&dir.join("stranger.key"));
+    std::fs::write(dir.join("devices"), format!("{known}\n")).unwrap();
+    let devices = dir.join("devices");
+    let server = start_server(&dir, &["--authorized-devices", devices.to_str().unwrap()]);
+    let stranger = dir.join("stranger.key");
+    let input: String = (0..20_000).map(|i| format!("reading {i}\n")).collect();
+    for _ in 0..3 {
+        let out = run_device(
+            &dir,
+            &[
+                "--connect",
+                &server.addr,
+                "--server-key",
+                &server_fp,
+                "--key",
+                stranger.to_str().unwrap(),
+            ],
+            &input,
+        );
+        assert_one_line_error(&out, &["authorized list"]);
+    }
+}
+
+#[test]
 fn tofu_records_server_then_rejects_a_changed_key() {
     let dir = tempdir("cli-tofu");
     keygen(&dir.join("server.key"));

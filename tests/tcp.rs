@@ -148,14 +148,20 @@ async fn unknown_device_is_refused_on_both_ends() {
     let mut cfg = device_config(&X25519_MLKEM768, AeadId::Aes256Gcm);
     let stranger = Arc::new(IdentityKey::from_seed(&[0x77; 32]));
     cfg.identity = Some(stranger.clone());
-    // The device completes its side (1-RTT) and learns of the refusal on its first read.
+    // The device completes its side (1-RTT), sends right behind its DeviceFinish, and learns
+    // of the refusal on its first read: the server's lingering close keeps the connection
+    // from being reset under the alert.
     let mut conn = connect(addr, &cfg, &pin(), short_timeouts()).await.unwrap();
-    let _ = conn.send(b"hello?").await;
+    for _ in 0..100 {
+        conn.send(&[0x55; 500]).await.unwrap();
+        tokio::task::yield_now().await;
+    }
     let err = conn.recv().await.unwrap_err();
     assert!(
         matches!(err, TransportError::Refused(AlertCode::UnknownDevice)),
         "{err:?}"
     );
+    drop(conn);
     match next(&mut rx).await.end {
         Err(TransportError::Handshake(HandshakeError::DeviceRefused { device, code })) => {
             assert_eq!(device, stranger.public().fingerprint());
@@ -377,6 +383,40 @@ async fn tampered_record_is_fatal_with_bad_tag() {
         conn.recv().await.unwrap_err(),
         TransportError::Session(SessionError::PeerAlert(AlertCode::BadRecord))
     ));
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::Session(SessionError::Record(
+            RecordError::BadTag(0)
+        )))
+    ));
+}
+
+#[tokio::test]
+async fn error_close_reaches_a_device_that_keeps_sending() {
+    // The server's lingering close: its Close record is read, not lost to a reset, while
+    // the device's later records are still arriving.
+    let (mut conn, mut rx) = session_through(|i, mut f| {
+        if i == 0 {
+            let last = f.len() - 1;
+            f[last] ^= 1;
+        }
+        vec![f]
+    })
+    .await;
+    conn.send(b"x").await.unwrap();
+    for _ in 0..100 {
+        conn.send(&[0x55; 500]).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let err = conn.recv().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Session(SessionError::PeerAlert(AlertCode::BadRecord))
+        ),
+        "{err:?}"
+    );
+    drop(conn);
     assert!(matches!(
         next(&mut rx).await.end,
         Err(TransportError::Session(SessionError::Record(

@@ -153,7 +153,8 @@ async fn serve(
             }
         };
         match next {
-            Ok(Received::Refused(_)) => return,
+            // The registry closed the session: the device reads that Close, not a reset.
+            Ok(Received::Refused(_)) => return conn.linger().await,
             Ok(Received::Message(message)) => {
                 let origin = Origin {
                     device: &peer,
@@ -183,7 +184,7 @@ async fn serve(
             }
             Err(e) => {
                 tracing::warn!(device = %peer.name, peer = %conn.peer_addr(), error = %e, "session ended with an error");
-                return;
+                return conn.linger().await;
             }
         }
     }

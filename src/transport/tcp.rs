@@ -13,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
@@ -96,6 +97,34 @@ async fn write_frame(
 /// Best effort: tell the peer why the handshake failed, then give up.
 async fn send_alert(io: &mut Framed<TcpStream, LengthDelimitedCodec>, code: AlertCode) {
     let _ = io.send(Bytes::from(encode_alert(code))).await;
+}
+
+/// How long a lingering close reads on before it drops the connection.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+/// How much a lingering close reads before it drops the connection.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// A lingering close (RFC 9112 §9.6), after our last frame (a refusal alert or an error Close)
+/// is flushed. The peer may still be sending: a device sends records right behind its
+/// DeviceFinish. Closing a socket with unread input makes the kernel send RST, and an RST can
+/// make the peer's TCP discard our last frame before it is read, or fail its next write first.
+/// So shut down our side (FIN after the last frame), then read and discard until the peer
+/// closes, for at most [`LINGER_TIME`] and [`LINGER_BYTES`].
+async fn linger(stream: &mut TcpStream) {
+    let drain = async {
+        if stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 async fn expect_frame(
@@ -271,6 +300,7 @@ pub async fn accept(
         Ok(Err(Failure::Handshake(e))) => {
             if let Some(code) = e.alert() {
                 send_alert(&mut io, code).await;
+                linger(io.get_mut()).await;
             }
             match &e {
                 HandshakeError::DeviceRefused { device, code } => tracing::warn!(
@@ -401,6 +431,14 @@ impl Connection {
     pub async fn send_close_with(&mut self, code: AlertCode) -> Result<(), TransportError> {
         self.session.close(code);
         self.flush_session().await
+    }
+
+    /// Ends the connection after an error: flushes any queued Close record, then closes with
+    /// a lingering close (at most 1 s and 64 KiB of input read and discarded), so the peer
+    /// reads that Close rather than a connection reset.
+    pub async fn linger(mut self) {
+        let _ = self.flush_session().await;
+        linger(self.io.get_mut()).await;
     }
 
     /// Closes cleanly: sends close, then waits (up to `wait`) for the peer's close, discarding
