@@ -243,10 +243,69 @@ fn device_cannot_reach_server() {
     drop(listener);
     let out = run_device(
         &std::env::temp_dir(),
-        &["--connect", &addr, "--server-key", "SHA256:x"],
+        &["--connect", &addr, "--server-key", ANY_FINGERPRINT],
         "",
     );
     assert_one_line_error(&out, &["cannot connect"]);
+}
+
+/// A well-formed fingerprint no key has.
+const ANY_FINGERPRINT: &str = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+#[test]
+fn malformed_fingerprints_are_named_not_taken_for_a_changed_key() {
+    let dir = tempdir("cli-fingerprints");
+    keygen(&dir.join("server.key"));
+    // A typo in --server-key is reported before connecting, as a typo.
+    for typo in ["SHA256:x", &ANY_FINGERPRINT[..49]] {
+        let out = run_device(
+            &dir,
+            &["--connect", "127.0.0.1:9", "--server-key", typo],
+            "",
+        );
+        assert_one_line_error(&out, &[&format!("--server-key {typo}: not a fingerprint")]);
+    }
+    // A typo in the authorized list stops the server at that line.
+    let devices = dir.join("devices");
+    std::fs::write(
+        &devices,
+        format!("{ANY_FINGERPRINT} ok\nSHA256:typo sensor-2\n"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["server", "--listen", "127.0.0.1:0", "--key"])
+        .arg(dir.join("server.key"))
+        .arg("--authorized-devices")
+        .arg(&devices)
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        &[
+            &format!("{}:2", devices.display()),
+            "SHA256:typo is not a fingerprint",
+        ],
+    );
+}
+
+#[test]
+fn usage_errors_are_one_line() {
+    let dir = tempdir("cli-usage");
+    keygen(&dir.join("server.key"));
+    let out = bin()
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-any-device",
+            "--key",
+        ])
+        .arg(dir.join("server.key"))
+        .args(["--max-sessions", "0"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, &["--max-sessions", "--help"]);
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
 
 #[test]

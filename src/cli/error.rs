@@ -9,11 +9,19 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// A key file could not be read or parsed.
-    #[error("cannot use key file {path}: {reason}; create one with `secchan keygen --out {path}`")]
+    #[error("cannot use key file {path}: {reason}{hint}", path = path.display(), hint = key_file_advice(path))]
     KeyFile {
         /// The file.
         path: PathBuf,
         /// Why.
+        reason: String,
+    },
+    /// A `--server-key` value is neither a fingerprint nor a readable public key file.
+    #[error("--server-key {value}: {reason}; give the server's fingerprint as `secchan fingerprint` prints it on the server (SHA256:...), or a copy of its .pub file")]
+    ServerKey {
+        /// The value given.
+        value: String,
+        /// Why it was refused.
         reason: String,
     },
     /// A secret key file is readable by other users.
@@ -128,10 +136,23 @@ impl From<TransportError> for CliError {
     }
 }
 
+/// What to do about an unusable key file: create a secret key, but never a `.pub` file (that is
+/// the public half `keygen` writes beside its secret key).
+fn key_file_advice(path: &std::path::Path) -> String {
+    if path.extension().is_some_and(|e| e == "pub") {
+        "; a .pub file is the public key `secchan keygen --out FILE` writes as FILE.pub".into()
+    } else {
+        format!(
+            "; create one with `secchan keygen --out {}`",
+            path.display()
+        )
+    }
+}
+
 fn alert_advice(code: AlertCode) -> &'static str {
     match code {
         AlertCode::SuiteRefused => {
-            "; the server's --mode does not accept this device's --mode: use --mode hybrid, or ask the operator to run the server with --mode any"
+            "; connect with the --mode the server runs (hybrid unless its operator chose otherwise), or ask its operator to run it with --mode any"
         }
         AlertCode::UnknownDevice => {
             "; ask the server's operator to add this device's fingerprint (`secchan fingerprint KEYFILE`) to its authorized devices"
@@ -218,6 +239,36 @@ fn registry_advice(path: &std::path::Path, error: &crate::registry::RegistryErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_file_advice_never_creates_a_pub_file() {
+        let secret = CliError::KeyFile {
+            path: "dev.key".into(),
+            reason: "No such file".into(),
+        };
+        assert!(secret
+            .to_string()
+            .ends_with("create one with `secchan keygen --out dev.key`"));
+        let public = CliError::KeyFile {
+            path: "server.key.pub".into(),
+            reason: "No such file".into(),
+        }
+        .to_string();
+        assert!(!public.contains("--out server.key.pub"), "{public}");
+    }
+
+    #[test]
+    fn suite_refusal_advice_holds_for_either_side_s_mode() {
+        let text = CliError::from(TransportError::Handshake(HandshakeError::PeerAlert(
+            AlertCode::SuiteRefused,
+        )))
+        .to_string();
+        assert!(
+            text.contains("connect with the --mode the server runs"),
+            "{text}"
+        );
+        assert!(!text.contains("use --mode hybrid"), "{text}");
+    }
 
     #[test]
     fn a_plaintext_refusal_is_called_unauthenticated() {
