@@ -139,6 +139,31 @@ fn device_lines_reach_server_as_json_and_device_exits_zero() {
 }
 
 #[test]
+fn lines_that_are_not_utf8_arrive_as_data_base64() {
+    let dir = tempdir("cli-binary");
+    let server_fp = keygen(&dir.join("server.key"));
+    let mut server = start_server(&dir, &["--allow-any-device"]);
+    let out = run_device(
+        &dir,
+        &["--connect", &server.addr, "--server-key", &server_fp],
+        b"temp=21.5\r\n\xff\xfe\x00raw\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
+    let text: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(text["data"], "temp=21.5");
+    assert!(text.get("data_base64").is_none(), "{text}");
+    let binary: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(binary.get("data").is_none(), "{binary}");
+    assert_eq!(binary["data_base64"], "//4AcmF3");
+    assert_eq!(binary["device"], "anonymous");
+}
+
+#[test]
 fn unknown_device_gets_one_clear_line() {
     let dir = tempdir("cli-unknown");
     let server_fp = keygen(&dir.join("server.key"));

@@ -142,7 +142,7 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
                     if line.len() > crate::record::MAX_PAYLOAD {
                         return Err(CliError::MessageTooLarge { line: line_no, len: line.len() });
                     }
-                    conn.send(line.as_bytes()).await?;
+                    conn.send(&line).await?;
                 }
                 None => {
                     conn.send_close().await?;
