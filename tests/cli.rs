@@ -334,6 +334,82 @@ fn usage_errors_are_one_line() {
 }
 
 #[test]
+fn keepalive_keeps_a_quiet_device_past_the_server_idle_timeout() {
+    use std::io::Write;
+    let dir = tempdir("cli-keepalive");
+    let server_fp = keygen(&dir.join("server.key"));
+    let mut server = start_server(&dir, &["--allow-any-device", "--idle-timeout", "2"]);
+    let mut device = bin()
+        .args([
+            "device",
+            "--connect",
+            &server.addr,
+            "--server-key",
+            &server_fp,
+        ])
+        .args(["--keepalive", "1"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = device.stdin.take().unwrap();
+    input.write_all(b"before the pause\n").unwrap();
+    input.flush().unwrap();
+    let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().contains("before the pause"));
+    // Silent for longer than the server's idle timeout: only keep-alives flow.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    input.write_all(b"after the pause\n").unwrap();
+    drop(input);
+    let out = device.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lines.next().unwrap().unwrap().contains("after the pause"));
+}
+
+#[test]
+fn device_gives_up_on_a_server_that_never_confirms_its_close() {
+    use secchan::crypto::identity::IdentityKey;
+    use secchan::handshake::server::ServerConfig;
+    use secchan::handshake::AllowAnyDevice;
+    use secchan::transport::{tcp::Listener, Timeouts};
+    use std::sync::Arc;
+    // A server that completes the handshake, then never reads again.
+    let key = Arc::new(IdentityKey::from_seed(&[0x3c; 32]));
+    let fingerprint = key.public().fingerprint();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(Listener::bind(
+            "127.0.0.1:0",
+            Arc::new(ServerConfig::new(key, Arc::new(AllowAnyDevice))),
+            Timeouts::default(),
+        ))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    runtime.spawn(async move {
+        let (conn, _) = listener.accept().await.unwrap().handshake().await.unwrap();
+        std::future::pending::<()>().await;
+        drop(conn);
+    });
+    let out = run_device(
+        &std::env::temp_dir(),
+        &[
+            "--connect",
+            &addr,
+            "--server-key",
+            &fingerprint,
+            "--close-timeout",
+            "1",
+        ],
+        "reading\n",
+    );
+    assert_one_line_error(&out, &["did not confirm the close within 1 s"]);
+}
+
+#[test]
 fn demo_runs_and_reports() {
     let out = bin().arg("demo").output().unwrap();
     assert!(
