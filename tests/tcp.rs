@@ -8,16 +8,17 @@ use secchan::crypto::aead::AeadId;
 use secchan::crypto::identity::IdentityKey;
 use secchan::crypto::kem::{X25519_KYBER768R3, X25519_MLKEM768, X25519_ONLY};
 use secchan::crypto::random::OsRandom;
-use secchan::handshake::{server, HandshakeError, Mode};
+use secchan::handshake::{device, server, HandshakeError, Mode};
 use secchan::msgs::{encode_alert, AlertCode, FrameType};
 use secchan::record::replay::ReplayError;
-use secchan::record::RecordError;
+use secchan::record::{RecordError, MAX_PAYLOAD};
 use secchan::session::SessionError;
-use secchan::transport::tcp::connect;
-use secchan::transport::TransportError;
+use secchan::transport::tcp::{connect, Listener};
+use secchan::transport::{TransportError, MAX_FRAME_LEN};
 use secchan::trust::{KnownServers, Pinned, TrustError};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn pin() -> Pinned {
@@ -181,7 +182,14 @@ async fn anonymous_device_is_refused_by_default() {
         conn.recv().await.unwrap_err(),
         TransportError::Refused(AlertCode::DeviceAuthRequired)
     ));
-    assert!(next(&mut rx).await.end.is_err());
+    drop(conn);
+    match next(&mut rx).await.end {
+        Err(TransportError::Handshake(HandshakeError::DeviceRefused { device, code })) => {
+            assert_eq!(device, "anonymous");
+            assert_eq!(code, AlertCode::DeviceAuthRequired);
+        }
+        other => panic!("unexpected server outcome {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -497,15 +505,72 @@ async fn dropped_close_is_reported_as_truncation() {
 
 #[tokio::test]
 async fn oversize_frame_is_refused_before_allocation() {
+    // The largest prefix, and one past the limit: refused on the prefix alone (no body
+    // follows). A frame of exactly the limit is read and judged on its contents.
+    for prefix in [0xffff_u16, MAX_FRAME_LEN as u16 + 1] {
+        let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&prefix.to_be_bytes()).await.unwrap();
+        s.write_all(&[0x01]).await.unwrap();
+        let end = next(&mut rx).await.end;
+        assert!(
+            matches!(end, Err(TransportError::FrameTooLarge)),
+            "{prefix}: {end:?}"
+        );
+    }
     let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut s, &[0xff, 0xff, 0x01])
-        .await
-        .unwrap();
-    assert!(matches!(
-        next(&mut rx).await.end,
-        Err(TransportError::FrameTooLarge)
-    ));
+    let mut at_limit = vec![0u8; MAX_FRAME_LEN];
+    at_limit[..2].copy_from_slice(&[0x01, 0x01]);
+    write_frame(&mut s, &at_limit).await.unwrap();
+    let end = next(&mut rx).await.end;
+    assert!(
+        matches!(
+            end,
+            Err(TransportError::Handshake(HandshakeError::Decode(_)))
+        ),
+        "{end:?}"
+    );
+}
+
+#[tokio::test]
+async fn oversize_frame_in_an_established_session_is_refused() {
+    assert_eq!(MAX_FRAME_LEN, 16_403);
+    // A server that only collects messages (an echo of a full record would not fit).
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        Arc::new(server_config(Mode::Hybrid)),
+        short_timeouts(),
+    )
+    .await
+    .unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap().handshake().await.unwrap();
+        let mut messages = Vec::new();
+        loop {
+            match conn.recv().await {
+                Ok(Some(m)) => messages.push(m.len()),
+                end => return (messages, end),
+            }
+        }
+    });
+    // The device's second record is replaced by a frame one byte over the limit.
+    let mitm = start_mitm(upstream, |up, i, f| {
+        if up && i == 3 {
+            vec![vec![FrameType::Data as u8; MAX_FRAME_LEN + 1]]
+        } else {
+            vec![f]
+        }
+    })
+    .await;
+    let mut conn = connect_hybrid(mitm).await.unwrap();
+    // A full record is exactly the limit, and is accepted.
+    conn.send(&vec![7u8; MAX_PAYLOAD]).await.unwrap();
+    conn.send(b"replaced").await.unwrap();
+    let (messages, end) = server.await.unwrap();
+    assert_eq!(messages, vec![MAX_PAYLOAD]);
+    assert!(matches!(end, Err(TransportError::FrameTooLarge)), "{end:?}");
 }
 
 #[tokio::test]
@@ -528,12 +593,29 @@ async fn garbage_in_place_of_hello_gets_decode_alert() {
 
 #[tokio::test]
 async fn stalled_peer_mid_handshake_times_out() {
+    let timeout_alert = vec![FrameType::Alert as u8, 0x01, AlertCode::Timeout as u8];
+    // A device that sends a valid DeviceHello, reads the ServerHello, and never finishes.
     let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    // Half a length prefix, then nothing.
-    tokio::io::AsyncWriteExt::write_all(&mut s, &[0x04])
-        .await
-        .unwrap();
+    let (_, hello) = device::start(
+        &device_config(&X25519_MLKEM768, AeadId::Aes256Gcm),
+        &mut OsRandom,
+    )
+    .unwrap();
+    write_frame(&mut s, &hello).await.unwrap();
+    let server_hello = read_frame(&mut s).await.unwrap();
+    assert_eq!(server_hello[0], FrameType::ServerHello as u8);
+    // The server gives up, says why, and closes.
+    assert_eq!(read_frame(&mut s).await.unwrap(), timeout_alert);
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::HandshakeTimeout(_))
+    ));
+    // One that stalls inside its first length prefix.
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0x04]).await.unwrap();
+    assert_eq!(read_frame(&mut s).await.unwrap(), timeout_alert);
     assert!(matches!(
         next(&mut rx).await.end,
         Err(TransportError::HandshakeTimeout(_))
