@@ -1,6 +1,11 @@
 //! Record protection: AES-256-GCM and ChaCha20-Poly1305 from `ring`, with their usage limits
 //! (protocol.md §7.4).
 //!
+//! The record layer and the handshake see an AEAD only as an [`AeadId`] (wire code, name,
+//! limits) and an [`AeadCipher`] built from it. A new AEAD is one `AeadId` variant and, if it
+//! comes from another crate than `ring`, one `AeadCipher` impl; neither the handshake state
+//! machines nor the record layer change.
+//!
 //! `ring` was chosen by measurement (docs/design.md): it seals 16 KiB records about five times
 //! faster than RustCrypto's `aes-gcm` 0.10 here, and it picks AES/PMULL or NEON code at run
 //! time on aarch64, so one binary suits a Pi 4 (no AES instructions) and a Pi 5.
@@ -78,11 +83,13 @@ impl AeadId {
         }
     }
 
-    fn algorithm(self) -> &'static aead::Algorithm {
-        match self {
+    /// The implementation, keyed with `key`.
+    fn cipher(self, key: &[u8; KEY_LEN]) -> Result<Box<dyn AeadCipher>, CryptoError> {
+        let algorithm = match self {
             Self::Aes256Gcm => &aead::AES_256_GCM,
             Self::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
-        }
+        };
+        Ok(Box::new(RingCipher::new(algorithm, key)?))
     }
 
     /// The device's default preference: AES-256-GCM first where the CPU has AES and carry-less
@@ -120,11 +127,82 @@ pub fn cpu_has_aes() -> bool {
     }
 }
 
-/// One direction's AEAD key. `ring` keeps its expanded key schedule internally; the raw key
-/// bytes this was built from are held and erased by the caller (`record::Direction`).
+/// A keyed AEAD: what an implementation provides (32-byte keys, 12-byte nonces, 16-byte tags,
+/// protocol.md §3.2). The tag comparison in `open_in_place` must be constant-time.
+pub trait AeadCipher: Send + Sync {
+    /// Encrypts `buf[start..]` in place and appends the tag.
+    fn seal_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), CryptoError>;
+
+    /// Verifies and decrypts `ciphertext || tag` in place; returns the plaintext's length.
+    fn open_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<usize, CryptoError>;
+}
+
+/// Both AEADs from `ring`. `ring` keeps its expanded key schedule inside and does not erase it
+/// on drop (threat_model.md, memory erasure).
+struct RingCipher(LessSafeKey);
+
+impl RingCipher {
+    fn new(algorithm: &'static aead::Algorithm, key: &[u8; KEY_LEN]) -> Result<Self, CryptoError> {
+        let unbound = UnboundKey::new(algorithm, key).map_err(|_| CryptoError::Aead)?;
+        Ok(Self(LessSafeKey::new(unbound)))
+    }
+}
+
+impl AeadCipher for RingCipher {
+    fn seal_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), CryptoError> {
+        let plaintext = buf.get_mut(start..).ok_or(CryptoError::Aead)?;
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                plaintext,
+            )
+            .map_err(|_| CryptoError::Aead)?;
+        buf.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    fn open_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<usize, CryptoError> {
+        self.0
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                buf,
+            )
+            .map(|p| p.len())
+            .map_err(|_| CryptoError::Aead)
+    }
+}
+
+/// One direction's AEAD key, or a handshake key. The raw key bytes are derived by the caller
+/// (the record layer, the key schedule) into a `Zeroizing` buffer that is erased as soon as
+/// this key is built.
 pub struct AeadKey {
     id: AeadId,
-    key: LessSafeKey,
+    cipher: Box<dyn AeadCipher>,
 }
 
 impl fmt::Debug for AeadKey {
@@ -138,10 +216,9 @@ impl fmt::Debug for AeadKey {
 impl AeadKey {
     /// Builds a key for `id` from 32 bytes.
     pub fn new(id: AeadId, key: &[u8; KEY_LEN]) -> Result<Self, CryptoError> {
-        let unbound = UnboundKey::new(id.algorithm(), key).map_err(|_| CryptoError::Aead)?;
         Ok(Self {
             id,
-            key: LessSafeKey::new(unbound),
+            cipher: id.cipher(key)?,
         })
     }
 
@@ -158,35 +235,17 @@ impl AeadKey {
         buf: &mut Vec<u8>,
         start: usize,
     ) -> Result<(), CryptoError> {
-        let plaintext = buf.get_mut(start..).ok_or(CryptoError::Aead)?;
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(aad),
-                plaintext,
-            )
-            .map_err(|_| CryptoError::Aead)?;
-        buf.extend_from_slice(tag.as_ref());
-        Ok(())
+        self.cipher.seal_in_place(nonce, aad, buf, start)
     }
 
     /// Verifies and decrypts `ciphertext || tag` in place; returns the plaintext's length.
-    /// The tag comparison is constant-time inside `ring`.
     pub fn open_in_place(
         &self,
         nonce: [u8; NONCE_LEN],
         aad: &[u8],
         buf: &mut [u8],
     ) -> Result<usize, CryptoError> {
-        self.key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(aad),
-                buf,
-            )
-            .map(|p| p.len())
-            .map_err(|_| CryptoError::Aead)
+        self.cipher.open_in_place(nonce, aad, buf)
     }
 }
 
