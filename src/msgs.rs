@@ -307,11 +307,15 @@ const MAX_DEVICE_FINISH: usize = 1 + 1 + 2 * (PUBLIC_KEY_LEN + SIGNATURE_LEN) + 
 pub fn decode_device_finish(frame: &[u8]) -> Result<&[u8], DecodeError> {
     let mut r = Reader::new(frame);
     expect_type(&mut r, FrameType::DeviceFinish)?;
-    if !(MIN_DEVICE_FINISH..=MAX_DEVICE_FINISH).contains(&frame.len()) {
+    let len = frame.len();
+    if len < MIN_DEVICE_FINISH {
         return Err(DecodeError::Truncated {
             field: "sealed device auth",
-            needed: MIN_DEVICE_FINISH.saturating_sub(frame.len()),
+            needed: MIN_DEVICE_FINISH - len,
         });
+    }
+    if len > MAX_DEVICE_FINISH {
+        return Err(DecodeError::TrailingBytes(len - MAX_DEVICE_FINISH));
     }
     Ok(r.rest())
 }
@@ -513,6 +517,27 @@ mod tests {
         assert!(DeviceAuth::decode(&e.encode()[..192]).is_err());
         assert!(DeviceAuth::decode(&[9]).is_err());
         assert!(DeviceAuth::decode(&[1, 2]).is_err());
+    }
+
+    #[test]
+    fn device_finish_length_is_checked_both_ways() {
+        let mut frame = vec![FrameType::DeviceFinish as u8; MIN_DEVICE_FINISH - 1];
+        assert_eq!(
+            decode_device_finish(&frame),
+            Err(DecodeError::Truncated {
+                field: "sealed device auth",
+                needed: 1
+            })
+        );
+        frame.resize(MIN_DEVICE_FINISH, 0);
+        assert_eq!(decode_device_finish(&frame).unwrap().len(), 17);
+        frame.resize(MAX_DEVICE_FINISH, 0);
+        assert_eq!(decode_device_finish(&frame).unwrap().len(), 209);
+        frame.push(0);
+        assert_eq!(
+            decode_device_finish(&frame),
+            Err(DecodeError::TrailingBytes(1))
+        );
     }
 
     #[test]

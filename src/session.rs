@@ -56,7 +56,8 @@ pub enum SessionError {
     /// A handshake message or unknown frame arrived after the handshake.
     #[error("unexpected {0:?} frame in an established session")]
     UnexpectedFrame(FrameType),
-    /// `send` after the session was closed.
+    /// The session has ended: a call after our close, after the peer's close, or after this
+    /// side closed it with an error code (an idle timeout, a socket error).
     #[error("the session is closed")]
     Closed,
 }
@@ -96,15 +97,20 @@ pub(crate) struct SessionKeys {
 }
 
 /// Where the session is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Open,
     /// We sent Close; the peer may still send data until its Close.
     CloseSent,
-    /// The peer sent Close.
+    /// The peer sent Close with `close_notify`.
     CloseReceived,
-    /// Both directions are closed, or a fatal error occurred.
+    /// Both directions are closed and the peer's close was `close_notify`: everything it sent
+    /// was delivered.
     Closed,
+    /// The session ended with this error (ours, or the peer's error close). Every later call
+    /// reports it again, so a caller that goes on after an error never mistakes the end for
+    /// an orderly close.
+    Failed(SessionError),
 }
 
 /// An established secchan session.
@@ -179,9 +185,27 @@ impl Session {
         matches!(self.state, State::Open | State::CloseReceived)
     }
 
-    /// Whether the session has ended in both directions.
+    /// Whether the session has ended in both directions, cleanly or with an error.
     pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
+        matches!(self.state, State::Closed | State::Failed(_))
+    }
+
+    /// How the session ended, once it has: `Ok(())` only if the peer's `close_notify` was
+    /// received (everything it sent was delivered), else the error that ended it.
+    pub fn end(&self) -> Option<Result<(), SessionError>> {
+        match &self.state {
+            State::Closed => Some(Ok(())),
+            State::Failed(e) => Some(Err(e.clone())),
+            State::Open | State::CloseSent | State::CloseReceived => None,
+        }
+    }
+
+    /// The error for a call the session's state no longer allows.
+    fn closed_error(&self) -> SessionError {
+        match &self.state {
+            State::Failed(e) => e.clone(),
+            _ => SessionError::Closed,
+        }
     }
 
     /// The counter the next outgoing record will carry.
@@ -195,7 +219,7 @@ impl Session {
     /// or the AEAD soft limit asks for one.
     pub fn send(&mut self, data: &[u8], now: Instant) -> Result<(), SessionError> {
         if !self.can_send() {
-            return Err(SessionError::Closed);
+            return Err(self.closed_error());
         }
         if self.sealer.wants_key_update(now) {
             self.update_keys(now)?;
@@ -207,7 +231,11 @@ impl Session {
     }
 
     /// Rotates the sending key now: queues a KeyUpdate record under the old key, then switches.
+    /// Like `send`, refused once this side has sent its Close (protocol.md §7.3).
     pub fn update_keys(&mut self, now: Instant) -> Result<(), SessionError> {
+        if !self.can_send() {
+            return Err(self.closed_error());
+        }
         let mut out = Vec::new();
         self.sealer.seal(FrameType::KeyUpdate, &[], &mut out)?;
         self.sealer.update_key(now);
@@ -216,7 +244,8 @@ impl Session {
         Ok(())
     }
 
-    /// Queues an authenticated Close record with `code` and stops sending.
+    /// Queues an authenticated Close record with `code` and stops sending. Any code but
+    /// `close_notify` ends the session at once, as failed ([`SessionError::Closed`]).
     pub fn close(&mut self, code: AlertCode) {
         if !self.can_send() {
             return;
@@ -229,13 +258,13 @@ impl Session {
         {
             self.transmit.push_back(out);
         }
-        self.state = match self.state {
-            State::CloseReceived => State::Closed,
-            _ => State::CloseSent,
+        self.state = if code != AlertCode::CloseNotify {
+            State::Failed(SessionError::Closed)
+        } else if self.state == State::CloseReceived {
+            State::Closed
+        } else {
+            State::CloseSent
         };
-        if code != AlertCode::CloseNotify {
-            self.state = State::Closed;
-        }
     }
 
     /// The next frame to send, if any.
@@ -248,18 +277,25 @@ impl Session {
     /// Processes one incoming frame. On a fatal error the session is closed and a Close record
     /// with the matching alert is queued; on an unordered transport a record that is
     /// replayed, too old or forged is reported but leaves the session open (the caller drops
-    /// it and goes on).
+    /// it and goes on). Once the peer's direction has ended, every frame is refused with the
+    /// error that ended the session, or [`SessionError::Closed`] after an orderly close.
     pub fn handle_frame<'a>(
         &mut self,
         frame: &'a mut [u8],
         _now: Instant,
     ) -> Result<Event<'a>, SessionError> {
+        if matches!(
+            self.state,
+            State::CloseReceived | State::Closed | State::Failed(_)
+        ) {
+            return Err(self.closed_error());
+        }
         match self.open_frame(frame) {
             Ok(ev) => Ok(ev),
             Err(e) => {
                 if self.is_fatal(&e) {
                     self.close(e.alert());
-                    self.state = State::Closed;
+                    self.state = State::Failed(e.clone());
                 }
                 Err(e)
             }
@@ -276,9 +312,6 @@ impl Session {
     }
 
     fn open_frame<'a>(&mut self, frame: &'a mut [u8]) -> Result<Event<'a>, SessionError> {
-        if matches!(self.state, State::CloseReceived | State::Closed) {
-            return Err(SessionError::Closed);
-        }
         let ty = crate::msgs::FrameType::of(frame).map_err(RecordError::from)?;
         if !ty.is_record() {
             return Err(SessionError::UnexpectedFrame(ty));
@@ -300,23 +333,82 @@ impl Session {
             _ => {
                 let code = match plaintext {
                     [c] => AlertCode::from_u8(*c).unwrap_or(AlertCode::InternalError),
-                    _ => {
+                    [] => {
                         return Err(SessionError::Record(RecordError::Decode(
-                            crate::codec::DecodeError::TrailingBytes(plaintext.len()),
+                            crate::codec::DecodeError::Truncated {
+                                field: "close code",
+                                needed: 1,
+                            },
+                        )))
+                    }
+                    [_, rest @ ..] => {
+                        return Err(SessionError::Record(RecordError::Decode(
+                            crate::codec::DecodeError::TrailingBytes(rest.len()),
                         )))
                     }
                 };
+                if code != AlertCode::CloseNotify {
+                    // An error close is not answered: the session ends with the peer's error.
+                    self.state = State::Failed(SessionError::PeerAlert(code));
+                    return Err(SessionError::PeerAlert(code));
+                }
                 self.state = match self.state {
                     State::CloseSent => State::Closed,
                     _ => State::CloseReceived,
                 };
-                if code == AlertCode::CloseNotify {
-                    Ok(Event::Closed)
-                } else {
-                    self.state = State::Closed;
-                    Err(SessionError::PeerAlert(code))
-                }
+                Ok(Event::Closed)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::DecodeError;
+    use crate::crypto::kem::X25519_MLKEM768;
+    use zeroize::Zeroizing;
+
+    /// A server session and a sealer for the device's direction of it.
+    fn session_and_peer() -> (Session, Sealer) {
+        let now = Instant::now();
+        let aead = AeadId::Aes256Gcm;
+        let keys = SessionKeys {
+            suite: &X25519_MLKEM768,
+            aead,
+            send: Zeroizing::new([8; 32]),
+            recv: Zeroizing::new([7; 32]),
+        };
+        let session = Session::new(Role::Server, keys, None, &SessionConfig::default(), now);
+        let peer = Sealer::new(
+            aead,
+            Zeroizing::new([7; 32]),
+            KeyUpdatePolicy::default(),
+            now,
+        );
+        (session, peer)
+    }
+
+    #[test]
+    fn close_record_must_carry_exactly_one_code() {
+        for (payload, want) in [
+            (
+                &[][..],
+                DecodeError::Truncated {
+                    field: "close code",
+                    needed: 1,
+                },
+            ),
+            (&[0, 0, 0][..], DecodeError::TrailingBytes(2)),
+        ] {
+            let (mut session, mut peer) = session_and_peer();
+            let mut frame = Vec::new();
+            peer.seal(FrameType::Close, payload, &mut frame).unwrap();
+            assert_eq!(
+                session.handle_frame(&mut frame, Instant::now()),
+                Err(SessionError::Record(RecordError::Decode(want)))
+            );
+            assert!(session.is_closed());
         }
     }
 }

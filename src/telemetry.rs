@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Stdin};
 use tokio::time::{Interval, MissedTickBehavior};
 
 /// Fastest accepted `--rate`: one message per 10 µs is beyond any sensor.
@@ -13,7 +13,7 @@ pub const MAX_RATE: f64 = 100_000.0;
 /// Where telemetry comes from, as given to `--telemetry`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TelemetrySpec {
-    /// Each line of stdin is one message.
+    /// Each line of stdin is one message, whatever its bytes (UTF-8 or not).
     Stdin,
     /// Each row of a CSV file (with a header row) becomes one JSON object.
     Csv(PathBuf),
@@ -88,7 +88,12 @@ pub enum TelemetryError {
 }
 
 enum Kind {
-    Stdin(Lines<BufReader<Stdin>>),
+    Stdin {
+        reader: BufReader<Stdin>,
+        /// The line being read. It lives here, not in the read's future, so a read the
+        /// caller cancels (a `select!` whose other branch won) loses no bytes.
+        line: Vec<u8>,
+    },
     Csv {
         path: PathBuf,
         header: Vec<String>,
@@ -127,7 +132,10 @@ impl Source {
     ) -> Result<Self, TelemetryError> {
         let (kind, rate) = match spec {
             TelemetrySpec::Stdin => (
-                Kind::Stdin(BufReader::new(tokio::io::stdin()).lines()),
+                Kind::Stdin {
+                    reader: BufReader::new(tokio::io::stdin()),
+                    line: Vec::new(),
+                },
                 rate,
             ),
             TelemetrySpec::Csv(path) => (open_csv(path)?, rate.or(Some(DEFAULT_RATE))),
@@ -152,8 +160,9 @@ impl Source {
         self.produced
     }
 
-    /// The next message, waiting for the pace; `None` when the source is exhausted.
-    pub async fn next(&mut self) -> Result<Option<String>, TelemetryError> {
+    /// The next message, waiting for the pace; `None` when the source is exhausted. Cancel
+    /// safe: a call dropped before it returns loses nothing.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, TelemetryError> {
         if self.limit.is_some_and(|l| self.produced >= l) {
             return Ok(None);
         }
@@ -161,10 +170,12 @@ impl Source {
             pace.tick().await;
         }
         let item = match &mut self.kind {
-            Kind::Stdin(lines) => lines.next_line().await.map_err(TelemetryError::Stdin)?,
+            Kind::Stdin { reader, line } => next_line(reader, line)
+                .await
+                .map_err(TelemetryError::Stdin)?,
             Kind::Csv { path, header, rows } => match rows.next() {
                 None => None,
-                Some(Ok(row)) => Some(row_to_json(header, &row)),
+                Some(Ok(row)) => Some(row_to_json(header, &row).into_bytes()),
                 Some(Err(e)) => {
                     return Err(TelemetryError::Csv {
                         path: path.clone(),
@@ -172,13 +183,33 @@ impl Source {
                     })
                 }
             },
-            Kind::Sim => Some(sim_reading(self.produced, unix_ms())),
+            Kind::Sim => Some(sim_reading(self.produced, unix_ms()).into_bytes()),
         };
         if item.is_some() {
             self.produced += 1;
         }
         Ok(item)
     }
+}
+
+/// The next line of `reader` without its `\n` or `\r\n`, as bytes: a message need not be
+/// UTF-8. Bytes read by a cancelled call wait in `line` for the next one. A last line without
+/// a newline is a line too.
+async fn next_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    if reader.read_until(b'\n', line).await? == 0 && line.is_empty() {
+        return Ok(None);
+    }
+    let mut out = std::mem::take(line);
+    if out.last() == Some(&b'\n') {
+        out.pop();
+        if out.last() == Some(&b'\r') {
+            out.pop();
+        }
+    }
+    Ok(Some(out))
 }
 
 fn open_csv(path: &Path) -> Result<Kind, TelemetryError> {
@@ -320,9 +351,9 @@ mod tests {
         let mut source = Source::open(&spec, Some(Rate(MAX_RATE)), None).unwrap();
         let mut rows = 0;
         while let Some(line) = source.next().await.unwrap() {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            assert!(v["temperature_c"].is_number(), "{line}");
-            assert!(v["timestamp"].is_string(), "{line}");
+            let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert!(v["temperature_c"].is_number(), "{v}");
+            assert!(v["timestamp"].is_string(), "{v}");
             rows += 1;
         }
         assert_eq!(rows, 50);
@@ -335,6 +366,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stdin_lines_are_bytes_without_their_line_ending() {
+        let mut input = &b"temp=21.5\r\n\xff\xfe binary\n\nlast"[..];
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        while let Some(l) = next_line(&mut input, &mut line).await.unwrap() {
+            lines.push(l);
+        }
+        assert_eq!(
+            lines,
+            [&b"temp=21.5"[..], b"\xff\xfe binary", b"", b"last"].map(<[u8]>::to_vec)
+        );
+    }
+
+    #[tokio::test]
     async fn malformed_dataset_is_a_clear_error() {
         let dir = std::env::temp_dir().join(format!("secchan-telemetry-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -342,7 +387,10 @@ mod tests {
         std::fs::write(&file, "a,b\n1,2\n3\n").unwrap();
         let spec = TelemetrySpec::Csv(file.clone());
         let mut s = Source::open(&spec, Some(Rate(MAX_RATE)), None).unwrap();
-        assert_eq!(s.next().await.unwrap().as_deref(), Some(r#"{"a":1,"b":2}"#));
+        assert_eq!(
+            s.next().await.unwrap().as_deref(),
+            Some(&br#"{"a":1,"b":2}"#[..])
+        );
         assert!(matches!(s.next().await, Err(TelemetryError::Csv { .. })));
         let missing = TelemetrySpec::Csv(dir.join("missing.csv"));
         assert!(matches!(

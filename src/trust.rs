@@ -155,7 +155,13 @@ impl ServerVerifier for KnownServers {
             .append(true)
             .open(&self.file)
             .map_err(|e| self.io(e))?;
-        writeln!(f, "{} {}", self.host, got).map_err(|e| self.io(e))?;
+        // A hand-edited file may lack its final newline: never glue the entry onto that line.
+        let separator = if text.is_empty() || text.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
+        writeln!(f, "{separator}{} {}", self.host, got).map_err(|e| self.io(e))?;
         tracing::warn!(
             server = %self.host,
             fingerprint = %got,
@@ -202,6 +208,29 @@ mod tests {
             ks.verify(&a),
             Err(TrustError::Malformed { line: 1, .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn first_use_entry_starts_on_its_own_line() {
+        let dir = std::env::temp_dir().join(format!("secchan-ks-nl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("known_servers");
+        let a = IdentityKey::from_seed(&[1; 32]).public();
+        let b = IdentityKey::from_seed(&[2; 32]).public();
+        std::fs::write(&file, format!("other:1 {}", b.fingerprint())).unwrap();
+        KnownServers::new(&file, "host:4433").verify(&a).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!(
+                "other:1 {}\nhost:4433 {}\n",
+                b.fingerprint(),
+                a.fingerprint()
+            )
+        );
+        // Both pins still hold.
+        KnownServers::new(&file, "host:4433").verify(&a).unwrap();
+        KnownServers::new(&file, "other:1").verify(&b).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -159,7 +159,7 @@ fn unreachable_server_is_one_line_error() {
         "--connect",
         &addr,
         "--server-key",
-        "SHA256:AAAA",
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         "--quick",
     ];
     let out = secchan(&[&args[..], &["--no-progress"]].concat());

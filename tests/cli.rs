@@ -139,6 +139,31 @@ fn device_lines_reach_server_as_json_and_device_exits_zero() {
 }
 
 #[test]
+fn lines_that_are_not_utf8_arrive_as_data_base64() {
+    let dir = tempdir("cli-binary");
+    let server_fp = keygen(&dir.join("server.key"));
+    let mut server = start_server(&dir, &["--allow-any-device"]);
+    let out = run_device(
+        &dir,
+        &["--connect", &server.addr, "--server-key", &server_fp],
+        b"temp=21.5\r\n\xff\xfe\x00raw\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
+    let text: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(text["data"], "temp=21.5");
+    assert!(text.get("data_base64").is_none(), "{text}");
+    let binary: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(binary.get("data").is_none(), "{binary}");
+    assert_eq!(binary["data_base64"], "//4AcmF3");
+    assert_eq!(binary["device"], "anonymous");
+}
+
+#[test]
 fn unknown_device_gets_one_clear_line() {
     let dir = tempdir("cli-unknown");
     let server_fp = keygen(&dir.join("server.key"));
@@ -161,6 +186,36 @@ fn unknown_device_gets_one_clear_line() {
         "hello\n",
     );
     assert_one_line_error(&out, &["authorized list"]);
+}
+
+#[test]
+fn unknown_device_streaming_many_lines_still_reads_the_refusal() {
+    // The device sends lines right behind its DeviceFinish; the server must not reset the
+    // connection under the refusal it sent.
+    let dir = tempdir("cli-unknown-many");
+    let server_fp = keygen(&dir.join("server.key"));
+    let known = keygen(&dir.join("known.key"));
+    keygen(&dir.join("stranger.key"));
+    std::fs::write(dir.join("devices"), format!("{known}\n")).unwrap();
+    let devices = dir.join("devices");
+    let server = start_server(&dir, &["--authorized-devices", devices.to_str().unwrap()]);
+    let stranger = dir.join("stranger.key");
+    let input: String = (0..20_000).map(|i| format!("reading {i}\n")).collect();
+    for _ in 0..3 {
+        let out = run_device(
+            &dir,
+            &[
+                "--connect",
+                &server.addr,
+                "--server-key",
+                &server_fp,
+                "--key",
+                stranger.to_str().unwrap(),
+            ],
+            &input,
+        );
+        assert_one_line_error(&out, &["authorized list"]);
+    }
 }
 
 #[test]
@@ -213,10 +268,145 @@ fn device_cannot_reach_server() {
     drop(listener);
     let out = run_device(
         &std::env::temp_dir(),
-        &["--connect", &addr, "--server-key", "SHA256:x"],
+        &["--connect", &addr, "--server-key", ANY_FINGERPRINT],
         "",
     );
     assert_one_line_error(&out, &["cannot connect"]);
+}
+
+/// A well-formed fingerprint no key has.
+const ANY_FINGERPRINT: &str = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+#[test]
+fn malformed_fingerprints_are_named_not_taken_for_a_changed_key() {
+    let dir = tempdir("cli-fingerprints");
+    keygen(&dir.join("server.key"));
+    // A typo in --server-key is reported before connecting, as a typo.
+    for typo in ["SHA256:x", &ANY_FINGERPRINT[..49]] {
+        let out = run_device(
+            &dir,
+            &["--connect", "127.0.0.1:9", "--server-key", typo],
+            "",
+        );
+        assert_one_line_error(&out, &[&format!("--server-key {typo}: not a fingerprint")]);
+    }
+    // A typo in the authorized list stops the server at that line.
+    let devices = dir.join("devices");
+    std::fs::write(
+        &devices,
+        format!("{ANY_FINGERPRINT} ok\nSHA256:typo sensor-2\n"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["server", "--listen", "127.0.0.1:0", "--key"])
+        .arg(dir.join("server.key"))
+        .arg("--authorized-devices")
+        .arg(&devices)
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        &[
+            &format!("{}:2", devices.display()),
+            "SHA256:typo is not a fingerprint",
+        ],
+    );
+}
+
+#[test]
+fn usage_errors_are_one_line() {
+    let dir = tempdir("cli-usage");
+    keygen(&dir.join("server.key"));
+    let out = bin()
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-any-device",
+            "--key",
+        ])
+        .arg(dir.join("server.key"))
+        .args(["--max-sessions", "0"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, &["--max-sessions", "--help"]);
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+#[test]
+fn keepalive_keeps_a_quiet_device_past_the_server_idle_timeout() {
+    use std::io::Write;
+    let dir = tempdir("cli-keepalive");
+    let server_fp = keygen(&dir.join("server.key"));
+    let mut server = start_server(&dir, &["--allow-any-device", "--idle-timeout", "2"]);
+    let mut device = bin()
+        .args([
+            "device",
+            "--connect",
+            &server.addr,
+            "--server-key",
+            &server_fp,
+        ])
+        .args(["--keepalive", "1"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = device.stdin.take().unwrap();
+    input.write_all(b"before the pause\n").unwrap();
+    input.flush().unwrap();
+    let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().contains("before the pause"));
+    // Silent for longer than the server's idle timeout: only keep-alives flow.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    input.write_all(b"after the pause\n").unwrap();
+    drop(input);
+    let out = device.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lines.next().unwrap().unwrap().contains("after the pause"));
+}
+
+#[test]
+fn device_gives_up_on_a_server_that_never_confirms_its_close() {
+    use secchan::crypto::identity::IdentityKey;
+    use secchan::handshake::server::ServerConfig;
+    use secchan::handshake::AllowAnyDevice;
+    use secchan::transport::{tcp::Listener, Timeouts};
+    use std::sync::Arc;
+    // A server that completes the handshake, then never reads again.
+    let key = Arc::new(IdentityKey::from_seed(&[0x3c; 32]));
+    let fingerprint = key.public().fingerprint();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(Listener::bind(
+            "127.0.0.1:0",
+            Arc::new(ServerConfig::new(key, Arc::new(AllowAnyDevice))),
+            Timeouts::default(),
+        ))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    runtime.spawn(async move {
+        let (conn, _) = listener.accept().await.unwrap().handshake().await.unwrap();
+        std::future::pending::<()>().await;
+        drop(conn);
+    });
+    let out = run_device(
+        &std::env::temp_dir(),
+        &[
+            "--connect",
+            &addr,
+            "--server-key",
+            &fingerprint,
+            "--close-timeout",
+            "1",
+        ],
+        "reading\n",
+    );
+    assert_one_line_error(&out, &["did not confirm the close within 1 s"]);
 }
 
 #[test]

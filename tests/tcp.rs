@@ -7,16 +7,18 @@ use common::*;
 use secchan::crypto::aead::AeadId;
 use secchan::crypto::identity::IdentityKey;
 use secchan::crypto::kem::{X25519_KYBER768R3, X25519_MLKEM768, X25519_ONLY};
-use secchan::handshake::{HandshakeError, Mode};
-use secchan::msgs::{AlertCode, FrameType};
+use secchan::crypto::random::OsRandom;
+use secchan::handshake::{device, server, HandshakeError, Mode};
+use secchan::msgs::{encode_alert, AlertCode, FrameType};
 use secchan::record::replay::ReplayError;
-use secchan::record::RecordError;
+use secchan::record::{RecordError, MAX_PAYLOAD};
 use secchan::session::SessionError;
-use secchan::transport::tcp::connect;
-use secchan::transport::TransportError;
+use secchan::transport::tcp::{connect, Listener};
+use secchan::transport::{TransportError, MAX_FRAME_LEN};
 use secchan::trust::{KnownServers, Pinned, TrustError};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn pin() -> Pinned {
@@ -35,7 +37,7 @@ async fn every_suite_and_aead_carries_messages_both_ways_and_closes_cleanly() {
     let cases = [
         (Mode::Hybrid, &X25519_MLKEM768, AeadId::Aes256Gcm),
         (Mode::Hybrid, &X25519_MLKEM768, AeadId::ChaCha20Poly1305),
-        (Mode::Hybrid, &X25519_KYBER768R3, AeadId::Aes256Gcm),
+        (Mode::Any, &X25519_KYBER768R3, AeadId::Aes256Gcm),
         (Mode::Classical, &X25519_ONLY, AeadId::Aes256Gcm),
         (Mode::Any, &X25519_ONLY, AeadId::ChaCha20Poly1305),
     ];
@@ -115,19 +117,52 @@ async fn hybrid_server_refuses_classical_device_on_both_ends() {
 }
 
 #[tokio::test]
+async fn default_server_refuses_pre_standard_kyber() {
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let err = connect(
+        addr,
+        &device_config(&X25519_KYBER768R3, AeadId::Aes256Gcm),
+        &pin(),
+        short_timeouts(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Handshake(HandshakeError::PeerAlert(AlertCode::SuiteRefused))
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::Handshake(HandshakeError::SuiteRefused {
+            suite: "X25519Kyber768R3",
+            mode: Mode::Hybrid
+        }))
+    ));
+}
+
+#[tokio::test]
 async fn unknown_device_is_refused_on_both_ends() {
     let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
     let mut cfg = device_config(&X25519_MLKEM768, AeadId::Aes256Gcm);
     let stranger = Arc::new(IdentityKey::from_seed(&[0x77; 32]));
     cfg.identity = Some(stranger.clone());
-    // The device completes its side (1-RTT) and learns of the refusal on its first read.
+    // The device completes its side (1-RTT), sends right behind its DeviceFinish, and learns
+    // of the refusal on its first read: the server's lingering close keeps the connection
+    // from being reset under the alert.
     let mut conn = connect(addr, &cfg, &pin(), short_timeouts()).await.unwrap();
-    let _ = conn.send(b"hello?").await;
+    for _ in 0..100 {
+        conn.send(&[0x55; 500]).await.unwrap();
+        tokio::task::yield_now().await;
+    }
     let err = conn.recv().await.unwrap_err();
     assert!(
         matches!(err, TransportError::Refused(AlertCode::UnknownDevice)),
         "{err:?}"
     );
+    drop(conn);
     match next(&mut rx).await.end {
         Err(TransportError::Handshake(HandshakeError::DeviceRefused { device, code })) => {
             assert_eq!(device, stranger.public().fingerprint());
@@ -147,7 +182,78 @@ async fn anonymous_device_is_refused_by_default() {
         conn.recv().await.unwrap_err(),
         TransportError::Refused(AlertCode::DeviceAuthRequired)
     ));
-    assert!(next(&mut rx).await.end.is_err());
+    drop(conn);
+    match next(&mut rx).await.end {
+        Err(TransportError::Handshake(HandshakeError::DeviceRefused { device, code })) => {
+            assert_eq!(device, "anonymous");
+            assert_eq!(code, AlertCode::DeviceAuthRequired);
+        }
+        other => panic!("unexpected server outcome {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn plaintext_alert_after_the_first_frame_is_not_a_refusal() {
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    // The attacker appends a forged "revoked" alert to the server's first record.
+    let mitm = start_mitm(addr, |up, i, f| {
+        if !up && i == 1 {
+            vec![f, encode_alert(AlertCode::Revoked)]
+        } else {
+            vec![f]
+        }
+    })
+    .await;
+    let mut conn = connect_hybrid(mitm).await.unwrap();
+    conn.send(b"x").await.unwrap();
+    assert_eq!(&conn.recv().await.unwrap().unwrap()[..], b"echo: x");
+    let err = conn.recv().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Session(SessionError::UnexpectedFrame(FrameType::Alert))
+        ),
+        "{err:?}"
+    );
+    // The device closed with unexpected_message, authenticated.
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::Session(SessionError::PeerAlert(
+            AlertCode::UnexpectedMessage
+        )))
+    ));
+}
+
+#[tokio::test]
+async fn plaintext_alert_after_the_handshake_timeout_is_not_a_refusal() {
+    // A server that completes the handshake, then sends an alert only after the device's
+    // refusal window (the handshake timeout) has passed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let timeouts = short_timeouts();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let hello = read_frame(&mut s).await.unwrap();
+        let config = server_config(Mode::Hybrid);
+        let (_, reply) = server::accept_hello(&config, &hello, &mut OsRandom).unwrap();
+        write_frame(&mut s, &reply).await.unwrap();
+        read_frame(&mut s).await.unwrap();
+        tokio::time::sleep(timeouts.handshake * 2).await;
+        write_frame(&mut s, &encode_alert(AlertCode::UnknownDevice))
+            .await
+            .unwrap();
+        // Hold the connection until the device has read the alert.
+        let _ = read_frame(&mut s).await;
+    });
+    let mut conn = connect_hybrid(addr).await.unwrap();
+    let err = conn.recv().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Session(SessionError::UnexpectedFrame(FrameType::Alert))
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -280,6 +386,45 @@ async fn tampered_record_is_fatal_with_bad_tag() {
         conn.recv().await.unwrap_err(),
         TransportError::Session(SessionError::PeerAlert(AlertCode::BadRecord))
     ));
+    // A caller that goes on after the error gets it again, never an orderly end.
+    assert!(matches!(
+        conn.recv().await.unwrap_err(),
+        TransportError::Session(SessionError::PeerAlert(AlertCode::BadRecord))
+    ));
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::Session(SessionError::Record(
+            RecordError::BadTag(0)
+        )))
+    ));
+}
+
+#[tokio::test]
+async fn error_close_reaches_a_device_that_keeps_sending() {
+    // The server's lingering close: its Close record is read, not lost to a reset, while
+    // the device's later records are still arriving.
+    let (mut conn, mut rx) = session_through(|i, mut f| {
+        if i == 0 {
+            let last = f.len() - 1;
+            f[last] ^= 1;
+        }
+        vec![f]
+    })
+    .await;
+    conn.send(b"x").await.unwrap();
+    for _ in 0..100 {
+        conn.send(&[0x55; 500]).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let err = conn.recv().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Session(SessionError::PeerAlert(AlertCode::BadRecord))
+        ),
+        "{err:?}"
+    );
+    drop(conn);
     assert!(matches!(
         next(&mut rx).await.end,
         Err(TransportError::Session(SessionError::Record(
@@ -398,15 +543,72 @@ async fn stream_cut_inside_a_record_is_reported_as_truncation() {
 
 #[tokio::test]
 async fn oversize_frame_is_refused_before_allocation() {
+    // The largest prefix, and one past the limit: refused on the prefix alone (no body
+    // follows). A frame of exactly the limit is read and judged on its contents.
+    for prefix in [0xffff_u16, MAX_FRAME_LEN as u16 + 1] {
+        let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&prefix.to_be_bytes()).await.unwrap();
+        s.write_all(&[0x01]).await.unwrap();
+        let end = next(&mut rx).await.end;
+        assert!(
+            matches!(end, Err(TransportError::FrameTooLarge)),
+            "{prefix}: {end:?}"
+        );
+    }
     let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut s, &[0xff, 0xff, 0x01])
-        .await
-        .unwrap();
-    assert!(matches!(
-        next(&mut rx).await.end,
-        Err(TransportError::FrameTooLarge)
-    ));
+    let mut at_limit = vec![0u8; MAX_FRAME_LEN];
+    at_limit[..2].copy_from_slice(&[0x01, 0x01]);
+    write_frame(&mut s, &at_limit).await.unwrap();
+    let end = next(&mut rx).await.end;
+    assert!(
+        matches!(
+            end,
+            Err(TransportError::Handshake(HandshakeError::Decode(_)))
+        ),
+        "{end:?}"
+    );
+}
+
+#[tokio::test]
+async fn oversize_frame_in_an_established_session_is_refused() {
+    assert_eq!(MAX_FRAME_LEN, 16_403);
+    // A server that only collects messages (an echo of a full record would not fit).
+    let listener = Listener::bind(
+        "127.0.0.1:0",
+        Arc::new(server_config(Mode::Hybrid)),
+        short_timeouts(),
+    )
+    .await
+    .unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap().handshake().await.unwrap();
+        let mut messages = Vec::new();
+        loop {
+            match conn.recv().await {
+                Ok(Some(m)) => messages.push(m.len()),
+                end => return (messages, end),
+            }
+        }
+    });
+    // The device's second record is replaced by a frame one byte over the limit.
+    let mitm = start_mitm(upstream, |up, i, f| {
+        if up && i == 3 {
+            vec![vec![FrameType::Data as u8; MAX_FRAME_LEN + 1]]
+        } else {
+            vec![f]
+        }
+    })
+    .await;
+    let mut conn = connect_hybrid(mitm).await.unwrap();
+    // A full record is exactly the limit, and is accepted.
+    conn.send(&vec![7u8; MAX_PAYLOAD]).await.unwrap();
+    conn.send(b"replaced").await.unwrap();
+    let (messages, end) = server.await.unwrap();
+    assert_eq!(messages, vec![MAX_PAYLOAD]);
+    assert!(matches!(end, Err(TransportError::FrameTooLarge)), "{end:?}");
 }
 
 #[tokio::test]
@@ -429,12 +631,29 @@ async fn garbage_in_place_of_hello_gets_decode_alert() {
 
 #[tokio::test]
 async fn stalled_peer_mid_handshake_times_out() {
+    let timeout_alert = vec![FrameType::Alert as u8, 0x01, AlertCode::Timeout as u8];
+    // A device that sends a valid DeviceHello, reads the ServerHello, and never finishes.
     let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    // Half a length prefix, then nothing.
-    tokio::io::AsyncWriteExt::write_all(&mut s, &[0x04])
-        .await
-        .unwrap();
+    let (_, hello) = device::start(
+        &device_config(&X25519_MLKEM768, AeadId::Aes256Gcm),
+        &mut OsRandom,
+    )
+    .unwrap();
+    write_frame(&mut s, &hello).await.unwrap();
+    let server_hello = read_frame(&mut s).await.unwrap();
+    assert_eq!(server_hello[0], FrameType::ServerHello as u8);
+    // The server gives up, says why, and closes.
+    assert_eq!(read_frame(&mut s).await.unwrap(), timeout_alert);
+    assert!(matches!(
+        next(&mut rx).await.end,
+        Err(TransportError::HandshakeTimeout(_))
+    ));
+    // One that stalls inside its first length prefix.
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&[0x04]).await.unwrap();
+    assert_eq!(read_frame(&mut s).await.unwrap(), timeout_alert);
     assert!(matches!(
         next(&mut rx).await.end,
         Err(TransportError::HandshakeTimeout(_))
@@ -482,14 +701,20 @@ async fn idle_session_is_closed_with_timeout_alert() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (mut conn, _) = listener.accept().await.unwrap().handshake().await.unwrap();
-        conn.recv().await
+        (conn.recv().await, conn.recv().await)
     });
     let mut conn = connect_hybrid(addr).await.unwrap();
-    // The device stays silent; the server gives up and says why.
-    assert!(matches!(
-        server.await.unwrap(),
-        Err(TransportError::IdleTimeout(_))
-    ));
+    // The device stays silent; the server gives up and says why, and a second receive does
+    // not turn the timeout into an orderly end.
+    let (first, second) = server.await.unwrap();
+    assert!(
+        matches!(first, Err(TransportError::IdleTimeout(_))),
+        "{first:?}"
+    );
+    assert!(
+        matches!(second, Err(TransportError::Session(SessionError::Closed))),
+        "{second:?}"
+    );
     assert!(matches!(
         conn.recv().await.unwrap_err(),
         TransportError::Session(SessionError::PeerAlert(AlertCode::Timeout))

@@ -1,7 +1,9 @@
 //! Test vectors (protocol.md §9): fixed randomness and identity keys in, every message,
-//! intermediate secret and the first record out. Intermediate values are re-derived here
+//! intermediate secret and the first records out. Intermediate values are re-derived here
 //! from protocol.md with the primitive crates directly (not through secchan's key schedule),
-//! and the whole run is compared with `tests/vectors/*.json`.
+//! and every sealed value secchan produced is opened, and every signature verified, with them:
+//! both handshake authentications, the first record each way, a KeyUpdate record and the
+//! record after it. The whole run is compared with `tests/vectors/*.json`.
 //!
 //! Regenerate after an intentional wire change (and bump the version byte):
 //! `SECCHAN_WRITE_VECTORS=1 cargo test --test vectors`.
@@ -34,6 +36,52 @@ fn expand(prk: &[u8], label: &str, n: usize) -> Vec<u8> {
 
 fn extract(salt: &[u8], ikm: &[u8]) -> Vec<u8> {
     Hkdf::<Sha256>::extract(Some(salt), ikm).0.to_vec()
+}
+
+/// Opens `ciphertext || tag` with ring under `key` (protocol.md §3.2).
+fn open(aead: AeadId, key: &[u8], nonce: [u8; 12], aad: &[u8], sealed: &[u8]) -> Vec<u8> {
+    let alg = match aead {
+        AeadId::Aes256Gcm => &ring::aead::AES_256_GCM,
+        AeadId::ChaCha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
+    };
+    let k = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, key).unwrap());
+    let mut buf = sealed.to_vec();
+    let plain = k
+        .open_in_place(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(aad),
+            &mut buf,
+        )
+        .expect("sealed value opens with the independently derived key");
+    plain.to_vec()
+}
+
+/// Opens a record (protocol.md §7.1): nonce = iv XOR counter, aad = the 3 header bytes.
+fn open_record(aead: AeadId, key: &[u8], iv: &[u8], counter: u64, record: &[u8]) -> Vec<u8> {
+    let mut nonce: [u8; 12] = iv.try_into().unwrap();
+    for (n, c) in nonce[4..].iter_mut().zip(counter.to_be_bytes()) {
+        *n ^= c;
+    }
+    assert_eq!(&record[1..3], &(counter as u16).to_be_bytes());
+    open(aead, key, nonce, &record[..3], &record[3..])
+}
+
+/// Verifies an Ed25519 signature over `context || 0x00 || transcript hash` (protocol.md §5.2,
+/// §5.3) with ed25519-dalek.
+fn verify(public: &[u8], context: &str, th: &[u8], signature: &[u8]) {
+    let key = ed25519_dalek::VerifyingKey::from_bytes(public.try_into().unwrap()).unwrap();
+    let message = [context.as_bytes(), &[0], th].concat();
+    key.verify_strict(
+        &message,
+        &ed25519_dalek::Signature::from_bytes(signature.try_into().unwrap()),
+    )
+    .expect("signature verifies over the transcript as protocol.md specifies");
+}
+
+fn ed25519_public(seed: &[u8; 32]) -> [u8; 32] {
+    ed25519_dalek::SigningKey::from_bytes(seed)
+        .verifying_key()
+        .to_bytes()
 }
 
 fn generate(
@@ -131,16 +179,40 @@ fn generate(
     put(&mut v, "th3", &th3);
     let hs = extract(&th1, &ikm);
     put(&mut v, "handshake_secret", &hs);
-    put(
-        &mut v,
-        "server_handshake_key",
-        &expand(&hs, "server handshake key", 32),
+    let server_hs_key = expand(&hs, "server handshake key", 32);
+    let device_hs_key = expand(&hs, "device handshake key", 32);
+    put(&mut v, "server_handshake_key", &server_hs_key);
+    put(&mut v, "device_handshake_key", &device_hs_key);
+
+    // ServerHello's sealed_auth opens with the server handshake key (nonce 0, aad TH1) to the
+    // server's public key and its signature over TH1 (protocol.md §4.2, §5.2).
+    let server_auth = open(aead, &server_hs_key, [0; 12], &th1, &sh[36 + pq_len..]);
+    put(&mut v, "server_auth_plaintext", &server_auth);
+    assert_eq!(&server_auth[..32], &ed25519_public(&server_seed));
+    verify(
+        &server_auth[..32],
+        "secchan v1 server signature",
+        &th1,
+        &server_auth[32..],
     );
-    put(
-        &mut v,
-        "device_handshake_key",
-        &expand(&hs, "device handshake key", 32),
-    );
+    // DeviceFinish opens with the device handshake key (nonce 0, aad TH2) to device_auth
+    // (protocol.md §4.3, §5.3).
+    let device_auth = open(aead, &device_hs_key, [0; 12], &th2, &finish[1..]);
+    put(&mut v, "device_auth_plaintext", &device_auth);
+    match device_identity {
+        Some(seed) => {
+            assert_eq!(device_auth.len(), 97);
+            assert_eq!(device_auth[0], 0x01);
+            assert_eq!(&device_auth[1..33], &ed25519_public(&seed));
+            verify(
+                &device_auth[1..33],
+                "secchan v1 device signature",
+                &th2,
+                &device_auth[33..],
+            );
+        }
+        None => assert_eq!(device_auth, [0x00]),
+    }
     let master = extract(&th3, &hs);
     put(&mut v, "master_secret", &master);
     let d2s = expand(&master, "d2s traffic", 32);
@@ -151,32 +223,66 @@ fn generate(
     let iv = expand(&d2s, "iv", 12);
     put(&mut v, "d2s_key", &key);
     put(&mut v, "d2s_iv", &iv);
-    put(&mut v, "d2s_key_update_1", &expand(&d2s, "key update", 32));
+    let d2s_1 = expand(&d2s, "key update", 32);
+    put(&mut v, "d2s_key_update_1", &d2s_1);
+    let s2d_key = expand(&s2d, "key", 32);
+    let s2d_iv = expand(&s2d, "iv", 12);
+    put(&mut v, "s2d_key", &s2d_key);
+    put(&mut v, "s2d_iv", &s2d_iv);
 
-    // The device's first record, opened here with ring and the derived key and IV.
+    // The device's first record (counter 0), opened with the derived d2s key and IV.
     let plaintext = b"{\"temperature_c\":21.5}";
     dsession.send(plaintext, now).unwrap();
     let record = dsession.poll_transmit().unwrap();
     put(&mut v, "first_record_plaintext", plaintext);
     put(&mut v, "first_record", &record);
-    let alg = match aead {
-        AeadId::Aes256Gcm => &ring::aead::AES_256_GCM,
-        AeadId::ChaCha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
-    };
-    let k = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, &key).unwrap());
-    let mut body = record[3..].to_vec();
-    let opened = k
-        .open_in_place(
-            ring::aead::Nonce::try_assume_unique_for_key(&iv).unwrap(),
-            ring::aead::Aad::from(&record[..3]),
-            &mut body,
-        )
-        .unwrap();
-    assert_eq!(opened, plaintext);
+    assert_eq!(record[0], 0x10);
+    assert_eq!(open_record(aead, &key, &iv, 0, &record), plaintext);
     let mut frame = record.clone();
     assert_eq!(
         ssession.handle_frame(&mut frame, now).unwrap(),
         Event::Message(plaintext)
+    );
+
+    // The server's first record (counter 0), opened with the derived s2d key and IV.
+    let reply = b"{\"ack\":1}";
+    ssession.send(reply, now).unwrap();
+    let record = ssession.poll_transmit().unwrap();
+    put(&mut v, "s2d_first_record_plaintext", reply);
+    put(&mut v, "s2d_first_record", &record);
+    assert_eq!(open_record(aead, &s2d_key, &s2d_iv, 0, &record), reply);
+    let mut frame = record.clone();
+    assert_eq!(
+        dsession.handle_frame(&mut frame, now).unwrap(),
+        Event::Message(reply)
+    );
+
+    // A device key update: the KeyUpdate record (counter 1) under generation 0, then the next
+    // record (counter 2) under generation 1, derived with "key update" (protocol.md §5.5).
+    dsession.update_keys(now).unwrap();
+    let update = dsession.poll_transmit().unwrap();
+    put(&mut v, "d2s_key_update_record", &update);
+    assert_eq!(update[0], 0x11);
+    assert_eq!(open_record(aead, &key, &iv, 1, &update), b"");
+    let key_1 = expand(&d2s_1, "key", 32);
+    let iv_1 = expand(&d2s_1, "iv", 12);
+    put(&mut v, "d2s_key_1", &key_1);
+    put(&mut v, "d2s_iv_1", &iv_1);
+    let after = b"{\"temperature_c\":21.6}";
+    dsession.send(after, now).unwrap();
+    let record = dsession.poll_transmit().unwrap();
+    put(&mut v, "d2s_record_after_key_update_plaintext", after);
+    put(&mut v, "d2s_record_after_key_update", &record);
+    assert_eq!(open_record(aead, &key_1, &iv_1, 2, &record), after);
+    let mut frame = update.clone();
+    assert_eq!(
+        ssession.handle_frame(&mut frame, now).unwrap(),
+        Event::KeyUpdated
+    );
+    let mut frame = record.clone();
+    assert_eq!(
+        ssession.handle_frame(&mut frame, now).unwrap(),
+        Event::Message(after)
     );
     v
 }
@@ -209,4 +315,44 @@ fn classical_x25519_chacha20poly1305_anonymous() {
         "classical_x25519_chacha20poly1305",
         generate(&X25519_ONLY, AeadId::ChaCha20Poly1305, None),
     );
+}
+
+/// protocol.md §9's excerpt quotes the hybrid vector: every hex value it shows (whole, or a
+/// prefix ending in "...") must be the file's.
+#[test]
+fn protocol_md_excerpt_matches_the_vector_file() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let spec = std::fs::read_to_string(format!("{root}/protocol.md")).unwrap();
+    let stored: BTreeMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{root}/tests/vectors/hybrid_mlkem768_aes256gcm.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let excerpt = spec
+        .split("Excerpt of `hybrid_mlkem768_aes256gcm.json`")
+        .nth(1)
+        .and_then(|rest| rest.split("```").nth(1))
+        .expect("protocol.md §9 has the excerpt");
+    let mut checked = 0;
+    for line in excerpt.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let hex = value.trim_end_matches("...");
+        if value.contains("...") && !value.ends_with("...") || hex.len() < 16 {
+            continue; // abbreviated inputs such as 5e5e...5e
+        }
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let want = stored
+            .get(name)
+            .unwrap_or_else(|| panic!("protocol.md §9 quotes {name}, which the vector lacks"));
+        assert!(want.starts_with(hex), "protocol.md §9: {name} differs");
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} values checked");
 }

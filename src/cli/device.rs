@@ -14,7 +14,9 @@ use clap::Args;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 /// Options of `secchan device`.
@@ -52,6 +54,15 @@ pub struct DeviceArgs {
     /// instructions, else ChaCha20-Poly1305 first].
     #[arg(long, value_name = "AEAD", value_delimiter = ',', value_parser = parse_aead)]
     aead: Vec<AeadId>,
+    /// Over TCP: after this many seconds without sending, send a KeyUpdate record as a
+    /// keep-alive, so the server's idle timeout (600 s by default) does not end a quiet
+    /// session (protocol.md §7.5).
+    #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    keepalive: u64,
+    /// Over TCP: seconds to wait at the end of the input for the server to confirm the close;
+    /// without its confirmation the device exits with an error.
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    close_timeout: u64,
     #[command(flatten)]
     session: SessionArgs,
     #[command(flatten)]
@@ -164,6 +175,11 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
     let mut stdout = tokio::io::stdout();
     let mut line_no = 0usize;
     let mut input_open = true;
+    let keepalive = Duration::from_secs(args.keepalive);
+    let close_timeout = Duration::from_secs(args.close_timeout);
+    // While the input is open: when the keep-alive is due. After our close: when waiting for
+    // the server's close ends.
+    let mut deadline = Instant::now() + keepalive;
     loop {
         tokio::select! {
             line = source.next(), if input_open => match line? {
@@ -172,12 +188,23 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
                     if line.len() > crate::record::MAX_PAYLOAD {
                         return Err(CliError::MessageTooLarge { line: line_no, len: line.len() });
                     }
-                    conn.send(line.as_bytes()).await?;
+                    conn.send(&line).await?;
+                    deadline = Instant::now() + keepalive;
                 }
                 None => {
                     conn.send_close().await?;
                     input_open = false;
+                    deadline = Instant::now() + close_timeout;
                 }
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                if !input_open {
+                    return Err(CliError::CloseUnconfirmed { secs: args.close_timeout });
+                }
+                // A KeyUpdate record: never delivered as a message, it restarts the server's
+                // idle timer.
+                conn.update_keys().await?;
+                deadline = Instant::now() + keepalive;
             },
             message = conn.recv() => match message? {
                 Some(m) => {

@@ -9,11 +9,19 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// A key file could not be read or parsed.
-    #[error("cannot use key file {path}: {reason}; create one with `secchan keygen --out {path}`")]
+    #[error("cannot use key file {path}: {reason}{hint}", path = path.display(), hint = key_file_advice(path))]
     KeyFile {
         /// The file.
         path: PathBuf,
         /// Why.
+        reason: String,
+    },
+    /// A `--server-key` value is neither a fingerprint nor a readable public key file.
+    #[error("--server-key {value}: {reason}; give the server's fingerprint as `secchan fingerprint` prints it on the server (SHA256:...), or a copy of its .pub file")]
+    ServerKey {
+        /// The value given.
+        value: String,
+        /// Why it was refused.
         reason: String,
     },
     /// A secret key file is readable by other users.
@@ -77,6 +85,12 @@ pub enum CliError {
         /// Its length.
         len: usize,
     },
+    /// The server did not answer the device's close in time.
+    #[error("the server did not confirm the close within {secs} s: the last messages may not have arrived; check the server's log, or allow longer with --close-timeout")]
+    CloseUnconfirmed {
+        /// The wait, in seconds.
+        secs: u64,
+    },
     /// The server closed the session while input remained.
     #[error("the server closed the session after {sent} lines, before the input ended; check the server's log")]
     ServerClosed {
@@ -115,7 +129,7 @@ pub enum CliError {
     #[error("benchmark failed: {0}")]
     Bench(#[from] crate::bench::BenchError),
     /// A session failed.
-    #[error("{error}{hint}", hint = advice(error))]
+    #[error("{error}{caveat}{hint}", caveat = caveat(error), hint = advice(error))]
     Session {
         /// The transport error.
         error: TransportError,
@@ -128,10 +142,23 @@ impl From<TransportError> for CliError {
     }
 }
 
+/// What to do about an unusable key file: create a secret key, but never a `.pub` file (that is
+/// the public half `keygen` writes beside its secret key).
+fn key_file_advice(path: &std::path::Path) -> String {
+    if path.extension().is_some_and(|e| e == "pub") {
+        "; a .pub file is the public key `secchan keygen --out FILE` writes as FILE.pub".into()
+    } else {
+        format!(
+            "; create one with `secchan keygen --out {}`",
+            path.display()
+        )
+    }
+}
+
 fn alert_advice(code: AlertCode) -> &'static str {
     match code {
         AlertCode::SuiteRefused => {
-            "; the server's --mode does not accept this device's --mode: use --mode hybrid, or ask the operator to run the server with --mode any"
+            "; connect with the --mode the server runs (hybrid unless its operator chose otherwise), or ask its operator to run it with --mode any"
         }
         AlertCode::UnknownDevice => {
             "; ask the server's operator to enroll this device's fingerprint (`secchan fingerprint KEYFILE`) with `secchan registry enroll`, or add it to the server's authorized-devices file, or ask for an enrollment token (`secchan registry token`)"
@@ -153,6 +180,17 @@ fn alert_advice(code: AlertCode) -> &'static str {
             "; tokens are single-use and short-lived: ask the server's operator for a new one (`secchan registry token`)"
         }
         AlertCode::NoCommonAead => "; allow both AEADs on both sides (the default)",
+        _ => "",
+    }
+}
+
+/// What the reader must know before trusting the message itself.
+fn caveat(error: &TransportError) -> &'static str {
+    match error {
+        // protocol.md §8.1: the refusal is a plaintext alert, which no key authenticates.
+        TransportError::Refused(_) => {
+            " (an unauthenticated refusal: someone on the network could have forged it, the server's log shows a real one)"
+        }
         _ => "",
     }
 }
@@ -214,5 +252,57 @@ fn registry_advice(path: &std::path::Path, error: &crate::registry::RegistryErro
             "; the registry fails verification, so {refused} and restore it from a backup"
         ),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_advice_never_creates_a_pub_file() {
+        let secret = CliError::KeyFile {
+            path: "dev.key".into(),
+            reason: "No such file".into(),
+        };
+        assert!(secret
+            .to_string()
+            .ends_with("create one with `secchan keygen --out dev.key`"));
+        let public = CliError::KeyFile {
+            path: "server.key.pub".into(),
+            reason: "No such file".into(),
+        }
+        .to_string();
+        assert!(!public.contains("--out server.key.pub"), "{public}");
+    }
+
+    #[test]
+    fn suite_refusal_advice_holds_for_either_side_s_mode() {
+        let text = CliError::from(TransportError::Handshake(HandshakeError::PeerAlert(
+            AlertCode::SuiteRefused,
+        )))
+        .to_string();
+        assert!(
+            text.contains("connect with the --mode the server runs"),
+            "{text}"
+        );
+        assert!(!text.contains("use --mode hybrid"), "{text}");
+    }
+
+    #[test]
+    fn a_plaintext_refusal_is_called_unauthenticated() {
+        let refused = CliError::from(TransportError::Refused(AlertCode::Revoked)).to_string();
+        assert!(
+            refused.starts_with("server refused the session: device identity revoked"),
+            "{refused}"
+        );
+        assert!(refused.contains("unauthenticated refusal"), "{refused}");
+        assert!(refused.contains("ask for a new enrollment"), "{refused}");
+        // An authenticated error close carries no such caveat.
+        let closed = CliError::from(TransportError::Session(
+            crate::session::SessionError::PeerAlert(AlertCode::Revoked),
+        ))
+        .to_string();
+        assert!(!closed.contains("unauthenticated"), "{closed}");
     }
 }

@@ -4,6 +4,7 @@ use super::CliError;
 use crate::crypto::identity::{IdentityKey, PublicIdentity};
 use crate::crypto::random::OsRandom;
 use crate::handshake::AuthorizedDevices;
+use crate::registry::entry::valid_fingerprint;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -100,23 +101,30 @@ pub fn fingerprint(path: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Reads a `--server-key` value: a fingerprint (`SHA256:...`) or a public key file.
+/// Reads a `--server-key` value: a fingerprint (`SHA256:...`) or a public key file. A value
+/// that looks like a fingerprint but is not one is refused here, so a typo is reported as a
+/// typo rather than as a server presenting the wrong key.
 pub fn server_fingerprint(value: &str) -> Result<String, CliError> {
+    let err = |reason: String| CliError::ServerKey {
+        value: value.to_string(),
+        reason,
+    };
     if value.starts_with("SHA256:") {
-        return Ok(value.to_string());
+        return if valid_fingerprint(value) {
+            Ok(value.to_string())
+        } else {
+            Err(err(NOT_A_FINGERPRINT.into()))
+        };
     }
-    let path = Path::new(value);
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::KeyFile {
-        path: path.to_path_buf(),
-        reason: format!("{e} (--server-key takes a SHA256: fingerprint or a .pub file)"),
-    })?;
+    let text = std::fs::read_to_string(value).map_err(|e| err(e.to_string()))?;
     PublicIdentity::from_file_text(&text)
         .map(|p| p.fingerprint())
-        .map_err(|e| CliError::KeyFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| err(e.to_string()))
 }
+
+/// Why a `SHA256:` value was refused.
+const NOT_A_FINGERPRINT: &str =
+    "not a fingerprint: one is SHA256: and 43 base64 characters (a SHA-256 digest)";
 
 /// Parses an authorized-devices file: one device per line, either
 /// `SHA256:<fingerprint> [name]` or `secchan-ed25519-public-v1 <base64> [name]`;
@@ -137,6 +145,9 @@ pub fn load_authorized(path: &Path) -> Result<AuthorizedDevices, CliError> {
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or_default();
         let fingerprint = if first.starts_with("SHA256:") {
+            if !valid_fingerprint(first) {
+                return Err(err(i + 1, format!("{first} is {NOT_A_FINGERPRINT}")));
+            }
             first.to_string()
         } else {
             let key = words.next().unwrap_or_default();

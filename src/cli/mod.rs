@@ -72,11 +72,11 @@ enum DeviceMode {
 /// Suites a server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ServerMode {
-    /// Hybrid suites only (the default).
+    /// X25519 + ML-KEM-768 only (the default).
     Hybrid,
     /// X25519 alone.
     Classical,
-    /// Hybrid and classical devices.
+    /// Every suite: hybrid, classical, and the pre-standard X25519Kyber768R3 (benchmarks).
     Any,
 }
 
@@ -159,9 +159,35 @@ fn init_logging() {
         .try_init();
 }
 
+/// A clap usage error as one line: its first paragraph (what is wrong, with the arguments it
+/// names), and where to look.
+fn usage_error_line(rendered: &str) -> String {
+    let first = rendered.split("\n\n").next().unwrap_or_default();
+    let words: Vec<&str> = first.split_whitespace().collect();
+    let text = words.join(" ");
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    format!("{text}; run with --help to see the options")
+}
+
 /// Parses the command line, runs the command, and returns the process exit code.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        // A bare `secchan` or `secchan registry`: the help is the answer.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("secchan: {}", usage_error_line(&e.to_string()));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -193,5 +219,40 @@ pub fn run() -> ExitCode {
             eprintln!("secchan: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn usage_error(args: &[&str]) -> String {
+        let e = Cli::try_parse_from(args).unwrap_err();
+        assert!(e.use_stderr());
+        usage_error_line(&e.to_string())
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_naming_the_argument() {
+        let missing = usage_error(&["secchan", "server", "--listen", "127.0.0.1:0"]);
+        assert!(!missing.contains('\n'), "{missing}");
+        assert!(missing.contains("--key <FILE>"), "{missing}");
+        let range = usage_error(&[
+            "secchan",
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            "k",
+            "--max-sessions",
+            "0",
+        ]);
+        assert!(!range.contains('\n'), "{range}");
+        assert!(range.contains("--max-sessions"), "{range}");
+        assert!(
+            range.ends_with("run with --help to see the options"),
+            "{range}"
+        );
     }
 }

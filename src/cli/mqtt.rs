@@ -193,7 +193,7 @@ pub(super) async fn run_device(
                 len: line.len(),
             });
         }
-        device.send(line.into_bytes()).await?;
+        device.send(line).await?;
     }
     let stats = device
         .finish(Duration::from_secs(args.drain_timeout))

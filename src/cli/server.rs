@@ -54,9 +54,10 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SECS", default_value_t = 1, requires = "registry", value_parser = clap::value_parser!(u64).range(1..=3600))]
     registry_poll: u64,
     /// Most devices served at once (sessions and handshakes in progress); connections beyond
-    /// it are dropped with a warning.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
-    max_sessions: usize,
+    /// it are dropped with a warning. Each takes a file descriptor: keep it below the
+    /// open-file limit (`ulimit -n`).
+    #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_SESSIONS))]
+    max_sessions: u32,
     /// Accept any device, including anonymous ones. Not recommended outside testing.
     #[arg(long)]
     allow_any_device: bool,
@@ -120,6 +121,26 @@ pub(super) fn message_line(origin: &Origin<'_>, message: &[u8]) -> String {
 /// How long a shutting-down server waits for devices to answer its close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Upper bound of `--max-sessions`: far above what one process can hold open, far below what
+/// the session semaphore can count.
+const MAX_SESSIONS: i64 = 1_000_000;
+
+/// Pause after an accept error that is about the process or the system rather than one
+/// connection (no file descriptor left, no buffer memory): it repeats until one frees up, so
+/// retrying at once would spin and flood the log.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long to wait before the next accept after `e`.
+fn accept_backoff(e: &std::io::Error) -> Option<Duration> {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    match e.kind() {
+        // The connection being accepted went away: the next one is unaffected.
+        ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted => None,
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unknown.
+        _ => Some(ACCEPT_BACKOFF),
+    }
+}
+
 /// Serves one device until it closes; forwards its messages to `out`. With a registry, the
 /// session is closed as soon as the registry stops authorizing the device. When `shutdown`
 /// turns true the session is closed with an authenticated close.
@@ -158,7 +179,8 @@ async fn serve(
             }
         };
         match next {
-            Ok(Received::Refused(_)) => return,
+            // The registry closed the session: the device reads that Close, not a reset.
+            Ok(Received::Refused(_)) => return conn.linger().await,
             Ok(Received::Message(message)) => {
                 let origin = Origin {
                     device: &peer,
@@ -188,7 +210,7 @@ async fn serve(
             }
             Err(e) => {
                 tracing::warn!(device = %peer.name, peer = %conn.peer_addr(), error = %e, "session ended with an error");
-                return;
+                return conn.linger().await;
             }
         }
     }
@@ -265,15 +287,19 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
         }
     });
     let (stop, stopped) = watch::channel(false);
-    let slots = Arc::new(Semaphore::new(args.max_sessions));
-    let max = u32::try_from(args.max_sessions).unwrap_or(u32::MAX);
+    let max = args.max_sessions;
+    let slots = Arc::new(Semaphore::new(max as usize));
     loop {
         tokio::select! {
             incoming = listener.accept() => {
                 let incoming = match incoming {
                     Ok(i) => i,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        let pause = accept_backoff(&e);
+                        tracing::warn!(error = %e, pause = ?pause, "accept failed");
+                        if let Some(pause) = pause {
+                            tokio::time::sleep(pause).await;
+                        }
                         continue;
                     }
                 };
@@ -333,5 +359,21 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backs_off_when_descriptors_run_out() {
+        // EMFILE and ENFILE on Linux: every accept fails until a descriptor frees up.
+        for errno in [24, 23] {
+            let e = std::io::Error::from_raw_os_error(errno);
+            assert_eq!(accept_backoff(&e), Some(ACCEPT_BACKOFF), "{e}");
+        }
+        let aborted = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        assert_eq!(accept_backoff(&aborted), None);
     }
 }

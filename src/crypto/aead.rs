@@ -1,6 +1,11 @@
 //! Record protection: AES-256-GCM and ChaCha20-Poly1305 from `aws-lc-rs` (AWS-LC), with their
 //! usage limits (protocol.md §7.4).
 //!
+//! The record layer and the handshake see an AEAD only as an [`AeadId`] (wire code, name,
+//! limits) and an [`AeadCipher`] built from it. A new AEAD is one `AeadId` variant and, if it
+//! comes from another crate than `aws-lc-rs`, one `AeadCipher` impl; neither the handshake state
+//! machines nor the record layer change.
+//!
 //! The backend was chosen by measurement (docs/design.md): AWS-LC seals 16 KiB AES-256-GCM
 //! records 1.5× faster than `ring` and 8× faster than RustCrypto's `aes-gcm` 0.10 here, picks
 //! AES/PMULL or NEON code at run time on aarch64 (one binary suits a Pi 4 without AES
@@ -79,11 +84,13 @@ impl AeadId {
         }
     }
 
-    fn algorithm(self) -> &'static aead::Algorithm {
-        match self {
+    /// The implementation, keyed with `key`.
+    fn cipher(self, key: &[u8; KEY_LEN]) -> Result<Box<dyn AeadCipher>, CryptoError> {
+        let algorithm = match self {
             Self::Aes256Gcm => &aead::AES_256_GCM,
             Self::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
-        }
+        };
+        Ok(Box::new(AwsLcCipher::new(algorithm, key)?))
     }
 
     /// The device's default preference: AES-256-GCM first where the CPU has AES and carry-less
@@ -121,12 +128,82 @@ pub fn cpu_has_aes() -> bool {
     }
 }
 
-/// One AEAD key. AWS-LC keeps the expanded key schedule in memory it allocated and overwrites
-/// it when the key is dropped; the raw key bytes this was built from are erased by the caller
-/// (the record layer's `TrafficKeys`, the key schedule's handshake keys).
+/// A keyed AEAD: what an implementation provides (32-byte keys, 12-byte nonces, 16-byte tags,
+/// protocol.md §3.2). The tag comparison in `open_in_place` must be constant-time.
+pub trait AeadCipher: Send + Sync {
+    /// Encrypts `buf[start..]` in place and appends the tag.
+    fn seal_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), CryptoError>;
+
+    /// Verifies and decrypts `ciphertext || tag` in place; returns the plaintext's length.
+    fn open_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<usize, CryptoError>;
+}
+
+/// Both AEADs from `aws-lc-rs`. AWS-LC keeps the expanded key schedule in memory it allocated
+/// and overwrites it when the key is dropped (its `OPENSSL_free` erases what it frees).
+struct AwsLcCipher(LessSafeKey);
+
+impl AwsLcCipher {
+    fn new(algorithm: &'static aead::Algorithm, key: &[u8; KEY_LEN]) -> Result<Self, CryptoError> {
+        let unbound = UnboundKey::new(algorithm, key).map_err(|_| CryptoError::Aead)?;
+        Ok(Self(LessSafeKey::new(unbound)))
+    }
+}
+
+impl AeadCipher for AwsLcCipher {
+    fn seal_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), CryptoError> {
+        let plaintext = buf.get_mut(start..).ok_or(CryptoError::Aead)?;
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                plaintext,
+            )
+            .map_err(|_| CryptoError::Aead)?;
+        buf.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    fn open_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<usize, CryptoError> {
+        self.0
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                buf,
+            )
+            .map(|p| p.len())
+            .map_err(|_| CryptoError::Aead)
+    }
+}
+
+/// One direction's AEAD key, or a handshake key. The raw key bytes are derived by the caller
+/// (the record layer, the key schedule) into a `Zeroizing` buffer that is erased as soon as
+/// this key is built.
 pub struct AeadKey {
     id: AeadId,
-    key: LessSafeKey,
+    cipher: Box<dyn AeadCipher>,
 }
 
 impl fmt::Debug for AeadKey {
@@ -140,10 +217,9 @@ impl fmt::Debug for AeadKey {
 impl AeadKey {
     /// Builds a key for `id` from 32 bytes.
     pub fn new(id: AeadId, key: &[u8; KEY_LEN]) -> Result<Self, CryptoError> {
-        let unbound = UnboundKey::new(id.algorithm(), key).map_err(|_| CryptoError::Aead)?;
         Ok(Self {
             id,
-            key: LessSafeKey::new(unbound),
+            cipher: id.cipher(key)?,
         })
     }
 
@@ -160,35 +236,17 @@ impl AeadKey {
         buf: &mut Vec<u8>,
         start: usize,
     ) -> Result<(), CryptoError> {
-        let plaintext = buf.get_mut(start..).ok_or(CryptoError::Aead)?;
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(aad),
-                plaintext,
-            )
-            .map_err(|_| CryptoError::Aead)?;
-        buf.extend_from_slice(tag.as_ref());
-        Ok(())
+        self.cipher.seal_in_place(nonce, aad, buf, start)
     }
 
     /// Verifies and decrypts `ciphertext || tag` in place; returns the plaintext's length.
-    /// The tag comparison is constant-time inside AWS-LC.
     pub fn open_in_place(
         &self,
         nonce: [u8; NONCE_LEN],
         aad: &[u8],
         buf: &mut [u8],
     ) -> Result<usize, CryptoError> {
-        self.key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(aad),
-                buf,
-            )
-            .map(|p| p.len())
-            .map_err(|_| CryptoError::Aead)
+        self.cipher.open_in_place(nonce, aad, buf)
     }
 }
 

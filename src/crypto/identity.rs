@@ -1,5 +1,5 @@
 //! Long-term identities: Ed25519 signing keys for servers and devices (protocol.md §4), their
-//! fingerprints, and the key-file formats (docs/keys.md).
+//! fingerprints, and the key-file formats (protocol.md §3.4).
 
 use super::{random::Random, CryptoError};
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};

@@ -1,8 +1,12 @@
 //! HKDF-SHA256 (RFC 5869) and the transcript hash, as protocol.md §5 uses them.
+//!
+//! Every secret this module returns zeroizes on drop. The `hkdf`, `hmac` and `sha2` crates have
+//! no zeroize support, so the keyed HMAC state they build from a secret inside `extract` and
+//! `expand_label` is dropped without erasure (threat_model.md lists this gap).
 
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Output length of SHA-256, the transcript hash and every HKDF secret.
 pub const HASH_LEN: usize = 32;
@@ -12,9 +16,10 @@ pub type Secret = Zeroizing<[u8; HASH_LEN]>;
 
 /// HKDF-Extract(salt, ikm).
 pub fn extract(salt: &[u8], ikm: &[u8]) -> Secret {
-    let (prk, _) = Hkdf::<Sha256>::extract(Some(salt), ikm);
+    let (mut prk, _) = Hkdf::<Sha256>::extract(Some(salt), ikm);
     let mut out = Zeroizing::new([0u8; HASH_LEN]);
     out.copy_from_slice(&prk);
+    prk.as_mut_slice().zeroize();
     out
 }
 

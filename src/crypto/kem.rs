@@ -95,14 +95,21 @@ pub struct MlKem768;
 pub const MLKEM768_EK_LEN: usize = 1184;
 /// ML-KEM-768 ciphertext length (FIPS 203 Table 3).
 pub const MLKEM768_CT_LEN: usize = 1088;
-const MLKEM768_DK_LEN: usize = 2400;
 
+/// libcrux's key type has no erasure of its own; it is erased in place, through its byte
+/// view, with `zeroize`'s volatile writes (a plain store into memory about to be freed may be
+/// optimised away). It is kept in libcrux's type so decapsulation needs no copy of it.
 struct MlKem768Decaps(libcrux_ml_kem::mlkem768::MlKem768PrivateKey);
+
+impl MlKem768Decaps {
+    fn erase(&mut self) {
+        self.0[0..].zeroize();
+    }
+}
 
 impl Drop for MlKem768Decaps {
     fn drop(&mut self) {
-        let mut bytes: [u8; MLKEM768_DK_LEN] = std::mem::take(&mut self.0).into();
-        bytes.zeroize();
+        self.erase();
     }
 }
 
@@ -159,18 +166,10 @@ impl PqDecapsKey for MlKem768Decaps {
 #[derive(Debug, Clone, Copy)]
 pub struct Kyber768R3;
 
-struct Kyber768Decaps(pqcrypto_kyber::kyber768::SecretKey);
-
-impl Drop for Kyber768Decaps {
-    fn drop(&mut self) {
-        // pqcrypto's SecretKey has no zeroize support: overwrite it with a key parsed from zeros.
-        if let Ok(zero) = pqcrypto_kyber::kyber768::SecretKey::from_bytes(
-            &[0u8; pqcrypto_kyber::ffi::PQCLEAN_KYBER768_CLEAN_CRYPTO_SECRETKEYBYTES],
-        ) {
-            self.0 = zero;
-        }
-    }
-}
+/// pqcrypto's `SecretKey` is a `Copy` type with no erasure and no mutable access, so the key is
+/// kept as bytes that zeroize on drop and parsed for each decapsulation (that short-lived copy,
+/// and the one key generation returns, are not erased: threat_model.md, memory erasure).
+struct Kyber768Decaps(Zeroizing<Vec<u8>>);
 
 impl PqKem for Kyber768R3 {
     fn encaps_key_len(&self) -> usize {
@@ -184,6 +183,7 @@ impl PqKem for Kyber768R3 {
         _rng: &mut dyn Random,
     ) -> Result<(Box<dyn PqDecapsKey>, Vec<u8>), CryptoError> {
         let (pk, sk) = pqcrypto_kyber::kyber768::keypair();
+        let sk = Zeroizing::new(sk.as_bytes().to_vec());
         Ok((Box::new(Kyber768Decaps(sk)), pk.as_bytes().to_vec()))
     }
     fn encapsulate(
@@ -204,7 +204,10 @@ impl PqDecapsKey for Kyber768Decaps {
     fn decapsulate(&self, ct: &[u8]) -> Result<SharedSecret, CryptoError> {
         let ct = pqcrypto_kyber::kyber768::Ciphertext::from_bytes(ct)
             .map_err(|_| CryptoError::InvalidCiphertext)?;
-        let ss = pqcrypto_kyber::kyber768::decapsulate(&ct, &self.0);
+        let sk = pqcrypto_kyber::kyber768::SecretKey::from_bytes(&self.0).map_err(|_| {
+            CryptoError::KeyFormat("Kyber768 decapsulation key of the wrong length")
+        })?;
+        let ss = pqcrypto_kyber::kyber768::decapsulate(&ct, &sk);
         let mut out = Zeroizing::new([0u8; 32]);
         out.copy_from_slice(ss.as_bytes());
         Ok(out)
@@ -231,6 +234,9 @@ pub struct Suite {
     pub name: &'static str,
     /// The post-quantum half; `None` for the classical suite.
     pub pq: Option<&'static dyn PqKem>,
+    /// Whether every algorithm in the suite is a published standard. A server in the default
+    /// `hybrid` mode accepts only standard hybrid suites (protocol.md §3.1).
+    pub standard: bool,
 }
 
 impl fmt::Debug for Suite {
@@ -281,13 +287,16 @@ pub static X25519_MLKEM768: Suite = Suite {
     id: SuiteId::X25519MlKem768,
     name: "X25519MLKEM768",
     pq: Some(&MlKem768),
+    standard: true,
 };
 
-/// Hybrid X25519 + Kyber768 round 3.
+/// Hybrid X25519 + Kyber768 round 3: pre-standard, for benchmarks; only a server in `any`
+/// mode accepts it.
 pub static X25519_KYBER768R3: Suite = Suite {
     id: SuiteId::X25519Kyber768R3,
     name: "X25519Kyber768R3",
     pq: Some(&Kyber768R3),
+    standard: false,
 };
 
 /// Classical X25519 alone.
@@ -295,6 +304,7 @@ pub static X25519_ONLY: Suite = Suite {
     id: SuiteId::X25519,
     name: "X25519",
     pq: None,
+    standard: true,
 };
 
 /// Every suite this build knows, default first.
@@ -321,6 +331,16 @@ mod tests {
     #[test]
     fn kyber768r3_round_trip() {
         roundtrip(&Kyber768R3);
+    }
+
+    #[test]
+    fn mlkem768_decapsulation_key_is_erased_in_place() {
+        let pair = libcrux_ml_kem::mlkem768::generate_key_pair([7; 64]);
+        let (sk, _) = pair.into_parts();
+        let mut dk = MlKem768Decaps(sk);
+        assert!(dk.0.as_slice().iter().any(|&b| b != 0));
+        dk.erase();
+        assert!(dk.0.as_slice().iter().all(|&b| b == 0));
     }
 
     #[test]

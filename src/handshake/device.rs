@@ -66,7 +66,7 @@ pub fn start(
     rng: &mut dyn Random,
 ) -> Result<(ExpectServerHello, Vec<u8>), HandshakeError> {
     if config.aeads.is_empty() || config.aeads.len() > crate::msgs::MAX_AEAD_OFFERS {
-        return Err(HandshakeError::NoCommonAead);
+        return Err(HandshakeError::AeadOfferCount(config.aeads.len()));
     }
     if config.enrollment.is_some() && config.identity.is_none() {
         return Err(HandshakeError::EnrollmentWithoutIdentity);

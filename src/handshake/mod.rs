@@ -27,15 +27,16 @@ pub const DEVICE_SIGNATURE_CONTEXT: &[u8] = b"secchan v1 device signature\0";
 /// signs `context || TH2 || device public key`.
 pub const ENROLLMENT_PROOF_CONTEXT: &[u8] = b"secchan v1 enrollment proof\0";
 
-/// Which suites a server accepts, and which one a device offers.
+/// Which suites a server accepts, and which one a device offers (protocol.md §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// Post-quantum hybrid suites only (the default).
+    /// Standard post-quantum hybrid suites only: X25519 + ML-KEM-768 (the default).
     #[default]
     Hybrid,
     /// X25519 alone (for measuring the cost of post-quantum safety).
     Classical,
-    /// Server only: hybrid and classical devices alike.
+    /// Server only: every suite, classical X25519 and the pre-standard X25519 + Kyber768
+    /// round 3 (benchmarks) included.
     Any,
 }
 
@@ -43,7 +44,7 @@ impl Mode {
     /// Whether a server in this mode accepts `suite`.
     pub fn allows(self, suite: &Suite) -> bool {
         match self {
-            Self::Hybrid => suite.is_hybrid(),
+            Self::Hybrid => suite.is_hybrid() && suite.standard,
             Self::Classical => !suite.is_hybrid(),
             Self::Any => true,
         }
@@ -88,6 +89,9 @@ pub enum HandshakeError {
     /// The device and server share no AEAD.
     #[error("no AEAD in common with the peer")]
     NoCommonAead,
+    /// The device is configured to offer no AEAD, or more than a DeviceHello can carry.
+    #[error("a device offers 1 to {max} AEADs, but {0} are configured", max = crate::msgs::MAX_AEAD_OFFERS)]
+    AeadOfferCount(usize),
     /// The server selected a suite or AEAD the device did not offer: a downgrade attempt.
     #[error(
         "downgrade detected: the device offered {offered} but the server hello selected {selected}"
@@ -134,7 +138,9 @@ impl HandshakeError {
             Self::Decode(DecodeError::UnsupportedVersion(_)) => AlertCode::UnsupportedVersion,
             Self::Decode(_) => AlertCode::DecodeError,
             Self::UnexpectedMessage(_) => AlertCode::UnexpectedMessage,
-            Self::PeerAlert(_) | Self::EnrollmentWithoutIdentity => return None,
+            Self::PeerAlert(_) | Self::EnrollmentWithoutIdentity | Self::AeadOfferCount(_) => {
+                return None
+            }
             Self::EnrollmentProofFailed { .. } => AlertCode::EnrollmentRefused,
             Self::SuiteRefused { .. } => AlertCode::SuiteRefused,
             Self::NoCommonAead => AlertCode::NoCommonAead,

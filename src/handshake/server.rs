@@ -62,7 +62,7 @@ pub struct PeerDevice {
     pub name: String,
 }
 
-/// Processes DeviceHello and builds ServerHello (protocol.md §6.2 steps 1–2).
+/// Processes DeviceHello and builds ServerHello (protocol.md §6.2 steps 1–6).
 ///
 /// Randomness is drawn in this order: the X25519 secret (32 bytes), then the KEM
 /// encapsulation randomness (32 bytes for ML-KEM-768).
@@ -76,16 +76,17 @@ pub fn accept_hello(
         other => return Err(HandshakeError::UnexpectedMessage(other)),
     }
     let hello = DeviceHello::decode(frame)?;
-    // 1a. The suite must be allowed by our mode.
+    // 2. The suite must be allowed by our mode.
     if !config.mode.allows(hello.suite) {
         return Err(HandshakeError::SuiteRefused {
             suite: hello.suite.name,
             mode: config.mode,
         });
     }
-    // 1b. AEAD: the device's most preferred one that we support.
+    // 3. AEAD: the device's most preferred one that we support.
     let aead = select_aead(&hello.aeads, &config.aeads).ok_or(HandshakeError::NoCommonAead)?;
-    // 2a. Key exchange: X25519, then encapsulate to the device's (validated) KEM key.
+    // 4. X25519 (an all-zero result is refused); 5. check the device's KEM key (FIPS 203
+    // §7.2) and encapsulate to it.
     let x25519 = X25519Ephemeral::generate(rng)?;
     let ss_x25519 = x25519.agree(&hello.x25519)?;
     let (ciphertext, ss_kem) = match hello.suite.pq {
@@ -103,7 +104,7 @@ pub fn accept_hello(
         sealed_auth: &[],
     }
     .encode_prefix();
-    // 2b. TH1 = H(DeviceHello || ServerHello without sealed_auth).
+    // 6. TH1 = H(DeviceHello || ServerHello without sealed_auth).
     let mut transcript = Transcript::default();
     transcript.update(frame);
     transcript.update(&reply);
@@ -117,7 +118,7 @@ pub fn accept_hello(
         kem_ciphertext: &ciphertext,
         kem_encaps_key: hello.encaps_key,
     });
-    // 2c. sealed_auth = AEAD(server handshake key, nonce 0, aad TH1, server_pub || sig(TH1)).
+    // 6. sealed_auth = AEAD(server handshake key, nonce 0, aad TH1, server_pub || sig(TH1)).
     let mut auth = config.identity.public().0.to_vec();
     auth.extend_from_slice(&config.identity.sign(SERVER_SIGNATURE_CONTEXT, &th1));
     let prefix_len = reply.len();

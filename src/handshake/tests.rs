@@ -7,7 +7,7 @@ use crate::crypto::identity::IdentityKey;
 use crate::crypto::kem::{X25519_KYBER768R3, X25519_MLKEM768, X25519_ONLY};
 use crate::crypto::random::OsRandom;
 use crate::msgs::DeviceHello;
-use crate::session::{Event, Session};
+use crate::session::{Event, Session, SessionError};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -85,11 +85,21 @@ fn classical_handshake_fits_budget() {
 }
 
 #[test]
-fn kyber_round3_suite_works() {
-    let (scfg, dev) = server_config(Mode::Hybrid);
+fn kyber_round3_suite_works_only_with_a_server_in_any_mode() {
+    let (scfg, dev) = server_config(Mode::Any);
     let (mut d, mut s, _) =
-        handshake(&device_config(&X25519_KYBER768R3, Some(dev)), &scfg).unwrap();
+        handshake(&device_config(&X25519_KYBER768R3, Some(dev.clone())), &scfg).unwrap();
     exchange(&mut d, &mut s, b"kyber");
+    for mode in [Mode::Hybrid, Mode::Classical] {
+        let (scfg, _) = server_config(mode);
+        assert_eq!(
+            handshake(&device_config(&X25519_KYBER768R3, Some(dev.clone())), &scfg).err(),
+            Some(HandshakeError::SuiteRefused {
+                suite: "X25519Kyber768R3",
+                mode
+            })
+        );
+    }
 }
 
 #[test]
@@ -284,6 +294,35 @@ fn low_order_x25519_value_is_refused() {
 }
 
 #[test]
+fn x25519_is_checked_before_the_kem_key() {
+    // protocol.md §6.2 steps 4 and 5: a hello failing both checks reports the first.
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (_, mut hello) =
+        device::start(&device_config(&X25519_MLKEM768, Some(dev)), &mut OsRandom).unwrap();
+    hello[6..38].fill(0);
+    hello[38] = 0xff;
+    hello[39] |= 0x0f;
+    assert_eq!(
+        server::accept_hello(&scfg, &hello, &mut OsRandom).err(),
+        Some(HandshakeError::KeyExchange(
+            crate::crypto::CryptoError::ZeroSharedSecret
+        ))
+    );
+}
+
+#[test]
+fn device_offering_no_aead_or_too_many_is_a_local_error() {
+    let (_, dev) = server_config(Mode::Hybrid);
+    for n in [0, crate::msgs::MAX_AEAD_OFFERS + 1] {
+        let mut dcfg = device_config(&X25519_MLKEM768, Some(dev.clone()));
+        dcfg.aeads = vec![AeadId::Aes256Gcm; n];
+        let err = device::start(&dcfg, &mut OsRandom).err();
+        assert_eq!(err, Some(HandshakeError::AeadOfferCount(n)));
+        assert_eq!(err.and_then(|e| e.alert()), None);
+    }
+}
+
+#[test]
 fn no_common_aead_is_refused() {
     let (mut scfg, dev) = server_config(Mode::Hybrid);
     scfg.aeads = vec![AeadId::Aes256Gcm];
@@ -319,8 +358,57 @@ fn close_notify_and_error_close_are_distinguished() {
     let mut f = s.poll_transmit().unwrap();
     assert_eq!(d.handle_frame(&mut f, now).unwrap(), Event::Closed);
     assert!(d.is_closed() && s.is_closed());
+    assert_eq!(d.end(), Some(Ok(())));
+    assert_eq!(s.end(), Some(Ok(())));
+    assert_eq!(d.send(b"late", now), Err(SessionError::Closed));
+
+    // An error close ends the session on both sides with that error, unanswered.
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (mut d, mut s, _) = handshake(&device_config(&X25519_MLKEM768, Some(dev)), &scfg).unwrap();
+    s.close(AlertCode::Revoked);
+    let mut f = s.poll_transmit().unwrap();
     assert_eq!(
-        d.send(b"late", now),
-        Err(crate::session::SessionError::Closed)
+        d.handle_frame(&mut f, now),
+        Err(SessionError::PeerAlert(AlertCode::Revoked))
     );
+    assert!(
+        d.poll_transmit().is_none(),
+        "an error close is not answered"
+    );
+    assert_eq!(
+        d.end(),
+        Some(Err(SessionError::PeerAlert(AlertCode::Revoked)))
+    );
+    assert_eq!(s.end(), Some(Err(SessionError::Closed)));
+}
+
+#[test]
+fn a_failed_session_reports_its_error_on_every_later_call() {
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (mut d, mut s, _) = handshake(&device_config(&X25519_MLKEM768, Some(dev)), &scfg).unwrap();
+    let now = Instant::now();
+    d.send(b"x", now).unwrap();
+    let mut forged = d.poll_transmit().unwrap();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let bad_tag = SessionError::Record(crate::record::RecordError::BadTag(0));
+    assert_eq!(s.handle_frame(&mut forged, now), Err(bad_tag.clone()));
+    // Never an orderly end: the error comes back for any later frame, send or key update.
+    assert_eq!(s.end(), Some(Err(bad_tag.clone())));
+    d.send(b"y", now).unwrap();
+    let mut next = d.poll_transmit().unwrap();
+    assert_eq!(s.handle_frame(&mut next, now), Err(bad_tag.clone()));
+    assert_eq!(s.send(b"z", now), Err(bad_tag.clone()));
+    assert_eq!(s.update_keys(now), Err(bad_tag));
+}
+
+#[test]
+fn no_key_update_after_our_close() {
+    let (scfg, dev) = server_config(Mode::Hybrid);
+    let (mut d, _s, _) = handshake(&device_config(&X25519_MLKEM768, Some(dev)), &scfg).unwrap();
+    let now = Instant::now();
+    d.close(AlertCode::CloseNotify);
+    assert!(d.poll_transmit().is_some());
+    assert_eq!(d.update_keys(now), Err(SessionError::Closed));
+    assert!(d.poll_transmit().is_none(), "nothing may follow our Close");
 }

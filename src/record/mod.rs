@@ -162,6 +162,8 @@ impl Sealer {
             return Err(RecordError::HardLimit);
         }
         let counter = self.next;
+        // Checked before anything is written: on any error `out` is left as it was.
+        let next = counter.checked_add(1).ok_or(RecordError::HardLimit)?;
         // The wire carries the low 16 bits; the nonce binds all 64 (protocol.md §7.1).
         let seq = (counter as u16).to_be_bytes();
         let header = [ty as u8, seq[0], seq[1]];
@@ -169,11 +171,16 @@ impl Sealer {
         out.reserve(RECORD_OVERHEAD + payload.len());
         out.extend_from_slice(&header);
         out.extend_from_slice(payload);
-        self.keys
+        if self
+            .keys
             .key
             .seal_in_place(self.keys.nonce(counter), &header, out, start + HEADER_LEN)
-            .map_err(|_| RecordError::HardLimit)?;
-        self.next = counter.checked_add(1).ok_or(RecordError::HardLimit)?;
+            .is_err()
+        {
+            out.truncate(start);
+            return Err(RecordError::HardLimit);
+        }
+        self.next = next;
         self.records_this_key += 1;
         self.bytes_this_key = self.bytes_this_key.saturating_add(payload.len() as u64);
         Ok(())
@@ -202,6 +209,11 @@ pub struct Opener {
     /// First counter sealed under `keys`.
     keys_from: u64,
     previous: Option<PreviousKeys>,
+    /// On unordered transports, the generation after `keys`, derived when first needed: for
+    /// records sealed under it that arrive before the KeyUpdate record starting it.
+    next: Option<TrafficKeys>,
+    /// Whether a record has been opened with `next` (its KeyUpdate record is still missing).
+    next_in_use: bool,
     window: ReplayWindow,
     ordered: bool,
     failures_this_key: u64,
@@ -241,6 +253,8 @@ impl Opener {
             keys: TrafficKeys::new(aead, secret),
             keys_from: 0,
             previous: None,
+            next: None,
+            next_in_use: false,
             window: ReplayWindow::new(window),
             ordered,
             failures_this_key: 0,
@@ -293,31 +307,51 @@ impl Opener {
             Some(p) if counter < self.keys_from && counter <= p.last => &p.keys,
             _ => &self.keys,
         };
+        // protocol.md §7.5: on an unordered transport, a data or close record above the last
+        // KeyUpdate seen may be sealed under the next generation if its KeyUpdate was
+        // delayed. That can only be so after a gap, or once such a record has been seen: only
+        // then is the ciphertext kept, since a failed open overwrites it.
+        let may_be_next = !self.ordered
+            && ty != FrameType::KeyUpdate
+            && counter >= self.keys_from
+            && (counter > expected || self.next_in_use);
         let (header, body) = frame
             .split_at_mut_checked(HEADER_LEN)
             .ok_or(DecodeError::Empty)?;
-        let len = match keys.key.open_in_place(keys.nonce(counter), header, body) {
-            Ok(len) => len,
-            Err(_) => {
-                self.failures_this_key += 1;
-                if self.failures_this_key >= INTEGRITY_LIMIT_FAILURES {
-                    return Err(RecordError::IntegrityLimit);
-                }
-                return Err(RecordError::BadTag(counter));
+        let sealed = may_be_next.then(|| body.to_vec());
+        let mut opened = keys
+            .key
+            .open_in_place(keys.nonce(counter), header, body)
+            .ok();
+        if let (None, Some(sealed)) = (opened, sealed) {
+            body.copy_from_slice(&sealed);
+            let next = self.next.get_or_insert_with(|| self.keys.next());
+            opened = next
+                .key
+                .open_in_place(next.nonce(counter), header, body)
+                .ok();
+            self.next_in_use |= opened.is_some();
+        }
+        let Some(len) = opened else {
+            self.failures_this_key += 1;
+            if self.failures_this_key >= INTEGRITY_LIMIT_FAILURES {
+                return Err(RecordError::IntegrityLimit);
             }
+            return Err(RecordError::BadTag(counter));
         };
         if len > MAX_PAYLOAD {
             return Err(RecordError::PayloadTooLarge(len));
         }
         self.window.commit(counter);
         if ty == FrameType::KeyUpdate && counter >= self.keys_from {
-            let next = self.keys.next();
+            let next = self.next.take().unwrap_or_else(|| self.keys.next());
             let old = std::mem::replace(&mut self.keys, next);
             self.previous = (!self.ordered).then_some(PreviousKeys {
                 keys: old,
                 last: counter,
             });
             self.keys_from = counter + 1;
+            self.next_in_use = false;
             self.failures_this_key = 0;
         }
         if self
@@ -478,6 +512,64 @@ mod tests {
     }
 
     #[test]
+    fn unordered_transport_opens_record_sealed_under_next_key_before_its_key_update() {
+        let (mut s, mut o) = pair(AeadId::ChaCha20Poly1305, false);
+        let early = seal(&mut s, FrameType::Data, b"early");
+        let ku = seal(&mut s, FrameType::KeyUpdate, &[]);
+        s.update_key(Instant::now());
+        let first = seal(&mut s, FrameType::Data, b"first");
+        let second = seal(&mut s, FrameType::Data, b"second");
+        // Counters 2 and 3 (next generation) arrive before 0 and the KeyUpdate at 1.
+        assert_eq!(open(&mut o, first).unwrap().1, b"first");
+        assert_eq!(open(&mut o, second).unwrap().1, b"second");
+        assert_eq!(open(&mut o, ku).unwrap().0, FrameType::KeyUpdate);
+        assert_eq!(open(&mut o, early).unwrap().1, b"early");
+        let third = seal(&mut s, FrameType::Data, b"third");
+        assert_eq!(open(&mut o, third).unwrap().1, b"third");
+        // A forgery after a gap fails under both generations: counted once, nothing moves.
+        let _skipped = seal(&mut s, FrameType::Data, b"x");
+        let mut forged = seal(&mut s, FrameType::Data, b"y");
+        forged[4] ^= 1;
+        assert_eq!(open(&mut o, forged), Err(RecordError::BadTag(6)));
+        assert_eq!(o.failures_this_key, 1);
+        assert_eq!(o.window().highest(), Some(4));
+    }
+
+    #[test]
+    fn unordered_key_update_under_the_next_key_waits_for_its_predecessor() {
+        // protocol.md §7.5: a KeyUpdate record is opened only with the generation it ends.
+        let now = Instant::now();
+        let (mut s, mut o) = pair(AeadId::Aes256Gcm, false);
+        let ku1 = seal(&mut s, FrameType::KeyUpdate, &[]);
+        s.update_key(now);
+        let ku2 = seal(&mut s, FrameType::KeyUpdate, &[]);
+        s.update_key(now);
+        let data = seal(&mut s, FrameType::Data, b"gen 2");
+        assert_eq!(open(&mut o, ku2.clone()), Err(RecordError::BadTag(1)));
+        assert_eq!(open(&mut o, ku1).unwrap().0, FrameType::KeyUpdate);
+        // A copy delivered after its predecessor (a broker's duplicate) opens and starts
+        // generation 2.
+        assert_eq!(open(&mut o, ku2).unwrap().0, FrameType::KeyUpdate);
+        assert_eq!(open(&mut o, data).unwrap().1, b"gen 2");
+    }
+
+    #[test]
+    fn ordered_transport_never_tries_the_next_key() {
+        let (mut s, mut o) = pair(AeadId::Aes256Gcm, true);
+        let _ku = seal(&mut s, FrameType::KeyUpdate, &[]);
+        s.update_key(Instant::now());
+        let after = seal(&mut s, FrameType::Data, b"after");
+        assert_eq!(
+            open(&mut o, after),
+            Err(RecordError::OutOfOrder {
+                expected: 0,
+                got: 1
+            })
+        );
+        assert!(o.next.is_none());
+    }
+
+    #[test]
     fn policy_requests_key_update() {
         let now = Instant::now();
         let policy = KeyUpdatePolicy {
@@ -548,6 +640,8 @@ mod tests {
             s.seal(FrameType::Data, b"x", &mut out),
             Err(RecordError::HardLimit)
         );
+        assert!(out.is_empty(), "no record with counter 2^64-1 was sealed");
+        assert_eq!(s.next_counter(), u64::MAX);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Encoder, Framed};
 
@@ -51,9 +52,11 @@ pub struct Connection {
     timeouts: Timeouts,
     peer_addr: SocketAddr,
     stats: WireStats,
-    /// Whether an authenticated record has arrived; until then a device honours a plaintext
-    /// alert (the server's refusal of its identity, protocol.md §8.1).
-    authenticated_input: bool,
+    /// On a device, until the first frame arrives: the end of the window in which a plaintext
+    /// alert is honoured as the server's refusal (protocol.md §6.1 step 4). Unauthenticated,
+    /// so it is believed only as the first frame and only within the handshake timeout after
+    /// DeviceFinish; later it is an unexpected frame.
+    refusal_window: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -92,6 +95,34 @@ async fn write_frame(
 /// Best effort: tell the peer why the handshake failed, then give up.
 async fn send_alert(io: &mut Io, code: AlertCode) {
     let _ = io.send(&encode_alert(code)[..]).await;
+}
+
+/// How long a lingering close reads on before it drops the connection.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+/// How much a lingering close reads before it drops the connection.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// A lingering close (RFC 9112 §9.6), after our last frame (a refusal alert or an error Close)
+/// is flushed. The peer may still be sending: a device sends records right behind its
+/// DeviceFinish. Closing a socket with unread input makes the kernel send RST, and an RST can
+/// make the peer's TCP discard our last frame before it is read, or fail its next write first.
+/// So shut down our side (FIN after the last frame), then read and discard until the peer
+/// closes, for at most [`LINGER_TIME`] and [`LINGER_BYTES`].
+async fn linger(stream: &mut TcpStream) {
+    let drain = async {
+        if stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 async fn expect_frame(io: &mut Io, stats: &mut WireStats) -> Result<BytesMut, TransportError> {
@@ -149,7 +180,7 @@ pub async fn connect(
         timeouts,
         peer_addr,
         stats,
-        authenticated_input: false,
+        refusal_window: Some(tokio::time::Instant::now() + timeouts.handshake),
     })
 }
 
@@ -264,6 +295,7 @@ pub async fn accept(
         Ok(Err(Failure::Handshake(e))) => {
             if let Some(code) = e.alert() {
                 send_alert(&mut io, code).await;
+                linger(io.get_mut()).await;
             }
             match &e {
                 HandshakeError::DeviceRefused { device, code } => tracing::warn!(
@@ -283,7 +315,7 @@ pub async fn accept(
             timeouts,
             peer_addr,
             stats,
-            authenticated_input: true,
+            refusal_window: None,
         },
         peer,
     ))
@@ -342,11 +374,12 @@ impl Connection {
 
     /// Receives the next message. Returns `Ok(None)` once the peer closed the session with
     /// an authenticated close; answers that close with its own. A stream that ends without
-    /// one is [`TransportError::Truncated`].
+    /// one is [`TransportError::Truncated`]. After the session failed, every call returns an
+    /// error again, never `Ok(None)`.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         loop {
-            if self.session.is_closed() {
-                return Ok(None);
+            if let Some(end) = self.session.end() {
+                return end.map(|()| None).map_err(TransportError::from);
             }
             let idle = self.timeouts.idle;
             let frame =
@@ -365,7 +398,10 @@ impl Connection {
                     Ok(Ok(Some(frame))) => frame,
                 };
             let mut frame = frame;
-            if !self.authenticated_input && FrameType::of(&frame).ok() == Some(FrameType::Alert) {
+            let refusal_window = self.refusal_window.take();
+            if FrameType::of(&frame).ok() == Some(FrameType::Alert)
+                && refusal_window.is_some_and(|end| tokio::time::Instant::now() <= end)
+            {
                 let code = crate::msgs::decode_alert(&frame).map_err(HandshakeError::from)?;
                 return Err(TransportError::Refused(code));
             }
@@ -383,7 +419,6 @@ impl Connection {
                     return Err(e.into());
                 }
             };
-            self.authenticated_input = true;
             if let Some(len) = event {
                 // The plaintext was opened in place, right behind the record header
                 // (protocol.md §7.1): hand it out without a copy.
@@ -405,6 +440,14 @@ impl Connection {
     pub async fn send_close_with(&mut self, code: AlertCode) -> Result<(), TransportError> {
         self.session.close(code);
         self.write_out().await
+    }
+
+    /// Ends the connection after an error: flushes any queued Close record, then closes with
+    /// a lingering close (at most 1 s and 64 KiB of input read and discarded), so the peer
+    /// reads that Close rather than a connection reset.
+    pub async fn linger(mut self) {
+        let _ = self.write_out().await;
+        linger(self.io.get_mut()).await;
     }
 
     /// Closes cleanly: sends close, then waits (up to `wait`) for the peer's close, discarding

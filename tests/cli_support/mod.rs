@@ -72,7 +72,7 @@ impl Drop for Server {
 }
 
 /// Runs `secchan device ARGS` in `dir` with `stdin` as its input.
-pub fn run_device(dir: &Path, args: &[&str], stdin: &str) -> Output {
+pub fn run_device(dir: &Path, args: &[&str], stdin: impl AsRef<[u8]>) -> Output {
     let mut child = bin()
         .current_dir(dir)
         .arg("device")
@@ -82,11 +82,14 @@ pub fn run_device(dir: &Path, args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.as_ref().to_vec();
+    // A device that fails may exit before it has read all of its input: that is not an error
+    // of the test.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    out
 }

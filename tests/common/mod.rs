@@ -99,6 +99,9 @@ async fn serve(mut conn: Connection, peer: PeerDevice) -> ServerOutcome {
             Err(e) => break Err(e),
         }
     };
+    if end.is_err() {
+        conn.linger().await;
+    }
     ServerOutcome {
         peer: Some(peer),
         messages,
@@ -135,6 +138,7 @@ pub async fn connect_hybrid(addr: SocketAddr) -> Result<Connection, TransportErr
 
 /// A man in the middle: forwards frames between a device and `upstream`, passing each through
 /// `tamper(direction, index, frame) -> frames to forward` (direction true = device to server).
+/// The end of one direction is passed on as a half close, as TCP does.
 pub async fn start_mitm<F>(upstream: SocketAddr, tamper: F) -> SocketAddr
 where
     F: Fn(bool, usize, Vec<u8>) -> Vec<Vec<u8>> + Send + Sync + 'static,
@@ -160,17 +164,19 @@ where
                 }
                 i += 1;
             }
+            let _ = sw.shutdown().await;
         });
         let mut i = 0;
-        while let Some(f) = read_frame(&mut sr).await {
+        'down: while let Some(f) = read_frame(&mut sr).await {
             for out in tamper(false, i, f) {
                 if write_frame(&mut dw, &out).await.is_err() {
-                    break;
+                    break 'down;
                 }
             }
             i += 1;
         }
-        up.abort();
+        let _ = dw.shutdown().await;
+        let _ = up.await;
     });
     addr
 }
