@@ -148,7 +148,7 @@ async fn session(addr: SocketAddr, cfg: &DeviceConfig) -> Result<Connection, Tra
     conn.send(b"hello").await?;
     match conn.recv().await? {
         Some(reply) => {
-            assert_eq!(reply, b"echo: hello");
+            assert_eq!(&reply[..], b"echo: hello");
             Ok(conn)
         }
         None => Err(TransportError::Truncated),
@@ -487,7 +487,10 @@ async fn revoking_or_refusing_one_device_leaves_other_sessions_alone() {
     );
     // Device b's session, open all along, still carries messages.
     conn_b.send(b"still here").await.unwrap();
-    assert_eq!(conn_b.recv().await.unwrap().unwrap(), b"echo: still here");
+    assert_eq!(
+        &conn_b.recv().await.unwrap().unwrap()[..],
+        b"echo: still here"
+    );
     close(conn_b, &mut rx).await;
 }
 

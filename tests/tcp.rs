@@ -206,7 +206,7 @@ async fn plaintext_alert_after_the_first_frame_is_not_a_refusal() {
     .await;
     let mut conn = connect_hybrid(mitm).await.unwrap();
     conn.send(b"x").await.unwrap();
-    assert_eq!(conn.recv().await.unwrap().unwrap(), b"echo: x");
+    assert_eq!(&conn.recv().await.unwrap().unwrap()[..], b"echo: x");
     let err = conn.recv().await.unwrap_err();
     assert!(
         matches!(
@@ -496,6 +496,44 @@ async fn dropped_close_is_reported_as_truncation() {
     drop(conn);
     let outcome = next(&mut rx).await;
     assert_eq!(outcome.messages.len(), 1);
+    assert!(
+        matches!(outcome.end, Err(TransportError::Truncated)),
+        "{:?}",
+        outcome.end
+    );
+}
+
+#[tokio::test]
+async fn stream_cut_inside_a_record_is_reported_as_truncation() {
+    // The attacker relays the handshake, then only the first half of the device's first
+    // record, and ends the stream there.
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (device, _) = listener.accept().await.unwrap();
+        let server = TcpStream::connect(addr).await.unwrap();
+        let (mut dr, mut dw) = device.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut sr, &mut dw).await });
+        for _ in 0..2 {
+            let frame = read_frame(&mut dr).await.unwrap();
+            write_frame(&mut sw, &frame).await.unwrap();
+        }
+        let record = read_frame(&mut dr).await.unwrap();
+        let mut wire = u16::try_from(record.len()).unwrap().to_be_bytes().to_vec();
+        wire.extend_from_slice(&record[..record.len() / 2]);
+        tokio::io::AsyncWriteExt::write_all(&mut sw, &wire)
+            .await
+            .unwrap();
+        // Dropping the write half ends the stream towards the server.
+    });
+    let mut conn = connect_hybrid(relay).await.unwrap();
+    conn.send(b"a message the attacker cuts in half")
+        .await
+        .unwrap();
+    let outcome = next(&mut rx).await;
+    assert!(outcome.messages.is_empty());
     assert!(
         matches!(outcome.end, Err(TransportError::Truncated)),
         "{:?}",

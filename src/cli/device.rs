@@ -182,6 +182,19 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
     let mut deadline = Instant::now() + keepalive;
     loop {
         tokio::select! {
+            // What the server sent first: a refusal that arrives while lines are still being
+            // sent is read before the next write can fail on the closed connection.
+            biased;
+            message = conn.recv() => match message? {
+                Some(m) => {
+                    stdout.write_all(&m).await?;
+                    stdout.write_all(b"\n").await?;
+                    stdout.flush().await?;
+                }
+                // The server's authenticated close after ours: everything we sent arrived.
+                None if !input_open => return Ok(()),
+                None => return Err(CliError::ServerClosed { sent: line_no }),
+            },
             line = source.next(), if input_open => match line? {
                 Some(line) => {
                     line_no += 1;
@@ -205,16 +218,6 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
                 // idle timer.
                 conn.update_keys().await?;
                 deadline = Instant::now() + keepalive;
-            },
-            message = conn.recv() => match message? {
-                Some(m) => {
-                    stdout.write_all(&m).await?;
-                    stdout.write_all(b"\n").await?;
-                    stdout.flush().await?;
-                }
-                // The server's authenticated close after ours: everything we sent arrived.
-                None if !input_open => return Ok(()),
-                None => return Err(CliError::ServerClosed { sent: line_no }),
             },
         }
     }

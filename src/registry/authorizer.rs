@@ -55,7 +55,7 @@ impl std::fmt::Debug for RegistryAuthorizer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
     /// A message from the device.
-    Message(Vec<u8>),
+    Message(bytes::Bytes),
     /// The device closed the session normally.
     Closed,
     /// The registry stopped authorizing the device: the session was closed with this alert.

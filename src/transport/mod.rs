@@ -4,6 +4,7 @@
 //! [`tcp`] is the embedding API for TCP: [`tcp::connect`] on a device,
 //! [`tcp::Listener`] and [`tcp::accept`] on a server, both yielding a [`tcp::Connection`].
 
+pub mod framing;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
 pub mod tcp;
@@ -71,18 +72,4 @@ pub enum TransportError {
     #[cfg(feature = "mqtt")]
     #[error(transparent)]
     Mqtt(#[from] mqtt::MqttError),
-}
-
-impl TransportError {
-    /// Maps a codec I/O error to [`TransportError::FrameTooLarge`] when that is its cause.
-    fn from_codec(e: std::io::Error) -> Self {
-        let oversize = e
-            .get_ref()
-            .is_some_and(|inner| inner.is::<tokio_util::codec::LengthDelimitedCodecError>());
-        if oversize {
-            Self::FrameTooLarge
-        } else {
-            Self::Io(e)
-        }
-    }
 }

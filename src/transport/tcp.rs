@@ -1,36 +1,34 @@
 //! secchan over TCP (protocol.md §2.1): each frame is a 2-byte big-endian length and a body.
 
-use super::{Timeouts, TransportError, MAX_FRAME_LEN};
+use super::framing::FrameCodec;
+pub use super::framing::FRAME_PREFIX_LEN;
+use super::{Timeouts, TransportError};
 use crate::crypto::random::OsRandom;
 use crate::handshake::device::{self, DeviceConfig};
 use crate::handshake::server::{self, PeerDevice, ServerConfig};
 use crate::handshake::HandshakeError;
 use crate::msgs::{encode_alert, AlertCode, FrameType};
+use crate::record::HEADER_LEN;
 use crate::session::{Event, Session};
 use crate::trust::ServerVerifier;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
-
-/// Bytes the TCP framing adds to each frame: the length prefix.
-pub const FRAME_PREFIX_LEN: usize = 2;
+use tokio_util::codec::{Encoder, Framed};
 
 /// Initial capacity of a connection's read and write buffers: room for either handshake
 /// message; they grow to a full record when one arrives. tokio-util's default (8 KiB each) was
 /// most of an idle session's memory (docs/benchmarks.md).
 const INITIAL_BUFFER: usize = 2048;
 
-fn framed(stream: TcpStream) -> Framed<TcpStream, LengthDelimitedCodec> {
-    let codec = LengthDelimitedCodec::builder()
-        .length_field_length(FRAME_PREFIX_LEN)
-        .max_frame_length(MAX_FRAME_LEN)
-        .new_codec();
-    Framed::with_capacity(stream, codec, INITIAL_BUFFER)
+type Io = Framed<TcpStream, FrameCodec>;
+
+fn framed(stream: TcpStream) -> Io {
+    Framed::with_capacity(stream, FrameCodec, INITIAL_BUFFER)
 }
 
 /// Bytes on the wire, counted at the frame level (length prefixes included, TCP/IP headers
@@ -49,7 +47,7 @@ pub struct WireStats {
 
 /// An established secchan session over TCP.
 pub struct Connection {
-    io: Framed<TcpStream, LengthDelimitedCodec>,
+    io: Io,
     session: Session,
     timeouts: Timeouts,
     peer_addr: SocketAddr,
@@ -71,7 +69,7 @@ impl std::fmt::Debug for Connection {
 }
 
 async fn read_frame(
-    io: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    io: &mut Io,
     stats: &mut WireStats,
 ) -> Result<Option<BytesMut>, TransportError> {
     match io.next().await {
@@ -79,24 +77,24 @@ async fn read_frame(
             stats.received += (frame.len() + FRAME_PREFIX_LEN) as u64;
             Ok(Some(frame))
         }
-        Some(Err(e)) => Err(TransportError::from_codec(e)),
+        Some(Err(e)) => Err(e),
         None => Ok(None),
     }
 }
 
 async fn write_frame(
-    io: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    io: &mut Io,
     stats: &mut WireStats,
-    frame: Vec<u8>,
+    frame: &[u8],
 ) -> Result<(), TransportError> {
     stats.sent += (frame.len() + FRAME_PREFIX_LEN) as u64;
-    io.send(Bytes::from(frame)).await?;
+    io.send(frame).await?;
     Ok(())
 }
 
 /// Best effort: tell the peer why the handshake failed, then give up.
-async fn send_alert(io: &mut Framed<TcpStream, LengthDelimitedCodec>, code: AlertCode) {
-    let _ = io.send(Bytes::from(encode_alert(code))).await;
+async fn send_alert(io: &mut Io, code: AlertCode) {
+    let _ = io.send(&encode_alert(code)[..]).await;
 }
 
 /// How long a lingering close reads on before it drops the connection.
@@ -127,10 +125,7 @@ async fn linger(stream: &mut TcpStream) {
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
-async fn expect_frame(
-    io: &mut Framed<TcpStream, LengthDelimitedCodec>,
-    stats: &mut WireStats,
-) -> Result<BytesMut, TransportError> {
+async fn expect_frame(io: &mut Io, stats: &mut WireStats) -> Result<BytesMut, TransportError> {
     read_frame(io, stats)
         .await?
         .ok_or(TransportError::Truncated)
@@ -155,7 +150,7 @@ pub async fn connect(
     let mut stats = WireStats::default();
     let handshake = async {
         let (expect, hello) = device::start(config, &mut OsRandom)?;
-        write_frame(&mut io, &mut stats, hello).await?;
+        write_frame(&mut io, &mut stats, &hello).await?;
         let reply = expect_frame(&mut io, &mut stats).await?;
         let authed = match expect.read_server_hello(&reply) {
             Ok(a) => a,
@@ -171,7 +166,7 @@ pub async fn connect(
             return Err(e.into());
         }
         let (session, finish) = authed.finish(Instant::now())?;
-        write_frame(&mut io, &mut stats, finish).await?;
+        write_frame(&mut io, &mut stats, &finish).await?;
         Ok::<_, TransportError>(session)
     };
     let session = tokio::time::timeout_at(deadline, handshake)
@@ -282,7 +277,7 @@ pub async fn accept(
     let handshake = async {
         let hello = expect_frame(&mut io, &mut stats).await?;
         let (expect, reply) = server::accept_hello(config, &hello, &mut OsRandom)?;
-        write_frame(&mut io, &mut stats, reply).await?;
+        write_frame(&mut io, &mut stats, &reply).await?;
         let finish = expect_frame(&mut io, &mut stats).await?;
         Ok::<_, Failure>(expect.read_device_finish(&finish, Instant::now())?)
     };
@@ -342,36 +337,46 @@ impl Connection {
         self.stats
     }
 
-    async fn flush_session(&mut self) -> Result<(), TransportError> {
-        let mut any = false;
+    /// Moves the frames the session queued into the write buffer.
+    fn queue_output(&mut self) -> Result<(), TransportError> {
         while let Some(frame) = self.session.poll_transmit() {
             self.stats.sent += (frame.len() + FRAME_PREFIX_LEN) as u64;
-            self.io.feed(Bytes::from(frame)).await?;
-            any = true;
-        }
-        if any {
-            SinkExt::<Bytes>::flush(&mut self.io).await?;
+            FrameCodec.encode(&frame[..], self.io.write_buffer_mut())?;
         }
         Ok(())
     }
 
-    /// Sends one message (at most 16,384 bytes) as one record.
+    /// Writes the frames the session queued to the socket.
+    async fn write_out(&mut self) -> Result<(), TransportError> {
+        self.queue_output()?;
+        SinkExt::<&[u8]>::flush(&mut self.io).await
+    }
+
+    /// Best effort after a failure: hand the peer the session's last words (a Close record
+    /// with the reason), without waiting longer than the handshake timeout for a peer that
+    /// does not read.
+    async fn write_last(&mut self) {
+        let _ = tokio::time::timeout(self.timeouts.handshake, self.write_out()).await;
+    }
+
+    /// Sends one message (at most 16,384 bytes) as one record, written to the socket before
+    /// this returns.
     pub async fn send(&mut self, message: &[u8]) -> Result<(), TransportError> {
         self.session.send(message, Instant::now())?;
-        self.flush_session().await
+        self.write_out().await
     }
 
     /// Rotates the sending key now (it also rotates by itself, per the key-update policy).
     pub async fn update_keys(&mut self) -> Result<(), TransportError> {
         self.session.update_keys(Instant::now())?;
-        self.flush_session().await
+        self.write_out().await
     }
 
     /// Receives the next message. Returns `Ok(None)` once the peer closed the session with
     /// an authenticated close; answers that close with its own. A stream that ends without
     /// one is [`TransportError::Truncated`]. After the session failed, every call returns an
     /// error again, never `Ok(None)`.
-    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         loop {
             if let Some(end) = self.session.end() {
                 return end.map(|()| None).map_err(TransportError::from);
@@ -381,12 +386,12 @@ impl Connection {
                 match tokio::time::timeout(idle, read_frame(&mut self.io, &mut self.stats)).await {
                     Err(_) => {
                         self.session.close(AlertCode::Timeout);
-                        let _ = self.flush_session().await;
+                        self.write_last().await;
                         return Err(TransportError::IdleTimeout(idle));
                     }
                     Ok(Err(e)) => {
                         self.session.close(AlertCode::DecodeError);
-                        let _ = self.flush_session().await;
+                        self.write_last().await;
                         return Err(e);
                     }
                     Ok(Ok(None)) => return Err(TransportError::Truncated),
@@ -402,20 +407,24 @@ impl Connection {
             }
             let result = self.session.handle_frame(&mut frame, Instant::now());
             let event = match result {
-                Ok(Event::Message(m)) => Some(m.to_vec()),
+                Ok(Event::Message(m)) => Some(m.len()),
                 Ok(Event::KeyUpdated) => None,
                 Ok(Event::Closed) => {
                     self.session.close(AlertCode::CloseNotify);
-                    self.flush_session().await?;
+                    self.write_out().await?;
                     return Ok(None);
                 }
                 Err(e) => {
-                    let _ = self.flush_session().await;
+                    self.write_last().await;
                     return Err(e.into());
                 }
             };
-            if let Some(m) = event {
-                return Ok(Some(m));
+            if let Some(len) = event {
+                // The plaintext was opened in place, right behind the record header
+                // (protocol.md §7.1): hand it out without a copy.
+                frame.advance(HEADER_LEN);
+                frame.truncate(len);
+                return Ok(Some(frame.freeze()));
             }
         }
     }
@@ -430,14 +439,14 @@ impl Connection {
     /// session at once (e.g. [`AlertCode::Revoked`] when the device's identity is revoked).
     pub async fn send_close_with(&mut self, code: AlertCode) -> Result<(), TransportError> {
         self.session.close(code);
-        self.flush_session().await
+        self.write_out().await
     }
 
     /// Ends the connection after an error: flushes any queued Close record, then closes with
     /// a lingering close (at most 1 s and 64 KiB of input read and discarded), so the peer
     /// reads that Close rather than a connection reset.
     pub async fn linger(mut self) {
-        let _ = self.flush_session().await;
+        let _ = self.write_out().await;
         linger(self.io.get_mut()).await;
     }
 

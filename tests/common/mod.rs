@@ -90,7 +90,7 @@ async fn serve(mut conn: Connection, peer: PeerDevice) -> ServerOutcome {
             Ok(Some(m)) => {
                 let mut reply = b"echo: ".to_vec();
                 reply.extend_from_slice(&m);
-                messages.push(m);
+                messages.push(m.to_vec());
                 if let Err(e) = conn.send(&reply).await {
                     break Err(e);
                 }
