@@ -2,8 +2,9 @@
 //! fingerprints, and the key-file formats (protocol.md §3.4).
 
 use super::{random::Random, CryptoError};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use std::fmt;
 use zeroize::Zeroizing;
 
@@ -17,8 +18,15 @@ const PUBLIC_HEADER: &str = "secchan-ed25519-public-v1";
 
 /// A long-term identity secret key. Erased on drop; its Debug output shows only the
 /// fingerprint.
+///
+/// Signing uses AWS-LC (half the time of ed25519-dalek here, docs/design.md); Ed25519
+/// signatures are deterministic, so the bytes are the same either way. Verification stays with
+/// ed25519-dalek's `verify_strict`, whose rules protocol.md §3.3 specifies.
 pub struct IdentityKey {
-    signing: SigningKey,
+    seed: Zeroizing<[u8; 32]>,
+    /// AWS-LC's key pair; AWS-LC erases it when it is dropped.
+    pair: Ed25519KeyPair,
+    public: [u8; PUBLIC_KEY_LEN],
 }
 
 impl IdentityKey {
@@ -31,14 +39,20 @@ impl IdentityKey {
 
     /// The identity for a fixed 32-byte seed (RFC 8032 private key).
     pub fn from_seed(seed: &[u8; 32]) -> Self {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed)
+            .unwrap_or_else(|_| unreachable!("every 32-byte seed is an Ed25519 private key"));
+        let mut public = [0u8; PUBLIC_KEY_LEN];
+        public.copy_from_slice(pair.public_key().as_ref());
         Self {
-            signing: SigningKey::from_bytes(seed),
+            seed: Zeroizing::new(*seed),
+            pair,
+            public,
         }
     }
 
     /// The public half.
     pub fn public(&self) -> PublicIdentity {
-        PublicIdentity(self.signing.verifying_key().to_bytes())
+        PublicIdentity(self.public)
     }
 
     /// Ed25519 signature over `context || message`.
@@ -46,14 +60,16 @@ impl IdentityKey {
         let mut m = Vec::with_capacity(context.len() + message.len());
         m.extend_from_slice(context);
         m.extend_from_slice(message);
-        self.signing.sign(&m).to_bytes()
+        let mut signature = [0u8; SIGNATURE_LEN];
+        signature.copy_from_slice(self.pair.sign(&m).as_ref());
+        signature
     }
 
     /// The secret key file's text: a header line and the base64 seed.
     pub fn to_file_text(&self) -> Zeroizing<String> {
         Zeroizing::new(format!(
             "{SECRET_HEADER}\n{}\n",
-            STANDARD_NO_PAD.encode(self.signing.to_bytes())
+            STANDARD_NO_PAD.encode(*self.seed)
         ))
     }
 

@@ -141,15 +141,20 @@ pub async fn connect(
     timeouts: Timeouts,
 ) -> Result<Connection, TransportError> {
     let deadline = tokio::time::Instant::now() + timeouts.handshake;
-    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
-        .await
-        .map_err(|_| TransportError::HandshakeTimeout(timeouts.handshake))??;
+    // The ephemeral keys are generated while the TCP handshake is under way: connect sends
+    // its SYN and waits, and the key generation fills that round trip instead of following it.
+    let (stream, started) = tokio::join!(
+        biased;
+        tokio::time::timeout_at(deadline, TcpStream::connect(addr)),
+        async { device::start(config, &mut OsRandom) },
+    );
+    let stream = stream.map_err(|_| TransportError::HandshakeTimeout(timeouts.handshake))??;
+    let (expect, hello) = started?;
     stream.set_nodelay(true)?;
     let peer_addr = stream.peer_addr()?;
     let mut io = framed(stream);
     let mut stats = WireStats::default();
     let handshake = async {
-        let (expect, hello) = device::start(config, &mut OsRandom)?;
         write_frame(&mut io, &mut stats, &hello).await?;
         let reply = expect_frame(&mut io, &mut stats).await?;
         let authed = match expect.read_server_hello(&reply) {
