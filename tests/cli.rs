@@ -163,9 +163,10 @@ fn lines_that_are_not_utf8_arrive_as_data_base64() {
     assert_eq!(binary["device"], "anonymous");
 }
 
-#[test]
-fn unknown_device_gets_one_clear_line() {
-    let dir = tempdir("cli-unknown");
+/// Runs a device whose key is not on the server's list, `runs` times, with `input` on stdin,
+/// and asserts each run ends with the one-line refusal.
+fn assert_stranger_refused(name: &str, input: &str, runs: usize) {
+    let dir = tempdir(name);
     let server_fp = keygen(&dir.join("server.key"));
     let known = keygen(&dir.join("known.key"));
     keygen(&dir.join("stranger.key"));
@@ -173,35 +174,7 @@ fn unknown_device_gets_one_clear_line() {
     let devices = dir.join("devices");
     let server = start_server(&dir, &["--authorized-devices", devices.to_str().unwrap()]);
     let stranger = dir.join("stranger.key");
-    let out = run_device(
-        &dir,
-        &[
-            "--connect",
-            &server.addr,
-            "--server-key",
-            &server_fp,
-            "--key",
-            stranger.to_str().unwrap(),
-        ],
-        "hello\n",
-    );
-    assert_one_line_error(&out, &["authorized list"]);
-}
-
-#[test]
-fn unknown_device_streaming_many_lines_still_reads_the_refusal() {
-    // The device sends lines right behind its DeviceFinish; the server must not reset the
-    // connection under the refusal it sent.
-    let dir = tempdir("cli-unknown-many");
-    let server_fp = keygen(&dir.join("server.key"));
-    let known = keygen(&dir.join("known.key"));
-    keygen(&dir.join("stranger.key"));
-    std::fs::write(dir.join("devices"), format!("{known}\n")).unwrap();
-    let devices = dir.join("devices");
-    let server = start_server(&dir, &["--authorized-devices", devices.to_str().unwrap()]);
-    let stranger = dir.join("stranger.key");
-    let input: String = (0..20_000).map(|i| format!("reading {i}\n")).collect();
-    for _ in 0..3 {
+    for _ in 0..runs {
         let out = run_device(
             &dir,
             &[
@@ -212,10 +185,23 @@ fn unknown_device_streaming_many_lines_still_reads_the_refusal() {
                 "--key",
                 stranger.to_str().unwrap(),
             ],
-            &input,
+            input,
         );
         assert_one_line_error(&out, &["authorized list"]);
     }
+}
+
+#[test]
+fn unknown_device_gets_one_clear_line() {
+    assert_stranger_refused("cli-unknown", "hello\n", 1);
+}
+
+#[test]
+fn unknown_device_streaming_many_lines_still_reads_the_refusal() {
+    // The device sends lines right behind its DeviceFinish; the server must not reset the
+    // connection under the refusal it sent.
+    let input: String = (0..20_000).map(|i| format!("reading {i}\n")).collect();
+    assert_stranger_refused("cli-unknown-many", &input, 3);
 }
 
 #[test]
