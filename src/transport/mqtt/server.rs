@@ -1,7 +1,7 @@
 //! A secchan server instance on MQTT: answers hellos from the shared subscription, keeps the
 //! sessions it accepted, outputs each device message once and acknowledges it.
 
-use super::delivery::{Envelope, StreamId, StreamKey, Streams, Verdict};
+use super::delivery::{Envelope, StreamId, StreamKey, Streams, Verdict, DEFAULT_MAX_OUT_OF_ORDER};
 use super::link::{Link, LinkEvent, PayloadBytes};
 use super::topics::{self, Route, Topics};
 use super::{may_be_record, random_hex, Broker, MqttError};
@@ -32,6 +32,8 @@ pub struct ServerOptions {
     pub max_sessions: usize,
     /// Most device streams remembered for dropping duplicates.
     pub max_streams: usize,
+    /// Most sequence numbers the duplicate filter remembers ahead of a gap, over all streams.
+    pub max_out_of_order: usize,
     /// Handshake and idle timeouts; a stream is remembered for the idle timeout.
     pub timeouts: Timeouts,
 }
@@ -42,6 +44,7 @@ impl Default for ServerOptions {
             share_group: topics::DEFAULT_SHARE_GROUP.to_string(),
             max_sessions: 10_000,
             max_streams: 10_000,
+            max_out_of_order: DEFAULT_MAX_OUT_OF_ORDER,
             timeouts: Timeouts::default(),
         }
     }
@@ -151,7 +154,11 @@ impl MqttServer {
             topics: broker.topics.clone(),
             instance,
             config: Arc::new(config),
-            streams: Streams::new(options.max_streams, options.timeouts.idle),
+            streams: Streams::new(
+                options.max_streams,
+                options.max_out_of_order,
+                options.timeouts.idle,
+            ),
             options,
             slots: HashMap::new(),
             ready: VecDeque::new(),
