@@ -70,6 +70,8 @@ pub struct DeviceStats {
     pub rejected_records: u64,
     /// MQTT messages on this device's topics that were not secchan frames.
     pub malformed: u64,
+    /// Publishes dropped because the broker took them more slowly than they came.
+    pub dropped_publishes: u64,
     /// Payload bytes moved through the broker.
     pub bytes: PayloadBytes,
 }
@@ -302,6 +304,7 @@ impl Task {
     fn publish_stats(&mut self) {
         self.stats.buffered = self.outbox.len();
         self.stats.bytes = self.link.bytes();
+        self.stats.dropped_publishes = self.link.dropped();
         self.stats_tx.send_replace(self.stats);
     }
 

@@ -89,6 +89,8 @@ pub struct ServerStats {
     pub malformed: u64,
     /// Messages for sessions this instance does not hold.
     pub unknown_session: u64,
+    /// Publishes dropped because the broker took them more slowly than they came.
+    pub dropped_publishes: u64,
     /// Payload bytes moved through the broker.
     pub bytes: PayloadBytes,
 }
@@ -203,6 +205,7 @@ impl MqttServer {
     pub fn stats(&self) -> ServerStats {
         ServerStats {
             bytes: self.link.bytes(),
+            dropped_publishes: self.link.dropped(),
             ..self.stats
         }
     }
