@@ -468,4 +468,16 @@ fn bad_mqtt_options_are_one_line_errors() {
     ]);
     assert!(err.contains("trusting on first use"), "{err}");
     assert!(err.contains("--server-key"), "{err}");
+    let key = dir.path("server.key");
+    let err = fails(&[
+        "server",
+        "--mqtt",
+        "mqtt://127.0.0.1:1",
+        "--key",
+        key.to_str().unwrap(),
+        "--allow-any-device",
+        "--replay-window",
+        "256",
+    ]);
+    assert!(err.contains("--replay-window to at least 512"), "{err}");
 }

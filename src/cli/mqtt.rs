@@ -162,6 +162,10 @@ pub(super) async fn serve(
         duplicate_messages = s.duplicate_messages,
         rejected_records = s.rejected_records,
         malformed = s.malformed,
+        rejected_handshake_messages = s.rejected_handshake_messages,
+        evicted_handshakes = s.evicted_handshakes,
+        refused_hellos = s.refused_hellos,
+        dropped_publishes = s.dropped_publishes,
         "server stopped"
     );
     Ok(())

@@ -2,7 +2,7 @@
 //! messages. It re-subscribes after every reconnect and never blocks its owner: requests go
 //! to rumqttc's request queue, or to a bounded local queue, in order, while that one is full.
 
-use super::{random_hex, Broker, MqttError, MAX_PACKET_SIZE};
+use super::{random_hex, warn_dropped, Broker, MqttError, Throttle, MAX_PACKET_SIZE};
 use crate::msgs::FrameType;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
@@ -71,6 +71,7 @@ pub(crate) struct Link {
     connected: bool,
     task: tokio::task::JoinHandle<()>,
     bytes: PayloadBytes,
+    throttle: Throttle,
 }
 
 /// A request for rumqttc, in the order the owner made it.
@@ -293,6 +294,7 @@ impl Link {
             connected: false,
             task,
             bytes: PayloadBytes::default(),
+            throttle: Throttle::default(),
         };
         // The task queued `Connected` for the first connection: consume it so the owner
         // starts connected.
@@ -350,7 +352,8 @@ impl Link {
     fn request(&mut self, request: Request) {
         let dropped = self.queue.push(request);
         if dropped > 0 {
-            tracing::warn!(
+            warn_dropped!(
+                self.throttle,
                 dropped,
                 total = self.queue.dropped,
                 "MQTT send queue full (the broker takes publishes more slowly than they come): dropped the oldest frames"

@@ -182,6 +182,15 @@ pub enum MqttError {
         /// The SUBACK reason.
         reason: String,
     },
+    /// The server's replay window cannot cover the records a device keeps in flight, so
+    /// reordered records would be refused as too old.
+    #[error("a replay window of {window} records is smaller than the {min} messages a device keeps in flight over MQTT: set --replay-window to at least {min}")]
+    ReplayWindow {
+        /// The window, as rounded by the record layer.
+        window: u64,
+        /// The smallest window that covers a device's in-flight messages.
+        min: usize,
+    },
     /// No server answered the handshake.
     #[error("no secchan server answered on {topic} within {after:?}; check that `secchan server --mqtt` runs against the same broker and --mqtt-prefix")]
     NoServer {
