@@ -10,17 +10,7 @@ mod support;
 use cli_support::{assert_one_line_error, bin, tempdir};
 use secchan::record::RECORD_OVERHEAD;
 use secchan::transport::mqtt::delivery::{ACK_LEN, ENVELOPE_LEN};
-use std::sync::Mutex;
 use support::mosquitto::Mosquitto;
-
-/// `Mosquitto::start_with_password` writes its password file in one directory per process:
-/// one broker at a time.
-static PASSWORD_BROKER: Mutex<()> = Mutex::new(());
-
-fn broker_with_password(user: &str, password: &str) -> Mosquitto {
-    let _one = PASSWORD_BROKER.lock().unwrap_or_else(|e| e.into_inner());
-    Mosquitto::start_with_password(user, password)
-}
 
 /// The TCP figures as small as they go, so the run is mostly the MQTT section.
 const TINY: [&str; 12] = [
@@ -45,7 +35,7 @@ const WARMUP: u64 = 10;
 
 #[test]
 fn bench_mqtt_reports_both_transports_with_the_broker_credentials() {
-    let broker = broker_with_password("bench", "s3cret-pw");
+    let broker = Mosquitto::start_with_password("bench", "s3cret-pw");
     let dir = tempdir("bench-mqtt");
     let report = dir.join("report.json");
     let out = bin()
@@ -69,6 +59,7 @@ fn bench_mqtt_reports_both_transports_with_the_broker_credentials() {
         "/site/telemetry/bench-",
         "plaintext MQTT",
         "secchan/plaintext",
+        "MQTT payload per message, not on the wire",
     ] {
         assert!(stdout.contains(needle), "table lacks {needle:?}: {stdout}");
     }
@@ -126,7 +117,7 @@ fn bench_mqtt_reports_both_transports_with_the_broker_credentials() {
 
 #[test]
 fn bench_mqtt_with_a_wrong_broker_password_fails_at_once() {
-    let broker = broker_with_password("bench", "right");
+    let broker = Mosquitto::start_with_password("bench", "right");
     let out = bin()
         .args(["bench"])
         .args(TINY)

@@ -15,9 +15,10 @@
 //!   monotonic clock;
 //! - *messages/s*: messages sent back to back, divided by the time from the first send until
 //!   the receiver has the last one;
-//! - *bytes*: MQTT payload bytes per message each way (topics and MQTT headers, the same for
-//!   both, not counted). Down is secchan's Ack records: one per message when messages are
-//!   sent alone (the latency phase), one per burst when sent back to back (the rate phase).
+//! - *bytes*: MQTT payload bytes per message each way, not bytes on the wire (topics, MQTT
+//!   headers and PUBACKs, the same for both, are not counted; docs/mqtt.md §12). Down is
+//!   secchan's Ack records: one per message when messages are sent alone (the latency
+//!   phase), one per burst when sent back to back (the rate phase).
 
 use super::measure::micros;
 use super::system::Percentiles;
@@ -156,7 +157,7 @@ impl MqttReport {
         )?;
         writeln!(
             s,
-            "  bytes: MQTT payload per message ({}-byte topics for both; down = acks, alone / in bursts)",
+            "  bytes: MQTT payload per message, not on the wire ({}-byte topics, MQTT headers and PUBACKs, the same for both, not counted); down = acks, alone / in bursts",
             self.topic_len
         )?;
         writeln!(

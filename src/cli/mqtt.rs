@@ -2,7 +2,7 @@
 //! MQTT 5 broker (docs/mqtt.md).
 
 use super::output::Output;
-use super::server::{message_line, Origin};
+use super::server::{message_line, shutdown_signal, Origin};
 use super::CliError;
 use crate::handshake::device::DeviceConfig;
 use crate::handshake::server::ServerConfig;
@@ -30,7 +30,8 @@ pub(super) struct MqttArgs {
     #[arg(long, value_name = "URL", group = "transport")]
     pub(super) mqtt: Option<String>,
     /// MQTT client id [default: secchan-<random>]. The broker sees it: do not put the
-    /// device's identity in it.
+    /// device's identity in it. Give every process its own: a broker disconnects a client
+    /// when another connects with the same id.
     #[arg(long, value_name = "ID", requires = "mqtt")]
     mqtt_client_id: Option<String>,
     /// Broker user name.
@@ -94,25 +95,29 @@ pub(super) struct MqttDeviceArgs {
           value_parser = clap::value_parser!(u64).range(1..=MAX_BUFFER as u64))]
     buffer: u64,
     /// Seconds without an acknowledgement after which the device starts a new session.
-    #[arg(long, value_name = "SECS", default_value_t = 5, requires = "mqtt")]
+    #[arg(long, value_name = "SECS", default_value_t = 5, requires = "mqtt",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
     ack_timeout: u64,
     /// Seconds to wait at the end for the last acknowledgements.
-    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "mqtt")]
+    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "mqtt",
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
     drain_timeout: u64,
 }
 
-/// Runs a server instance on the broker until interrupted.
+/// Runs a server instance on the broker until Ctrl-C or SIGTERM.
 pub(super) async fn serve(
     args: &MqttServerArgs,
     url: &str,
     config: Arc<ServerConfig>,
     timeouts: Timeouts,
+    max_sessions: usize,
     out: Option<&std::path::Path>,
 ) -> Result<(), CliError> {
     let broker = args.broker.broker(url)?;
     let mut output = Output::open(out).await?;
     let options = ServerOptions {
         share_group: args.mqtt_share_group.clone(),
+        max_sessions,
         timeouts,
         ..ServerOptions::default()
     };
@@ -125,6 +130,10 @@ pub(super) async fn serve(
         fingerprint = %config.identity.public().fingerprint(),
         "serving through the MQTT broker"
     );
+    // One signal future for the whole loop: a signal that arrives while a line is written
+    // is kept for the next turn.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             delivery = server.next() => {
@@ -139,8 +148,8 @@ pub(super) async fn serve(
                 };
                 output.write_line(&message_line(&origin, &d.data)).await?;
             }
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("interrupted: closing sessions");
+            () = &mut shutdown => {
+                tracing::info!("shutting down: closing every session");
                 break;
             }
         }
@@ -153,6 +162,10 @@ pub(super) async fn serve(
         duplicate_messages = s.duplicate_messages,
         rejected_records = s.rejected_records,
         malformed = s.malformed,
+        rejected_handshake_messages = s.rejected_handshake_messages,
+        evicted_handshakes = s.evicted_handshakes,
+        refused_hellos = s.refused_hellos,
+        dropped_publishes = s.dropped_publishes,
         "server stopped"
     );
     Ok(())
@@ -176,14 +189,22 @@ pub(super) async fn run_device(
     let mut device = MqttDevice::start(&broker, config, Arc::from(verifier), options).await?;
     tracing::info!(broker = %broker.display_name(), "connected through the MQTT broker");
     let limit = crate::record::MAX_PAYLOAD - ENVELOPE_LEN;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let stopping = || {
+        tracing::info!(
+            drain = args.drain_timeout,
+            "interrupted: delivering what is buffered, then stopping"
+        );
+    };
     loop {
         let line = tokio::select! {
             line = source.next() => match line? {
                 Some(line) => line,
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!(drain = args.drain_timeout, "interrupted: delivering what is buffered, then stopping");
+            () = &mut shutdown => {
+                stopping();
                 break;
             }
         };
@@ -193,7 +214,14 @@ pub(super) async fn run_device(
                 len: line.len(),
             });
         }
-        device.send(line).await?;
+        // `send` waits while the buffer is full (the broker may be away for long).
+        tokio::select! {
+            sent = device.send(line) => sent?,
+            () = &mut shutdown => {
+                stopping();
+                break;
+            }
+        }
     }
     let stats = device
         .finish(Duration::from_secs(args.drain_timeout))

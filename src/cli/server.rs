@@ -261,7 +261,16 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {
         let timeouts = args.session.timeouts();
-        return super::mqtt::serve(&args.mqtt, url, config, timeouts, args.out.as_deref()).await;
+        let out = args.out.as_deref();
+        return super::mqtt::serve(
+            &args.mqtt,
+            url,
+            config,
+            timeouts,
+            args.max_sessions as usize,
+            out,
+        )
+        .await;
     }
     let fingerprint = config.identity.public().fingerprint();
     let addr = args.listen.clone().unwrap_or_default();
@@ -343,7 +352,7 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
 }
 
 /// Ctrl-C, or SIGTERM on Unix (what service managers send).
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term =

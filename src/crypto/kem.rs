@@ -98,7 +98,7 @@ pub trait PqKem: Send + Sync {
 }
 
 /// The secret half of a [`PqKem`] key pair; erased on drop.
-pub trait PqDecapsKey: Send {
+pub trait PqDecapsKey: Send + Sync {
     /// Decapsulates `ct` (whose length the caller has checked).
     fn decapsulate(&self, ct: &[u8]) -> Result<SharedSecret, CryptoError>;
 }

@@ -111,7 +111,11 @@ impl ExpectServerHello {
     /// Processes ServerHello: checks the selection, completes the key exchange, and verifies
     /// the server's signature (protocol.md §6.1 step 2). The caller must then decide whether
     /// the returned server identity is trusted before [`ServerAuthenticated::finish`].
-    pub fn read_server_hello(self, frame: &[u8]) -> Result<ServerAuthenticated, HandshakeError> {
+    ///
+    /// A failure leaves this state as it was, so a transport on which anyone may inject
+    /// frames (MQTT, docs/mqtt.md §4) drops the bad one and tries the next. Once a ServerHello
+    /// is accepted, the caller drops this state: its ephemeral keys serve one session only.
+    pub fn read_server_hello(&self, frame: &[u8]) -> Result<ServerAuthenticated, HandshakeError> {
         match FrameType::of(frame)? {
             FrameType::ServerHello => {}
             FrameType::Alert => return Err(HandshakeError::PeerAlert(decode_alert(frame)?)),
@@ -141,7 +145,7 @@ impl ExpectServerHello {
         let prefix = frame
             .get(..hello.prefix_len())
             .ok_or(HandshakeError::ServerAuthFailed)?;
-        let mut transcript = self.transcript;
+        let mut transcript = self.transcript.clone();
         transcript.update(prefix);
         let th1 = transcript.current();
         let hs = handshake_secret(&CombinerInput {
@@ -165,7 +169,7 @@ impl ExpectServerHello {
             .map_err(|_| HandshakeError::ServerAuthFailed)?;
         transcript.update(hello.sealed_auth);
         Ok(ServerAuthenticated {
-            config: self.config,
+            config: self.config.clone(),
             suite: hello.suite,
             aead,
             server,

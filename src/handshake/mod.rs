@@ -1,6 +1,7 @@
 //! The handshake (protocol.md §4–§6): one round trip, device hello -> server hello -> device
-//! finish, as type-state machines. Each state is a value consumed by the step that leaves it,
-//! so an out-of-order call does not compile.
+//! finish, as type-state machines. Each step returns the next state as a new type, so an
+//! out-of-order call does not compile. Reading the peer's message borrows the waiting state:
+//! a message that fails leaves it unchanged, for transports where strangers can inject frames.
 //!
 //! - Device: [`device::start`] -> [`device::ExpectServerHello`] ->
 //!   [`device::ServerAuthenticated`] (the caller decides whether to trust the server's key)

@@ -155,8 +155,11 @@ impl ExpectDeviceFinish {
 
     /// Processes DeviceFinish: opens and verifies the device's authentication, asks the
     /// authorizer, and on success returns the session (protocol.md §6.2 step 3).
+    ///
+    /// A failure leaves this state as it was, so a transport on which anyone may inject
+    /// frames (MQTT, docs/mqtt.md §4) can drop a forged DeviceFinish and wait for the real one.
     pub fn read_device_finish(
-        self,
+        &self,
         frame: &[u8],
         now: Instant,
     ) -> Result<(Session, PeerDevice), HandshakeError> {
@@ -214,7 +217,7 @@ impl ExpectDeviceFinish {
             code,
         })?;
         // 3d. TH3 and traffic secrets.
-        let mut transcript = self.transcript;
+        let mut transcript = self.transcript.clone();
         transcript.update(frame);
         let (d2s, s2d) = traffic_secrets(&self.hs, &transcript.current());
         let session = Session::new(

@@ -1,3 +1,4 @@
 //! Helpers shared by integration tests.
 #![allow(dead_code)] // each test crate uses a different part of the helpers
 pub mod mosquitto;
+pub mod mqtt;

@@ -4,6 +4,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long the broker may take to accept connections.
@@ -41,69 +42,95 @@ fn free_port() -> u16 {
 impl Mosquitto {
     /// Starts a broker on a free loopback port (anonymous access, no persistence).
     pub fn start() -> Self {
-        Self::start_with("")
+        let mut m = Self::configure(false);
+        m.spawn();
+        m
     }
 
     /// Starts a broker that requires user `user` with password `password`.
     pub fn start_with_password(user: &str, password: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("secchan-mosquitto-pw-{}", std::process::id()));
+        Self::start_with_users(&[(user, password)])
+    }
+
+    /// Starts a broker that requires one of these accounts (user, password).
+    pub fn start_with_users(users: &[(&str, &str)]) -> Self {
+        let mut m = Self::configure(true);
+        m.set_users(users);
+        m.spawn();
+        m
+    }
+
+    /// A broker's directory and configuration, on a free loopback port.
+    fn configure(passwords: bool) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "secchan-mosquitto-{}-{port}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("passwords");
-        let tool = binary().with_file_name("mosquitto_passwd");
+        let access = if passwords {
+            format!(
+                "allow_anonymous false\npassword_file {}",
+                dir.join("passwords").display()
+            )
+        } else {
+            "allow_anonymous true".to_string()
+        };
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            format!("listener {port} 127.0.0.1\n{access}\npersistence false\nlog_dest stderr\n"),
+        )
+        .unwrap();
+        Self {
+            child: None,
+            port,
+            dir,
+            binary: binary(),
+        }
+    }
+
+    /// Replaces the accounts of a broker started with [`start_with_users`](Self::start_with_users).
+    /// A running broker reloads them (SIGHUP); connections already open stay.
+    pub fn set_users(&mut self, users: &[(&str, &str)]) {
+        let file = self.dir.join("passwords");
+        let _ = std::fs::remove_file(&file);
+        std::fs::write(&file, "").unwrap();
+        let tool = self.binary.with_file_name("mosquitto_passwd");
         let tool = if tool.is_file() {
             tool
         } else {
             PathBuf::from("mosquitto_passwd")
         };
-        let status = Command::new(&tool)
-            .args(["-b", "-c"])
-            .arg(&file)
-            .args([user, password])
-            .status()
-            .unwrap_or_else(|e| {
-                panic!("cannot run mosquitto_passwd ({e}): run `apt-get install mosquitto`")
-            });
-        assert!(status.success(), "mosquitto_passwd failed");
+        for (user, password) in users {
+            let status = Command::new(&tool)
+                .arg("-b")
+                .arg(&file)
+                .args([user, password])
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run mosquitto_passwd ({e}): run `apt-get install mosquitto`")
+                });
+            assert!(status.success(), "mosquitto_passwd failed");
+        }
         // Mosquitto reads the file after dropping privileges when started as root.
         let _ = Command::new("chmod").arg("0644").arg(&file).status();
-        let broker = Self::start_with(&format!("password_file {}", file.display()));
-        // Read at start; not needed afterwards.
-        let _ = std::fs::remove_dir_all(&dir);
-        broker
-    }
-
-    /// Starts a broker with extra configuration lines.
-    pub fn start_with(extra: &str) -> Self {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("secchan-mosquitto-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let anonymous = if extra.contains("password_file") {
-            "false"
-        } else {
-            "true"
-        };
-        std::fs::write(
-            dir.join("mosquitto.conf"),
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous {anonymous}\npersistence false\n\
-                 log_dest stderr\n{extra}\n"
-            ),
-        )
-        .unwrap();
-        let mut m = Self {
-            child: None,
-            port,
-            dir,
-            binary: binary(),
-        };
-        m.spawn();
-        m
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-HUP", &child.id().to_string()])
+                .status();
+        }
     }
 
     /// The broker URL for secchan.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// What the broker logged so far (connections name each client id and user).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
     /// Starts the broker again after [`kill`](Self::kill), on the same port.

@@ -1,11 +1,16 @@
 //! A secchan device on MQTT. A background task keeps a session with one server instance,
 //! resumes it after a broker reconnect, starts a new one when the server stops
 //! acknowledging, and keeps every message in a bounded buffer until it is acknowledged.
+//!
+//! Anyone who may publish on the broker can publish on the device's down topic, so nothing
+//! unauthenticated that arrives there decides anything on its own: the device tries every
+//! ServerHello until one verifies and is trusted, and believes a plaintext alert only if no
+//! server answers properly in time (docs/mqtt.md §4, §5).
 
 use super::delivery::{Envelope, Outbox, StreamId, DEFAULT_BUFFER};
 use super::link::{Link, LinkEvent, PayloadBytes};
 use super::topics::{Route, Topics};
-use super::{may_be_record, random_hex, Broker, MqttError};
+use super::{later, may_be_record, random_hex, warn_dropped, Broker, MqttError, Throttle};
 use crate::crypto::random::{OsRandom, Random};
 use crate::handshake::device::{self, DeviceConfig, ExpectServerHello};
 use crate::handshake::HandshakeError;
@@ -13,7 +18,7 @@ use crate::msgs::{decode_alert, encode_alert, AlertCode, FrameType};
 use crate::record::RecordError;
 use crate::session::{Event, Session, SessionError};
 use crate::transport::{Timeouts, TransportError, MAX_FRAME_LEN};
-use crate::trust::ServerVerifier;
+use crate::trust::{ServerVerifier, TrustError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -25,6 +30,10 @@ const MIN_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// A time far enough ahead to mean "no deadline".
 const FAR: Duration = Duration::from_secs(86_400);
+/// How often the hello is published again (same session id) until a server answers: a hello
+/// that reached the broker before any server subscribed is lost, since nothing is retained.
+/// A server drops a hello for a session it already holds (docs/mqtt.md §4).
+const HELLO_REPEAT: Duration = Duration::from_secs(1);
 
 /// How a device runs.
 #[derive(Debug, Clone)]
@@ -70,6 +79,11 @@ pub struct DeviceStats {
     pub rejected_records: u64,
     /// MQTT messages on this device's topics that were not secchan frames.
     pub malformed: u64,
+    /// ServerHellos and plaintext alerts on the down topic that were not accepted: not
+    /// verifying, from an untrusted server key, or unauthenticated alerts.
+    pub rejected_handshake_messages: u64,
+    /// Publishes dropped because the broker took them more slowly than they came.
+    pub dropped_publishes: u64,
     /// Payload bytes moved through the broker.
     pub bytes: PayloadBytes,
 }
@@ -93,8 +107,9 @@ impl std::fmt::Debug for MqttDevice {
 
 impl MqttDevice {
     /// Connects to the broker and completes a first handshake, checking the server's key
-    /// with `verifier`. Fails if the broker or no server answers, or the server is not
-    /// trusted, or it refuses this device.
+    /// with `verifier`. Fails if the broker does not answer, or if no trusted server accepts
+    /// the device within the handshake timeout: then with the untrusted key or the refusal
+    /// that arrived instead, if any.
     pub async fn start(
         broker: &Broker,
         mut config: DeviceConfig,
@@ -126,6 +141,7 @@ impl MqttDevice {
             retry: MIN_RETRY,
             subscribed: None,
             full_logged: false,
+            throttle: Throttle::default(),
         };
         let mut task = tokio::spawn(task.run());
         tokio::select! {
@@ -202,20 +218,37 @@ async fn join(
 
 enum State {
     /// Waiting to (re)start a handshake: after a failure, or for the broker.
-    Waiting { until: Instant },
-    Handshaking {
-        sid: String,
-        expect: Box<ExpectServerHello>,
-        deadline: Instant,
+    Waiting {
+        until: Instant,
     },
+    Handshaking(Box<Handshake>),
     Open {
         sid: String,
         instance: String,
         session: Box<Session>,
-        /// Whether an authenticated record arrived; until then a plaintext alert is the
-        /// server refusing this device.
+        /// Whether an authenticated record arrived from the server.
         authenticated: bool,
+        /// A plaintext alert received before that: the server refusing this device after
+        /// DeviceFinish, or a stranger's forgery. Believed only if the server then stops
+        /// acknowledging.
+        alert: Option<AlertCode>,
     },
+}
+
+/// A handshake waiting for a ServerHello that verifies and is trusted.
+struct Handshake {
+    sid: String,
+    expect: ExpectServerHello,
+    /// The DeviceHello, published again every [`HELLO_REPEAT`].
+    hello: Vec<u8>,
+    deadline: Instant,
+    repeat_at: Instant,
+    /// A ServerHello that verified but whose key is not trusted: the error if no trusted
+    /// server answers by the deadline.
+    untrusted: Option<TrustError>,
+    /// A refusal alert: the error if no server answers by the deadline (and no untrusted
+    /// one did).
+    refused: Option<AlertCode>,
 }
 
 struct Task {
@@ -236,6 +269,7 @@ struct Task {
     /// The down-topic filter currently subscribed.
     subscribed: Option<String>,
     full_logged: bool,
+    throttle: Throttle,
 }
 
 /// Alerts by which a server refuses this device or its configuration: retrying cannot help.
@@ -261,19 +295,7 @@ impl Task {
             self.pump(Instant::now());
             self.note_buffer();
             if !self.input_open && self.outbox.is_empty() {
-                if let State::Open {
-                    sid,
-                    instance,
-                    session,
-                    ..
-                } = &mut self.state
-                {
-                    session.close(AlertCode::CloseNotify);
-                    let topic = self.topics.up(instance, sid);
-                    while let Some(frame) = session.poll_transmit() {
-                        self.link.publish(topic.clone(), frame);
-                    }
-                }
+                self.close_session();
                 self.publish_stats();
                 self.link.close().await;
                 return Ok(self.stats);
@@ -302,6 +324,7 @@ impl Task {
     fn publish_stats(&mut self) {
         self.stats.buffered = self.outbox.len();
         self.stats.bytes = self.link.bytes();
+        self.stats.dropped_publishes = self.link.dropped();
         self.stats_tx.send_replace(self.stats);
     }
 
@@ -330,19 +353,34 @@ impl Task {
         }
         match &self.state {
             State::Waiting { until } => *until,
-            State::Handshaking { deadline, .. } => *deadline,
+            State::Handshaking(hs) => hs.repeat_at.min(hs.deadline),
             State::Open { .. } => self
                 .outbox
                 .oldest_sent()
-                .map_or(now + FAR, |t| t + self.options.ack_timeout),
+                .map_or(now + FAR, |t| later(t, self.options.ack_timeout)),
         }
     }
 
     fn on_timer(&mut self) -> Result<(), TransportError> {
-        match &self.state {
+        let now = Instant::now();
+        match &mut self.state {
             State::Waiting { .. } => self.begin_handshake(),
-            State::Handshaking { sid, .. } => {
-                let topic = self.topics.hello(sid);
+            State::Handshaking(hs) if now < hs.deadline => {
+                hs.repeat_at = later(now, HELLO_REPEAT);
+                let (topic, hello) = (self.topics.hello(&hs.sid), hs.hello.clone());
+                tracing::debug!(topic, "no server answered yet: hello published again");
+                self.link.publish(topic, hello);
+                Ok(())
+            }
+            State::Handshaking(hs) => {
+                // No trusted server answered: what was seen instead is the reason.
+                if let Some(e) = hs.untrusted.take() {
+                    return Err(e.into());
+                }
+                if let Some(code) = hs.refused {
+                    return Err(HandshakeError::PeerAlert(code).into());
+                }
+                let topic = self.topics.hello(&hs.sid);
                 let after = self.options.timeouts.handshake;
                 if self.ready.is_some() {
                     return Err(MqttError::NoServer { topic, after }.into());
@@ -351,6 +389,12 @@ impl Task {
                 self.retry_later();
                 Ok(())
             }
+            // The server stayed silent after a plaintext refusal: it was the server's.
+            State::Open {
+                authenticated: false,
+                alert: Some(code),
+                ..
+            } if is_refusal(*code) => Err(TransportError::Refused(*code)),
             State::Open { .. } => {
                 tracing::warn!(
                     after = ?self.options.ack_timeout,
@@ -364,12 +408,31 @@ impl Task {
 
     fn retry_later(&mut self) {
         self.state = State::Waiting {
-            until: Instant::now() + self.retry,
+            until: later(Instant::now(), self.retry),
         };
         self.retry = (self.retry * 2).min(MAX_RETRY);
     }
 
+    /// Closes the open session, if any, and publishes what it has queued (its Close, or the
+    /// answer to the server's).
+    fn close_session(&mut self) {
+        if let State::Open {
+            sid,
+            instance,
+            session,
+            ..
+        } = &mut self.state
+        {
+            session.close(AlertCode::CloseNotify);
+            let topic = self.topics.up(instance, sid);
+            while let Some(frame) = session.poll_transmit() {
+                self.link.publish(topic.clone(), frame);
+            }
+        }
+    }
+
     fn begin_handshake(&mut self) -> Result<(), TransportError> {
+        self.close_session();
         if !self.link.is_connected() {
             self.state = State::Waiting {
                 until: Instant::now(),
@@ -384,12 +447,17 @@ impl Task {
         self.link.subscribe(filter.clone());
         self.subscribed = Some(filter);
         let (expect, hello) = device::start(&self.config, &mut OsRandom)?;
-        self.link.publish(self.topics.hello(&sid), hello);
-        self.state = State::Handshaking {
+        self.link.publish(self.topics.hello(&sid), hello.clone());
+        let now = Instant::now();
+        self.state = State::Handshaking(Box::new(Handshake {
             sid,
-            expect: Box::new(expect),
-            deadline: Instant::now() + self.options.timeouts.handshake,
-        };
+            expect,
+            hello,
+            deadline: later(now, self.options.timeouts.handshake),
+            repeat_at: later(now, HELLO_REPEAT),
+            untrusted: None,
+            refused: None,
+        }));
         Ok(())
     }
 
@@ -401,7 +469,7 @@ impl Task {
                     self.outbox.resend_all();
                     Ok(())
                 }
-                State::Handshaking { .. } => self.begin_handshake(),
+                State::Handshaking(_) => self.begin_handshake(),
                 State::Waiting { .. } => Ok(()),
             },
             LinkEvent::Disconnected | LinkEvent::Subscribed(_) => Ok(()),
@@ -415,7 +483,8 @@ impl Task {
                     }
                 };
                 let current = match &self.state {
-                    State::Handshaking { sid, .. } | State::Open { sid, .. } => sid == session,
+                    State::Handshaking(hs) => hs.sid == session,
+                    State::Open { sid, .. } => sid == session,
                     State::Waiting { .. } => false,
                 };
                 if !current {
@@ -429,7 +498,7 @@ impl Task {
                 let (session, instance) = (session.to_string(), instance.to_string());
                 let mut frame = payload.to_vec();
                 match &self.state {
-                    State::Handshaking { .. } => self.on_server_hello(session, instance, &frame),
+                    State::Handshaking(_) => self.on_server_hello(session, instance, &frame),
                     _ => self.on_record(&instance, &mut frame),
                 }
             }
@@ -438,39 +507,55 @@ impl Task {
 
     fn malformed(&mut self, topic: &str, why: &str) {
         self.stats.malformed += 1;
-        tracing::warn!(topic, why, "dropped a foreign or malformed MQTT message");
+        warn_dropped!(
+            self.throttle,
+            topic,
+            why,
+            "dropped a foreign or malformed MQTT message"
+        );
     }
 
+    /// A frame on the down topic during the handshake. Anyone may publish there, so one that
+    /// fails is dropped and the handshake goes on: the first ServerHello that verifies and
+    /// is trusted wins, whichever instance sent it.
     fn on_server_hello(
         &mut self,
         sid: String,
         instance: String,
         frame: &[u8],
     ) -> Result<(), TransportError> {
-        if !matches!(
-            FrameType::of(frame),
-            Ok(FrameType::ServerHello | FrameType::Alert)
-        ) {
-            self.malformed(&sid, "expected ServerHello");
-            return Ok(());
-        }
-        let State::Handshaking { expect, .. } = std::mem::replace(
-            &mut self.state,
-            State::Waiting {
-                until: Instant::now(),
-            },
-        ) else {
+        let State::Handshaking(hs) = &self.state else {
             return Ok(());
         };
+        match FrameType::of(frame) {
+            Ok(FrameType::ServerHello) => {}
+            Ok(FrameType::Alert) => {
+                self.on_handshake_alert(&sid, frame);
+                return Ok(());
+            }
+            _ => {
+                self.malformed(&sid, "expected ServerHello");
+                return Ok(());
+            }
+        }
         let up = self.topics.up(&instance, &sid);
-        let authed = match expect.read_server_hello(frame) {
+        let authed = match hs.expect.read_server_hello(frame) {
             Ok(a) => a,
-            Err(e) => return self.handshake_failed(e, &up),
+            Err(e) => {
+                self.stats.rejected_handshake_messages += 1;
+                warn_dropped!(self.throttle, session = %sid, instance, error = %e, "ServerHello did not verify: dropped, waiting for another");
+                return Ok(());
+            }
         };
         if let Err(e) = self.verifier.verify(authed.server_identity()) {
+            self.stats.rejected_handshake_messages += 1;
+            warn_dropped!(self.throttle, session = %sid, instance, error = %e, "ServerHello from an untrusted server key: dropped, waiting for another");
             self.link
                 .publish(up, encode_alert(AlertCode::ServerRejected));
-            return Err(e.into());
+            if let State::Handshaking(hs) = &mut self.state {
+                hs.untrusted = Some(e);
+            }
+            return Ok(());
         }
         let server = authed.server_identity().fingerprint();
         let (session, finish) = authed.finish(Instant::now())?;
@@ -490,6 +575,7 @@ impl Task {
             instance,
             session: Box::new(session),
             authenticated: false,
+            alert: None,
         };
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());
@@ -497,28 +583,29 @@ impl Task {
         Ok(())
     }
 
-    /// A failed handshake is fatal if it is the first one or the server refused this device;
-    /// otherwise the device tries again later.
-    fn handshake_failed(&mut self, e: HandshakeError, up: &str) -> Result<(), TransportError> {
-        if let Some(code) = e.alert() {
-            self.link.publish(up.to_string(), encode_alert(code));
+    /// A plaintext alert during the handshake: unauthenticated, so only noted.
+    fn on_handshake_alert(&mut self, sid: &str, frame: &[u8]) {
+        let code = match decode_alert(frame) {
+            Ok(code) => code,
+            Err(_) => return self.malformed(sid, "malformed alert"),
+        };
+        self.stats.rejected_handshake_messages += 1;
+        if !is_refusal(code) {
+            warn_dropped!(self.throttle, session = %sid, reason = %code, "plaintext alert during the handshake ignored");
+            return;
         }
-        let refused = matches!(e, HandshakeError::PeerAlert(code) if is_refusal(code));
-        if refused || self.ready.is_some() {
-            return Err(e.into());
+        warn_dropped!(self.throttle, session = %sid, reason = %code, "a server refused this device (plaintext, unauthenticated): believed if no server answers by the deadline");
+        if let State::Handshaking(hs) = &mut self.state {
+            hs.refused.get_or_insert(code);
         }
-        tracing::warn!(error = %e, "handshake failed: retrying");
-        self.retry_later();
-        Ok(())
     }
 
     fn on_record(&mut self, from: &str, frame: &mut [u8]) -> Result<(), TransportError> {
         let State::Open {
             instance,
-            session,
             authenticated,
             ..
-        } = &mut self.state
+        } = &self.state
         else {
             return Ok(());
         };
@@ -530,20 +617,28 @@ impl Task {
             return Ok(());
         }
         if !*authenticated && FrameType::of(frame) == Ok(FrameType::Alert) {
-            let code = decode_alert(frame).map_err(HandshakeError::from)?;
-            if is_refusal(code) {
-                return Err(TransportError::Refused(code));
-            }
-            tracing::warn!(reason = %code, "server aborted the session: starting a new one");
-            return self.begin_handshake();
+            self.on_session_alert(from, frame);
+            return Ok(());
         }
         if !may_be_record(frame) {
             self.malformed(from, "not a record");
             return Ok(());
         }
+        let State::Open {
+            session,
+            authenticated,
+            alert,
+            ..
+        } = &mut self.state
+        else {
+            return Ok(());
+        };
         let result = session.handle_frame(frame, Instant::now());
         if result.is_ok() {
             *authenticated = true;
+            if let Some(code) = alert.take() {
+                tracing::warn!(reason = %code, "the server's records authenticate: the plaintext alert received before was forged, and ignored");
+            }
         }
         match result {
             Ok(Event::Message(plaintext)) => match Envelope::decode(plaintext) {
@@ -556,15 +651,16 @@ impl Task {
             Ok(Event::KeyUpdated) => {}
             Ok(Event::Closed) => {
                 tracing::info!("the server closed the session");
-                session.close(AlertCode::CloseNotify);
                 if self.input_open || !self.outbox.is_empty() {
                     return self.begin_handshake();
                 }
+                // Answer the close; the run loop ends.
+                self.close_session();
             }
             Err(SessionError::Record(RecordError::Replay(_))) => self.stats.duplicate_records += 1,
             Err(e) if !session.is_closed() => {
                 self.stats.rejected_records += 1;
-                tracing::warn!(error = %e, "record rejected and dropped");
+                warn_dropped!(self.throttle, error = %e, "record rejected and dropped");
             }
             Err(SessionError::PeerAlert(code)) if is_refusal(code) => {
                 return Err(SessionError::PeerAlert(code).into());
@@ -575,6 +671,24 @@ impl Task {
             }
         }
         Ok(())
+    }
+
+    /// A plaintext alert before the server's first authenticated record: the server refusing
+    /// this device after its DeviceFinish (protocol.md §8.1), or a forgery. Noted, and acted
+    /// on only if the server then stops acknowledging.
+    fn on_session_alert(&mut self, from: &str, frame: &[u8]) {
+        let code = match decode_alert(frame) {
+            Ok(code) => code,
+            Err(_) => return self.malformed(from, "malformed alert"),
+        };
+        self.stats.rejected_handshake_messages += 1;
+        warn_dropped!(self.throttle, reason = %code, "plaintext alert from the server (unauthenticated): believed if the server stops acknowledging");
+        if let State::Open { alert, .. } = &mut self.state {
+            // A refusal is kept over any other alert: it is the one that ends the device.
+            if alert.is_none_or(|seen| !is_refusal(seen)) {
+                *alert = Some(code);
+            }
+        }
     }
 
     /// Sends what the buffer has due, if a session is open and the broker reachable.

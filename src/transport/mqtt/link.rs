@@ -1,12 +1,13 @@
 //! One MQTT 5 connection to the broker (rumqttc), kept up with backoff, moving whole
-//! messages. It re-subscribes after every reconnect and never blocks its owner: publishes go
-//! to rumqttc's request queue, or to a local overflow queue while that one is full.
+//! messages. It re-subscribes after every reconnect and never blocks its owner: requests go
+//! to rumqttc's request queue, or to a bounded local queue, in order, while that one is full.
 
-use super::{random_hex, Broker, MqttError, MAX_PACKET_SIZE};
+use super::{random_hex, warn_dropped, Broker, MqttError, Throttle, MAX_PACKET_SIZE};
+use crate::msgs::FrameType;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::Outgoing;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -16,11 +17,20 @@ use tokio::sync::{mpsc, oneshot};
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// rumqttc's request queue, in MQTT packets.
+/// rumqttc's request queue, in MQTT packets. rumqttc stops taking requests from it while its
+/// QoS 1 window (the broker's Receive Maximum, 20 on Mosquitto) is full, so it fills up
+/// whenever more publishes are outstanding than that; [`Queue`] takes the rest.
 const REQUEST_QUEUE: usize = 256;
+/// Most bytes [`Queue`] holds: room for a device's whole in-flight window of full records
+/// (512 × 16,403 bytes, docs/mqtt.md §6.2) twice over. Beyond it the oldest frames are
+/// dropped (docs/mqtt.md §3), so a flood of hellos cannot grow a server's memory without end.
+const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+/// What a queued request costs beyond its topic and payload (the request itself, the
+/// queue's slot), so that many tiny frames also reach the bound.
+const REQUEST_COST: usize = 64;
 /// Incoming messages queued between the connection task and the owner.
 const EVENT_QUEUE: usize = 1024;
-/// How long the owner waits before retrying the overflow queue.
+/// How long the owner waits before retrying the local queue.
 const OVERFLOW_RETRY: Duration = Duration::from_millis(2);
 /// How long a clean disconnect may take.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
@@ -57,10 +67,103 @@ pub(crate) struct Link {
     client: AsyncClient,
     events: mpsc::Receiver<LinkEvent>,
     subscriptions: Vec<String>,
-    overflow: VecDeque<(String, Vec<u8>)>,
+    queue: Queue,
     connected: bool,
     task: tokio::task::JoinHandle<()>,
     bytes: PayloadBytes,
+    throttle: Throttle,
+}
+
+/// A request for rumqttc, in the order the owner made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Request {
+    Publish { topic: String, payload: Bytes },
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+impl Request {
+    fn cost(&self) -> usize {
+        REQUEST_COST
+            + match self {
+                Self::Publish { topic, payload } => topic.len() + payload.len(),
+                Self::Subscribe(filter) | Self::Unsubscribe(filter) => filter.len(),
+            }
+    }
+
+    /// Which requests go first when the queue is over its bound: handshake frames (the peer
+    /// sends its hello again, or the device re-publishes it), then session records (the
+    /// delivery layer sends unacknowledged messages again). Subscriptions are never dropped.
+    fn drop_rank(&self) -> Option<u8> {
+        match self {
+            Self::Publish { payload, .. } => match FrameType::of(payload) {
+                Ok(FrameType::DeviceHello | FrameType::ServerHello | FrameType::Alert) => Some(0),
+                _ => Some(1),
+            },
+            Self::Subscribe(_) | Self::Unsubscribe(_) => None,
+        }
+    }
+}
+
+/// Requests waiting for room in rumqttc's queue, at most [`MAX_QUEUED_BYTES`] (see
+/// [`Request::drop_rank`] for what is dropped beyond).
+#[derive(Debug)]
+struct Queue {
+    requests: VecDeque<Request>,
+    bytes: usize,
+    max_bytes: usize,
+    dropped: u64,
+}
+
+impl Queue {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            requests: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            dropped: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.requests.clear();
+        self.bytes = 0;
+    }
+
+    /// Appends a request; drops older frames while over the bound. Returns how many.
+    fn push(&mut self, request: Request) -> u64 {
+        self.bytes += request.cost();
+        self.requests.push_back(request);
+        let mut dropped = 0;
+        while self.bytes > self.max_bytes {
+            let victim = [0, 1].into_iter().find_map(|rank| {
+                self.requests
+                    .iter()
+                    .position(|r| r.drop_rank() == Some(rank))
+            });
+            let Some(r) = victim.and_then(|i| self.requests.remove(i)) else {
+                break;
+            };
+            self.bytes -= r.cost();
+            dropped += 1;
+        }
+        self.dropped += dropped;
+        dropped
+    }
+
+    fn front(&self) -> Option<&Request> {
+        self.requests.front()
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(r) = self.requests.pop_front() {
+            self.bytes -= r.cost();
+        }
+    }
 }
 
 pub(super) fn options(broker: &Broker) -> Result<MqttOptions, MqttError> {
@@ -187,10 +290,11 @@ impl Link {
             client,
             events: rx,
             subscriptions: Vec::new(),
-            overflow: VecDeque::new(),
+            queue: Queue::new(MAX_QUEUED_BYTES),
             connected: false,
             task,
             bytes: PayloadBytes::default(),
+            throttle: Throttle::default(),
         };
         // The task queued `Connected` for the first connection: consume it so the owner
         // starts connected.
@@ -210,27 +314,24 @@ impl Link {
         self.bytes
     }
 
-    /// Subscribes now and after every reconnect.
+    /// Publishes dropped because the local queue was over its bound.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.queue.dropped
+    }
+
+    /// Subscribes now (behind every request made before) and after every reconnect.
     pub(crate) fn subscribe(&mut self, filter: String) {
         if self.connected {
-            self.request_subscribe(&filter);
+            self.request(Request::Subscribe(filter.clone()));
         }
         self.subscriptions.push(filter);
     }
 
-    /// Stops a subscription.
+    /// Stops a subscription (behind every request made before).
     pub(crate) fn unsubscribe(&mut self, filter: &str) {
         self.subscriptions.retain(|s| s != filter);
-        if self.connected && self.client.try_unsubscribe(filter).is_err() {
-            tracing::debug!(filter, "MQTT unsubscribe not queued");
-        }
-    }
-
-    fn request_subscribe(&self, filter: &str) {
-        if let Err(e) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
-            // The queue is full only while the connection is down; the next Connected
-            // subscribes again.
-            tracing::debug!(filter, error = %e, "MQTT subscribe not queued");
+        if self.connected {
+            self.request(Request::Unsubscribe(filter.to_string()));
         }
     }
 
@@ -241,25 +342,43 @@ impl Link {
             return false;
         }
         self.bytes.sent += payload.len() as u64;
-        self.overflow.push_back((topic, payload));
-        self.drain_overflow();
+        self.request(Request::Publish {
+            topic,
+            payload: payload.into(),
+        });
         true
     }
 
-    fn drain_overflow(&mut self) {
-        while let Some((topic, payload)) = self.overflow.pop_front() {
-            match self
-                .client
-                .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
-            {
-                Ok(()) => {}
-                Err(ClientError::TryRequest(req) | ClientError::Request(req)) => {
-                    if let rumqttc::v5::Request::Publish(p) = req {
-                        self.overflow.push_front((topic, p.payload.to_vec()));
-                    }
-                    return;
+    fn request(&mut self, request: Request) {
+        let dropped = self.queue.push(request);
+        if dropped > 0 {
+            warn_dropped!(
+                self.throttle,
+                dropped,
+                total = self.queue.dropped,
+                "MQTT send queue full (the broker takes publishes more slowly than they come): dropped the oldest frames"
+            );
+        }
+        self.drain_queue();
+    }
+
+    /// Hands queued requests to rumqttc, in order, until its queue is full.
+    fn drain_queue(&mut self) {
+        while let Some(request) = self.queue.front() {
+            let sent = match request {
+                Request::Publish { topic, payload } => {
+                    self.client
+                        .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
                 }
+                Request::Subscribe(filter) => {
+                    self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                }
+                Request::Unsubscribe(filter) => self.client.try_unsubscribe(filter.clone()),
+            };
+            if sent.is_err() {
+                return;
             }
+            self.queue.pop_front();
         }
     }
 
@@ -267,8 +386,8 @@ impl Link {
     /// has ended.
     pub(crate) async fn next_event(&mut self) -> Option<LinkEvent> {
         loop {
-            self.drain_overflow();
-            let event = if self.overflow.is_empty() {
+            self.drain_queue();
+            let event = if self.queue.is_empty() {
                 self.events.recv().await?
             } else {
                 tokio::select! {
@@ -290,13 +409,15 @@ impl Link {
         match &event {
             LinkEvent::Connected => {
                 self.connected = true;
-                for filter in &self.subscriptions {
-                    self.request_subscribe(filter);
+                for filter in self.subscriptions.clone() {
+                    self.request(Request::Subscribe(filter));
                 }
             }
             LinkEvent::Disconnected => {
+                // A reconnect starts clean: subscriptions are renewed, and the delivery
+                // layer sends again what the broker did not confirm.
                 self.connected = false;
-                self.overflow.clear();
+                self.queue.clear();
             }
             LinkEvent::Message { payload, .. } => self.bytes.received += payload.len() as u64,
             LinkEvent::Subscribed(Ok(())) => {}
@@ -310,8 +431,8 @@ impl Link {
     /// Sends what is queued, disconnects cleanly, and waits (briefly) for the task to end.
     pub(crate) async fn close(mut self) {
         let deadline = tokio::time::Instant::now() + DISCONNECT_WAIT;
-        while !self.overflow.is_empty() && tokio::time::Instant::now() < deadline {
-            self.drain_overflow();
+        while !self.queue.is_empty() && tokio::time::Instant::now() < deadline {
+            self.drain_queue();
             tokio::time::sleep(OVERFLOW_RETRY).await;
         }
         let _ = self.client.try_disconnect();
@@ -334,5 +455,57 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(first: FrameType, len: usize) -> Request {
+        let mut payload = vec![0; len];
+        payload[0] = first as u8;
+        Request::Publish {
+            topic: "t".into(),
+            payload: payload.into(),
+        }
+    }
+
+    #[test]
+    fn the_queue_keeps_its_order_and_its_bound() {
+        let record = publish(FrameType::Data, 100);
+        let hello = publish(FrameType::ServerHello, 100);
+        let alert = publish(FrameType::Alert, 3);
+        let subscribe = Request::Subscribe("f".into());
+        let bound = 3 * record.cost() + subscribe.cost();
+        let mut q = Queue::new(bound);
+        for r in [&subscribe, &record, &hello, &record] {
+            assert_eq!(q.push(r.clone()), 0);
+        }
+        // Over the bound: the oldest handshake frames go first...
+        assert_eq!(q.push(alert), 1, "the ServerHello");
+        assert_eq!(q.push(record.clone()), 1, "the alert");
+        // ... then the oldest records.
+        assert_eq!(q.push(publish(FrameType::Close, 100)), 1, "a record");
+        let left: Vec<_> = q.requests.iter().cloned().collect();
+        assert_eq!(
+            left,
+            [
+                subscribe.clone(),
+                record.clone(),
+                record,
+                publish(FrameType::Close, 100)
+            ]
+        );
+        assert_eq!(q.dropped, 3);
+        assert!(q.bytes <= bound);
+        // A subscription is never dropped, even when nothing else is left to drop.
+        let mut q = Queue::new(1);
+        assert_eq!(q.push(subscribe.clone()), 0);
+        assert_eq!(q.push(Request::Unsubscribe("f".into())), 0);
+        assert_eq!(q.requests.len(), 2);
+        q.pop_front();
+        q.pop_front();
+        assert_eq!((q.bytes, q.is_empty()), (0, true));
     }
 }

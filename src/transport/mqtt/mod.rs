@@ -24,7 +24,7 @@ pub use topics::Topics;
 
 use crate::msgs::FrameType;
 use crate::record::RECORD_OVERHEAD;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 /// Default MQTT port (plain TCP).
@@ -182,6 +182,15 @@ pub enum MqttError {
         /// The SUBACK reason.
         reason: String,
     },
+    /// The server's replay window cannot cover the records a device keeps in flight, so
+    /// reordered records would be refused as too old.
+    #[error("a replay window of {window} records is smaller than the {min} messages a device keeps in flight over MQTT: set --replay-window to at least {min}")]
+    ReplayWindow {
+        /// The window, as rounded by the record layer.
+        window: u64,
+        /// The smallest window that covers a device's in-flight messages.
+        min: usize,
+    },
     /// No server answered the handshake.
     #[error("no secchan server answered on {topic} within {after:?}; check that `secchan server --mqtt` runs against the same broker and --mqtt-prefix")]
     NoServer {
@@ -212,6 +221,54 @@ impl MqttError {
             },
         }
     }
+}
+
+/// How often at most a warning about dropped input from the broker is logged.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Rate limit for warnings about input from the broker that is dropped (foreign, malformed
+/// or forged frames): anyone who may publish on the topics could otherwise turn a flood of
+/// garbage into a flood of log lines. One warning per [`WARN_EVERY`]; the ones held back in
+/// between are logged at debug level and counted in the next warning.
+#[derive(Debug, Default)]
+struct Throttle {
+    quiet_until: Option<Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    /// Whether to warn now; if so, how many warnings were held back since the last one.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.quiet_until {
+            Some(until) if now < until => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.quiet_until = Some(later(now, WARN_EVERY));
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
+
+/// Logs a warning about dropped input through `throttle`, or at debug level while it is
+/// quiet.
+macro_rules! warn_dropped {
+    ($throttle:expr, $($field:tt)*) => {
+        match $throttle.allow(std::time::Instant::now()) {
+            Some(held_back) => tracing::warn!(held_back, $($field)*),
+            None => tracing::debug!($($field)*),
+        }
+    };
+}
+use warn_dropped;
+
+/// `now + d`, or a day from now if `d` is too large to add (a huge timeout from a caller
+/// must not panic).
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400))
 }
 
 /// Whether unauthenticated bytes can be a record at all. Anything else is dropped before it
@@ -264,6 +321,27 @@ mod tests {
         assert!(may_be_record(&[0x10; RECORD_OVERHEAD]));
         assert!(!may_be_record(&[FrameType::DeviceFinish as u8; 64]));
         assert!(!may_be_record(&[0xff; 64]));
+    }
+
+    #[test]
+    fn warnings_about_dropped_input_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut t = Throttle::default();
+        assert_eq!(t.allow(t0), Some(0));
+        assert_eq!(t.allow(t0 + Duration::from_secs(1)), None);
+        assert_eq!(t.allow(t0 + Duration::from_secs(9)), None);
+        assert_eq!(t.allow(t0 + WARN_EVERY), Some(2), "the two held back");
+        assert_eq!(t.allow(t0 + WARN_EVERY), None);
+    }
+
+    #[test]
+    fn huge_timeouts_do_not_overflow() {
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(later(now, Duration::from_secs(u64::MAX)) > now);
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! A secchan server instance on MQTT: answers hellos from the shared subscription, keeps the
 //! sessions it accepted, outputs each device message once and acknowledges it.
 
-use super::delivery::{Envelope, StreamId, StreamKey, Streams, Verdict};
+use super::delivery::{
+    Envelope, StreamId, StreamKey, Streams, Verdict, DEFAULT_MAX_OUT_OF_ORDER, MAX_IN_FLIGHT,
+};
 use super::link::{Link, LinkEvent, PayloadBytes};
 use super::topics::{self, Route, Topics};
-use super::{may_be_record, random_hex, Broker, MqttError};
+use super::{later, may_be_record, random_hex, warn_dropped, Broker, MqttError, Throttle};
 use crate::crypto::aead::AeadId;
 use crate::crypto::random::OsRandom;
 use crate::handshake::server::{self, ExpectDeviceFinish, PeerDevice, ServerConfig};
 use crate::handshake::HandshakeError;
-use crate::msgs::{encode_alert, AlertCode, FrameType};
+use crate::msgs::{decode_alert, encode_alert, AlertCode, FrameType};
+use crate::record::replay::ReplayWindow;
 use crate::record::RecordError;
 use crate::session::{Event, Session, SessionError};
 use crate::transport::{Timeouts, TransportError, MAX_FRAME_LEN};
@@ -22,16 +25,27 @@ use std::time::{Duration, Instant};
 const BATCH: usize = 64;
 /// How often expired handshakes, idle sessions and old streams are swept.
 const SWEEP: Duration = Duration::from_secs(1);
+/// Default for [`ServerOptions::max_pending`]. A handshake is pending for one round trip
+/// through the broker, so this is far more than honest devices need at once, and far below
+/// the sessions an instance serves.
+pub const DEFAULT_MAX_PENDING: usize = 1024;
 
 /// How a server instance runs.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// Shared-subscription group: instances in the same group share the hellos.
     pub share_group: String,
-    /// Most sessions (pending and established) at once; further hellos are dropped.
+    /// Most sessions (pending and established) at once. When the established ones reach it,
+    /// further hellos are dropped; until then a hello evicts the oldest pending handshake
+    /// if it must.
     pub max_sessions: usize,
+    /// Most handshakes pending at once; a further hello evicts the oldest one, so a flood of
+    /// (replayed) hellos cannot lock honest devices out.
+    pub max_pending: usize,
     /// Most device streams remembered for dropping duplicates.
     pub max_streams: usize,
+    /// Most sequence numbers the duplicate filter remembers ahead of a gap, over all streams.
+    pub max_out_of_order: usize,
     /// Handshake and idle timeouts; a stream is remembered for the idle timeout.
     pub timeouts: Timeouts,
 }
@@ -41,7 +55,9 @@ impl Default for ServerOptions {
         Self {
             share_group: topics::DEFAULT_SHARE_GROUP.to_string(),
             max_sessions: 10_000,
+            max_pending: DEFAULT_MAX_PENDING,
             max_streams: 10_000,
+            max_out_of_order: DEFAULT_MAX_OUT_OF_ORDER,
             timeouts: Timeouts::default(),
         }
     }
@@ -71,8 +87,17 @@ pub struct Delivery {
 pub struct ServerStats {
     /// Sessions established.
     pub sessions_established: u64,
-    /// Handshakes that failed.
+    /// Handshakes that failed: hellos refused with an alert, devices refused after their
+    /// DeviceFinish.
     pub handshake_failures: u64,
+    /// DeviceFinish frames that did not verify and plaintext alerts for a pending handshake:
+    /// dropped, the handshake goes on (anyone may publish them).
+    pub rejected_handshake_messages: u64,
+    /// Pending handshakes evicted by newer hellos ([`ServerOptions::max_pending`]).
+    pub evicted_handshakes: u64,
+    /// Hellos dropped because the established sessions reached
+    /// [`ServerOptions::max_sessions`].
+    pub refused_hellos: u64,
     /// Messages output.
     pub delivered: u64,
     /// Repeated MQTT deliveries dropped by the replay window (or a repeated handshake
@@ -86,6 +111,8 @@ pub struct ServerStats {
     pub malformed: u64,
     /// Messages for sessions this instance does not hold.
     pub unknown_session: u64,
+    /// Publishes dropped because the broker took them more slowly than they came.
+    pub dropped_publishes: u64,
     /// Payload bytes moved through the broker.
     pub bytes: PayloadBytes,
 }
@@ -94,16 +121,15 @@ struct Open {
     session: Session,
     peer: PeerDevice,
     last_input: Instant,
-    /// The stream to acknowledge at the next flush.
-    ack_due: Option<StreamId>,
+    /// The streams to acknowledge at the next flush (one, for a secchan device).
+    ack_due: Vec<StreamId>,
 }
 
-enum Slot {
-    Pending {
-        expect: Box<ExpectDeviceFinish>,
-        deadline: Instant,
-    },
-    Open(Box<Open>),
+struct Pending {
+    expect: Box<ExpectDeviceFinish>,
+    deadline: Instant,
+    /// Position in [`MqttServer::pending_order`].
+    order: u64,
 }
 
 /// A server instance.
@@ -113,19 +139,25 @@ pub struct MqttServer {
     instance: String,
     config: Arc<ServerConfig>,
     options: ServerOptions,
-    slots: HashMap<String, Slot>,
+    pending: HashMap<String, Pending>,
+    /// Pending handshakes, oldest first, as (order, session); entries of handshakes that
+    /// ended are skipped and swept out.
+    pending_order: VecDeque<(u64, String)>,
+    next_order: u64,
+    open: HashMap<String, Box<Open>>,
     streams: Streams,
     ready: VecDeque<Delivery>,
     acks_due: HashSet<String>,
     stats: ServerStats,
     sweeper: tokio::time::Interval,
+    throttle: Throttle,
 }
 
 impl std::fmt::Debug for MqttServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MqttServer")
             .field("instance", &self.instance)
-            .field("sessions", &self.slots.len())
+            .field("sessions", &self.sessions())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -133,13 +165,22 @@ impl std::fmt::Debug for MqttServer {
 
 impl MqttServer {
     /// Connects to the broker and subscribes to the hellos (shared) and to this instance's
-    /// sessions. The session configuration is switched to unordered delivery.
+    /// sessions. The session configuration is switched to unordered delivery. Fails if the
+    /// replay window is smaller than the messages a device keeps in flight.
     pub async fn start(
         broker: &Broker,
         config: Arc<ServerConfig>,
         options: ServerOptions,
     ) -> Result<Self, TransportError> {
         topics::check_share_group(&options.share_group)?;
+        let window = ReplayWindow::new(config.session.replay_window).size();
+        if window < MAX_IN_FLIGHT as u64 {
+            return Err(MqttError::ReplayWindow {
+                window,
+                min: MAX_IN_FLIGHT,
+            }
+            .into());
+        }
         let mut config = (*config).clone();
         config.session.ordered = false;
         let instance = random_hex::<8>().map_err(HandshakeError::from)?;
@@ -151,13 +192,21 @@ impl MqttServer {
             topics: broker.topics.clone(),
             instance,
             config: Arc::new(config),
-            streams: Streams::new(options.max_streams, options.timeouts.idle),
+            streams: Streams::new(
+                options.max_streams,
+                options.max_out_of_order,
+                options.timeouts.idle,
+            ),
             options,
-            slots: HashMap::new(),
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+            next_order: 0,
+            open: HashMap::new(),
             ready: VecDeque::new(),
             acks_due: HashSet::new(),
             stats: ServerStats::default(),
             sweeper: tokio::time::interval(SWEEP),
+            throttle: Throttle::default(),
         };
         server.await_subscriptions(2).await?;
         Ok(server)
@@ -196,13 +245,14 @@ impl MqttServer {
     pub fn stats(&self) -> ServerStats {
         ServerStats {
             bytes: self.link.bytes(),
+            dropped_publishes: self.link.dropped(),
             ..self.stats
         }
     }
 
     /// Sessions held (pending and established).
     pub fn sessions(&self) -> usize {
-        self.slots.len()
+        self.pending.len() + self.open.len()
     }
 
     /// The next message to output. A message is acknowledged to its device only when `next`
@@ -234,12 +284,9 @@ impl MqttServer {
     /// instance at once) and disconnects from the broker.
     pub async fn shutdown(mut self) -> ServerStats {
         self.flush_acks();
-        let sids: Vec<String> = self.slots.keys().cloned().collect();
-        for sid in sids {
-            if let Some(Slot::Open(mut open)) = self.slots.remove(&sid) {
-                open.session.close(AlertCode::CloseNotify);
-                self.transmit(&sid, &mut open.session);
-            }
+        for (sid, mut open) in std::mem::take(&mut self.open) {
+            open.session.close(AlertCode::CloseNotify);
+            self.transmit(&sid, &mut open.session);
         }
         let stats = self.stats();
         self.link.close().await;
@@ -282,28 +329,69 @@ impl MqttServer {
 
     fn malformed(&mut self, topic: &str, why: &str) {
         self.stats.malformed += 1;
-        tracing::warn!(topic, why, "dropped a foreign or malformed MQTT message");
+        warn_dropped!(
+            self.throttle,
+            topic,
+            why,
+            "dropped a foreign or malformed MQTT message"
+        );
     }
 
     fn on_hello(&mut self, sid: String, frame: &[u8]) {
-        if self.slots.contains_key(&sid) {
+        if self.pending.contains_key(&sid) || self.open.contains_key(&sid) {
             self.stats.duplicate_records += 1;
             tracing::debug!(session = %sid, "repeated hello dropped");
             return;
         }
-        if self.slots.len() >= self.options.max_sessions {
-            tracing::warn!(session = %sid, max = self.options.max_sessions, "too many sessions: hello dropped");
+        if self.open.len() >= self.options.max_sessions {
+            self.stats.refused_hellos += 1;
+            warn_dropped!(self.throttle, session = %sid, max = self.options.max_sessions, "too many sessions: hello dropped");
             return;
         }
         match server::accept_hello(&self.config, frame, &mut OsRandom) {
             Ok((expect, reply)) => {
+                while self.pending.len() >= self.options.max_pending
+                    || self.sessions() >= self.options.max_sessions
+                {
+                    if !self.evict_oldest_pending() {
+                        break;
+                    }
+                }
                 self.link.publish(self.down(&sid), reply);
-                let deadline = Instant::now() + self.options.timeouts.handshake;
-                let expect = Box::new(expect);
-                self.slots.insert(sid, Slot::Pending { expect, deadline });
+                let now = Instant::now();
+                let order = self.next_order;
+                self.next_order += 1;
+                self.pending_order.push_back((order, sid.clone()));
+                let pending = Pending {
+                    expect: Box::new(expect),
+                    deadline: later(now, self.options.timeouts.handshake),
+                    order,
+                };
+                self.pending.insert(sid, pending);
             }
-            Err(e) => self.handshake_failed(&sid, &e),
+            // Only a refusal a genuine device can act on is answered; a hello that does not
+            // decode (anyone may publish one) is dropped without costing a publish.
+            Err(
+                e @ (HandshakeError::SuiteRefused { .. }
+                | HandshakeError::NoCommonAead
+                | HandshakeError::Decode(crate::codec::DecodeError::UnsupportedVersion(_))),
+            ) => self.handshake_failed(&sid, &e),
+            Err(e) => self.malformed(&sid, &e.to_string()),
         }
+    }
+
+    /// Forgets the oldest pending handshake to make room for a new one; false if none is
+    /// pending.
+    fn evict_oldest_pending(&mut self) -> bool {
+        while let Some((order, sid)) = self.pending_order.pop_front() {
+            if self.pending.get(&sid).is_some_and(|p| p.order == order) {
+                self.pending.remove(&sid);
+                self.stats.evicted_handshakes += 1;
+                warn_dropped!(self.throttle, session = %sid, max = self.options.max_pending, "too many handshakes in progress: forgot the oldest");
+                return true;
+            }
+        }
+        false
     }
 
     fn handshake_failed(&mut self, sid: &str, e: &HandshakeError) {
@@ -312,59 +400,76 @@ impl MqttServer {
             self.link.publish(self.down(sid), encode_alert(code));
         }
         match e {
+            // Only a device that completed the handshake's cryptography is refused: always
+            // logged, with its fingerprint.
             HandshakeError::DeviceRefused { device, code } => {
                 tracing::warn!(session = %sid, device = %device, reason = %code, "device refused")
             }
-            _ => tracing::warn!(session = %sid, error = %e, "handshake failed"),
+            _ => warn_dropped!(self.throttle, session = %sid, error = %e, "handshake failed"),
         }
     }
 
     fn on_up(&mut self, sid: String, frame: &mut [u8]) {
         let now = Instant::now();
-        match self.slots.remove(&sid) {
-            None => {
-                self.stats.unknown_session += 1;
-                tracing::debug!(session = %sid, "message for a session this instance does not hold");
+        if let Some(mut open) = self.open.remove(&sid) {
+            if self.on_record(&sid, &mut open, frame, now) {
+                self.open.insert(sid, open);
             }
-            Some(Slot::Pending { expect, deadline }) => match FrameType::of(frame) {
-                Ok(FrameType::DeviceFinish) => match expect.read_device_finish(frame, now) {
-                    Ok((session, peer)) => {
-                        self.stats.sessions_established += 1;
-                        tracing::info!(
-                            session = %sid,
-                            device = %peer.name,
-                            suite = session.suite().name,
-                            aead = session.aead().name(),
-                            "session established"
-                        );
-                        let open = Open {
-                            session,
-                            peer,
-                            last_input: now,
-                            ack_due: None,
-                        };
-                        self.slots.insert(sid, Slot::Open(Box::new(open)));
-                    }
-                    Err(e) => self.handshake_failed(&sid, &e),
-                },
-                Ok(FrameType::Alert) => {
-                    self.stats.handshake_failures += 1;
-                    let code = crate::msgs::decode_alert(frame).unwrap_or(AlertCode::DecodeError);
-                    tracing::warn!(session = %sid, reason = %code, "device aborted the handshake");
+            return;
+        }
+        let Some(pending) = self.pending.get(&sid) else {
+            self.stats.unknown_session += 1;
+            tracing::debug!(session = %sid, "message for a session this instance does not hold");
+            return;
+        };
+        // Anyone who saw the ServerHello on the broker may publish here, so a frame that
+        // fails is dropped and the handshake goes on until its deadline: only a DeviceFinish
+        // that verifies decides it.
+        match FrameType::of(frame) {
+            Ok(FrameType::DeviceFinish) => match pending.expect.read_device_finish(frame, now) {
+                Ok((session, peer)) => {
+                    self.pending.remove(&sid);
+                    self.stats.sessions_established += 1;
+                    tracing::info!(
+                        session = %sid,
+                        device = %peer.name,
+                        suite = session.suite().name,
+                        aead = session.aead().name(),
+                        "session established"
+                    );
+                    let open = Open {
+                        session,
+                        peer,
+                        last_input: now,
+                        ack_due: Vec::new(),
+                    };
+                    self.open.insert(sid, Box::new(open));
                 }
-                _ => {
-                    // A record ahead of DeviceFinish, or garbage: the handshake goes on; a
-                    // record is sent again by the device once it gets no acknowledgement.
-                    self.stats.malformed += 1;
-                    tracing::debug!(session = %sid, "frame before DeviceFinish dropped");
-                    self.slots.insert(sid, Slot::Pending { expect, deadline });
+                // The device's authentication verified: this is the device, and it is refused.
+                Err(
+                    e @ (HandshakeError::DeviceRefused { .. }
+                    | HandshakeError::EnrollmentProofFailed { .. }),
+                ) => {
+                    self.pending.remove(&sid);
+                    self.handshake_failed(&sid, &e);
+                }
+                Err(e) => {
+                    self.stats.rejected_handshake_messages += 1;
+                    warn_dropped!(self.throttle, session = %sid, error = %e, "DeviceFinish did not verify: dropped, the handshake goes on");
                 }
             },
-            Some(Slot::Open(mut open)) => {
-                let keep = self.on_record(&sid, &mut open, frame, now);
-                if keep {
-                    self.slots.insert(sid, Slot::Open(open));
+            Ok(FrameType::Alert) => match decode_alert(frame) {
+                Ok(code) => {
+                    self.stats.rejected_handshake_messages += 1;
+                    warn_dropped!(self.throttle, session = %sid, reason = %code, "plaintext alert for a pending handshake (unauthenticated): the handshake goes on until it times out");
                 }
+                Err(e) => self.malformed(&sid, &e.to_string()),
+            },
+            _ => {
+                // A record ahead of DeviceFinish, or garbage: the handshake goes on; a
+                // record is sent again by the device once it gets no acknowledgement.
+                self.stats.malformed += 1;
+                tracing::debug!(session = %sid, "frame before DeviceFinish dropped");
             }
         }
     }
@@ -444,7 +549,9 @@ impl MqttServer {
         now: Instant,
     ) -> Option<Delivery> {
         let key: StreamKey = (open.peer.identity.map(|i| i.fingerprint()), stream);
-        open.ack_due = Some(stream);
+        if !open.ack_due.contains(&stream) {
+            open.ack_due.push(stream);
+        }
         self.acks_due.insert(sid.to_string());
         match self.streams.accept(&key, seq, base, now) {
             Verdict::New => {
@@ -465,7 +572,7 @@ impl MqttServer {
                 None
             }
             Verdict::TooFarAhead => {
-                tracing::warn!(session = %sid, seq, "message too far ahead of the acknowledged ones: dropped");
+                warn_dropped!(self.throttle, session = %sid, seq, "message too far ahead of the acknowledged ones: dropped");
                 None
             }
         }
@@ -474,10 +581,10 @@ impl MqttServer {
     fn flush_acks(&mut self) {
         let now = Instant::now();
         for sid in std::mem::take(&mut self.acks_due) {
-            let Some(Slot::Open(mut open)) = self.slots.remove(&sid) else {
+            let Some(mut open) = self.open.remove(&sid) else {
                 continue;
             };
-            if let Some(stream) = open.ack_due.take() {
+            for stream in std::mem::take(&mut open.ack_due) {
                 let key = (open.peer.identity.map(|i| i.fingerprint()), stream);
                 let ack = Envelope::Ack {
                     stream,
@@ -487,24 +594,30 @@ impl MqttServer {
                 if let Err(e) = open.session.send(&ack.encode(), now) {
                     tracing::warn!(session = %sid, error = %e, "cannot acknowledge: session closed");
                 }
-                self.transmit(&sid, &mut open.session);
             }
-            self.slots.insert(sid, Slot::Open(open));
+            self.transmit(&sid, &mut open.session);
+            self.open.insert(sid, open);
         }
     }
 
     fn sweep(&mut self, now: Instant) {
         let idle = self.options.timeouts.idle;
-        self.slots.retain(|sid, slot| match slot {
-            Slot::Pending { deadline, .. } if *deadline <= now => {
+        self.pending.retain(|sid, p| {
+            let live = p.deadline > now;
+            if !live {
                 tracing::warn!(session = %sid, "handshake timed out");
-                false
             }
-            Slot::Open(open) if now.saturating_duration_since(open.last_input) >= idle => {
+            live
+        });
+        let pending = &self.pending;
+        self.pending_order
+            .retain(|(order, sid)| pending.get(sid).is_some_and(|p| p.order == *order));
+        self.open.retain(|sid, open| {
+            let live = now.saturating_duration_since(open.last_input) < idle;
+            if !live {
                 tracing::info!(session = %sid, device = %open.peer.name, "session idle: forgotten");
-                false
             }
-            _ => true,
+            live
         });
         self.close_unauthorized();
         self.streams.expire(now);
@@ -515,19 +628,17 @@ impl MqttServer {
     fn close_unauthorized(&mut self) {
         let authorizer = self.config.authorizer.clone();
         let refused: Vec<(String, AlertCode)> = self
-            .slots
+            .open
             .iter()
-            .filter_map(|(sid, slot)| match slot {
-                Slot::Open(open) => open
-                    .peer
+            .filter_map(|(sid, open)| {
+                open.peer
                     .identity
                     .and_then(|id| authorizer.still_authorized(&id).err())
-                    .map(|code| (sid.clone(), code)),
-                Slot::Pending { .. } => None,
+                    .map(|code| (sid.clone(), code))
             })
             .collect();
         for (sid, code) in refused {
-            if let Some(Slot::Open(mut open)) = self.slots.remove(&sid) {
+            if let Some(mut open) = self.open.remove(&sid) {
                 self.close_refused(&sid, &mut open, code);
             }
         }
