@@ -80,7 +80,8 @@ impl Build {
             version: env!("CARGO_PKG_VERSION"),
             optimized: !cfg!(debug_assertions),
             arch: std::env::consts::ARCH,
-            aead_backend: "ring 0.17 (hardware AES-GCM or vector ChaCha20 chosen at run time)",
+            aead_backend:
+                "aws-lc-rs 1.19 (AWS-LC; hardware AES-GCM or vector ChaCha20 chosen at run time)",
             cpu_aes: cpu_has_aes(),
             mlkem_backend: format!("libcrux-ml-kem 0.0.11, {mlkem_path}"),
             kyber_backend: if cfg!(target_arch = "x86_64") {
@@ -88,7 +89,8 @@ impl Build {
             } else {
                 "pqcrypto-kyber 0.8 (PQClean, portable C)"
             },
-            ecc_backend: "x25519-dalek 2 / ed25519-dalek 2 (curve25519-dalek 4)",
+            ecc_backend:
+                "X25519 and Ed25519 signing aws-lc-rs 1.19; Ed25519 verify_strict ed25519-dalek 2",
         }
     }
 }
