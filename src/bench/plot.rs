@@ -107,7 +107,10 @@ impl Chart<'_> {
             }
             v
         } else {
-            ticks(x1).into_iter().filter(|t| *t >= x0).collect()
+            ticks(x1)
+                .into_iter()
+                .filter(|t| (x0..=x1).contains(t))
+                .collect()
         };
         for t in &x_ticks {
             let x = px(*t);
@@ -274,6 +277,25 @@ mod tests {
         assert_eq!(ticks(9.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
         assert_eq!(ticks(0.0), vec![0.0, 1.0]);
         assert!(ticks(1234.0).last().copied().unwrap() >= 1234.0);
+    }
+
+    #[test]
+    fn linear_x_ticks_stay_inside_the_plot() {
+        let chart = Chart {
+            title: "t",
+            x_label: "x",
+            y_label: "y",
+            log_x: false,
+            series: vec![("s".into(), vec![(150.0, 1.0), (910.0, 2.0)])],
+        };
+        let svg = chart.to_svg();
+        for label in ["200", "400", "600", "800"] {
+            assert!(svg.contains(&format!(">{label}</text>")), "{svg}");
+        }
+        assert!(
+            !svg.contains(">1000</text>"),
+            "a tick beyond the data: {svg}"
+        );
     }
 
     #[test]
