@@ -12,6 +12,7 @@
 //! | [`handshake`] | device and server state machines, key schedule (sans IO) |
 //! | [`record`] | sealing, opening, replay window, key update (sans IO) |
 //! | [`session`] | an established session: `handle_frame`, `send`, `poll_transmit` (sans IO) |
+//! | [`delivery`] | end-to-end delivery above the session: message ids, acknowledgements, outbox, duplicate filter (sans IO) |
 //! | [`transport`] | tokio TCP transport and the embedding API (`connect`, `Listener`); MQTT (`transport::mqtt`, feature `mqtt`) |
 //! | [`telemetry`] | device telemetry sources: stdin, CSV datasets, simulated sensors |
 //! | [`registry`] | the fleet registry: signed append-only log, enrollment tokens, revocation |
@@ -26,11 +27,13 @@ pub mod bench;
 pub mod cli;
 pub mod codec;
 pub mod crypto;
+pub mod delivery;
 pub mod handshake;
 pub mod msgs;
 pub mod record;
 pub mod registry;
 pub mod session;
 pub mod telemetry;
+mod throttle;
 pub mod transport;
 pub mod trust;

@@ -8,8 +8,8 @@ mod cli_support;
 mod support;
 
 use cli_support::{assert_one_line_error, bin, tempdir};
+use secchan::delivery::{ACK_LEN, ENVELOPE_LEN};
 use secchan::record::RECORD_OVERHEAD;
-use secchan::transport::mqtt::delivery::{ACK_LEN, ENVELOPE_LEN};
 use support::mosquitto::Mosquitto;
 
 /// The TCP figures as small as they go, so the run is mostly the MQTT section.

@@ -4,10 +4,10 @@
 use super::output::Output;
 use super::server::{message_line, shutdown_signal, Origin};
 use super::CliError;
+use crate::delivery::{DEFAULT_BUFFER, ENVELOPE_LEN, MAX_BUFFER};
 use crate::handshake::device::DeviceConfig;
 use crate::handshake::server::ServerConfig;
 use crate::telemetry::Source;
-use crate::transport::mqtt::delivery::{DEFAULT_BUFFER, ENVELOPE_LEN, MAX_BUFFER};
 use crate::transport::mqtt::topics::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
 use crate::transport::mqtt::{
     Broker, DeviceOptions, MqttDevice, MqttServer, ServerOptions, Topics,

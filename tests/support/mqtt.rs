@@ -9,12 +9,12 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use secchan::crypto::identity::IdentityKey;
 use secchan::crypto::kem::{Suite, X25519_MLKEM768};
 use secchan::crypto::random::OsRandom;
+use secchan::delivery::{Envelope, StreamId};
 use secchan::handshake::device::{self, DeviceConfig};
 use secchan::handshake::server::ServerConfig;
 use secchan::handshake::{AuthorizedDevices, Mode};
 use secchan::msgs::FrameType;
 use secchan::session::SessionConfig;
-use secchan::transport::mqtt::delivery::{Envelope, StreamId};
 use secchan::transport::mqtt::{
     Broker, Delivery, DeviceOptions, MqttDevice, MqttServer, ServerOptions, ServerStats, Topics,
 };

@@ -7,16 +7,17 @@
 //! ServerHello until one verifies and is trusted, and believes a plaintext alert only if no
 //! server answers properly in time (docs/mqtt.md §4, §5).
 
-use super::delivery::{Envelope, Outbox, StreamId, DEFAULT_BUFFER};
 use super::link::{Link, LinkEvent, PayloadBytes};
 use super::topics::{Route, Topics};
-use super::{later, may_be_record, random_hex, warn_dropped, Broker, MqttError, Throttle};
+use super::{may_be_record, random_hex, Broker, MqttError};
 use crate::crypto::random::{OsRandom, Random};
+use crate::delivery::{Envelope, Outbox, StreamId, DEFAULT_BUFFER};
 use crate::handshake::device::{self, DeviceConfig, ExpectServerHello};
 use crate::handshake::HandshakeError;
 use crate::msgs::{decode_alert, encode_alert, AlertCode, FrameType};
 use crate::record::RecordError;
 use crate::session::{Event, Session, SessionError};
+use crate::throttle::{later, warn_dropped, Throttle};
 use crate::transport::{Timeouts, TransportError, MAX_FRAME_LEN};
 use crate::trust::{ServerVerifier, TrustError};
 use std::sync::Arc;
@@ -39,7 +40,7 @@ const HELLO_REPEAT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct DeviceOptions {
     /// Messages buffered until acknowledged (at most
-    /// [`MAX_BUFFER`](super::delivery::MAX_BUFFER)); when full, [`MqttDevice::send`] waits.
+    /// [`MAX_BUFFER`](crate::delivery::MAX_BUFFER)); when full, [`MqttDevice::send`] waits.
     pub buffer: usize,
     /// A sent message not acknowledged within this time makes the device start a new
     /// session (with any server instance) and send it again.
@@ -162,10 +163,10 @@ impl MqttDevice {
     }
 
     /// Queues a message (at most [`MAX_PAYLOAD`](crate::record::MAX_PAYLOAD) less the
-    /// [`ENVELOPE_LEN`](super::delivery::ENVELOPE_LEN)-byte envelope); waits while the
+    /// [`ENVELOPE_LEN`](crate::delivery::ENVELOPE_LEN)-byte envelope); waits while the
     /// buffer is full. Fails if the device stopped, with the reason.
     pub async fn send(&mut self, message: Vec<u8>) -> Result<(), TransportError> {
-        let limit = crate::record::MAX_PAYLOAD - super::delivery::ENVELOPE_LEN;
+        let limit = crate::record::MAX_PAYLOAD - crate::delivery::ENVELOPE_LEN;
         if message.len() > limit {
             return Err(SessionError::Record(RecordError::PayloadTooLarge(message.len())).into());
         }

@@ -2,8 +2,9 @@
 //! messages. It re-subscribes after every reconnect and never blocks its owner: requests go
 //! to rumqttc's request queue, or to a bounded local queue, in order, while that one is full.
 
-use super::{random_hex, warn_dropped, Broker, MqttError, Throttle, MAX_PACKET_SIZE};
+use super::{random_hex, Broker, MqttError, MAX_PACKET_SIZE};
 use crate::msgs::FrameType;
+use crate::throttle::{warn_dropped, Throttle};
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;

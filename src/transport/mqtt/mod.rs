@@ -2,8 +2,6 @@
 //! one frame per MQTT message, on topics that carry random session identifiers only.
 //!
 //! - [`topics`]: the topic layout and the opaque identifiers in it.
-//! - [`delivery`]: end-to-end delivery on top of a session (message ids, acknowledgements,
-//!   the device's bounded buffer, the server's duplicate filter), sans IO.
 //! - [`MqttDevice`]: a device that keeps a session up through broker restarts and
 //!   re-handshakes, delivering every message exactly once to the server's output.
 //! - [`MqttServer`]: a server instance; several share the load through a shared subscription.
@@ -12,7 +10,6 @@
 //! and the frames: ciphertext, ephemeral key shares, and sizes. It never sees a device's
 //! identity key or any payload.
 
-pub mod delivery;
 mod device;
 mod link;
 mod server;
@@ -24,7 +21,7 @@ pub use topics::Topics;
 
 use crate::msgs::FrameType;
 use crate::record::RECORD_OVERHEAD;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// Default MQTT port (plain TCP).
@@ -223,54 +220,6 @@ impl MqttError {
     }
 }
 
-/// How often at most a warning about dropped input from the broker is logged.
-const WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// Rate limit for warnings about input from the broker that is dropped (foreign, malformed
-/// or forged frames): anyone who may publish on the topics could otherwise turn a flood of
-/// garbage into a flood of log lines. One warning per [`WARN_EVERY`]; the ones held back in
-/// between are logged at debug level and counted in the next warning.
-#[derive(Debug, Default)]
-struct Throttle {
-    quiet_until: Option<Instant>,
-    held_back: u64,
-}
-
-impl Throttle {
-    /// Whether to warn now; if so, how many warnings were held back since the last one.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.quiet_until {
-            Some(until) if now < until => {
-                self.held_back += 1;
-                None
-            }
-            _ => {
-                self.quiet_until = Some(later(now, WARN_EVERY));
-                Some(std::mem::take(&mut self.held_back))
-            }
-        }
-    }
-}
-
-/// Logs a warning about dropped input through `throttle`, or at debug level while it is
-/// quiet.
-macro_rules! warn_dropped {
-    ($throttle:expr, $($field:tt)*) => {
-        match $throttle.allow(std::time::Instant::now()) {
-            Some(held_back) => tracing::warn!(held_back, $($field)*),
-            None => tracing::debug!($($field)*),
-        }
-    };
-}
-use warn_dropped;
-
-/// `now + d`, or a day from now if `d` is too large to add (a huge timeout from a caller
-/// must not panic).
-fn later(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400))
-}
-
 /// Whether unauthenticated bytes can be a record at all. Anything else is dropped before it
 /// reaches the session, so a stranger on the broker cannot close it with garbage.
 fn may_be_record(frame: &[u8]) -> bool {
@@ -321,27 +270,6 @@ mod tests {
         assert!(may_be_record(&[0x10; RECORD_OVERHEAD]));
         assert!(!may_be_record(&[FrameType::DeviceFinish as u8; 64]));
         assert!(!may_be_record(&[0xff; 64]));
-    }
-
-    #[test]
-    fn warnings_about_dropped_input_are_rate_limited() {
-        let t0 = Instant::now();
-        let mut t = Throttle::default();
-        assert_eq!(t.allow(t0), Some(0));
-        assert_eq!(t.allow(t0 + Duration::from_secs(1)), None);
-        assert_eq!(t.allow(t0 + Duration::from_secs(9)), None);
-        assert_eq!(t.allow(t0 + WARN_EVERY), Some(2), "the two held back");
-        assert_eq!(t.allow(t0 + WARN_EVERY), None);
-    }
-
-    #[test]
-    fn huge_timeouts_do_not_overflow() {
-        let now = Instant::now();
-        assert_eq!(
-            later(now, Duration::from_secs(5)),
-            now + Duration::from_secs(5)
-        );
-        assert!(later(now, Duration::from_secs(u64::MAX)) > now);
     }
 
     #[test]

@@ -1,20 +1,21 @@
 //! A secchan server instance on MQTT: answers hellos from the shared subscription, keeps the
 //! sessions it accepted, outputs each device message once and acknowledges it.
 
-use super::delivery::{
-    Envelope, StreamId, StreamKey, Streams, Verdict, DEFAULT_MAX_OUT_OF_ORDER, MAX_IN_FLIGHT,
-};
 use super::link::{Link, LinkEvent, PayloadBytes};
 use super::topics::{self, Route, Topics};
-use super::{later, may_be_record, random_hex, warn_dropped, Broker, MqttError, Throttle};
+use super::{may_be_record, random_hex, Broker, MqttError};
 use crate::crypto::aead::AeadId;
 use crate::crypto::random::OsRandom;
+use crate::delivery::{
+    Envelope, StreamId, StreamKey, Streams, Verdict, DEFAULT_MAX_OUT_OF_ORDER, MAX_IN_FLIGHT,
+};
 use crate::handshake::server::{self, ExpectDeviceFinish, PeerDevice, ServerConfig};
 use crate::handshake::HandshakeError;
 use crate::msgs::{decode_alert, encode_alert, AlertCode, FrameType};
 use crate::record::replay::ReplayWindow;
 use crate::record::RecordError;
 use crate::session::{Event, Session, SessionError};
+use crate::throttle::{later, warn_dropped, Throttle};
 use crate::transport::{Timeouts, TransportError, MAX_FRAME_LEN};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
