@@ -40,6 +40,21 @@ pub struct Ratios {
     pub server_cpu: Option<f64>,
 }
 
+/// Resumption divided by the full handshake of the same suite and AEAD, in the same run.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ResumptionRatios {
+    /// The suite of the sessions the tickets came from.
+    pub suite: &'static str,
+    /// Median handshake latency.
+    pub latency: f64,
+    /// Handshake bytes, both directions.
+    pub bytes: f64,
+    /// Device CPU per handshake.
+    pub device_cpu: f64,
+    /// Server CPU per handshake (in-process runs).
+    pub server_cpu: Option<f64>,
+}
+
 /// A goal from the benchmark issue that this run can judge alone (the goals relative to TLS
 /// come from `cargo bench --bench vs_tls`).
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +98,8 @@ pub struct Report {
     pub peak_rss_kib: Option<u64>,
     /// Hybrid / classical.
     pub ratios: Option<Ratios>,
+    /// Resumption / full handshake.
+    pub resumption: Option<ResumptionRatios>,
     /// The issue's goals this run can judge.
     pub goals: Vec<Goal>,
 }
@@ -114,6 +131,7 @@ impl Report {
             memory: None,
             peak_rss_kib: None,
             ratios: None,
+            resumption: None,
             goals: Vec::new(),
         }
     }
@@ -125,6 +143,7 @@ impl Report {
         let find = |hybrid: bool| {
             self.handshakes.iter().find(|h| {
                 Some(h.aead) == aead
+                    && !h.resumed
                     && crate::crypto::kem::Suite::from_name(h.suite)
                         .is_some_and(|s| s.is_hybrid() == hybrid)
             })
@@ -152,6 +171,32 @@ impl Report {
                 400.0,
                 c.total_bytes() as f64,
             ));
+        }
+        let resumed = self.handshakes.iter().find(|h| h.resumed);
+        let full = resumed.and_then(|r| {
+            self.handshakes
+                .iter()
+                .find(|h| !h.resumed && h.suite == r.suite && h.aead == r.aead)
+        });
+        if let (Some(r), Some(f)) = (resumed, full) {
+            let ratios = ResumptionRatios {
+                suite: f.suite,
+                latency: r.latency_us.median / f.latency_us.median,
+                bytes: r.total_bytes() as f64 / f.total_bytes() as f64,
+                device_cpu: r.device_cpu_us / f.device_cpu_us,
+                server_cpu: r.server_cpu_us.zip(f.server_cpu_us).map(|(r, f)| r / f),
+            };
+            self.goals.push(goal(
+                "resumption/full handshake latency",
+                0.5,
+                ratios.latency,
+            ));
+            self.goals.push(goal(
+                "resumption handshake bytes",
+                200.0,
+                r.total_bytes() as f64,
+            ));
+            self.resumption = Some(ratios);
         }
         if let Some(max) = self.records.iter().map(|r| r.overhead_bytes).max() {
             self.goals
@@ -214,7 +259,7 @@ impl Report {
         writeln!(s, "Handshakes (new TCP connection each, mutual auth; latency from connect() to device done; {} timed)", self.run.handshakes)?;
         writeln!(
             s,
-            "  {:<17} {:<18} {:>8} {:>8} {:>8} {:>8}  {:>6} {:>6}  {:>9} {:>9}",
+            "  {:<22} {:<18} {:>8} {:>8} {:>8} {:>8}  {:>6} {:>6}  {:>9} {:>9}",
             "suite",
             "AEAD",
             "p10 µs",
@@ -230,8 +275,8 @@ impl Report {
             let l = &h.latency_us;
             writeln!(
                 s,
-                "  {:<17} {:<18} {:>8.0} {:>8.0} {:>8.0} {:>8.0}  {:>6} {:>6}  {:>7.0}µs {:>9}",
-                h.suite,
+                "  {:<22} {:<18} {:>8.0} {:>8.0} {:>8.0} {:>8.0}  {:>6} {:>6}  {:>7.0}µs {:>9}",
+                h.label(),
                 h.aead,
                 l.p10,
                 l.median,
@@ -249,6 +294,17 @@ impl Report {
                 s,
                 "  {} / classical: latency {:.2}x, bytes {:.2}x, device CPU {:.2}x, server CPU {}",
                 r.hybrid,
+                r.latency,
+                r.bytes,
+                r.device_cpu,
+                r.server_cpu.map_or("n/a".into(), |c| format!("{c:.2}x"))
+            )?;
+        }
+        if let Some(r) = &self.resumption {
+            writeln!(
+                s,
+                "  resumption / full {}: latency {:.2}x, bytes {:.3}x, device CPU {:.2}x, server CPU {}",
+                r.suite,
                 r.latency,
                 r.bytes,
                 r.device_cpu,

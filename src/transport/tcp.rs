@@ -572,6 +572,12 @@ impl Connection {
     /// Closes cleanly: sends close, then waits (up to `wait`) for the peer's close, discarding
     /// any messages that arrive meanwhile.
     pub async fn close(mut self, wait: Duration) -> Result<WireStats, TransportError> {
+        self.shutdown(wait).await
+    }
+
+    /// [`close`](Self::close) that keeps the connection, so that the ticket read while waiting
+    /// for the peer's close can still be taken with [`take_ticket`](Self::take_ticket).
+    pub async fn shutdown(&mut self, wait: Duration) -> Result<WireStats, TransportError> {
         self.send_close().await?;
         tokio::time::timeout(wait, async {
             while self.recv().await?.is_some() {}
