@@ -348,15 +348,15 @@ impl Session {
         if lifetime == 0 {
             return None;
         }
-        Some(Ticket::new(
-            pending.ticket,
-            self.psk.clone()?,
-            *self.peer.as_ref()?,
-            self.local,
-            self.suite,
-            self.aead,
-            received_at + std::time::Duration::from_secs(u64::from(lifetime)),
-        ))
+        Some(Ticket {
+            ticket: pending.ticket,
+            psk: self.psk.clone()?,
+            server: *self.peer.as_ref()?,
+            device: self.local,
+            suite: self.suite,
+            aead: self.aead,
+            expires: received_at + std::time::Duration::from_secs(u64::from(lifetime)),
+        })
     }
 
     /// The next frame to send, if any.

@@ -25,11 +25,9 @@ pub struct RunSize {
     pub server_threads: Option<usize>,
 }
 
-/// Hybrid divided by classical, for the first hybrid suite and the first AEAD measured.
+/// One kind of handshake's figures divided by another's, measured side by side in one run.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct Ratios {
-    /// The hybrid suite compared.
-    pub hybrid: &'static str,
+pub struct Factors {
     /// Median handshake latency.
     pub latency: f64,
     /// Handshake bytes, both directions.
@@ -40,19 +38,45 @@ pub struct Ratios {
     pub server_cpu: Option<f64>,
 }
 
-/// Resumption divided by the full handshake of the same suite and AEAD, in the same run.
+impl Factors {
+    fn of(a: &HandshakeResult, b: &HandshakeResult) -> Self {
+        Self {
+            latency: a.latency_us.median / b.latency_us.median,
+            bytes: a.total_bytes() as f64 / b.total_bytes() as f64,
+            device_cpu: a.device_cpu_us / b.device_cpu_us,
+            server_cpu: a.server_cpu_us.zip(b.server_cpu_us).map(|(a, b)| a / b),
+        }
+    }
+
+    fn line(&self, what: &str) -> String {
+        format!(
+            "  {what}: latency {:.2}x, bytes {:.3}x, device CPU {:.2}x, server CPU {}",
+            self.latency,
+            self.bytes,
+            self.device_cpu,
+            self.server_cpu.map_or("n/a".into(), |c| format!("{c:.2}x"))
+        )
+    }
+}
+
+/// Hybrid divided by classical, for the first hybrid suite and the first AEAD measured.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Ratios {
+    /// The hybrid suite compared.
+    pub hybrid: &'static str,
+    /// The factors.
+    #[serde(flatten)]
+    pub vs: Factors,
+}
+
+/// Resumption divided by the full handshake of the same suite and AEAD.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct ResumptionRatios {
     /// The suite of the sessions the tickets came from.
     pub suite: &'static str,
-    /// Median handshake latency.
-    pub latency: f64,
-    /// Handshake bytes, both directions.
-    pub bytes: f64,
-    /// Device CPU per handshake.
-    pub device_cpu: f64,
-    /// Server CPU per handshake (in-process runs).
-    pub server_cpu: Option<f64>,
+    /// The factors.
+    #[serde(flatten)]
+    pub vs: Factors,
 }
 
 /// A goal from the benchmark issue that this run can judge alone (the goals relative to TLS
@@ -151,15 +175,12 @@ impl Report {
         if let (Some(h), Some(c)) = (find(true), find(false)) {
             self.ratios = Some(Ratios {
                 hybrid: h.suite,
-                latency: h.latency_us.median / c.latency_us.median,
-                bytes: h.total_bytes() as f64 / c.total_bytes() as f64,
-                device_cpu: h.device_cpu_us / c.device_cpu_us,
-                server_cpu: h.server_cpu_us.zip(c.server_cpu_us).map(|(h, c)| h / c),
+                vs: Factors::of(h, c),
             });
             self.goals.push(goal(
                 "hybrid/classical handshake latency",
                 1.15,
-                self.ratios.as_ref().map_or(0.0, |r| r.latency),
+                self.ratios.as_ref().map_or(0.0, |r| r.vs.latency),
             ));
             self.goals.push(goal(
                 "hybrid mutual-auth handshake bytes",
@@ -181,15 +202,12 @@ impl Report {
         if let (Some(r), Some(f)) = (resumed, full) {
             let ratios = ResumptionRatios {
                 suite: f.suite,
-                latency: r.latency_us.median / f.latency_us.median,
-                bytes: r.total_bytes() as f64 / f.total_bytes() as f64,
-                device_cpu: r.device_cpu_us / f.device_cpu_us,
-                server_cpu: r.server_cpu_us.zip(f.server_cpu_us).map(|(r, f)| r / f),
+                vs: Factors::of(r, f),
             };
             self.goals.push(goal(
                 "resumption/full handshake latency",
                 0.5,
-                ratios.latency,
+                ratios.vs.latency,
             ));
             self.goals.push(goal(
                 "resumption handshake bytes",
@@ -290,25 +308,13 @@ impl Report {
             )?;
         }
         if let Some(r) = &self.ratios {
-            writeln!(
-                s,
-                "  {} / classical: latency {:.2}x, bytes {:.2}x, device CPU {:.2}x, server CPU {}",
-                r.hybrid,
-                r.latency,
-                r.bytes,
-                r.device_cpu,
-                r.server_cpu.map_or("n/a".into(), |c| format!("{c:.2}x"))
-            )?;
+            writeln!(s, "{}", r.vs.line(&format!("{} / classical", r.hybrid)))?;
         }
         if let Some(r) = &self.resumption {
             writeln!(
                 s,
-                "  resumption / full {}: latency {:.2}x, bytes {:.3}x, device CPU {:.2}x, server CPU {}",
-                r.suite,
-                r.latency,
-                r.bytes,
-                r.device_cpu,
-                r.server_cpu.map_or("n/a".into(), |c| format!("{c:.2}x"))
+                "{}",
+                r.vs.line(&format!("resumption / full {}", r.suite))
             )?;
         }
         writeln!(s)?;

@@ -29,13 +29,13 @@ use zeroize::Zeroizing;
 /// no secret.
 #[derive(Clone)]
 pub struct Ticket {
-    ticket: Vec<u8>,
-    psk: Secret,
-    server: PublicIdentity,
-    device: Option<PublicIdentity>,
-    suite: &'static Suite,
-    aead: AeadId,
-    expires: SystemTime,
+    pub(crate) ticket: Vec<u8>,
+    pub(crate) psk: Secret,
+    pub(crate) server: PublicIdentity,
+    pub(crate) device: Option<PublicIdentity>,
+    pub(crate) suite: &'static Suite,
+    pub(crate) aead: AeadId,
+    pub(crate) expires: SystemTime,
 }
 
 impl std::fmt::Debug for Ticket {
@@ -54,26 +54,6 @@ impl std::fmt::Debug for Ticket {
 const TICKET_FORMAT: u8 = 0x01;
 
 impl Ticket {
-    pub(crate) fn new(
-        ticket: Vec<u8>,
-        psk: Secret,
-        server: PublicIdentity,
-        device: Option<PublicIdentity>,
-        suite: &'static Suite,
-        aead: AeadId,
-        expires: SystemTime,
-    ) -> Self {
-        Self {
-            ticket,
-            psk,
-            server,
-            device,
-            suite,
-            aead,
-            expires,
-        }
-    }
-
     /// The server identity of the session that issued the ticket: a resumed session's peer.
     pub fn server_identity(&self) -> &PublicIdentity {
         &self.server
@@ -166,7 +146,15 @@ impl Ticket {
         }
         let ticket = r.take(len, "ticket")?.to_vec();
         r.finish()?;
-        Ok(Self::new(ticket, psk, server, device, suite, aead, expires))
+        Ok(Self {
+            ticket,
+            psk,
+            server,
+            device,
+            suite,
+            aead,
+            expires,
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 use super::device::{self, DeviceConfig};
 use super::resume::{self, Ticket};
 use super::server::{self, FirstReply, PeerDevice, ServerConfig};
+use super::tests::exchange;
 use super::ticket::{Resumption, TicketKeys, TicketRejection, DEFAULT_LIFETIME};
 use super::*;
 use crate::crypto::identity::IdentityKey;
@@ -89,16 +90,6 @@ fn resume_at(
         }
         FirstReply::Full(..) => panic!("a ResumeHello never starts a full handshake"),
     }
-}
-
-fn exchange(a: &mut Session, b: &mut Session, msg: &[u8]) {
-    let now = Instant::now();
-    a.send(msg, now).unwrap();
-    let mut frame = a.poll_transmit().unwrap();
-    assert_eq!(
-        b.handle_frame(&mut frame, now).unwrap(),
-        Event::Message(msg)
-    );
 }
 
 fn refused(s: &Setup, ticket: &Ticket, wall: u64) -> HandshakeError {
