@@ -649,7 +649,8 @@ impl Task {
                 },
                 _ => tracing::warn!("server sent something other than an acknowledgement: dropped"),
             },
-            Ok(Event::KeyUpdated) => {}
+            // Resumption is not offered over MQTT (protocol.md §2.2): a ticket is ignored.
+            Ok(Event::KeyUpdated | Event::Ticket) => {}
             Ok(Event::Closed) => {
                 tracing::info!("the server closed the session");
                 if self.input_open || !self.outbox.is_empty() {
