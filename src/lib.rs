@@ -14,6 +14,7 @@
 //! | [`session`] | an established session: `handle_frame`, `send`, `poll_transmit` (sans IO) |
 //! | [`delivery`] | end-to-end delivery above the session: message ids, acknowledgements, outbox, duplicate filter (sans IO) |
 //! | [`transport`] | tokio TCP transport and the embedding API (`connect`, `Listener`); MQTT (`transport::mqtt`, feature `mqtt`) |
+//! | [`service`] | what a server and a device do with sessions: sinks, the delivery intake, the TCP server and device loops |
 //! | [`telemetry`] | device telemetry sources: stdin, CSV datasets, simulated sensors |
 //! | [`registry`] | the fleet registry: signed append-only log, enrollment tokens, revocation |
 //! | [`cli`] | the `secchan` command line |
@@ -32,6 +33,7 @@ pub mod handshake;
 pub mod msgs;
 pub mod record;
 pub mod registry;
+pub mod service;
 pub mod session;
 pub mod telemetry;
 mod throttle;

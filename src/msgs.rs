@@ -385,6 +385,10 @@ pub enum AlertCode {
     /// longer acceptable to the server (protocol.md §6.4). The device falls back to a full
     /// handshake.
     TicketRejected = 0x13,
+    /// Close record only: the server is shutting down (or the session is being moved). Every
+    /// message it had acknowledged is written; anything not acknowledged is not, and the
+    /// device sends it again in its next session (protocol.md §11.4).
+    GoingAway = 0x14,
 }
 
 impl AlertCode {
@@ -412,6 +416,7 @@ impl AlertCode {
             TokenUsed,
             TokenExpired,
             TicketRejected,
+            GoingAway,
         ]
         .into_iter()
         .find(|c| *c as u8 == v)
@@ -442,6 +447,7 @@ impl AlertCode {
             Self::TokenUsed => "enrollment token already used",
             Self::TokenExpired => "enrollment token expired",
             Self::TicketRejected => "resumption ticket refused",
+            Self::GoingAway => "server going away",
         }
     }
 }

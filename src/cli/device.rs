@@ -1,13 +1,15 @@
 //! `secchan device`.
 
 use super::keys::{load_secret, server_fingerprint};
+use super::outbox::OutboxArgs;
+use super::server::shutdown_signal;
 use super::sources::TelemetryArgs;
 use super::{parse_aead, CliError, DeviceMode, SessionArgs};
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::Suite;
 use crate::handshake::device::DeviceConfig;
 use crate::registry::{EnrollmentToken, RegistryError};
-use crate::transport::tcp::connect;
+use crate::service::tcp_device::{DeviceError, DeviceOptions, TcpDevice};
 use crate::transport::TransportError;
 use crate::trust::{KnownServers, Pinned, ServerVerifier};
 use clap::Args;
@@ -15,8 +17,6 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 /// Options of `secchan device`.
@@ -59,10 +59,19 @@ pub struct DeviceArgs {
     /// session (protocol.md §7.5).
     #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     keepalive: u64,
-    /// Over TCP: seconds to wait at the end of the input for the server to confirm the close;
-    /// without its confirmation the device exits with an error.
+    /// Over TCP: seconds to wait at the end for the server to answer the close (every message
+    /// is acknowledged by then), and after Ctrl-C or SIGTERM for the last acknowledgements.
     #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     close_timeout: u64,
+    /// Over TCP: end at the first lost session instead of reconnecting.
+    #[arg(long)]
+    no_reconnect: bool,
+    /// Over TCP: give up after this many seconds without a session (exit 5; with --spool the
+    /// unacknowledged messages stay there for the next run); 0 never gives up.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    give_up_after: u64,
+    #[command(flatten)]
+    outbox: OutboxArgs,
     #[command(flatten)]
     session: SessionArgs,
     #[command(flatten)]
@@ -156,72 +165,43 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
             tracing::warn!(server = %host, "no --server-key: trusting on first use over a shared broker trusts whichever client answers first (docs/mqtt.md §1); pin the server's key with --server-key");
         }
         let timeouts = args.session.timeouts();
-        return super::mqtt::run_device(&args.mqtt, url, config, verifier, timeouts, source).await;
+        let outbox = args.outbox.open()?;
+        return super::mqtt::run_device(
+            &args.mqtt, url, config, verifier, timeouts, outbox, source,
+        )
+        .await;
     }
     let addr = args.connect.clone().unwrap_or_default();
     let verifier = verifier(&args, server_from_token.as_ref(), &addr)?;
-    let mut conn = connect(&addr, &config, verifier.as_ref(), args.session.timeouts())
-        .await
-        .map_err(|e| match e {
-            TransportError::Io(source) => CliError::Connect {
-                addr: addr.clone(),
-                source,
-            },
-            e => e.into(),
-        })?;
-    tracing::debug!(
-        server = %addr,
-        suite = conn.session().suite().name,
-        aead = conn.session().aead().name(),
-        "handshake complete"
-    );
-    let mut stdout = tokio::io::stdout();
-    let mut line_no = 0usize;
-    let mut input_open = true;
-    let keepalive = Duration::from_secs(args.keepalive);
-    let close_timeout = Duration::from_secs(args.close_timeout);
-    // While the input is open: when the keep-alive is due. After our close: when waiting for
-    // the server's close ends.
-    let mut deadline = Instant::now() + keepalive;
-    loop {
-        tokio::select! {
-            // What the server sent first: a refusal that arrives while lines are still being
-            // sent is read before the next write can fail on the closed connection.
-            biased;
-            message = conn.recv() => match message? {
-                Some(m) => {
-                    stdout.write_all(&m).await?;
-                    stdout.write_all(b"\n").await?;
-                    stdout.flush().await?;
+    let outbox = args.outbox.open()?;
+    let options = DeviceOptions {
+        timeouts: args.session.timeouts(),
+        keepalive: Duration::from_secs(args.keepalive),
+        close_timeout: Duration::from_secs(args.close_timeout),
+        reconnect: !args.no_reconnect,
+        give_up_after: (args.give_up_after > 0).then(|| Duration::from_secs(args.give_up_after)),
+        ticket_file: args.outbox.ticket_file(),
+    };
+    let device = TcpDevice::new(addr.clone(), config, verifier, options, outbox);
+    match device.run(&mut source, Box::pin(shutdown_signal())).await {
+        Ok(report) => {
+            tracing::info!(
+                messages = report.queued,
+                acknowledged = report.acknowledged,
+                sessions = report.sessions,
+                resumed = report.resumed,
+                "every message delivered and acknowledged"
+            );
+            Ok(())
+        }
+        Err((e, report)) => {
+            tracing::debug!(?report, "device stopped");
+            Err(match e {
+                DeviceError::Session(TransportError::Io(source)) => {
+                    CliError::Connect { addr, source }
                 }
-                // The server's authenticated close after ours: everything we sent arrived.
-                None if !input_open => return Ok(()),
-                None => return Err(CliError::ServerClosed { sent: line_no }),
-            },
-            line = source.next(), if input_open => match line? {
-                Some(line) => {
-                    line_no += 1;
-                    if line.len() > crate::record::MAX_PAYLOAD {
-                        return Err(CliError::MessageTooLarge { line: line_no, len: line.len() });
-                    }
-                    conn.send(&line).await?;
-                    deadline = Instant::now() + keepalive;
-                }
-                None => {
-                    conn.send_close().await?;
-                    input_open = false;
-                    deadline = Instant::now() + close_timeout;
-                }
-            },
-            () = tokio::time::sleep_until(deadline) => {
-                if !input_open {
-                    return Err(CliError::CloseUnconfirmed { secs: args.close_timeout });
-                }
-                // A KeyUpdate record: never delivered as a message, it restarts the server's
-                // idle timer.
-                conn.update_keys().await?;
-                deadline = Instant::now() + keepalive;
-            },
+                e => CliError::Device(e),
+            })
         }
     }
 }

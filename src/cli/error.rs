@@ -105,6 +105,15 @@ pub enum CliError {
         /// Lines sent before the close.
         sent: usize,
     },
+    /// The state directory (`--state-dir`) or the device's spool (`--spool`) is unusable.
+    #[error("{0}")]
+    StateDir(crate::delivery::log::StoreError),
+    /// A device stopped before every message was acknowledged.
+    #[error("{0}{hint}", hint = device_advice(.0))]
+    Device(crate::service::tcp_device::DeviceError),
+    /// The server's output failed.
+    #[error("{0}; the devices keep every message that was not acknowledged")]
+    Output(crate::service::sink::SinkError),
     /// The broker password file could not be read.
     #[error("cannot read the MQTT password file {path}: {source}")]
     PasswordFile {
@@ -144,9 +153,82 @@ pub enum CliError {
     },
 }
 
+/// The documented exit codes (README, "Exit codes").
+pub mod exit {
+    /// Success: for a device, every message was acknowledged by the server.
+    pub const OK: u8 = 0;
+    /// Anything not listed below (local I/O, a spool or state directory that fails).
+    pub const FAILURE: u8 = 1;
+    /// A usage or configuration error (an option, a file the command was given).
+    pub const USAGE: u8 = 2;
+    /// A key or trust problem: an unusable key file, a server key that does not match.
+    pub const TRUST: u8 = 3;
+    /// The peer refused: the server refused this device, or a handshake failed its checks.
+    pub const REFUSED: u8 = 4;
+    /// The network gave up: no session could be had (in time).
+    pub const NETWORK: u8 = 5;
+    /// Stopped by a signal with messages still unacknowledged (kept with --spool).
+    pub const UNDELIVERED: u8 = 6;
+    /// The server's output (stdout, --out, the state directory) failed.
+    pub const OUTPUT: u8 = 7;
+}
+
+/// The exit code of a session failure.
+fn session_exit(error: &TransportError) -> u8 {
+    match error {
+        TransportError::Trust(_) => exit::TRUST,
+        TransportError::Refused(_) | TransportError::Handshake(_) => exit::REFUSED,
+        TransportError::Session(crate::session::SessionError::PeerAlert(_)) => exit::REFUSED,
+        #[cfg(feature = "mqtt")]
+        TransportError::Mqtt(crate::transport::mqtt::MqttError::Unacknowledged(_)) => {
+            exit::UNDELIVERED
+        }
+        _ => exit::NETWORK,
+    }
+}
+
+impl CliError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        use crate::service::tcp_device::DeviceError;
+        match self {
+            Self::KeyFile { .. }
+            | Self::ServerKey { .. }
+            | Self::KeyPermissions { .. }
+            | Self::NoTrustAnchor
+            | Self::EnrollWithoutKey
+            | Self::EnrollToken(_) => exit::TRUST,
+            Self::AuthorizedDevices { .. }
+            | Self::NoDevicePolicy
+            | Self::Bind { .. }
+            | Self::PasswordFile { .. }
+            | Self::Tickets { .. } => exit::USAGE,
+            Self::Connect { .. } => exit::NETWORK,
+            Self::Output(_) => exit::OUTPUT,
+            Self::Session { error } => session_exit(error),
+            Self::Device(DeviceError::Session(error)) => session_exit(error),
+            Self::Device(DeviceError::GaveUp { .. }) => exit::NETWORK,
+            Self::Device(DeviceError::Undelivered { .. }) => exit::UNDELIVERED,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
 impl From<TransportError> for CliError {
     fn from(error: TransportError) -> Self {
         Self::Session { error }
+    }
+}
+
+/// What to do after a device stopped early.
+fn device_advice(e: &crate::service::tcp_device::DeviceError) -> String {
+    use crate::service::tcp_device::DeviceError;
+    match e {
+        DeviceError::Session(error) => format!("{}{}", caveat(error), advice(error)),
+        DeviceError::GaveUp { .. } | DeviceError::Undelivered { .. } => {
+            "; run again with the same --spool to send them (without --spool they are lost)".into()
+        }
+        _ => String::new(),
     }
 }
 

@@ -8,7 +8,7 @@ mod error;
 mod keys;
 #[cfg(feature = "mqtt")]
 mod mqtt;
-mod output;
+mod outbox;
 mod registry;
 mod server;
 mod sources;
@@ -214,10 +214,10 @@ pub fn run() -> ExitCode {
     // wait for it.
     runtime.shutdown_background();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(error::exit::OK),
         Err(e) => {
             eprintln!("secchan: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

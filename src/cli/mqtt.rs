@@ -1,12 +1,12 @@
 //! `secchan server --mqtt` and `secchan device --mqtt`: the same sessions carried through an
 //! MQTT 5 broker (docs/mqtt.md).
 
-use super::output::Output;
-use super::server::{message_line, shutdown_signal, Origin};
+use super::server::shutdown_signal;
 use super::CliError;
-use crate::delivery::{DEFAULT_BUFFER, ENVELOPE_LEN, MAX_BUFFER};
+use crate::delivery::{Outbox, ENVELOPE_LEN};
 use crate::handshake::device::DeviceConfig;
 use crate::handshake::server::ServerConfig;
+use crate::service::sink::{JsonLines, Origin, Sink, SinkRecord};
 use crate::telemetry::Source;
 use crate::transport::mqtt::topics::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
 use crate::transport::mqtt::{
@@ -90,10 +90,6 @@ pub(super) struct MqttServerArgs {
 pub(super) struct MqttDeviceArgs {
     #[command(flatten)]
     pub(super) broker: MqttArgs,
-    /// Messages kept until the server acknowledges them; when full, the source is paused.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_BUFFER as u64, requires = "mqtt",
-          value_parser = clap::value_parser!(u64).range(1..=MAX_BUFFER as u64))]
-    buffer: u64,
     /// Seconds without an acknowledgement after which the device starts a new session.
     #[arg(long, value_name = "SECS", default_value_t = 5, requires = "mqtt",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -114,7 +110,7 @@ pub(super) async fn serve(
     out: Option<&std::path::Path>,
 ) -> Result<(), CliError> {
     let broker = args.broker.broker(url)?;
-    let mut output = Output::open(out).await?;
+    let mut output = JsonLines::open(out, false).map_err(CliError::Output)?;
     let options = ServerOptions {
         share_group: args.mqtt_share_group.clone(),
         max_sessions,
@@ -138,15 +134,18 @@ pub(super) async fn serve(
         tokio::select! {
             delivery = server.next() => {
                 let d = delivery?;
-                let origin = Origin {
-                    device: &d.device,
-                    peer: format!("mqtt:{}", d.session),
-                    suite: d.suite,
-                    aead: d.aead.name(),
-                    stream: Some(&d.stream),
-                    seq: Some(d.seq),
+                let record = SinkRecord {
+                    origin: Arc::new(Origin {
+                        device: d.device,
+                        peer: format!("mqtt:{}", d.session),
+                        suite: d.suite,
+                        aead: d.aead.name(),
+                    }),
+                    stream: d.stream,
+                    seq: d.seq,
+                    data: d.data.into(),
                 };
-                output.write_line(&message_line(&origin, &d.data)).await?;
+                output.write(std::slice::from_ref(&record)).await.map_err(CliError::Output)?;
             }
             () = &mut shutdown => {
                 tracing::info!("shutting down: closing every session");
@@ -178,15 +177,18 @@ pub(super) async fn run_device(
     config: DeviceConfig,
     verifier: Box<dyn ServerVerifier>,
     timeouts: Timeouts,
+    outbox: Outbox,
     mut source: Source,
 ) -> Result<(), CliError> {
     let broker = args.broker.broker(url)?;
     let options = DeviceOptions {
-        buffer: usize::try_from(args.buffer).unwrap_or(MAX_BUFFER),
+        buffer: outbox.capacity(),
         ack_timeout: Duration::from_secs(args.ack_timeout.max(1)),
         timeouts,
     };
-    let mut device = MqttDevice::start(&broker, config, Arc::from(verifier), options).await?;
+    let mut device =
+        MqttDevice::start_with_outbox(&broker, config, Arc::from(verifier), options, outbox)
+            .await?;
     tracing::info!(broker = %broker.display_name(), "connected through the MQTT broker");
     let limit = crate::record::MAX_PAYLOAD - ENVELOPE_LEN;
     let shutdown = shutdown_signal();

@@ -1,22 +1,22 @@
 //! `secchan server`.
 
 use super::keys::{load_authorized, load_secret};
-use super::output::Output;
 use super::{CliError, ServerMode, SessionArgs};
 use crate::crypto::random::OsRandom;
-use crate::handshake::server::{PeerDevice, ServerConfig};
+use crate::delivery::state::StateDir;
+use crate::delivery::{Streams, DEFAULT_MAX_OUT_OF_ORDER};
+use crate::handshake::server::ServerConfig;
 use crate::handshake::ticket::Resumption;
 use crate::handshake::ticket_file;
 use crate::handshake::{AllowAnyDevice, Authorizer};
-use crate::registry::{Groups, Received, RegistryAuthorizer};
-use crate::transport::tcp::{Connection, Listener};
-use crate::transport::TransportError;
-use base64::Engine;
+use crate::registry::{Groups, RegistryAuthorizer};
+use crate::service::sink::JsonLines;
+use crate::service::{intake, tcp_server};
+use crate::transport::tcp::Listener;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use std::time::{Duration, Instant};
 
 /// Options of `secchan server`.
 #[derive(Debug, Args)]
@@ -64,11 +64,31 @@ pub struct ServerArgs {
     /// Accept any device, including anonymous ones. Not recommended outside testing.
     #[arg(long)]
     allow_any_device: bool,
+    /// Keep what each device stream has had written in DIR (created 0700), fsync'd before
+    /// anything is acknowledged, so that a message written before a crash is not written
+    /// again after the restart; DIR also keeps the ticket keys unless --ticket-key-file
+    /// says otherwise. One directory per server process.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// On Ctrl-C or SIGTERM: seconds to go on reading what devices still send before every
+    /// session is closed (everything read is written and acknowledged first).
+    #[arg(long, value_name = "SECS", default_value_t = tcp_server::DEFAULT_DRAIN.as_secs(), value_parser = clap::value_parser!(u64).range(0..=3600))]
+    drain_timeout: u64,
     #[command(flatten)]
     session: SessionArgs,
     #[command(flatten)]
     tickets: TicketArgs,
 }
+
+/// Upper bound of `--max-sessions`: far above what one process can hold open, far below what
+/// the session semaphore can count.
+const MAX_SESSIONS: i64 = 1_000_000;
+/// Device streams the duplicate filter remembers at most.
+const MAX_STREAMS: usize = 100_000;
+/// How long the duplicate filter remembers a stream after its last message. A device that
+/// comes back later sends again only what was never acknowledged, so forgetting a stream
+/// can at worst repeat the messages in flight when it went away.
+const STREAM_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// Session resumption (protocol.md §7.6): the tickets the server issues.
 #[derive(Debug, Args)]
@@ -84,174 +104,28 @@ struct TicketArgs {
 }
 
 impl TicketArgs {
-    /// The server's resumption state, or `None` with `--ticket-lifetime 0`.
-    fn resumption(&self) -> Result<Option<Arc<Resumption>>, CliError> {
+    /// The server's resumption state, or `None` with `--ticket-lifetime 0`. Without
+    /// `--ticket-key-file`, the keys are kept in `state_dir` if there is one.
+    fn resumption(&self, state_dir: Option<&Path>) -> Result<Option<Arc<Resumption>>, CliError> {
         if self.ticket_lifetime == 0 {
             return Ok(None);
         }
         let lifetime = Duration::from_secs(u64::from(self.ticket_lifetime));
         let now = std::time::SystemTime::now();
-        let resumption = match &self.ticket_key_file {
+        let file = self
+            .ticket_key_file
+            .clone()
+            .or_else(|| state_dir.map(|d| d.join("ticket.key")));
+        let resumption = match &file {
             Some(path) => ticket_file::load_or_create(path, lifetime, now, &mut OsRandom)
                 .and_then(|keys| Ok(Resumption::new(keys, lifetime)?)),
             None => Resumption::random(lifetime, now, &mut OsRandom),
         }
         .map_err(|e| CliError::Tickets {
-            path: self.ticket_key_file.clone(),
+            path: file.clone(),
             reason: e.to_string(),
         })?;
         Ok(Some(Arc::new(resumption)))
-    }
-}
-
-/// One received message as printed on stdout.
-#[derive(serde::Serialize)]
-struct MessageLine<'a> {
-    device: &'a str,
-    fingerprint: Option<String>,
-    peer: String,
-    suite: &'static str,
-    aead: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data_base64: Option<String>,
-}
-
-/// Where a message came from, for its output line.
-pub(super) struct Origin<'a> {
-    /// The authorized device.
-    pub(super) device: &'a PeerDevice,
-    /// Its address (TCP) or session (MQTT).
-    pub(super) peer: String,
-    /// Suite name.
-    pub(super) suite: &'static str,
-    /// AEAD name.
-    pub(super) aead: &'static str,
-    /// Message id on MQTT: the device's stream and the sequence in it.
-    pub(super) stream: Option<&'a str>,
-    /// See `stream`.
-    pub(super) seq: Option<u64>,
-}
-
-/// Renders one message as a JSON line: `data` if it is UTF-8, `data_base64` otherwise.
-pub(super) fn message_line(origin: &Origin<'_>, message: &[u8]) -> String {
-    let text = std::str::from_utf8(message).ok();
-    let line = MessageLine {
-        device: &origin.device.name,
-        fingerprint: origin.device.identity.map(|i| i.fingerprint()),
-        peer: origin.peer.clone(),
-        suite: origin.suite,
-        aead: origin.aead,
-        stream: origin.stream,
-        seq: origin.seq,
-        data: text,
-        data_base64: text
-            .is_none()
-            .then(|| base64::engine::general_purpose::STANDARD.encode(message)),
-    };
-    serde_json::to_string(&line).unwrap_or_default()
-}
-
-/// How long a shutting-down server waits for devices to answer its close.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Upper bound of `--max-sessions`: far above what one process can hold open, far below what
-/// the session semaphore can count.
-const MAX_SESSIONS: i64 = 1_000_000;
-
-/// Pause after an accept error that is about the process or the system rather than one
-/// connection (no file descriptor left, no buffer memory): it repeats until one frees up, so
-/// retrying at once would spin and flood the log.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// How long to wait before the next accept after `e`.
-fn accept_backoff(e: &std::io::Error) -> Option<Duration> {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
-    match e.kind() {
-        // The connection being accepted went away: the next one is unaffected.
-        ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted => None,
-        // EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unknown.
-        _ => Some(ACCEPT_BACKOFF),
-    }
-}
-
-/// Serves one device until it closes; forwards its messages to `out`. With a registry, the
-/// session is closed as soon as the registry stops authorizing the device. When `shutdown`
-/// turns true the session is closed with an authenticated close.
-async fn serve(
-    mut conn: Connection,
-    peer: PeerDevice,
-    out: mpsc::Sender<(String, oneshot::Sender<()>)>,
-    registry: Option<Arc<RegistryAuthorizer>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    tracing::info!(
-        device = %peer.name,
-        peer = %conn.peer_addr(),
-        suite = conn.session().suite().name,
-        aead = conn.session().aead().name(),
-        "session established"
-    );
-    loop {
-        let receive = async {
-            match (&registry, &peer.identity) {
-                (Some(registry), Some(id)) => registry.recv(&mut conn, id).await,
-                _ => conn
-                    .recv()
-                    .await
-                    .map(|m| m.map_or(Received::Closed, Received::Message)),
-            }
-        };
-        let next = tokio::select! {
-            next = receive => next,
-            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
-                tracing::info!(device = %peer.name, peer = %conn.peer_addr(), "server shutting down: closing the session");
-                if let Err(e) = conn.close(SHUTDOWN_GRACE).await {
-                    tracing::debug!(device = %peer.name, error = %e, "device did not confirm the close");
-                }
-                return;
-            }
-        };
-        match next {
-            // The registry closed the session: the device reads that Close, not a reset.
-            Ok(Received::Refused(_)) => return conn.linger().await,
-            Ok(Received::Message(message)) => {
-                let origin = Origin {
-                    device: &peer,
-                    peer: conn.peer_addr().to_string(),
-                    suite: conn.session().suite().name,
-                    aead: conn.session().aead().name(),
-                    stream: None,
-                    seq: None,
-                };
-                // Wait until the line is written before reading on: the device's close is only
-                // answered (inside the next receive) once all its messages are recorded, so a
-                // device that exits 0 knows the server has them.
-                let (written, confirmed) = oneshot::channel();
-                if out
-                    .send((message_line(&origin, &message), written))
-                    .await
-                    .is_err()
-                    || confirmed.await.is_err()
-                {
-                    tracing::error!(device = %peer.name, "output failed: closing the session unanswered");
-                    return;
-                }
-            }
-            Ok(Received::Closed) => {
-                tracing::info!(device = %peer.name, peer = %conn.peer_addr(), "session closed");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(device = %peer.name, peer = %conn.peer_addr(), error = %e, "session ended with an error");
-                return conn.linger().await;
-            }
-        }
     }
 }
 
@@ -287,8 +161,29 @@ fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthori
     let mut config = ServerConfig::new(identity, authorizer);
     config.mode = args.mode.into();
     config.session = args.session.session_config();
-    config.resumption = args.tickets.resumption()?;
+    config.resumption = args.tickets.resumption(args.state_dir.as_deref())?;
     Ok((config, registry))
+}
+
+/// The duplicate filter, restored from `--state-dir` if given.
+fn streams(args: &ServerArgs) -> Result<(Streams, Option<StateDir>), CliError> {
+    let mut streams = Streams::new(MAX_STREAMS, DEFAULT_MAX_OUT_OF_ORDER, STREAM_TTL);
+    let Some(dir) = &args.state_dir else {
+        return Ok((streams, None));
+    };
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| CliError::Write {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    let (state, discarded) =
+        StateDir::open(dir, &mut streams, Instant::now()).map_err(CliError::StateDir)?;
+    if discarded > 0 {
+        tracing::warn!(dir = %dir.display(), discarded_bytes = discarded, "state directory: a torn or damaged tail was discarded; messages written just before it may be written again");
+    }
+    tracing::info!(dir = %dir.display(), streams = streams.len(), "state directory loaded");
+    Ok((streams, Some(state)))
 }
 
 /// Accepts devices until interrupted, printing one JSON line per message.
@@ -317,78 +212,44 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
     let listener = Listener::bind(&addr, config.clone(), args.session.timeouts())
         .await
         .map_err(|source| CliError::Bind { addr, source })?;
-    let mut output = Output::open(args.out.as_deref()).await?;
+    let (streams, state) = streams(&args)?;
+    let sink = JsonLines::open(args.out.as_deref(), state.is_some()).map_err(CliError::Output)?;
+    let (intake, written) = intake::start(Box::new(sink), streams, state);
     tracing::info!(
         addr = %listener.local_addr()?,
         mode = %config.mode,
         fingerprint = %fingerprint,
         "listening"
     );
-    // One writer owns stdout so lines from concurrent sessions never interleave.
-    let (tx, mut rx) = mpsc::channel::<(String, oneshot::Sender<()>)>(1024);
-    let writer = tokio::spawn(async move {
-        while let Some((line, written)) = rx.recv().await {
-            if let Err(e) = output.write_line(&line).await {
-                tracing::error!(error = %e, "cannot write the output: messages are no longer recorded");
-                break;
-            }
-            let _ = written.send(());
-        }
-    });
-    let (stop, stopped) = watch::channel(false);
-    let max = args.max_sessions;
-    let slots = Arc::new(Semaphore::new(max as usize));
-    loop {
+    let options = tcp_server::ServerOptions {
+        max_sessions: args.max_sessions,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+        registry,
+    };
+    // The output's failure stops the server too: nothing could be acknowledged any more.
+    let output_failed = async {
+        let _ = intake.session().0.closed().await;
+    };
+    let stop = async {
         tokio::select! {
-            incoming = listener.accept() => {
-                let incoming = match incoming {
-                    Ok(i) => i,
-                    Err(e) => {
-                        let pause = accept_backoff(&e);
-                        tracing::warn!(error = %e, pause = ?pause, "accept failed");
-                        if let Some(pause) = pause {
-                            tokio::time::sleep(pause).await;
-                        }
-                        continue;
-                    }
-                };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(peer = %incoming.peer_addr(), limit = args.max_sessions, "session limit reached: connection dropped");
-                    continue;
-                };
-                let tx = tx.clone();
-                let registry = registry.clone();
-                let stopped = stopped.clone();
-                tokio::spawn(async move {
-                    match incoming.handshake().await {
-                        Ok((conn, peer)) => serve(conn, peer, tx, registry, stopped).await,
-                        // Handshake failures were logged with the peer's address.
-                        Err(TransportError::Handshake(_) | TransportError::HandshakeTimeout(_)) => {}
-                        Err(e) => tracing::debug!(error = %e, "connection dropped during handshake"),
-                    }
-                    drop(slot);
-                });
-            }
-            _ = shutdown_signal() => {
-                tracing::info!("shutting down: closing every session");
-                break;
-            }
+            () = shutdown_signal() => {}
+            () = output_failed => {}
         }
+    };
+    tcp_server::run(listener, intake.clone(), options, stop).await;
+    drop(intake);
+    match written.await {
+        Ok(Ok(stats)) => {
+            tracing::info!(
+                written = stats.written,
+                duplicates = stats.duplicates,
+                "server stopped"
+            );
+            Ok(())
+        }
+        Ok(Err(e)) => Err(CliError::Output(e)),
+        Err(e) => Err(CliError::LocalIo(std::io::Error::other(e))),
     }
-    drop(listener);
-    let _ = stop.send(true);
-    // Every session holds a slot until it ends; wait for them (handshakes in progress finish
-    // or time out, then close at once).
-    let grace = args.session.timeouts().handshake + SHUTDOWN_GRACE;
-    if tokio::time::timeout(grace, slots.acquire_many(max))
-        .await
-        .is_err()
-    {
-        tracing::warn!("some sessions did not close in time");
-    }
-    drop(tx);
-    let _ = writer.await;
-    Ok(())
 }
 
 /// Ctrl-C, or SIGTERM on Unix (what service managers send).
@@ -408,21 +269,5 @@ pub(super) async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_backs_off_when_descriptors_run_out() {
-        // EMFILE and ENFILE on Linux: every accept fails until a descriptor frees up.
-        for errno in [24, 23] {
-            let e = std::io::Error::from_raw_os_error(errno);
-            assert_eq!(accept_backoff(&e), Some(ACCEPT_BACKOFF), "{e}");
-        }
-        let aborted = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
-        assert_eq!(accept_backoff(&aborted), None);
     }
 }

@@ -176,6 +176,11 @@ impl Outbox {
         self.limits.messages
     }
 
+    /// What a full outbox does.
+    pub fn when_full(&self) -> WhenFull {
+        self.limits.when_full
+    }
+
     /// Messages dropped to make room ([`WhenFull::DropOldest`]).
     pub fn dropped(&self) -> u64 {
         self.dropped

@@ -113,19 +113,32 @@ impl MqttDevice {
     /// that arrived instead, if any.
     pub async fn start(
         broker: &Broker,
-        mut config: DeviceConfig,
+        config: DeviceConfig,
         verifier: Arc<dyn ServerVerifier>,
         options: DeviceOptions,
     ) -> Result<Self, TransportError> {
-        config.session.ordered = false;
         let mut stream: StreamId = [0; 8];
         OsRandom.fill(&mut stream).map_err(HandshakeError::from)?;
+        let outbox = Outbox::new(stream, options.buffer);
+        Self::start_with_outbox(broker, config, verifier, options, outbox).await
+    }
+
+    /// [`start`](Self::start) with an outbox of the caller's (e.g. a spooled one, whose
+    /// unacknowledged messages are sent first); `options.buffer` is then unused.
+    pub async fn start_with_outbox(
+        broker: &Broker,
+        mut config: DeviceConfig,
+        verifier: Arc<dyn ServerVerifier>,
+        options: DeviceOptions,
+        outbox: Outbox,
+    ) -> Result<Self, TransportError> {
+        config.session.ordered = false;
         let link = Link::connect(broker).await?;
         let (input_tx, input_rx) = mpsc::channel(1);
         let (stats_tx, stats_rx) = watch::channel(DeviceStats::default());
         let (ready_tx, ready_rx) = oneshot::channel();
         let task = Task {
-            outbox: Outbox::new(stream, options.buffer),
+            outbox,
             link,
             topics: broker.topics.clone(),
             config,
@@ -303,7 +316,9 @@ impl Task {
             }
             self.publish_stats();
             let deadline = tokio::time::Instant::from_std(self.deadline());
-            let accepting = self.input_open && !self.outbox.is_full();
+            let accepting = self.input_open
+                && (!self.outbox.is_full()
+                    || self.outbox.when_full() == crate::delivery::WhenFull::DropOldest);
             tokio::select! {
                 ev = self.link.next_event() => match ev {
                     Some(ev) => self.on_link(ev)?,
@@ -311,8 +326,10 @@ impl Task {
                 },
                 m = self.input.recv(), if accepting => match m {
                     Some(m) => {
-                        // Cannot fail: the buffer is not full.
-                        let _ = self.outbox.push(m);
+                        // Only a spool can fail: the buffer is not full.
+                        if let Err(crate::delivery::OutboxError::Spool(e)) = self.outbox.push(m) {
+                            return Err(MqttError::Spool(e).into());
+                        }
                         self.stats.queued += 1;
                     }
                     None => self.input_open = false,
@@ -708,8 +725,13 @@ impl Task {
             return;
         }
         let topic = self.topics.up(instance, sid);
-        // An in-memory outbox has no spool to fail.
-        let due = self.outbox.due(now).unwrap_or_default();
+        let due = match self.outbox.due(now) {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %e, "spool failed: messages are not sent until it works");
+                return;
+            }
+        };
         for envelope in due {
             if let Err(e) = session.send(&envelope, now) {
                 tracing::warn!(error = %e, "cannot send in this session");

@@ -199,6 +199,9 @@ pub enum MqttError {
     /// Messages were still unacknowledged when the device had to stop.
     #[error("{0} messages were not acknowledged by the server before the deadline; they may not have been delivered")]
     Unacknowledged(usize),
+    /// The device's spool could not be written.
+    #[error(transparent)]
+    Spool(#[from] crate::delivery::spool::SpoolError),
     /// The background task ended unexpectedly.
     #[error("the MQTT connection task stopped")]
     Stopped,

@@ -75,8 +75,8 @@ pub struct Delivery {
     pub suite: &'static str,
     /// AEAD of the session.
     pub aead: AeadId,
-    /// The device's stream (hex).
-    pub stream: String,
+    /// The device's stream.
+    pub stream: StreamId,
     /// Position in the stream.
     pub seq: u64,
     /// The message.
@@ -562,7 +562,7 @@ impl MqttServer {
                     device: open.peer.clone(),
                     suite: open.session.suite().name,
                     aead: open.session.aead(),
-                    stream: hex::encode(stream),
+                    stream,
                     seq,
                     data: data.to_vec(),
                 })

@@ -1,0 +1,304 @@
+//! `secchan server` over TCP: the accept loop, one task per session feeding the
+//! [`intake`](super::intake), and the graceful drain on shutdown (protocol.md §11.4).
+
+use super::intake::{Intake, IntakeSession};
+use super::sink::{Origin, SinkRecord};
+use crate::delivery::Envelope;
+use crate::handshake::server::PeerDevice;
+use crate::msgs::AlertCode;
+use crate::registry::RegistryAuthorizer;
+use crate::transport::tcp::{Connection, Listener};
+use crate::transport::TransportError;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+
+/// Default for [`ServerOptions::drain_timeout`].
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+/// After the drain deadline, how long a session still waits for the sink to write (and
+/// acknowledge) what it read before it closes anyway: the device keeps what is not
+/// acknowledged.
+const WRITE_GRACE: Duration = Duration::from_secs(5);
+
+/// Pause after an accept error that is about the process or the system rather than one
+/// connection (no file descriptor left, no buffer memory): it repeats until one frees up, so
+/// retrying at once would spin and flood the log.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How a TCP server runs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Most connections served at once (sessions and handshakes in progress).
+    pub max_sessions: u32,
+    /// On shutdown, how long sessions go on reading what their devices still send.
+    pub drain_timeout: Duration,
+    /// The registry, when devices are authorized by one: a session ends as soon as it stops
+    /// authorizing the device.
+    pub registry: Option<Arc<RegistryAuthorizer>>,
+}
+
+/// How long to wait before the next accept after `e`.
+pub fn accept_backoff(e: &std::io::Error) -> Option<Duration> {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    match e.kind() {
+        // The connection being accepted went away: the next one is unaffected.
+        ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted => None,
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unknown.
+        _ => Some(ACCEPT_BACKOFF),
+    }
+}
+
+/// Accepts devices until `shutdown` resolves, then stops accepting and drains every session:
+/// each reads on until its device closes or the drain deadline passes, has everything it
+/// read written and acknowledged, and then closes (`close_notify` to a device that closed,
+/// `going_away` to one that did not). Returns once every session has ended.
+pub async fn run(
+    listener: Listener,
+    intake: Intake,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop, stopped) = watch::channel(false);
+    let max = options.max_sessions;
+    let slots = Arc::new(Semaphore::new(max as usize));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            incoming = listener.accept() => {
+                let incoming = match incoming {
+                    Ok(i) => i,
+                    Err(e) => {
+                        let pause = accept_backoff(&e);
+                        tracing::warn!(error = %e, pause = ?pause, "accept failed");
+                        if let Some(pause) = pause {
+                            tokio::time::sleep(pause).await;
+                        }
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(peer = %incoming.peer_addr(), limit = max, "session limit reached: connection dropped");
+                    continue;
+                };
+                let intake = intake.clone();
+                let registry = options.registry.clone();
+                let stopped = stopped.clone();
+                let drain = options.drain_timeout;
+                tokio::spawn(async move {
+                    match incoming.handshake().await {
+                        Ok((conn, peer)) => serve(conn, peer, intake, registry, stopped, drain).await,
+                        // Handshake failures were logged with the peer's address.
+                        Err(TransportError::Handshake(_) | TransportError::HandshakeTimeout(_)) => {}
+                        Err(e) => tracing::debug!(error = %e, "connection dropped during handshake"),
+                    }
+                    drop(slot);
+                });
+            }
+            () = &mut shutdown => {
+                tracing::info!(drain = ?options.drain_timeout, "shutting down: no new connections; draining every session");
+                break;
+            }
+        }
+    }
+    drop(listener);
+    drop(intake);
+    let _ = stop.send(true);
+    // Every session holds a slot until it ends. Handshakes in progress finish or time out,
+    // then drain at once.
+    let grace = options.drain_timeout + WRITE_GRACE + Duration::from_secs(10);
+    if tokio::time::timeout(grace, slots.acquire_many(max))
+        .await
+        .is_err()
+    {
+        tracing::warn!("some sessions did not end in time");
+    }
+}
+
+/// A session's reading half: where it is in its life.
+struct Reading {
+    /// Whether the device may still send (it has not closed, the drain has not ended).
+    open: bool,
+    /// Whether the device closed the session with `close_notify`.
+    device_closed: bool,
+    /// Submissions not yet handled by the intake.
+    outstanding: usize,
+    /// When the drain stops reading, once shutdown began.
+    drain_until: Option<Instant>,
+}
+
+/// Serves one device until it closes, the registry stops authorizing it, or the drain ends.
+async fn serve(
+    mut conn: Connection,
+    peer: PeerDevice,
+    intake: Intake,
+    registry: Option<Arc<RegistryAuthorizer>>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let addr = conn.peer_addr();
+    tracing::info!(
+        device = %peer.name,
+        peer = %addr,
+        suite = conn.session().suite().name,
+        aead = conn.session().aead().name(),
+        resumed = conn.is_resumed(),
+        "session established"
+    );
+    // The device's close is answered only once everything it sent is acknowledged.
+    conn.defer_close_answer();
+    let origin = Arc::new(Origin {
+        device: peer.clone(),
+        peer: addr.to_string(),
+        suite: conn.session().suite().name,
+        aead: conn.session().aead().name(),
+    });
+    let (submit, mut acks) = intake.session();
+    drop(intake);
+    let revoked = async {
+        match (&registry, &peer.identity) {
+            (Some(r), Some(id)) => r.until_refused(id).await,
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(revoked);
+    let mut r = Reading {
+        open: true,
+        device_closed: false,
+        outstanding: 0,
+        drain_until: None,
+    };
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    while r.open || r.outstanding > 0 {
+        let drain_at = r.drain_until.unwrap_or(far);
+        let write_deadline = r.drain_until.map_or(far, |d| d + WRITE_GRACE);
+        tokio::select! {
+            biased;
+            update = acks.recv() => {
+                let Some(update) = update else { break };
+                r.outstanding = r.outstanding.saturating_sub(update.handled);
+                for (stream, next) in update.acks {
+                    if let Err(e) = conn.queue(&Envelope::Ack { stream, next }.encode()) {
+                        tracing::debug!(device = %peer.name, error = %e, "cannot acknowledge: session closed");
+                    }
+                }
+                if let Err(e) = conn.flush().await {
+                    tracing::warn!(device = %peer.name, peer = %addr, error = %e, "session ended with an error");
+                    return;
+                }
+            }
+            () = submit.closed() => {
+                tracing::error!(device = %peer.name, peer = %addr, "the output failed: closing the session, the device keeps what is not acknowledged");
+                let _ = conn.send_close_with(AlertCode::InternalError).await;
+                return conn.linger().await;
+            }
+            code = &mut revoked => {
+                tracing::warn!(device = %peer.name, peer = %addr, reason = %code, "closing the session: the registry no longer authorizes the device");
+                let _ = conn.send_close_with(code).await;
+                return conn.linger().await;
+            }
+            received = conn.recv(), if r.open => match received {
+                Ok(Some(message)) => {
+                    if let Err(e) = on_message(&submit, &origin, message, &mut r).await {
+                        tracing::warn!(device = %peer.name, peer = %addr, error = %e, "closing the session");
+                        let _ = conn.send_close_with(e.alert()).await;
+                        return conn.linger().await;
+                    }
+                }
+                Ok(None) => {
+                    r.open = false;
+                    r.device_closed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(device = %peer.name, peer = %addr, error = %e, "session ended with an error");
+                    return conn.linger().await;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; }, if r.drain_until.is_none() => {
+                r.drain_until = Some(Instant::now() + drain);
+            }
+            () = tokio::time::sleep_until(drain_at), if r.open => r.open = false,
+            () = tokio::time::sleep_until(write_deadline) => {
+                tracing::warn!(device = %peer.name, unacknowledged = r.outstanding, "the output did not take the device's last messages in time: closing, the device keeps them");
+                break;
+            }
+        }
+    }
+    if r.device_closed && r.outstanding == 0 {
+        tracing::info!(device = %peer.name, peer = %addr, "session closed");
+        let _ = conn.send_close().await;
+    } else {
+        tracing::info!(device = %peer.name, peer = %addr, "server shutting down: closing the session (going away)");
+        let _ = conn.send_close_with(AlertCode::GoingAway).await;
+        conn.linger().await;
+    }
+}
+
+/// Why a session is closed because of what the device sent.
+#[derive(Debug, thiserror::Error)]
+enum MessageError {
+    #[error("the device sent a malformed delivery message: {0}")]
+    Malformed(crate::codec::DecodeError),
+    #[error("the device sent an acknowledgement, but the server sends no messages to it")]
+    Unexpected,
+    #[error(transparent)]
+    Intake(#[from] super::intake::IntakeClosed),
+}
+
+impl MessageError {
+    fn alert(&self) -> AlertCode {
+        match self {
+            Self::Malformed(_) => AlertCode::DecodeError,
+            Self::Unexpected => AlertCode::UnexpectedMessage,
+            Self::Intake(_) => AlertCode::InternalError,
+        }
+    }
+}
+
+/// Hands one message from the device to the intake.
+async fn on_message(
+    submit: &IntakeSession,
+    origin: &Arc<Origin>,
+    message: bytes::Bytes,
+    r: &mut Reading,
+) -> Result<(), MessageError> {
+    let (stream, seq, base, range) = match Envelope::decode(&message) {
+        Ok(Envelope::Message {
+            stream,
+            seq,
+            base,
+            data,
+        }) => {
+            let start = message.len() - data.len();
+            (stream, seq, base, start..message.len())
+        }
+        Ok(Envelope::Ack { .. }) => return Err(MessageError::Unexpected),
+        Err(e) => return Err(MessageError::Malformed(e)),
+    };
+    let record = SinkRecord {
+        origin: origin.clone(),
+        stream,
+        seq,
+        data: message.slice(range),
+    };
+    submit.submit(record, base).await?;
+    r.outstanding += 1;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backs_off_when_descriptors_run_out() {
+        // EMFILE and ENFILE on Linux: every accept fails until a descriptor frees up.
+        for errno in [24, 23] {
+            let e = std::io::Error::from_raw_os_error(errno);
+            assert_eq!(accept_backoff(&e), Some(ACCEPT_BACKOFF), "{e}");
+        }
+        let aborted = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        assert_eq!(accept_backoff(&aborted), None);
+    }
+}
