@@ -3,8 +3,9 @@
 use super::keys::{load_authorized, load_secret};
 use super::output::Output;
 use super::{CliError, ServerMode, SessionArgs};
+use crate::crypto::kem::SuiteId;
 use crate::handshake::server::{PeerDevice, ServerConfig};
-use crate::handshake::{AllowAnyDevice, Authorizer};
+use crate::handshake::{AllowAnyDevice, Authorizer, Mode};
 use crate::registry::{Groups, Received, RegistryAuthorizer};
 use crate::transport::tcp::{Connection, Listener};
 use crate::transport::TransportError;
@@ -247,6 +248,15 @@ fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthori
     };
     let mut config = ServerConfig::new(identity, authorizer);
     config.mode = args.mode.into();
+    if config.mode == Mode::Any {
+        for id in SuiteId::ALL.into_iter().filter(|id| id.suite().is_none()) {
+            tracing::warn!(
+                "--mode any: suite {} is not in this build (cargo feature {}): devices offering it are refused with suite_refused",
+                id.name(),
+                id.feature().unwrap_or_default()
+            );
+        }
+    }
     config.session = args.session.session_config();
     Ok((config, registry))
 }
