@@ -2,20 +2,24 @@
 //! from the sum of its primitives is visible (docs/benchmarks.md).
 //!
 //! Run: `cargo bench --features kyber-r3 --bench handshake` (without the feature, the Kyber768
-//! round 3 rows are left out).
+//! round 3 rows are left out); resumption beside the full hybrid handshake alone:
+//! `cargo bench --bench handshake -- 'X25519MLKEM768/(full|resumption)'`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use secchan::crypto::identity::IdentityKey;
 #[cfg(feature = "kyber-r3")]
 use secchan::crypto::kem::Kyber768R3;
-use secchan::crypto::kem::{MlKem768, PqKem, Suite, X25519Ephemeral, ALL_SUITES};
+use secchan::crypto::kem::{MlKem768, PqKem, Suite, X25519Ephemeral, ALL_SUITES, X25519_MLKEM768};
 use secchan::crypto::random::OsRandom;
 use secchan::handshake::device::{self, DeviceConfig};
+use secchan::handshake::resume::{self, Ticket};
+use secchan::handshake::server::FirstReply;
 use secchan::handshake::server::{self, ServerConfig};
+use secchan::handshake::ticket::{Resumption, DEFAULT_LIFETIME};
 use secchan::handshake::{AllowAnyDevice, Mode};
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 fn configs(suite: &'static Suite) -> (DeviceConfig, ServerConfig) {
     let server_key = Arc::new(IdentityKey::from_seed(&[1; 32]));
@@ -98,6 +102,55 @@ fn full_handshakes(c: &mut Criterion) {
             )
         });
     }
+    g.finish();
+}
+
+/// A full handshake (untimed) whose server issues a ticket the device takes.
+fn ticket(device: &DeviceConfig, server: &ServerConfig) -> Ticket {
+    let now = Instant::now();
+    let (expect, hello) = device::start(device, &mut OsRandom).unwrap();
+    let (expect_finish, reply) = server::accept_hello(server, &hello, &mut OsRandom).unwrap();
+    let (mut session, finish) = expect
+        .read_server_hello(&reply)
+        .unwrap()
+        .finish(now)
+        .unwrap();
+    let (mut peer, _) = expect_finish.read_device_finish(&finish, now).unwrap();
+    let resumption = server.resumption.as_deref().unwrap();
+    peer.issue_ticket(resumption, SystemTime::now()).unwrap();
+    let mut record = peer.poll_transmit().unwrap();
+    session.handle_frame(&mut record, now).unwrap();
+    session.take_ticket(SystemTime::now()).unwrap()
+}
+
+/// One resumption, both sides, no I/O (protocol.md §6.3, §6.4).
+fn resumption(device: &DeviceConfig, server: &ServerConfig, ticket: &Ticket) {
+    let now = Instant::now();
+    let (expect, hello) = resume::start(device, ticket, &mut OsRandom).unwrap();
+    let first = server::accept_first(server, &hello, &mut OsRandom, now, SystemTime::now());
+    let Ok(FirstReply::Resumed(established, reply)) = first else {
+        panic!("the ticket resumes");
+    };
+    black_box((expect.read_reply(&reply, now).unwrap(), established));
+}
+
+/// Resumption beside the full hybrid handshake it replaces: each iteration uses a fresh
+/// ticket (a ticket is accepted once), made outside the timing.
+fn resumptions(c: &mut Criterion) {
+    let mut g = c.benchmark_group("handshake");
+    let (device, mut server) = configs(&X25519_MLKEM768);
+    let r = Resumption::random(DEFAULT_LIFETIME, SystemTime::now(), &mut OsRandom).unwrap();
+    server.resumption = Some(Arc::new(r.with_replay_capacity(usize::MAX)));
+    g.bench_function("X25519MLKEM768/full both sides", |b| {
+        b.iter(|| handshake(&device, &server))
+    });
+    g.bench_function("X25519MLKEM768/resumption both sides", |b| {
+        b.iter_batched(
+            || ticket(&device, &server),
+            |t| resumption(&device, &server, &t),
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 
@@ -207,6 +260,6 @@ criterion_group!(
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(1))
         .sample_size(30);
-    targets = kem_primitives, reference_primitives, full_handshakes
+    targets = kem_primitives, reference_primitives, full_handshakes, resumptions
 );
 criterion_main!(benches);

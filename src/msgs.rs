@@ -8,8 +8,15 @@ use crate::crypto::aead::{AeadId, TAG_LEN};
 use crate::crypto::identity::{PUBLIC_KEY_LEN, SIGNATURE_LEN};
 use crate::crypto::kem::{Suite, X25519_LEN};
 
-/// Protocol version byte carried by every handshake message and alert.
-pub const VERSION: u8 = 0x01;
+mod resume;
+
+pub use resume::{
+    NewTicket, ResumeHello, ResumeServerHello, BINDER_LEN, CONFIRM_LEN, MAX_TICKET_LEN,
+};
+
+/// Protocol version byte carried by every handshake message and alert (protocol.md §2):
+/// version 2 added resumption.
+pub const VERSION: u8 = 0x02;
 
 /// The first byte of every frame (protocol.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +30,18 @@ pub enum FrameType {
     DeviceFinish = 0x03,
     /// Plaintext alert, sent only before traffic keys exist.
     Alert = 0x04,
+    /// Device -> server, first message of a resumption (protocol.md §4.6).
+    ResumeHello = 0x05,
+    /// Server -> device, answer to a resumption (protocol.md §4.7).
+    ResumeServerHello = 0x06,
     /// Record carrying application data.
     Data = 0x10,
     /// Record announcing the sender's key update.
     KeyUpdate = 0x11,
     /// Record closing the session, with a reason code.
     Close = 0x12,
+    /// Record carrying a resumption ticket, server -> device (protocol.md §7.6).
+    NewTicket = 0x13,
 }
 
 impl FrameType {
@@ -40,9 +53,12 @@ impl FrameType {
             0x02 => Self::ServerHello,
             0x03 => Self::DeviceFinish,
             0x04 => Self::Alert,
+            0x05 => Self::ResumeHello,
+            0x06 => Self::ResumeServerHello,
             0x10 => Self::Data,
             0x11 => Self::KeyUpdate,
             0x12 => Self::Close,
+            0x13 => Self::NewTicket,
             value => {
                 return Err(DecodeError::InvalidValue {
                     field: "frame type",
@@ -54,14 +70,17 @@ impl FrameType {
 
     /// Whether frames of this type are sealed records (protocol.md §7).
     pub fn is_record(self) -> bool {
-        matches!(self, Self::Data | Self::KeyUpdate | Self::Close)
+        matches!(
+            self,
+            Self::Data | Self::KeyUpdate | Self::Close | Self::NewTicket
+        )
     }
 }
 
 /// Most AEADs a device may list in its hello.
 pub const MAX_AEAD_OFFERS: usize = 8;
 
-fn expect_type(r: &mut Reader<'_>, t: FrameType) -> Result<(), DecodeError> {
+pub(crate) fn expect_type(r: &mut Reader<'_>, t: FrameType) -> Result<(), DecodeError> {
     let value = r.u8("frame type")?;
     if value != t as u8 {
         return Err(DecodeError::InvalidValue {
@@ -72,7 +91,7 @@ fn expect_type(r: &mut Reader<'_>, t: FrameType) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fn expect_version(r: &mut Reader<'_>) -> Result<(), DecodeError> {
+pub(crate) fn expect_version(r: &mut Reader<'_>) -> Result<(), DecodeError> {
     let v = r.u8("version")?;
     if v != VERSION {
         return Err(DecodeError::UnsupportedVersion(v));
@@ -362,6 +381,10 @@ pub enum AlertCode {
     TokenUsed = 0x11,
     /// The enrollment token has expired.
     TokenExpired = 0x12,
+    /// The resumption ticket was refused: unknown key, forged, expired, replayed, or no
+    /// longer acceptable to the server (protocol.md §6.4). The device falls back to a full
+    /// handshake.
+    TicketRejected = 0x13,
 }
 
 impl AlertCode {
@@ -388,6 +411,7 @@ impl AlertCode {
             EnrollmentRefused,
             TokenUsed,
             TokenExpired,
+            TicketRejected,
         ]
         .into_iter()
         .find(|c| *c as u8 == v)
@@ -417,6 +441,7 @@ impl AlertCode {
             }
             Self::TokenUsed => "enrollment token already used",
             Self::TokenExpired => "enrollment token expired",
+            Self::TicketRejected => "resumption ticket refused",
         }
     }
 }
@@ -469,11 +494,12 @@ mod tests {
             DeviceHello::decode(&long),
             Err(DecodeError::TrailingBytes(1))
         );
-        let mut v2 = bytes.clone();
-        v2[1] = 2;
+        // Version 1 (before resumption) is no longer spoken.
+        let mut v1 = bytes.clone();
+        v1[1] = 1;
         assert_eq!(
-            DeviceHello::decode(&v2),
-            Err(DecodeError::UnsupportedVersion(2))
+            DeviceHello::decode(&v1),
+            Err(DecodeError::UnsupportedVersion(1))
         );
         let mut unknown = bytes;
         unknown[2] = 0x7f;
@@ -542,7 +568,7 @@ mod tests {
 
     #[test]
     fn alert_round_trip() {
-        for code in 0..=0x12 {
+        for code in 0..=0x13 {
             let c = AlertCode::from_u8(code).unwrap();
             assert_eq!(decode_alert(&encode_alert(c)).unwrap(), c);
         }

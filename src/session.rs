@@ -8,11 +8,13 @@ use crate::crypto::aead::AeadId;
 use crate::crypto::identity::PublicIdentity;
 use crate::crypto::kdf::Secret;
 use crate::crypto::kem::Suite;
-use crate::msgs::{AlertCode, FrameType};
+use crate::handshake::resume::Ticket;
+use crate::handshake::ticket::Resumption;
+use crate::msgs::{AlertCode, FrameType, NewTicket};
 use crate::record::replay::DEFAULT_WINDOW;
 use crate::record::{KeyUpdatePolicy, Opener, RecordError, Sealer};
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// Session parameters that do not affect the wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,10 @@ pub enum SessionError {
     /// side closed it with an error code (an idle timeout, a socket error).
     #[error("the session is closed")]
     Closed,
+    /// [`Session::issue_ticket`] on a device, or a second time: a server issues one ticket
+    /// per session.
+    #[error("this session cannot issue a ticket: only a server issues one, once per session")]
+    NoTicket,
 }
 
 impl SessionError {
@@ -73,6 +79,7 @@ impl SessionError {
             Self::Record(_) => AlertCode::BadRecord,
             Self::UnexpectedFrame(_) => AlertCode::UnexpectedMessage,
             Self::PeerAlert(_) | Self::Closed => AlertCode::CloseNotify,
+            Self::NoTicket => AlertCode::InternalError,
         }
     }
 }
@@ -84,6 +91,9 @@ pub enum Event<'a> {
     Message(&'a [u8]),
     /// The peer rotated its sending key.
     KeyUpdated,
+    /// The server sent a resumption ticket (devices only): take it with
+    /// [`Session::take_ticket`].
+    Ticket,
     /// The peer closed the session normally; no more data follows.
     Closed,
 }
@@ -94,6 +104,18 @@ pub(crate) struct SessionKeys {
     pub aead: AeadId,
     pub send: Secret,
     pub recv: Secret,
+    /// The resumption PSK (protocol.md §5.4): what a ticket issued in this session carries.
+    pub psk: Secret,
+    /// Whether the session came from a resumption.
+    pub resumed: bool,
+    /// On a device, its own identity (recorded in tickets so they are used only with it).
+    pub local: Option<PublicIdentity>,
+}
+
+/// A ticket the server sent, until the transport takes it with the time it arrived.
+struct PendingTicket {
+    ticket: Vec<u8>,
+    lifetime: u32,
 }
 
 /// Where the session is in its life.
@@ -119,10 +141,15 @@ pub struct Session {
     suite: &'static Suite,
     aead: AeadId,
     peer: Option<PublicIdentity>,
+    local: Option<PublicIdentity>,
     sealer: Sealer,
     opener: Opener,
     state: State,
     transmit: VecDeque<Vec<u8>>,
+    /// Erased on drop. On a server, taken when the session's ticket is issued.
+    psk: Option<Secret>,
+    resumed: bool,
+    pending_ticket: Option<PendingTicket>,
 }
 
 impl std::fmt::Debug for Session {
@@ -132,6 +159,7 @@ impl std::fmt::Debug for Session {
             .field("suite", &self.suite.name)
             .field("aead", &self.aead)
             .field("peer", &self.peer)
+            .field("resumed", &self.resumed)
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
@@ -150,10 +178,14 @@ impl Session {
             suite: keys.suite,
             aead: keys.aead,
             peer,
+            local: keys.local,
             sealer: Sealer::new(keys.aead, keys.send, config.key_update, now),
             opener: Opener::new(keys.aead, keys.recv, config.replay_window, config.ordered),
             state: State::Open,
             transmit: VecDeque::new(),
+            psk: Some(keys.psk),
+            resumed: keys.resumed,
+            pending_ticket: None,
         }
     }
 
@@ -178,6 +210,12 @@ impl Session {
     /// presented one) for a server.
     pub fn peer_identity(&self) -> Option<&PublicIdentity> {
         self.peer.as_ref()
+    }
+
+    /// Whether the session was established by a resumption (protocol.md §6.3) rather than a
+    /// full handshake.
+    pub fn is_resumed(&self) -> bool {
+        self.resumed
     }
 
     /// Whether data may still be sent.
@@ -267,6 +305,60 @@ impl Session {
         };
     }
 
+    /// Server: seals a resumption ticket for this session's device (protocol.md §7.6) and
+    /// queues it in a NewTicket record. `wall_now` sets its expiry and picks the ticket key.
+    /// Once per session; a device gets [`SessionError::NoTicket`].
+    pub fn issue_ticket(
+        &mut self,
+        resumption: &Resumption,
+        wall_now: SystemTime,
+    ) -> Result<(), SessionError> {
+        if !self.can_send() {
+            return Err(self.closed_error());
+        }
+        if self.role != Role::Server {
+            return Err(SessionError::NoTicket);
+        }
+        let psk = self.psk.take().ok_or(SessionError::NoTicket)?;
+        let ticket = resumption
+            .seal(&psk, self.peer, self.suite, self.aead, wall_now)
+            .map_err(|_| SessionError::NoTicket)?;
+        let plaintext = zeroize::Zeroizing::new(
+            NewTicket {
+                lifetime: resumption.lifetime_secs(),
+                ticket: &ticket,
+            }
+            .encode(),
+        );
+        let mut out = Vec::new();
+        self.sealer
+            .seal(FrameType::NewTicket, &plaintext, &mut out)?;
+        self.transmit.push_back(out);
+        Ok(())
+    }
+
+    /// Device: the ticket the server sent last (after [`Event::Ticket`]), expiring its
+    /// lifetime after `received_at` (at most 7 days, protocol.md §7.6). `None` if none
+    /// arrived since the last call, or if its lifetime was 0.
+    pub fn take_ticket(&mut self, received_at: SystemTime) -> Option<Ticket> {
+        let pending = self.pending_ticket.take()?;
+        let lifetime = pending
+            .lifetime
+            .min(crate::handshake::ticket::MAX_LIFETIME_SECS);
+        if lifetime == 0 {
+            return None;
+        }
+        Some(Ticket {
+            ticket: pending.ticket,
+            psk: self.psk.clone()?,
+            server: *self.peer.as_ref()?,
+            device: self.local,
+            suite: self.suite,
+            aead: self.aead,
+            expires: received_at + std::time::Duration::from_secs(u64::from(lifetime)),
+        })
+    }
+
     /// The next frame to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.transmit.pop_front()
@@ -330,6 +422,17 @@ impl Session {
                 }
                 Ok(Event::KeyUpdated)
             }
+            FrameType::NewTicket => {
+                if self.role != Role::Device {
+                    return Err(SessionError::UnexpectedFrame(FrameType::NewTicket));
+                }
+                let t = NewTicket::decode(plaintext).map_err(RecordError::from)?;
+                self.pending_ticket = Some(PendingTicket {
+                    ticket: t.ticket.to_vec(),
+                    lifetime: t.lifetime,
+                });
+                Ok(Event::Ticket)
+            }
             _ => {
                 let code = match plaintext {
                     [c] => AlertCode::from_u8(*c).unwrap_or(AlertCode::InternalError),
@@ -378,6 +481,9 @@ mod tests {
             aead,
             send: Zeroizing::new([8; 32]),
             recv: Zeroizing::new([7; 32]),
+            psk: Zeroizing::new([6; 32]),
+            resumed: false,
+            local: None,
         };
         let session = Session::new(Role::Server, keys, None, &SessionConfig::default(), now);
         let peer = Sealer::new(
@@ -387,6 +493,19 @@ mod tests {
             now,
         );
         (session, peer)
+    }
+
+    #[test]
+    fn a_server_refuses_a_new_ticket_record() {
+        let (mut session, mut peer) = session_and_peer();
+        let mut frame = Vec::new();
+        peer.seal(FrameType::NewTicket, &[0, 0, 0, 1, 7], &mut frame)
+            .unwrap();
+        assert_eq!(
+            session.handle_frame(&mut frame, Instant::now()),
+            Err(SessionError::UnexpectedFrame(FrameType::NewTicket))
+        );
+        assert!(session.is_closed());
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn in_process_run_reports_every_figure_and_writes_json_and_charts() {
     let r = json(&report);
     assert_eq!(r["run"]["server"], "in-process loopback");
     let hs = r["handshakes"].as_array().unwrap();
-    assert_eq!(hs.len(), 2);
+    assert_eq!(hs.len(), 3);
     let bytes = |h: &serde_json::Value| {
         h["bytes_device_to_server"].as_u64().unwrap()
             + h["bytes_server_to_device"].as_u64().unwrap()
@@ -83,6 +83,19 @@ fn in_process_run_reports_every_figure_and_writes_json_and_charts() {
         assert!(h["server_cpu_us"].as_f64().unwrap() > 0.0);
     }
     assert!(r["ratios"]["bytes"].as_f64().unwrap() > 1.0);
+    // The third row resumes sessions of the first suite: 138 + 50 frame bytes, 192 on TCP.
+    assert_eq!(hs[2]["suite"], "X25519MLKEM768");
+    assert_eq!(hs[2]["resumed"], true);
+    assert_eq!(hs[2]["bytes_device_to_server"], 140);
+    assert_eq!(hs[2]["bytes_server_to_device"], 52);
+    assert!(hs[0]["resumed"] == false && hs[1]["resumed"] == false);
+    assert_eq!(r["resumption"]["suite"], "X25519MLKEM768");
+    assert!(r["resumption"]["bytes"].as_f64().unwrap() < 0.1);
+    assert!(stdout.contains("X25519MLKEM768 resumed"), "{stdout}");
+    let goals = r["goals"].as_array().unwrap();
+    assert!(goals
+        .iter()
+        .any(|g| g["name"] == "resumption handshake bytes" && g["measured"] == 192.0));
     let records = r["records"].as_array().unwrap();
     assert_eq!(records.len(), 5);
     for rec in records {
@@ -142,6 +155,8 @@ fn remote_run_measures_a_secchan_server_child_process() {
     let r = json(&report);
     assert_eq!(r["run"]["server"], "remote");
     assert!(r["handshakes"][0]["server_cpu_us"].is_null());
+    // `secchan server` issues tickets by default: the remote run resumes too.
+    assert_eq!(r["handshakes"][1]["resumed"], true);
     assert!(r["echo"].as_array().unwrap().is_empty());
     assert!(r["raw_tcp"].is_null());
     assert_eq!(r["memory"]["side"], "device");

@@ -75,6 +75,29 @@ fn world_readable_secret_key_is_refused() {
     assert_one_line_error(&out, &["chmod 600"]);
 }
 
+#[cfg(unix)]
+#[test]
+fn group_readable_ticket_key_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir("cli-ticket-keys");
+    keygen(&dir.join("server.key"));
+    let tickets = dir.join("tickets.keys");
+    std::fs::write(&tickets, "secchan-ticket-keys-v1\n").unwrap();
+    std::fs::set_permissions(&tickets, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = bin()
+        .args(["server", "--listen", "127.0.0.1:0", "--allow-any-device"])
+        .arg("--key")
+        .arg(dir.join("server.key"))
+        .arg("--ticket-key-file")
+        .arg(&tickets)
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        &["session resumption", "chmod 600", "--ticket-lifetime 0"],
+    );
+}
+
 #[test]
 fn server_without_device_policy_refuses_to_start() {
     let dir = tempdir("cli-policy");

@@ -56,7 +56,7 @@ mod without_the_feature {
     use secchan::crypto::kem::{SuiteId, X25519Ephemeral, MLKEM768_EK_LEN};
     use secchan::crypto::random::OsRandom;
     use secchan::handshake::{server, HandshakeError, Mode};
-    use secchan::msgs::{encode_alert, AlertCode};
+    use secchan::msgs::{encode_alert, AlertCode, VERSION};
     use secchan::transport::TransportError;
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
@@ -64,7 +64,7 @@ mod without_the_feature {
     /// A well-formed DeviceHello (protocol.md §4.1) offering suite 0x02 with AES-256-GCM.
     fn kyber_hello() -> Vec<u8> {
         let x25519 = X25519Ephemeral::generate(&mut OsRandom).unwrap();
-        let mut hello = vec![0x01, 0x01, SuiteId::X25519Kyber768R3 as u8, 1, 0x01];
+        let mut hello = vec![0x01, VERSION, SuiteId::X25519Kyber768R3 as u8, 1, 0x01];
         hello.extend_from_slice(x25519.public());
         // Kyber768 round 3 and ML-KEM-768 keys have the same length (protocol.md §3.1).
         hello.extend_from_slice(&[0x11; MLKEM768_EK_LEN]);

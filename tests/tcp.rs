@@ -11,7 +11,7 @@ use secchan::crypto::kem::X25519_KYBER768R3;
 use secchan::crypto::kem::{X25519_MLKEM768, X25519_ONLY};
 use secchan::crypto::random::OsRandom;
 use secchan::handshake::{device, server, HandshakeError, Mode};
-use secchan::msgs::{encode_alert, AlertCode, FrameType};
+use secchan::msgs::{encode_alert, AlertCode, FrameType, VERSION};
 use secchan::record::replay::ReplayError;
 use secchan::record::{RecordError, MAX_PAYLOAD};
 use secchan::session::SessionError;
@@ -600,13 +600,17 @@ async fn oversize_frame_in_an_established_session_is_refused() {
 async fn garbage_in_place_of_hello_gets_decode_alert() {
     let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    write_frame(&mut s, b"\x01\x01\x01\x02GARBAGE")
+    write_frame(&mut s, b"\x01\x02\x01\x02GARBAGE")
         .await
         .unwrap();
     let alert = read_frame(&mut s).await.unwrap();
     assert_eq!(
         alert,
-        vec![FrameType::Alert as u8, 0x01, AlertCode::DecodeError as u8]
+        vec![
+            FrameType::Alert as u8,
+            VERSION,
+            AlertCode::DecodeError as u8
+        ]
     );
     assert!(matches!(
         next(&mut rx).await.end,
@@ -616,7 +620,7 @@ async fn garbage_in_place_of_hello_gets_decode_alert() {
 
 #[tokio::test]
 async fn stalled_peer_mid_handshake_times_out() {
-    let timeout_alert = vec![FrameType::Alert as u8, 0x01, AlertCode::Timeout as u8];
+    let timeout_alert = vec![FrameType::Alert as u8, VERSION, AlertCode::Timeout as u8];
     // A device that sends a valid DeviceHello, reads the ServerHello, and never finishes.
     let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();

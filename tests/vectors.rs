@@ -3,7 +3,9 @@
 //! from protocol.md with the primitive crates directly (not through secchan's key schedule),
 //! and every sealed value secchan produced is opened, and every signature verified, with them:
 //! both handshake authentications, the first record each way, a KeyUpdate record and the
-//! record after it. The whole run is compared with `tests/vectors/*.json`.
+//! record after it; for resumption, the ticket (opened with a second AES-256-GCM-SIV), the
+//! binder, the confirmation and the resumed session's records. The whole run is compared with
+//! `tests/vectors/*.json`.
 //!
 //! Regenerate after an intentional wire change (and bump the version byte):
 //! `SECCHAN_WRITE_VECTORS=1 cargo test --test vectors`.
@@ -14,13 +16,16 @@ use secchan::crypto::identity::IdentityKey;
 use secchan::crypto::kem::{Suite, X25519_MLKEM768, X25519_ONLY};
 use secchan::crypto::random::FixedRandom;
 use secchan::handshake::device::{self, DeviceConfig};
+use secchan::handshake::resume;
+use secchan::handshake::server::FirstReply;
 use secchan::handshake::server::{self, ServerConfig};
+use secchan::handshake::ticket::{Resumption, TicketKeys};
 use secchan::handshake::{AllowAnyDevice, Mode};
 use secchan::session::Event;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn filled(byte: u8, n: usize) -> Vec<u8> {
     (0..n).map(|i| byte.wrapping_add(i as u8)).collect()
@@ -317,21 +322,17 @@ fn classical_x25519_chacha20poly1305_anonymous() {
     );
 }
 
-/// protocol.md §9's excerpt quotes the hybrid vector: every hex value it shows (whole, or a
-/// prefix ending in "...") must be the file's.
-#[test]
-fn protocol_md_excerpt_matches_the_vector_file() {
+/// Every hex value protocol.md §9 quotes (whole, or a prefix ending in "...") in the excerpt
+/// that follows `marker` must be the file's. Returns how many were checked.
+fn check_excerpt(marker: &str, file: &str) -> usize {
     let root = env!("CARGO_MANIFEST_DIR");
     let spec = std::fs::read_to_string(format!("{root}/protocol.md")).unwrap();
     let stored: BTreeMap<String, String> = serde_json::from_str(
-        &std::fs::read_to_string(format!(
-            "{root}/tests/vectors/hybrid_mlkem768_aes256gcm.json"
-        ))
-        .unwrap(),
+        &std::fs::read_to_string(format!("{root}/tests/vectors/{file}.json")).unwrap(),
     )
     .unwrap();
     let excerpt = spec
-        .split("Excerpt of `hybrid_mlkem768_aes256gcm.json`")
+        .split(marker)
         .nth(1)
         .and_then(|rest| rest.split("```").nth(1))
         .expect("protocol.md §9 has the excerpt");
@@ -350,9 +351,251 @@ fn protocol_md_excerpt_matches_the_vector_file() {
         }
         let want = stored
             .get(name)
-            .unwrap_or_else(|| panic!("protocol.md §9 quotes {name}, which the vector lacks"));
+            .unwrap_or_else(|| panic!("protocol.md §9 quotes {name}, which {file} lacks"));
         assert!(want.starts_with(hex), "protocol.md §9: {name} differs");
         checked += 1;
     }
+    checked
+}
+
+#[test]
+fn protocol_md_excerpt_matches_the_vector_file() {
+    let checked = check_excerpt(
+        "Excerpt of `hybrid_mlkem768_aes256gcm.json`",
+        "hybrid_mlkem768_aes256gcm",
+    );
     assert!(checked >= 25, "only {checked} values checked");
+}
+
+#[test]
+fn protocol_md_resumption_excerpt_matches_the_vector_file() {
+    let checked = check_excerpt(
+        "Excerpt of `resumption_x25519mlkem768_aes256gcm.json`",
+        "resumption_x25519mlkem768_aes256gcm",
+    );
+    assert!(checked >= 15, "only {checked} values checked");
+}
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn hmac16(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+    mac.update(message);
+    mac.finalize().into_bytes()[..16].to_vec()
+}
+
+/// Opens a ticket with RustCrypto's AES-256-GCM-SIV (protocol.md §7.6).
+fn open_ticket(key: &[u8], ticket: &[u8]) -> Vec<u8> {
+    use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+    let cipher = aes_gcm_siv::Aes256GcmSiv::new_from_slice(key).unwrap();
+    cipher
+        .decrypt(
+            &[0u8; 12].into(),
+            Payload {
+                msg: &ticket[1..],
+                aad: &ticket[..1],
+            },
+        )
+        .expect("the ticket opens with the ticket key")
+}
+
+/// The resumption vector (protocol.md §9): the full hybrid handshake of
+/// `hybrid_mlkem768_aes256gcm.json` (same inputs), its NewTicket, and a resumption from it.
+fn generate_resumption() -> BTreeMap<&'static str, String> {
+    let mut v = BTreeMap::new();
+    let put = |v: &mut BTreeMap<&'static str, String>, k, bytes: &[u8]| {
+        v.insert(k, hex::encode(bytes));
+    };
+    let lifetime = 86_400u64;
+    let issued = 1_750_000_000u64;
+    let resumed = issued + 60;
+    let period = issued / lifetime;
+    let ticket_key = filled(0x60, 32);
+    let rand_dx = filled(0x20, 32);
+    let rand_sx = filled(0xa0, 32);
+    let device_seed = [0xde; 32];
+    v.insert("ticket_lifetime", lifetime.to_string());
+    v.insert("wall_time_issued", issued.to_string());
+    v.insert("wall_time_resumed", resumed.to_string());
+    v.insert("ticket_key_period", period.to_string());
+    put(&mut v, "ticket_key", &ticket_key);
+    put(&mut v, "random_device_x25519_resume", &rand_dx);
+    put(&mut v, "random_server_x25519_resume", &rand_sx);
+
+    // The full handshake, exactly as in the hybrid vector.
+    let full: BTreeMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/tests/vectors/hybrid_mlkem768_aes256gcm.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let dcfg = DeviceConfig {
+        suite: &X25519_MLKEM768,
+        aeads: vec![AeadId::Aes256Gcm],
+        identity: Some(Arc::new(IdentityKey::from_seed(&device_seed))),
+        ..DeviceConfig::default()
+    };
+    let mut scfg = ServerConfig::new(
+        Arc::new(IdentityKey::from_seed(&[0x5e; 32])),
+        Arc::new(AllowAnyDevice),
+    );
+    scfg.mode = Mode::Any;
+    let keys = TicketKeys::from_key(period, &ticket_key.clone().try_into().unwrap());
+    let resumption = Arc::new(Resumption::new(keys, Duration::from_secs(lifetime)).unwrap());
+    scfg.resumption = Some(resumption.clone());
+    let now = Instant::now();
+    let drand = vec![filled(0x10, 32), filled(0x40, 64)];
+    let srand = vec![filled(0x80, 32), filled(0xc0, 32)];
+    let (expect, hello) = device::start(&dcfg, &mut FixedRandom::new(drand)).unwrap();
+    let (ef, sh) = server::accept_hello(&scfg, &hello, &mut FixedRandom::new(srand)).unwrap();
+    let (mut dsession, finish) = expect.read_server_hello(&sh).unwrap().finish(now).unwrap();
+    let (mut ssession, _) = ef.read_device_finish(&finish, now).unwrap();
+    assert_eq!(hex::encode(&finish), full["device_finish"]);
+
+    // psk = Expand(master_secret, "resumption psk", 32), master from the hybrid vector.
+    let master = hex::decode(&full["master_secret"]).unwrap();
+    let psk = expand(&master, "resumption psk", 32);
+    put(&mut v, "full_master_secret", &master);
+    put(&mut v, "psk", &psk);
+
+    // The NewTicket record: the server's first record (counter 0) under the s2d key.
+    ssession.issue_ticket(&resumption, at(issued)).unwrap();
+    let record = ssession.poll_transmit().unwrap();
+    put(&mut v, "new_ticket_record", &record);
+    assert_eq!(record[0], 0x13);
+    let s2d = expand(&master, "s2d traffic", 32);
+    let plain = open_record(
+        AeadId::Aes256Gcm,
+        &expand(&s2d, "key", 32),
+        &expand(&s2d, "iv", 12),
+        0,
+        &record,
+    );
+    put(&mut v, "new_ticket_plaintext", &plain);
+    assert_eq!(&plain[..4], &(lifetime as u32).to_be_bytes());
+    let ticket = &plain[4..];
+    put(&mut v, "ticket", ticket);
+    assert_eq!(ticket.len(), 88);
+    assert_eq!(ticket[0], period as u8);
+    let contents = open_ticket(&ticket_key, ticket);
+    put(&mut v, "ticket_plaintext", &contents);
+    let expires = (issued + lifetime) as u32;
+    let want = [
+        &psk[..],
+        &[0x01],
+        &ed25519_public(&device_seed),
+        &[0x01, 0x01],
+        &expires.to_be_bytes(),
+    ]
+    .concat();
+    assert_eq!(contents, want);
+    let mut frame = record.clone();
+    assert_eq!(dsession.handle_frame(&mut frame, now), Ok(Event::Ticket));
+    let device_ticket = dsession.take_ticket(at(issued)).unwrap();
+
+    // The resumption.
+    let (expect, rh) = resume::start(
+        &dcfg,
+        &device_ticket,
+        &mut FixedRandom::new(vec![rand_dx.clone()]),
+    )
+    .unwrap();
+    let FirstReply::Resumed(established, rsh) = server::accept_first(
+        &scfg,
+        &rh,
+        &mut FixedRandom::new(vec![rand_sx.clone()]),
+        now,
+        at(resumed),
+    )
+    .unwrap() else {
+        panic!("the ticket resumes");
+    };
+    let (mut s2, _) = *established;
+    let mut d2 = expect.read_reply(&rsh, now).unwrap();
+    put(&mut v, "resume_hello", &rh);
+    put(&mut v, "resume_server_hello", &rsh);
+    assert_eq!((rh.len(), rsh.len()), (138, 50));
+    assert_eq!(&rh[..2], &[0x05, 0x02]);
+    assert_eq!(&rh[34..122], ticket);
+    let x_d = x25519_dalek::StaticSecret::from(<[u8; 32]>::try_from(&rand_dx[..]).unwrap());
+    assert_eq!(&rh[2..34], x25519_dalek::PublicKey::from(&x_d).as_bytes());
+    let early = extract(&[0; 32], &psk);
+    let binder_key = expand(&early, "resume binder", 32);
+    let binder = hmac16(&binder_key, &Sha256::digest(&rh[..122]));
+    put(&mut v, "early_secret", &early);
+    put(&mut v, "binder_key", &binder_key);
+    put(&mut v, "binder", &binder);
+    assert_eq!(&rh[122..], &binder[..]);
+    let ss = x_d.diffie_hellman(&x25519_dalek::PublicKey::from(
+        <[u8; 32]>::try_from(&rsh[2..34]).unwrap(),
+    ));
+    put(&mut v, "ss_x25519_resume", ss.as_bytes());
+    let th_r1 = Sha256::new()
+        .chain_update(&rh)
+        .chain_update(&rsh[..34])
+        .finalize();
+    let th_r2 = Sha256::new()
+        .chain_update(&rh)
+        .chain_update(&rsh)
+        .finalize();
+    put(&mut v, "th_r1", &th_r1);
+    put(&mut v, "th_r2", &th_r2);
+    let ikm = [&psk[..], ss.as_bytes(), &rh[2..34], &rsh[2..34]].concat();
+    let resume_secret = extract(&th_r1, &ikm);
+    put(&mut v, "resume_secret", &resume_secret);
+    let confirm_key = expand(&resume_secret, "server resume confirm", 32);
+    put(&mut v, "server_confirm_key", &confirm_key);
+    let confirm = hmac16(&confirm_key, &th_r1);
+    put(&mut v, "confirm", &confirm);
+    assert_eq!(&rsh[34..], &confirm[..]);
+    let master2 = extract(&th_r2, &resume_secret);
+    put(&mut v, "master_secret", &master2);
+    let d2s = expand(&master2, "d2s traffic", 32);
+    let s2d = expand(&master2, "s2d traffic", 32);
+    let (d2s_key, d2s_iv) = (expand(&d2s, "key", 32), expand(&d2s, "iv", 12));
+    let (s2d_key, s2d_iv) = (expand(&s2d, "key", 32), expand(&s2d, "iv", 12));
+    put(&mut v, "d2s_traffic_secret", &d2s);
+    put(&mut v, "s2d_traffic_secret", &s2d);
+    put(&mut v, "d2s_key", &d2s_key);
+    put(&mut v, "d2s_iv", &d2s_iv);
+    put(&mut v, "s2d_key", &s2d_key);
+    put(&mut v, "s2d_iv", &s2d_iv);
+    put(&mut v, "next_psk", &expand(&master2, "resumption psk", 32));
+
+    let plaintext = b"{\"temperature_c\":21.7}";
+    d2.send(plaintext, now).unwrap();
+    let record = d2.poll_transmit().unwrap();
+    put(&mut v, "first_record_plaintext", plaintext);
+    put(&mut v, "first_record", &record);
+    assert_eq!(
+        open_record(AeadId::Aes256Gcm, &d2s_key, &d2s_iv, 0, &record),
+        plaintext
+    );
+    let mut frame = record.clone();
+    assert_eq!(
+        s2.handle_frame(&mut frame, now),
+        Ok(Event::Message(plaintext))
+    );
+    let reply = b"{\"ack\":2}";
+    s2.send(reply, now).unwrap();
+    let record = s2.poll_transmit().unwrap();
+    put(&mut v, "s2d_first_record_plaintext", reply);
+    put(&mut v, "s2d_first_record", &record);
+    assert_eq!(
+        open_record(AeadId::Aes256Gcm, &s2d_key, &s2d_iv, 0, &record),
+        reply
+    );
+    let mut frame = record.clone();
+    assert_eq!(d2.handle_frame(&mut frame, now), Ok(Event::Message(reply)));
+    v
+}
+
+#[test]
+fn resumption_x25519mlkem768_aes256gcm() {
+    check("resumption_x25519mlkem768_aes256gcm", generate_resumption());
 }

@@ -7,7 +7,8 @@ use crate::crypto::aead::AeadId;
 use crate::crypto::identity::IdentityKey;
 use crate::crypto::kem::Suite;
 use crate::handshake::device::DeviceConfig;
-use crate::transport::tcp::{connect, Connection};
+use crate::handshake::resume::Ticket;
+use crate::transport::tcp::{connect, resume, Connection};
 use crate::transport::Timeouts;
 use crate::trust::Pinned;
 use serde::Serialize;
@@ -58,6 +59,29 @@ impl Target {
         )
         .await?)
     }
+
+    /// One resumption with `ticket` on a new TCP connection.
+    pub async fn resume(
+        &self,
+        suite: &'static Suite,
+        aead: AeadId,
+        ticket: &Ticket,
+    ) -> Result<Connection, BenchError> {
+        Ok(resume(
+            self.addr,
+            &self.config(suite, aead),
+            ticket,
+            &self.pin,
+            Timeouts::default(),
+        )
+        .await?)
+    }
+}
+
+/// Closes `conn` cleanly; the resumption ticket it received, if any.
+async fn close_for_ticket(mut conn: Connection) -> Result<Option<Ticket>, BenchError> {
+    conn.shutdown(CLOSE_WAIT).await?;
+    Ok(conn.take_ticket())
 }
 
 /// Handshake figures for one suite and AEAD.
@@ -67,6 +91,8 @@ pub struct HandshakeResult {
     pub suite: &'static str,
     /// AEAD name.
     pub aead: &'static str,
+    /// Resumptions with a ticket from a session of `suite`, not full handshakes.
+    pub resumed: bool,
     /// Timed handshakes (after the warm-up).
     pub count: usize,
     /// From the start of connect() until the device has completed the handshake, in µs.
@@ -89,6 +115,15 @@ impl HandshakeResult {
     pub fn total_bytes(&self) -> u64 {
         self.bytes_device_to_server + self.bytes_server_to_device
     }
+
+    /// The row's name: the suite, and whether it resumed.
+    pub fn label(&self) -> String {
+        if self.resumed {
+            format!("{} resumed", self.suite)
+        } else {
+            self.suite.to_string()
+        }
+    }
 }
 
 pub(super) fn micros(d: Duration) -> f64 {
@@ -103,51 +138,99 @@ const ROUNDS: usize = 10;
 struct Tally {
     suite: &'static Suite,
     aead: AeadId,
+    /// Resumptions; `tickets` holds the tickets they use, each from an earlier session.
+    resumed: bool,
+    tickets: Vec<Ticket>,
     samples: Vec<f64>,
     device_cpu: Duration,
     server_cpu: Duration,
     stats: crate::transport::tcp::WireStats,
 }
 
+impl Tally {
+    /// Makes sure `n` tickets are at hand (full handshakes, untimed); false if the server
+    /// issues none.
+    async fn stock_tickets(&mut self, target: &Target, n: usize) -> Result<bool, BenchError> {
+        while self.tickets.len() < n {
+            let conn = target.connect(self.suite, self.aead).await?;
+            match close_for_ticket(conn).await? {
+                Some(t) => self.tickets.push(t),
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// One handshake of this tally's kind.
+    async fn connect(&mut self, target: &Target) -> Result<Connection, BenchError> {
+        match self.tickets.pop() {
+            Some(t) if self.resumed => target.resume(self.suite, self.aead, &t).await,
+            _ => target.connect(self.suite, self.aead).await,
+        }
+    }
+
+    /// Closes `conn` cleanly, keeping the ticket it brought for the next resumption.
+    async fn close(&mut self, conn: Connection) -> Result<(), BenchError> {
+        if let Some(t) = close_for_ticket(conn).await?.filter(|_| self.resumed) {
+            self.tickets.push(t);
+        }
+        Ok(())
+    }
+}
+
 /// `count` timed handshakes per suite and AEAD, after `warmup` untimed ones each, taken in
-/// interleaved blocks. Within a block sessions stay open until all are timed, so the server's
-/// CPU meter sees handshakes only; then they close cleanly.
+/// interleaved blocks; with `resumption`, also `count` resumptions with tickets from
+/// sessions of that suite and AEAD (skipped if the server issues no tickets). Within a block
+/// sessions stay open until all are timed, so the server's CPU meter sees handshakes only;
+/// then they close cleanly.
 pub async fn handshakes(
     target: &Target,
     combos: &[(&'static Suite, AeadId)],
+    resumption: Option<(&'static Suite, AeadId)>,
     warmup: usize,
     count: usize,
     mut tick: impl FnMut(),
 ) -> Result<Vec<HandshakeResult>, BenchError> {
-    let mut tallies: Vec<Tally> = combos
+    let kinds = combos
         .iter()
-        .map(|&(suite, aead)| Tally {
+        .map(|&c| (c, false))
+        .chain(resumption.map(|c| (c, true)));
+    let mut tallies: Vec<Tally> = kinds
+        .map(|((suite, aead), resumed)| Tally {
             suite,
             aead,
+            resumed,
+            tickets: Vec::new(),
             samples: Vec::with_capacity(count),
             device_cpu: Duration::ZERO,
             server_cpu: Duration::ZERO,
             stats: Default::default(),
         })
         .collect();
-    for t in &tallies {
+    let max_block = count.div_ceil(ROUNDS).max(warmup);
+    for t in &mut tallies {
+        if t.resumed && !t.stock_tickets(target, max_block).await? {
+            continue;
+        }
         for _ in 0..warmup {
-            target
-                .connect(t.suite, t.aead)
-                .await?
-                .close(CLOSE_WAIT)
-                .await?;
+            let conn = t.connect(target).await?;
+            t.close(conn).await?;
         }
     }
+    // A server that issues no tickets: no resumption row.
+    tallies.retain(|t| !t.resumed || !t.tickets.is_empty());
     for round in 0..ROUNDS {
         let block = count / ROUNDS + usize::from(round < count % ROUNDS);
         for t in &mut tallies {
+            if t.resumed {
+                t.stock_tickets(target, block).await?;
+            }
             let base = target.meter.as_ref().map(|m| (m.handshakes(), m.cpu()));
             let mut open = Vec::with_capacity(block);
             for _ in 0..block {
                 let cpu = cpu_time::ThreadTime::now();
                 let start = Instant::now();
-                let conn = target.connect(t.suite, t.aead).await?;
+                let conn = t.connect(target).await?;
                 t.samples.push(micros(start.elapsed()));
                 t.device_cpu += cpu.elapsed();
                 open.push(conn);
@@ -163,7 +246,7 @@ pub async fn handshakes(
                 t.stats = c.stats();
             }
             for conn in open {
-                conn.close(CLOSE_WAIT).await?;
+                t.close(conn).await?;
             }
         }
     }
@@ -173,6 +256,7 @@ pub async fn handshakes(
         .map(|mut t| HandshakeResult {
             suite: t.suite.name,
             aead: t.aead.name(),
+            resumed: t.resumed,
             count,
             latency_us: Percentiles::of(&mut t.samples),
             bytes_device_to_server: t.stats.handshake_sent,

@@ -137,7 +137,7 @@ impl Options {
             } else {
                 0
             };
-        combos * self.handshakes as u64
+        (combos + 1) * self.handshakes as u64
             + self.suites.len() as u64
             + self.aeads.len() as u64 * per_aead
             + u64::from(local)
@@ -185,11 +185,17 @@ pub fn run(
             report.mqtt = Some(mqtt::run(m, target, opts, || progress.tick()).await?);
         }
         progress.phase("handshakes, every suite and AEAD in turn");
-        report.handshakes =
-            measure::handshakes(target, &combos, opts.warmup, opts.handshakes, || {
-                progress.tick()
-            })
-            .await?;
+        // Resumption beside the first suite and AEAD's full handshakes (protocol.md §6.3).
+        let resumption = combos.first().copied();
+        report.handshakes = measure::handshakes(
+            target,
+            &combos,
+            resumption,
+            opts.warmup,
+            opts.handshakes,
+            || progress.tick(),
+        )
+        .await?;
         let default_aead = opts.aeads.first().copied().unwrap_or(AeadId::Aes256Gcm);
         for &suite in &opts.suites {
             progress.phase(&format!("capacity {}", suite.name));

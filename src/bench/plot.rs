@@ -207,7 +207,7 @@ fn latency_chart(report: &Report) -> Chart<'_> {
         .iter()
         .map(|h| {
             (
-                format!("{} {}", h.suite, short(h.aead)),
+                format!("{} {}", h.label(), short(h.aead)),
                 cdf(&h.samples_us, LATENCY_CHART_SHARE),
             )
         })

@@ -25,11 +25,9 @@ pub struct RunSize {
     pub server_threads: Option<usize>,
 }
 
-/// Hybrid divided by classical, for the first hybrid suite and the first AEAD measured.
+/// One kind of handshake's figures divided by another's, measured side by side in one run.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct Ratios {
-    /// The hybrid suite compared.
-    pub hybrid: &'static str,
+pub struct Factors {
     /// Median handshake latency.
     pub latency: f64,
     /// Handshake bytes, both directions.
@@ -38,6 +36,47 @@ pub struct Ratios {
     pub device_cpu: f64,
     /// Server CPU per handshake (in-process runs).
     pub server_cpu: Option<f64>,
+}
+
+impl Factors {
+    fn of(a: &HandshakeResult, b: &HandshakeResult) -> Self {
+        Self {
+            latency: a.latency_us.median / b.latency_us.median,
+            bytes: a.total_bytes() as f64 / b.total_bytes() as f64,
+            device_cpu: a.device_cpu_us / b.device_cpu_us,
+            server_cpu: a.server_cpu_us.zip(b.server_cpu_us).map(|(a, b)| a / b),
+        }
+    }
+
+    fn line(&self, what: &str) -> String {
+        format!(
+            "  {what}: latency {:.2}x, bytes {:.3}x, device CPU {:.2}x, server CPU {}",
+            self.latency,
+            self.bytes,
+            self.device_cpu,
+            self.server_cpu.map_or("n/a".into(), |c| format!("{c:.2}x"))
+        )
+    }
+}
+
+/// Hybrid divided by classical, for the first hybrid suite and the first AEAD measured.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Ratios {
+    /// The hybrid suite compared.
+    pub hybrid: &'static str,
+    /// The factors.
+    #[serde(flatten)]
+    pub vs: Factors,
+}
+
+/// Resumption divided by the full handshake of the same suite and AEAD.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ResumptionRatios {
+    /// The suite of the sessions the tickets came from.
+    pub suite: &'static str,
+    /// The factors.
+    #[serde(flatten)]
+    pub vs: Factors,
 }
 
 /// A goal from the benchmark issue that this run can judge alone (the goals relative to TLS
@@ -83,6 +122,8 @@ pub struct Report {
     pub peak_rss_kib: Option<u64>,
     /// Hybrid / classical.
     pub ratios: Option<Ratios>,
+    /// Resumption / full handshake.
+    pub resumption: Option<ResumptionRatios>,
     /// The issue's goals this run can judge.
     pub goals: Vec<Goal>,
 }
@@ -114,6 +155,7 @@ impl Report {
             memory: None,
             peak_rss_kib: None,
             ratios: None,
+            resumption: None,
             goals: Vec::new(),
         }
     }
@@ -125,6 +167,7 @@ impl Report {
         let find = |hybrid: bool| {
             self.handshakes.iter().find(|h| {
                 Some(h.aead) == aead
+                    && !h.resumed
                     && crate::crypto::kem::Suite::from_name(h.suite)
                         .is_some_and(|s| s.is_hybrid() == hybrid)
             })
@@ -132,15 +175,12 @@ impl Report {
         if let (Some(h), Some(c)) = (find(true), find(false)) {
             self.ratios = Some(Ratios {
                 hybrid: h.suite,
-                latency: h.latency_us.median / c.latency_us.median,
-                bytes: h.total_bytes() as f64 / c.total_bytes() as f64,
-                device_cpu: h.device_cpu_us / c.device_cpu_us,
-                server_cpu: h.server_cpu_us.zip(c.server_cpu_us).map(|(h, c)| h / c),
+                vs: Factors::of(h, c),
             });
             self.goals.push(goal(
                 "hybrid/classical handshake latency",
                 1.15,
-                self.ratios.as_ref().map_or(0.0, |r| r.latency),
+                self.ratios.as_ref().map_or(0.0, |r| r.vs.latency),
             ));
             self.goals.push(goal(
                 "hybrid mutual-auth handshake bytes",
@@ -152,6 +192,29 @@ impl Report {
                 400.0,
                 c.total_bytes() as f64,
             ));
+        }
+        let resumed = self.handshakes.iter().find(|h| h.resumed);
+        let full = resumed.and_then(|r| {
+            self.handshakes
+                .iter()
+                .find(|h| !h.resumed && h.suite == r.suite && h.aead == r.aead)
+        });
+        if let (Some(r), Some(f)) = (resumed, full) {
+            let ratios = ResumptionRatios {
+                suite: f.suite,
+                vs: Factors::of(r, f),
+            };
+            self.goals.push(goal(
+                "resumption/full handshake latency",
+                0.5,
+                ratios.vs.latency,
+            ));
+            self.goals.push(goal(
+                "resumption handshake bytes",
+                200.0,
+                r.total_bytes() as f64,
+            ));
+            self.resumption = Some(ratios);
         }
         if let Some(max) = self.records.iter().map(|r| r.overhead_bytes).max() {
             self.goals
@@ -214,7 +277,7 @@ impl Report {
         writeln!(s, "Handshakes (new TCP connection each, mutual auth; latency from connect() to device done; {} timed)", self.run.handshakes)?;
         writeln!(
             s,
-            "  {:<17} {:<18} {:>8} {:>8} {:>8} {:>8}  {:>6} {:>6}  {:>9} {:>9}",
+            "  {:<22} {:<18} {:>8} {:>8} {:>8} {:>8}  {:>6} {:>6}  {:>9} {:>9}",
             "suite",
             "AEAD",
             "p10 µs",
@@ -230,8 +293,8 @@ impl Report {
             let l = &h.latency_us;
             writeln!(
                 s,
-                "  {:<17} {:<18} {:>8.0} {:>8.0} {:>8.0} {:>8.0}  {:>6} {:>6}  {:>7.0}µs {:>9}",
-                h.suite,
+                "  {:<22} {:<18} {:>8.0} {:>8.0} {:>8.0} {:>8.0}  {:>6} {:>6}  {:>7.0}µs {:>9}",
+                h.label(),
                 h.aead,
                 l.p10,
                 l.median,
@@ -245,14 +308,13 @@ impl Report {
             )?;
         }
         if let Some(r) = &self.ratios {
+            writeln!(s, "{}", r.vs.line(&format!("{} / classical", r.hybrid)))?;
+        }
+        if let Some(r) = &self.resumption {
             writeln!(
                 s,
-                "  {} / classical: latency {:.2}x, bytes {:.2}x, device CPU {:.2}x, server CPU {}",
-                r.hybrid,
-                r.latency,
-                r.bytes,
-                r.device_cpu,
-                r.server_cpu.map_or("n/a".into(), |c| format!("{c:.2}x"))
+                "{}",
+                r.vs.line(&format!("resumption / full {}", r.suite))
             )?;
         }
         writeln!(s)?;

@@ -6,6 +6,7 @@ use super::BenchError;
 use crate::crypto::identity::IdentityKey;
 use crate::crypto::random::OsRandom;
 use crate::handshake::server::ServerConfig;
+use crate::handshake::ticket::{Resumption, DEFAULT_LIFETIME};
 use crate::handshake::{AllowAnyDevice, Mode};
 use crate::transport::tcp::Listener;
 use crate::transport::Timeouts;
@@ -90,6 +91,15 @@ impl BenchServer {
         let fingerprint = identity.public().fingerprint();
         let mut config = ServerConfig::new(identity, Arc::new(AllowAnyDevice));
         config.mode = Mode::Any;
+        // As `secchan server` runs by default: tickets in every session, keys in memory.
+        config.resumption = Some(Arc::new(
+            Resumption::random(
+                DEFAULT_LIFETIME,
+                std::time::SystemTime::now(),
+                &mut OsRandom,
+            )
+            .map_err(|_| BenchError::Protocol("no ticket keys"))?,
+        ));
         let (listener, raw) = runtime.block_on(async {
             let listener =
                 Listener::bind("127.0.0.1:0", Arc::new(config), Timeouts::default()).await?;

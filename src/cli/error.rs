@@ -16,6 +16,14 @@ pub enum CliError {
         /// Why.
         reason: String,
     },
+    /// Session resumption could not be set up: the ticket key file, or the random generator.
+    #[error("cannot set up session resumption{file}: {reason}; fix or delete the ticket key file, or start with --ticket-lifetime 0 to issue no tickets", file = path.as_ref().map(|p| format!(" with ticket key file {}", p.display())).unwrap_or_default())]
+    Tickets {
+        /// The `--ticket-key-file`, if one was given.
+        path: Option<PathBuf>,
+        /// Why.
+        reason: String,
+    },
     /// A `--server-key` value is neither a fingerprint nor a readable public key file.
     #[error("--server-key {value}: {reason}; give the server's fingerprint as `secchan fingerprint` prints it on the server (SHA256:...), or a copy of its .pub file")]
     ServerKey {

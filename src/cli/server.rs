@@ -4,7 +4,10 @@ use super::keys::{load_authorized, load_secret};
 use super::output::Output;
 use super::{CliError, ServerMode, SessionArgs};
 use crate::crypto::kem::SuiteId;
+use crate::crypto::random::OsRandom;
 use crate::handshake::server::{PeerDevice, ServerConfig};
+use crate::handshake::ticket::Resumption;
+use crate::handshake::ticket_file;
 use crate::handshake::{AllowAnyDevice, Authorizer, Mode};
 use crate::registry::{Groups, Received, RegistryAuthorizer};
 use crate::transport::tcp::{Connection, Listener};
@@ -64,6 +67,42 @@ pub struct ServerArgs {
     allow_any_device: bool,
     #[command(flatten)]
     session: SessionArgs,
+    #[command(flatten)]
+    tickets: TicketArgs,
+}
+
+/// Session resumption (protocol.md §7.6): the tickets the server issues.
+#[derive(Debug, Args)]
+struct TicketArgs {
+    /// Seconds a resumption ticket stays valid (also the ticket-key period); 0 issues no
+    /// tickets and refuses resumption.
+    #[arg(long, value_name = "SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::handshake::ticket::MAX_LIFETIME_SECS)))]
+    ticket_lifetime: u32,
+    /// Keep the ticket keys in FILE (created 0600 if missing) so tickets survive a restart and
+    /// servers given copies of it accept each other's tickets [default: random keys in memory].
+    #[arg(long, value_name = "FILE")]
+    ticket_key_file: Option<PathBuf>,
+}
+
+impl TicketArgs {
+    /// The server's resumption state, or `None` with `--ticket-lifetime 0`.
+    fn resumption(&self) -> Result<Option<Arc<Resumption>>, CliError> {
+        if self.ticket_lifetime == 0 {
+            return Ok(None);
+        }
+        let lifetime = Duration::from_secs(u64::from(self.ticket_lifetime));
+        let now = std::time::SystemTime::now();
+        let resumption = match &self.ticket_key_file {
+            Some(path) => ticket_file::load_or_create(path, lifetime, now, &mut OsRandom)
+                .and_then(|keys| Ok(Resumption::new(keys, lifetime)?)),
+            None => Resumption::random(lifetime, now, &mut OsRandom),
+        }
+        .map_err(|e| CliError::Tickets {
+            path: self.ticket_key_file.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(Arc::new(resumption)))
+    }
 }
 
 /// One received message as printed on stdout.
@@ -258,6 +297,7 @@ fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthori
         }
     }
     config.session = args.session.session_config();
+    config.resumption = args.tickets.resumption()?;
     Ok((config, registry))
 }
 

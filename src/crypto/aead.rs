@@ -250,6 +250,67 @@ impl AeadKey {
     }
 }
 
+/// An AES-256-GCM-SIV key (RFC 8452) for sealing resumption tickets (protocol.md §7.6).
+///
+/// GCM-SIV is nonce-misuse resistant: its IV is derived from the plaintext, so sealing
+/// distinct plaintexts under one key with the same nonce is safe, and sealing the same
+/// plaintext twice gives the same ciphertext (which only reveals that equality). Every ticket
+/// carries a fresh pseudorandom PSK, so secchan seals tickets with the all-zero nonce and no
+/// nonce travels (protocol.md §10.7).
+pub struct SivKey(LessSafeKey);
+
+impl fmt::Debug for SivKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SivKey(AES-256-GCM-SIV)")
+    }
+}
+
+impl SivKey {
+    /// Builds a key from 32 bytes.
+    pub fn new(key: &[u8; KEY_LEN]) -> Result<Self, CryptoError> {
+        let unbound =
+            UnboundKey::new(&aead::AES_256_GCM_SIV, key).map_err(|_| CryptoError::Aead)?;
+        Ok(Self(LessSafeKey::new(unbound)))
+    }
+
+    /// Appends `AES-256-GCM-SIV(nonce = 0^12, aad, plaintext) || tag` to `out`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let body = out.get_mut(start..).ok_or(CryptoError::Aead)?;
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key([0; NONCE_LEN]),
+                aead::Aad::from(aad),
+                body,
+            )
+            .map_err(|_| CryptoError::Aead)?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Verifies and decrypts `ciphertext || tag` sealed by [`seal`](Self::seal).
+    pub fn open(
+        &self,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+        let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
+        let len = self
+            .0
+            .open_in_place(
+                Nonce::assume_unique_for_key([0; NONCE_LEN]),
+                aead::Aad::from(aad),
+                &mut buf,
+            )
+            .map_err(|_| CryptoError::Aead)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +334,22 @@ mod tests {
             let mut wrong_aad = buf[3..].to_vec();
             assert!(key.open_in_place([1; 12], b"aaD", &mut wrong_aad).is_err());
         }
+    }
+
+    #[test]
+    fn siv_is_deterministic_and_authenticated() {
+        let key = SivKey::new(&[3u8; 32]).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        key.seal(b"k", b"ticket", &mut a).unwrap();
+        key.seal(b"k", b"ticket", &mut b).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 6 + TAG_LEN);
+        assert_eq!(&key.open(b"k", &a).unwrap()[..], b"ticket");
+        assert_eq!(key.open(b"K", &a).unwrap_err(), CryptoError::Aead);
+        a[0] ^= 1;
+        assert_eq!(key.open(b"k", &a).unwrap_err(), CryptoError::Aead);
+        let mut c = Vec::new();
+        key.seal(b"k", b"tickeT", &mut c).unwrap();
+        assert_ne!(c[..6], b[..6]);
     }
 }

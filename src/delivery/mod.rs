@@ -12,11 +12,14 @@
 //! - [`Streams`]: the receiver's duplicate filter.
 
 mod envelope;
+pub mod log;
 mod outbox;
+pub mod spool;
+pub mod state;
 mod streams;
 
 pub use envelope::{Envelope, ACK_LEN, ENVELOPE_LEN};
-pub use outbox::{AckError, Outbox};
+pub use outbox::{AckError, Limits, Outbox, OutboxError, WhenFull, DEFAULT_BUFFER_BYTES};
 pub use streams::{StreamKey, Streams, Verdict, DEFAULT_MAX_OUT_OF_ORDER, MAX_STREAMS_PER_DEVICE};
 
 /// Identifies one run of a device's message numbering: 8 random bytes drawn at start.

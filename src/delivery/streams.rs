@@ -87,9 +87,8 @@ impl Streams {
         self.streams.is_empty()
     }
 
-    /// Decides about message `seq` of `key` and records it as output if it is new. Every
-    /// message below `base` counts as output already: the device had it acknowledged.
-    pub fn accept(&mut self, key: &StreamKey, seq: u64, base: u64, now: Instant) -> Verdict {
+    /// The state of `key`, created (making room for it) if new, marked as active at `now`.
+    fn touch(&mut self, key: &StreamKey, now: Instant) -> &mut StreamState {
         if !self.streams.contains_key(key) {
             self.make_room(key);
             if let Some(device) = &key.0 {
@@ -110,8 +109,46 @@ impl Streams {
         self.by_activity.insert(self.activity, key.clone());
         s.touched = self.activity;
         s.last_seen = now;
+        s
+    }
+
+    /// Restores what a state directory recorded of `key` (at start): every sequence below
+    /// `next` and those in `ahead` were output.
+    pub fn restore(&mut self, key: &StreamKey, next: u64, ahead: &[u64], now: Instant) {
+        let s = self.touch(key, now);
         let before = s.ahead.len();
-        let others = self.out_of_order.saturating_sub(before);
+        s.next = next;
+        s.ahead = ahead.iter().copied().filter(|a| *a > next).collect();
+        let after = s.ahead.len();
+        self.out_of_order = self.out_of_order.saturating_sub(before) + after;
+    }
+
+    /// What was output of `key`: every sequence below the first value, and the ones listed.
+    pub fn state(&self, key: &StreamKey) -> Option<(u64, Vec<u64>)> {
+        self.streams
+            .get(key)
+            .map(|s| (s.next, s.ahead.iter().copied().collect()))
+    }
+
+    /// Every stream remembered, with [`state`](Self::state).
+    pub fn states(&self) -> impl Iterator<Item = (&StreamKey, u64, Vec<u64>)> + '_ {
+        self.streams
+            .iter()
+            .map(|(k, s)| (k, s.next, s.ahead.iter().copied().collect()))
+    }
+
+    /// Decides about message `seq` of `key` and records it as output if it is new. Every
+    /// message below `base` counts as output already: the device had it acknowledged (or
+    /// gave it up).
+    pub fn accept(&mut self, key: &StreamKey, seq: u64, base: u64, now: Instant) -> Verdict {
+        self.touch(key, now);
+        let others_total = self.out_of_order;
+        let max_out_of_order = self.max_out_of_order;
+        let Some(s) = self.streams.get_mut(key) else {
+            unreachable!("touch inserted the stream")
+        };
+        let before = s.ahead.len();
+        let others = others_total.saturating_sub(before);
         if base > s.next {
             s.next = base;
             s.ahead = s.ahead.split_off(&base);
@@ -122,7 +159,7 @@ impl Streams {
         let verdict = if seq < s.next || s.ahead.contains(&seq) {
             Verdict::Duplicate
         } else if seq - s.next >= MAX_BUFFER as u64
-            || (seq > s.next && others + s.ahead.len() >= self.max_out_of_order)
+            || (seq > s.next && others + s.ahead.len() >= max_out_of_order)
         {
             Verdict::TooFarAhead
         } else {

@@ -1,7 +1,7 @@
 //! The device (initiator) side of the handshake (protocol.md §6.1).
 
 use super::key_schedule::{
-    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput, HandshakeKey,
+    handshake_secret, open_handshake, seal_handshake, session_secrets, CombinerInput, HandshakeKey,
 };
 use super::{
     HandshakeError, DEVICE_SIGNATURE_CONTEXT, ENROLLMENT_PROOF_CONTEXT, SERVER_SIGNATURE_CONTEXT,
@@ -254,14 +254,17 @@ impl ServerAuthenticated {
         // 3b. TH3 = H(DeviceHello || ServerHello || DeviceFinish); traffic secrets.
         let mut transcript = self.transcript;
         transcript.update(&finish);
-        let (d2s, s2d) = traffic_secrets(&self.hs, &transcript.current());
+        let secrets = session_secrets(&self.hs, &transcript.current());
         let session = Session::new(
             Role::Device,
             SessionKeys {
                 suite: self.suite,
                 aead: self.aead,
-                send: d2s,
-                recv: s2d,
+                send: secrets.d2s,
+                recv: secrets.s2d,
+                psk: secrets.psk,
+                resumed: false,
+                local: self.config.identity.as_ref().map(|i| i.public()),
             },
             Some(self.server),
             &self.config.session,

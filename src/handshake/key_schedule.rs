@@ -1,9 +1,13 @@
-//! The key schedule (protocol.md §5): the hybrid combiner, handshake keys and traffic secrets.
+//! The key schedule (protocol.md §5): the hybrid combiner, handshake keys, traffic secrets,
+//! and the resumption schedule (§5.7).
 
 use crate::crypto::aead::{AeadId, AeadKey, KEY_LEN, NONCE_LEN};
-use crate::crypto::kdf::{expand_label, expand_secret, extract, Secret, HASH_LEN};
+use crate::crypto::kdf::{
+    expand_label, expand_secret, extract, hmac_sha256, sha256, Secret, HASH_LEN,
+};
 use crate::crypto::kem::SharedSecret;
 use crate::crypto::CryptoError;
+use crate::msgs::{BINDER_LEN, CONFIRM_LEN};
 use zeroize::Zeroizing;
 
 /// Inputs of the combiner (protocol.md §5.1). For the classical suite the KEM fields are empty.
@@ -88,12 +92,58 @@ fn handshake_key(hs: &Secret, which: HandshakeKey, aead: AeadId) -> Result<AeadK
     AeadKey::new(aead, &key)
 }
 
-/// master = HKDF-Extract(salt = TH3, IKM = handshake_secret); returns the device-to-server and
-/// server-to-device traffic secrets.
-pub(crate) fn traffic_secrets(hs: &Secret, th3: &[u8; HASH_LEN]) -> (Secret, Secret) {
-    let master = extract(th3, hs.as_ref());
-    (
-        expand_secret(&master, "d2s traffic"),
-        expand_secret(&master, "s2d traffic"),
-    )
+/// What an established session takes from the key schedule (protocol.md §5.4, §5.7).
+pub(crate) struct SessionSecrets {
+    /// Device-to-server traffic secret, generation 0.
+    pub d2s: Secret,
+    /// Server-to-device traffic secret, generation 0.
+    pub s2d: Secret,
+    /// The PSK a ticket issued in this session carries.
+    pub psk: Secret,
+}
+
+/// master = HKDF-Extract(salt = `th`, IKM = `secret`); the traffic secrets and the resumption
+/// PSK expanded from it. A full handshake passes TH3 and the handshake secret, a resumption
+/// TH_r2 and the resume secret.
+pub(crate) fn session_secrets(secret: &Secret, th: &[u8; HASH_LEN]) -> SessionSecrets {
+    let master = extract(th, secret.as_ref());
+    SessionSecrets {
+        d2s: expand_secret(&master, "d2s traffic"),
+        s2d: expand_secret(&master, "s2d traffic"),
+        psk: expand_secret(&master, "resumption psk"),
+    }
+}
+
+/// binder = HMAC(Expand(HKDF-Extract(0^32, psk), "resume binder", 32),
+/// H(ResumeHello without the binder)), first 16 bytes (protocol.md §5.7).
+pub(crate) fn binder(psk: &Secret, hello_without_binder: &[u8]) -> [u8; BINDER_LEN] {
+    let early = extract(&[0u8; HASH_LEN], psk.as_ref());
+    let key = expand_secret(&early, "resume binder");
+    hmac_sha256(&key, &sha256(hello_without_binder))
+}
+
+/// resume_secret = HKDF-Extract(salt = TH_r1, IKM = psk || ss_x25519 || x25519_d || x25519_s).
+pub(crate) fn resume_secret(
+    th_r1: &[u8; HASH_LEN],
+    psk: &Secret,
+    ss_x25519: &SharedSecret,
+    x25519_device: &[u8; 32],
+    x25519_server: &[u8; 32],
+) -> Secret {
+    let mut ikm = Zeroizing::new([0u8; 4 * 32]);
+    for (chunk, part) in ikm.chunks_exact_mut(32).zip([
+        psk.as_ref(),
+        ss_x25519.as_ref(),
+        x25519_device,
+        x25519_server,
+    ]) {
+        chunk.copy_from_slice(part);
+    }
+    extract(th_r1, ikm.as_ref())
+}
+
+/// confirm = HMAC(Expand(resume_secret, "server resume confirm", 32), TH_r1), first 16 bytes.
+pub(crate) fn server_confirm(resume_secret: &Secret, th_r1: &[u8; HASH_LEN]) -> [u8; CONFIRM_LEN] {
+    let key = expand_secret(resume_secret, "server resume confirm");
+    hmac_sha256(&key, th_r1)
 }

@@ -8,10 +8,16 @@
 //!   -> [`crate::session::Session`].
 //! - Server: [`server::accept_hello`] -> [`server::ExpectDeviceFinish`] ->
 //!   [`crate::session::Session`].
+//! - Resumption with a ticket from an earlier session ([`resume`]): device [`resume::start`]
+//!   -> [`resume::ExpectResumeReply`] -> session; a server takes either first message with
+//!   [`server::accept_first`]. Tickets are sealed and checked by [`ticket::Resumption`].
 
 pub mod device;
 mod key_schedule;
+pub mod resume;
 pub mod server;
+pub mod ticket;
+pub mod ticket_file;
 
 use crate::codec::DecodeError;
 use crate::crypto::aead::AeadId;
@@ -130,6 +136,13 @@ pub enum HandshakeError {
     /// An enrollment token was configured without a device identity to enroll.
     #[error("an enrollment token needs a device identity key to enroll")]
     EnrollmentWithoutIdentity,
+    /// The server refused a resumption ticket (protocol.md §6.4).
+    #[error("resumption ticket refused: {0}")]
+    TicketRejected(#[from] ticket::TicketRejection),
+    /// The device's ticket does not fit its configuration (a local check: run a full
+    /// handshake instead).
+    #[error("the resumption ticket cannot be used: {0}")]
+    TicketUnusable(&'static str),
     /// The device was refused by the server's authorizer.
     #[error("device {device} refused: {code}")]
     DeviceRefused {
@@ -147,9 +160,11 @@ impl HandshakeError {
             Self::Decode(DecodeError::UnsupportedVersion(_)) => AlertCode::UnsupportedVersion,
             Self::Decode(_) => AlertCode::DecodeError,
             Self::UnexpectedMessage(_) => AlertCode::UnexpectedMessage,
-            Self::PeerAlert(_) | Self::EnrollmentWithoutIdentity | Self::AeadOfferCount(_) => {
-                return None
-            }
+            Self::PeerAlert(_)
+            | Self::EnrollmentWithoutIdentity
+            | Self::AeadOfferCount(_)
+            | Self::TicketUnusable(_) => return None,
+            Self::TicketRejected(_) => AlertCode::TicketRejected,
             Self::EnrollmentProofFailed { .. } => AlertCode::EnrollmentRefused,
             Self::SuiteRefused { .. } | Self::SuiteNotBuilt(_) => AlertCode::SuiteRefused,
             Self::NoCommonAead => AlertCode::NoCommonAead,
@@ -243,5 +258,7 @@ fn select_aead(device_prefs: &[AeadId], server_supports: &[AeadId]) -> Option<Ae
         .find(|a| server_supports.contains(a))
 }
 
+#[cfg(test)]
+mod resume_tests;
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,9 @@
 //! The server (responder) side of the handshake (protocol.md §6.2).
 
 use super::key_schedule::{
-    handshake_secret, open_handshake, seal_handshake, traffic_secrets, CombinerInput, HandshakeKey,
+    handshake_secret, open_handshake, seal_handshake, session_secrets, CombinerInput, HandshakeKey,
 };
+use super::ticket::Resumption;
 use super::{select_aead, Authorizer, HandshakeError, Mode};
 use super::{DEVICE_SIGNATURE_CONTEXT, ENROLLMENT_PROOF_CONTEXT, SERVER_SIGNATURE_CONTEXT};
 use crate::codec::DecodeError;
@@ -14,7 +15,7 @@ use crate::crypto::random::Random;
 use crate::msgs::{decode_device_finish, DeviceAuth, DeviceHello, FrameType, ServerHello};
 use crate::session::{Role, Session, SessionConfig, SessionKeys};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// How a server accepts devices.
 #[derive(Clone)]
@@ -29,6 +30,9 @@ pub struct ServerConfig {
     pub authorizer: Arc<dyn Authorizer>,
     /// Record-layer parameters.
     pub session: SessionConfig,
+    /// Session resumption: ticket keys, lifetime and replay cache. `None`: no tickets are
+    /// issued and every ResumeHello is refused with `ticket_rejected`.
+    pub resumption: Option<Arc<Resumption>>,
 }
 
 impl ServerConfig {
@@ -40,6 +44,7 @@ impl ServerConfig {
             aeads: vec![AeadId::Aes256Gcm, AeadId::ChaCha20Poly1305],
             authorizer,
             session: SessionConfig::default(),
+            resumption: None,
         }
     }
 }
@@ -50,6 +55,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("identity", &self.identity.public())
             .field("mode", &self.mode)
             .field("aeads", &self.aeads)
+            .field("resumption", &self.resumption)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +79,33 @@ fn refuse_missing_suite(e: DecodeError) -> HandshakeError {
         },
         e => e.into(),
     }
+}
+
+/// What the server answers to a device's first message.
+pub enum FirstReply {
+    /// A DeviceHello: send the ServerHello and wait for DeviceFinish.
+    Full(Box<ExpectDeviceFinish>, Vec<u8>),
+    /// A ResumeHello whose ticket passed every check: send the ResumeServerHello; the
+    /// session is established.
+    Resumed(Box<(Session, PeerDevice)>, Vec<u8>),
+}
+
+/// Takes a device's first message, either kind (protocol.md §6.2 step 1, §6.4): a DeviceHello
+/// starts a full handshake ([`accept_hello`]); a ResumeHello is checked against
+/// `config.resumption` at `wall_now` and, if accepted, establishes the session at once.
+pub fn accept_first(
+    config: &ServerConfig,
+    frame: &[u8],
+    rng: &mut dyn Random,
+    now: Instant,
+    wall_now: SystemTime,
+) -> Result<FirstReply, HandshakeError> {
+    if FrameType::of(frame)? == FrameType::ResumeHello {
+        let (session, peer, reply) = super::resume::accept(config, frame, rng, now, wall_now)?;
+        return Ok(FirstReply::Resumed(Box::new((session, peer)), reply));
+    }
+    let (expect, reply) = accept_hello(config, frame, rng)?;
+    Ok(FirstReply::Full(Box::new(expect), reply))
 }
 
 /// Processes DeviceHello and builds ServerHello (protocol.md §6.2 steps 1–6).
@@ -232,14 +265,17 @@ impl ExpectDeviceFinish {
         // 3d. TH3 and traffic secrets.
         let mut transcript = self.transcript.clone();
         transcript.update(frame);
-        let (d2s, s2d) = traffic_secrets(&self.hs, &transcript.current());
+        let secrets = session_secrets(&self.hs, &transcript.current());
         let session = Session::new(
             Role::Server,
             SessionKeys {
                 suite: self.suite,
                 aead: self.aead,
-                send: s2d,
-                recv: d2s,
+                send: secrets.s2d,
+                recv: secrets.d2s,
+                psk: secrets.psk,
+                resumed: false,
+                local: None,
             },
             identity,
             &self.config.session,

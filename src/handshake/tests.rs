@@ -50,7 +50,7 @@ fn handshake(
     ))
 }
 
-fn exchange(a: &mut Session, b: &mut Session, msg: &[u8]) {
+pub(super) fn exchange(a: &mut Session, b: &mut Session, msg: &[u8]) {
     let now = Instant::now();
     a.send(msg, now).unwrap();
     let mut frame = a.poll_transmit().unwrap();

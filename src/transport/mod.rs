@@ -1,8 +1,9 @@
 //! Transports move whole frames between peers and drive the sans-IO core; they add nothing
 //! to the protocol but framing, timeouts and socket handling.
 //!
-//! [`tcp`] is the embedding API for TCP: [`tcp::connect`] on a device,
-//! [`tcp::Listener`] and [`tcp::accept`] on a server, both yielding a [`tcp::Connection`].
+//! [`tcp`] is the embedding API for TCP: [`tcp::connect`] (or [`tcp::resume`] with a ticket)
+//! on a device, [`tcp::Listener`] and [`tcp::accept`] on a server, both yielding a
+//! [`tcp::Connection`].
 
 pub mod framing;
 #[cfg(feature = "mqtt")]
@@ -65,6 +66,10 @@ pub enum TransportError {
     /// The server refused this device after the handshake (plaintext alert, protocol.md §8.1).
     #[error("server refused the session: {0}")]
     Refused(AlertCode),
+    /// The server refused the resumption ticket (protocol.md §6.4): its plaintext alert,
+    /// unauthenticated. Not final: connect with a full handshake on a new connection.
+    #[error("server refused the resumption ticket ({0}): connect with a full handshake")]
+    TicketRefused(AlertCode),
     /// The TCP stream ended without an authenticated Close: data may have been cut off.
     #[error("connection ended without an authenticated close: the stream was truncated")]
     Truncated,

@@ -5,7 +5,8 @@ pub use super::framing::FRAME_PREFIX_LEN;
 use super::{Timeouts, TransportError};
 use crate::crypto::random::OsRandom;
 use crate::handshake::device::{self, DeviceConfig};
-use crate::handshake::server::{self, PeerDevice, ServerConfig};
+use crate::handshake::resume::{self, Ticket};
+use crate::handshake::server::{self, FirstReply, PeerDevice, ServerConfig};
 use crate::handshake::HandshakeError;
 use crate::msgs::{encode_alert, AlertCode, FrameType};
 use crate::record::HEADER_LEN;
@@ -15,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Encoder, Framed};
@@ -57,6 +58,8 @@ pub struct Connection {
     /// so it is believed only as the first frame and only within the handshake timeout after
     /// DeviceFinish; later it is an unexpected frame.
     refusal_window: Option<tokio::time::Instant>,
+    /// On a device, the newest resumption ticket received.
+    ticket: Option<Ticket>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -131,6 +134,63 @@ async fn expect_frame(io: &mut Io, stats: &mut WireStats) -> Result<BytesMut, Tr
         .ok_or(TransportError::Truncated)
 }
 
+/// Opens a TCP connection to `addr` by `deadline`, running `prepare` (the ephemeral key
+/// generation) while the TCP handshake is under way: connect sends its SYN and waits, and the
+/// key generation fills that round trip instead of following it.
+async fn open<T>(
+    addr: impl ToSocketAddrs,
+    deadline: tokio::time::Instant,
+    timeouts: Timeouts,
+    prepare: impl FnOnce() -> Result<T, HandshakeError>,
+) -> Result<(Io, SocketAddr, T), TransportError> {
+    let (stream, prepared) = tokio::join!(
+        biased;
+        tokio::time::timeout_at(deadline, TcpStream::connect(addr)),
+        async { prepare() },
+    );
+    let stream = stream.map_err(|_| TransportError::HandshakeTimeout(timeouts.handshake))??;
+    let prepared = prepared?;
+    stream.set_nodelay(true)?;
+    let peer_addr = stream.peer_addr()?;
+    Ok((framed(stream), peer_addr, prepared))
+}
+
+/// Runs a device's handshake within `deadline`.
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    timeouts: Timeouts,
+    handshake: impl std::future::Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    tokio::time::timeout_at(deadline, handshake)
+        .await
+        .map_err(|_| TransportError::HandshakeTimeout(timeouts.handshake))?
+}
+
+/// The connection a device's handshake established.
+fn device_connection(
+    io: Io,
+    peer_addr: SocketAddr,
+    mut stats: WireStats,
+    session: Session,
+    timeouts: Timeouts,
+) -> Connection {
+    stats.handshake_sent = stats.sent;
+    stats.handshake_received = stats.received;
+    // After a full handshake the server may still refuse the device (protocol.md §6.1 step
+    // 4); a resumed device was authorized before the server answered.
+    let refusal_window =
+        (!session.is_resumed()).then(|| tokio::time::Instant::now() + timeouts.handshake);
+    Connection {
+        io,
+        session,
+        timeouts,
+        peer_addr,
+        stats,
+        refusal_window,
+        ticket: None,
+    }
+}
+
 /// Connects to a server, runs the handshake, and checks the server's identity with
 /// `verifier` before revealing the device's own identity. The TCP connect and the handshake
 /// together must finish within `timeouts.handshake`.
@@ -141,18 +201,10 @@ pub async fn connect(
     timeouts: Timeouts,
 ) -> Result<Connection, TransportError> {
     let deadline = tokio::time::Instant::now() + timeouts.handshake;
-    // The ephemeral keys are generated while the TCP handshake is under way: connect sends
-    // its SYN and waits, and the key generation fills that round trip instead of following it.
-    let (stream, started) = tokio::join!(
-        biased;
-        tokio::time::timeout_at(deadline, TcpStream::connect(addr)),
-        async { device::start(config, &mut OsRandom) },
-    );
-    let stream = stream.map_err(|_| TransportError::HandshakeTimeout(timeouts.handshake))??;
-    let (expect, hello) = started?;
-    stream.set_nodelay(true)?;
-    let peer_addr = stream.peer_addr()?;
-    let mut io = framed(stream);
+    let (mut io, peer_addr, (expect, hello)) = open(addr, deadline, timeouts, || {
+        device::start(config, &mut OsRandom)
+    })
+    .await?;
     let mut stats = WireStats::default();
     let handshake = async {
         write_frame(&mut io, &mut stats, &hello).await?;
@@ -172,21 +224,52 @@ pub async fn connect(
         }
         let (session, finish) = authed.finish(Instant::now())?;
         write_frame(&mut io, &mut stats, &finish).await?;
-        Ok::<_, TransportError>(session)
+        Ok(session)
     };
-    let session = tokio::time::timeout_at(deadline, handshake)
-        .await
-        .map_err(|_| TransportError::HandshakeTimeout(timeouts.handshake))??;
-    stats.handshake_sent = stats.sent;
-    stats.handshake_received = stats.received;
-    Ok(Connection {
-        io,
-        session,
-        timeouts,
-        peer_addr,
-        stats,
-        refusal_window: Some(tokio::time::Instant::now() + timeouts.handshake),
+    let session = within(deadline, timeouts, handshake).await?;
+    Ok(device_connection(io, peer_addr, stats, session, timeouts))
+}
+
+/// Resumes a session with `ticket` (protocol.md §6.3): one round trip, a fresh X25519, no
+/// signature. The ticket's server identity is checked with `verifier` first, as
+/// [`connect`] checks the server's. A refusal by the server is
+/// [`TransportError::TicketRefused`]; an expired ticket, or one that does not fit `config`, is
+/// [`HandshakeError::TicketUnusable`] before anything is sent. Either way, fall back to
+/// [`connect`]. The connection's [`take_ticket`](Connection::take_ticket) then holds the
+/// next ticket, once [`recv`](Connection::recv) has read it.
+pub async fn resume(
+    addr: impl ToSocketAddrs,
+    config: &DeviceConfig,
+    ticket: &Ticket,
+    verifier: &dyn ServerVerifier,
+    timeouts: Timeouts,
+) -> Result<Connection, TransportError> {
+    if !ticket.is_valid_at(SystemTime::now()) {
+        return Err(HandshakeError::TicketUnusable("it has expired").into());
+    }
+    verifier.verify(ticket.server_identity())?;
+    let deadline = tokio::time::Instant::now() + timeouts.handshake;
+    let (mut io, peer_addr, (expect, hello)) = open(addr, deadline, timeouts, || {
+        resume::start(config, ticket, &mut OsRandom)
     })
+    .await?;
+    let mut stats = WireStats::default();
+    let handshake = async {
+        write_frame(&mut io, &mut stats, &hello).await?;
+        let reply = expect_frame(&mut io, &mut stats).await?;
+        match expect.read_reply(&reply, Instant::now()) {
+            Ok(session) => Ok(session),
+            Err(HandshakeError::PeerAlert(code)) => Err(TransportError::TicketRefused(code)),
+            Err(e) => {
+                if let Some(code) = e.alert() {
+                    send_alert(&mut io, code).await;
+                }
+                Err(e.into())
+            }
+        }
+    };
+    let session = within(deadline, timeouts, handshake).await?;
+    Ok(device_connection(io, peer_addr, stats, session, timeouts))
 }
 
 /// A TCP listener for secchan servers.
@@ -280,11 +363,19 @@ pub async fn accept(
     let mut io = framed(stream);
     let mut stats = WireStats::default();
     let handshake = async {
-        let hello = expect_frame(&mut io, &mut stats).await?;
-        let (expect, reply) = server::accept_hello(config, &hello, &mut OsRandom)?;
-        write_frame(&mut io, &mut stats, &reply).await?;
-        let finish = expect_frame(&mut io, &mut stats).await?;
-        Ok::<_, Failure>(expect.read_device_finish(&finish, Instant::now())?)
+        let first = expect_frame(&mut io, &mut stats).await?;
+        let wall_now = SystemTime::now();
+        match server::accept_first(config, &first, &mut OsRandom, Instant::now(), wall_now)? {
+            FirstReply::Full(expect, reply) => {
+                write_frame(&mut io, &mut stats, &reply).await?;
+                let finish = expect_frame(&mut io, &mut stats).await?;
+                Ok::<_, Failure>(expect.read_device_finish(&finish, Instant::now())?)
+            }
+            FirstReply::Resumed(established, reply) => {
+                write_frame(&mut io, &mut stats, &reply).await?;
+                Ok(*established)
+            }
+        }
     };
     let (session, peer) = match tokio::time::timeout(timeouts.handshake, handshake).await {
         Ok(Ok(v)) => v,
@@ -306,6 +397,9 @@ pub async fn accept(
                 HandshakeError::DeviceRefused { device, code } => tracing::warn!(
                     peer = %peer_addr, device = %device, reason = %code, "device refused"
                 ),
+                HandshakeError::TicketRejected(reason) => tracing::info!(
+                    peer = %peer_addr, %reason, "resumption refused: the device falls back to a full handshake"
+                ),
                 _ => tracing::warn!(peer = %peer_addr, error = %e, "handshake failed"),
             }
             return Err(e.into());
@@ -313,17 +407,21 @@ pub async fn accept(
     };
     stats.handshake_sent = stats.sent;
     stats.handshake_received = stats.received;
-    Ok((
-        Connection {
-            io,
-            session,
-            timeouts,
-            peer_addr,
-            stats,
-            refusal_window: None,
-        },
-        peer,
-    ))
+    let mut conn = Connection {
+        io,
+        session,
+        timeouts,
+        peer_addr,
+        stats,
+        refusal_window: None,
+        ticket: None,
+    };
+    // protocol.md §7.6: a fresh ticket right after every established session.
+    if let Some(resumption) = &config.resumption {
+        conn.session.issue_ticket(resumption, SystemTime::now())?;
+        conn.write_out().await?;
+    }
+    Ok((conn, peer))
 }
 
 impl Connection {
@@ -340,6 +438,18 @@ impl Connection {
     /// Bytes moved so far.
     pub fn stats(&self) -> WireStats {
         self.stats
+    }
+
+    /// Whether the session was resumed with a ticket rather than a full handshake.
+    pub fn is_resumed(&self) -> bool {
+        self.session.is_resumed()
+    }
+
+    /// Device: the newest resumption ticket the server sent, if [`recv`](Self::recv) has read
+    /// one since the last call. Keep it (e.g. [`Ticket::to_bytes`] in a file only the device's
+    /// user can read) for [`resume`] after this connection ends.
+    pub fn take_ticket(&mut self) -> Option<Ticket> {
+        self.ticket.take()
     }
 
     /// Moves the frames the session queued into the write buffer.
@@ -414,6 +524,10 @@ impl Connection {
             let event = match result {
                 Ok(Event::Message(m)) => Some(m.len()),
                 Ok(Event::KeyUpdated) => None,
+                Ok(Event::Ticket) => {
+                    self.ticket = self.session.take_ticket(SystemTime::now());
+                    None
+                }
                 Ok(Event::Closed) => {
                     self.session.close(AlertCode::CloseNotify);
                     self.write_out().await?;
@@ -458,6 +572,12 @@ impl Connection {
     /// Closes cleanly: sends close, then waits (up to `wait`) for the peer's close, discarding
     /// any messages that arrive meanwhile.
     pub async fn close(mut self, wait: Duration) -> Result<WireStats, TransportError> {
+        self.shutdown(wait).await
+    }
+
+    /// [`close`](Self::close) that keeps the connection, so that the ticket read while waiting
+    /// for the peer's close can still be taken with [`take_ticket`](Self::take_ticket).
+    pub async fn shutdown(&mut self, wait: Duration) -> Result<WireStats, TransportError> {
         self.send_close().await?;
         tokio::time::timeout(wait, async {
             while self.recv().await?.is_some() {}

@@ -649,7 +649,8 @@ impl Task {
                 },
                 _ => tracing::warn!("server sent something other than an acknowledgement: dropped"),
             },
-            Ok(Event::KeyUpdated) => {}
+            // Resumption is not offered over MQTT (protocol.md §2.2): a ticket is ignored.
+            Ok(Event::KeyUpdated | Event::Ticket) => {}
             Ok(Event::Closed) => {
                 tracing::info!("the server closed the session");
                 if self.input_open || !self.outbox.is_empty() {
@@ -707,7 +708,9 @@ impl Task {
             return;
         }
         let topic = self.topics.up(instance, sid);
-        for envelope in self.outbox.due(now) {
+        // An in-memory outbox has no spool to fail.
+        let due = self.outbox.due(now).unwrap_or_default();
+        for envelope in due {
             if let Err(e) = session.send(&envelope, now) {
                 tracing::warn!(error = %e, "cannot send in this session");
                 break;

@@ -513,7 +513,7 @@ impl MqttServer {
                 }
                 true
             }
-            Ok(Event::KeyUpdated) => {
+            Ok(Event::KeyUpdated | Event::Ticket) => {
                 open.last_input = now;
                 true
             }
