@@ -1,8 +1,9 @@
 //! Property tests (proptest) of what the unit tests check by example:
 //!
-//! - every wire message of protocol.md §4 and §7 and every delivery envelope round-trips through
-//!   its encoder and decoder, a decoder accepts only the canonical encoding (what it accepts
-//!   re-encodes to the same bytes), and a truncated or extended message is refused;
+//! - every wire message of protocol.md §4 and §7 (resumption's included) and every delivery
+//!   envelope round-trips through its encoder and decoder, a decoder accepts only the canonical
+//!   encoding (what it accepts re-encodes to the same bytes), and a truncated or extended message
+//!   is refused where its length is fixed;
 //! - the replay window (protocol.md §7.3) answers every sequence of counters as a reference
 //!   model built on a `BTreeSet` does;
 //! - the key schedule's labels (protocol.md §5.6, read from protocol.md itself) and the Ed25519
@@ -17,7 +18,8 @@ use secchan::crypto::kem::{Suite, ALL_SUITES};
 use secchan::delivery::Envelope;
 use secchan::msgs::{
     decode_alert, decode_device_finish, encode_alert, AlertCode, DeviceAuth, DeviceHello,
-    FrameType, ServerHello, MAX_AEAD_OFFERS, SEALED_SERVER_AUTH_LEN,
+    FrameType, NewTicket, ResumeHello, ResumeServerHello, ServerHello, BINDER_LEN, CONFIRM_LEN,
+    MAX_AEAD_OFFERS, MAX_TICKET_LEN, SEALED_SERVER_AUTH_LEN,
 };
 use secchan::record::replay::{ReplayError, ReplayWindow, MAX_WINDOW};
 use secchan::record::{
@@ -198,6 +200,52 @@ proptest! {
                     prop_assert_eq!(h.encode(), mutated.clone());
                 }
             }
+        }
+    }
+
+    /// ResumeHello (protocol.md §4.6): the ticket's length is what the frame leaves between the
+    /// X25519 value and the binder, 1 to MAX_TICKET_LEN bytes.
+    #[test]
+    fn resume_hello_round_trips(
+        x25519 in array::<32>(),
+        ticket in prop::collection::vec(any::<u8>(), 0..=MAX_TICKET_LEN + 8),
+        binder in array::<BINDER_LEN>(),
+    ) {
+        let mut frame = ResumeHello::encode_without_binder(&x25519, &ticket);
+        prop_assert_eq!(ResumeHello::binder_offset(&[&frame[..], &binder].concat()), frame.len());
+        frame.extend_from_slice(&binder);
+        match ResumeHello::decode(&frame) {
+            Ok(hello) => {
+                prop_assert!((1..=MAX_TICKET_LEN).contains(&ticket.len()));
+                prop_assert_eq!(hello, ResumeHello { x25519, ticket: &ticket, binder });
+            }
+            Err(_) => prop_assert!(!(1..=MAX_TICKET_LEN).contains(&ticket.len())),
+        }
+    }
+
+    #[test]
+    fn resume_server_hello_round_trips(x25519 in array::<32>(), confirm in array::<CONFIRM_LEN>()) {
+        let mut frame = ResumeServerHello::encode_prefix(&x25519);
+        frame.extend_from_slice(&confirm);
+        prop_assert_eq!(frame.len(), ResumeServerHello::LEN);
+        prop_assert_eq!(ResumeServerHello::decode(&frame).unwrap(), ResumeServerHello { x25519, confirm });
+        refuses_truncation_and_extension(&frame, |b| ResumeServerHello::decode(b).is_ok());
+    }
+
+    /// A NewTicket record's plaintext (protocol.md §7.6): lifetime, then a 1 to MAX_TICKET_LEN
+    /// byte ticket.
+    #[test]
+    fn new_ticket_round_trips(
+        lifetime in any::<u32>(),
+        ticket in prop::collection::vec(any::<u8>(), 0..=MAX_TICKET_LEN + 8),
+    ) {
+        let bytes = NewTicket { lifetime, ticket: &ticket }.encode();
+        match NewTicket::decode(&bytes) {
+            Ok(t) => {
+                prop_assert!((1..=MAX_TICKET_LEN).contains(&ticket.len()));
+                prop_assert_eq!(t, NewTicket { lifetime, ticket: &ticket });
+            }
+            Err(_) => prop_assert!(!(1..=MAX_TICKET_LEN).contains(&ticket.len())),
         }
     }
 
