@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs the system packages the test suite needs if they are missing,
-# then runs every test. Usage: bash scripts/test.sh [extra cargo test arguments]
+# then runs every test, in the default build and, for the tests it changes, with the kyber-r3
+# feature. Usage: bash scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +21,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 cargo test --locked "$@"
+# The benchmark-only kyber-r3 feature (the X25519Kyber768R3 suite): only the targets whose tests
+# change with it, so the second build is the secchan crate and PQClean's Kyber, not every test.
+cargo test --locked --features kyber-r3 --lib --test tcp --test bench --test kyber_feature "$@"

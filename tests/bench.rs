@@ -197,6 +197,8 @@ fn unreachable_server_is_one_line_error() {
 fn operations_for_instruction_counts_run_in_memory() {
     for (op, suite) in [
         ("handshake", "X25519MLKEM768"),
+        ("handshake-to-finish", "X25519MLKEM768"),
+        #[cfg(feature = "kyber-r3")]
         ("handshake-to-finish", "X25519Kyber768R3"),
         ("server-accept", "X25519"),
         ("seal-open-1k", "X25519"),

@@ -6,7 +6,9 @@ mod common;
 use common::*;
 use secchan::crypto::aead::AeadId;
 use secchan::crypto::identity::IdentityKey;
-use secchan::crypto::kem::{X25519_KYBER768R3, X25519_MLKEM768, X25519_ONLY};
+#[cfg(feature = "kyber-r3")]
+use secchan::crypto::kem::X25519_KYBER768R3;
+use secchan::crypto::kem::{X25519_MLKEM768, X25519_ONLY};
 use secchan::crypto::random::OsRandom;
 use secchan::handshake::{device, server, HandshakeError, Mode};
 use secchan::msgs::{encode_alert, AlertCode, FrameType, VERSION};
@@ -37,6 +39,7 @@ async fn every_suite_and_aead_carries_messages_both_ways_and_closes_cleanly() {
     let cases = [
         (Mode::Hybrid, &X25519_MLKEM768, AeadId::Aes256Gcm),
         (Mode::Hybrid, &X25519_MLKEM768, AeadId::ChaCha20Poly1305),
+        #[cfg(feature = "kyber-r3")]
         (Mode::Any, &X25519_KYBER768R3, AeadId::Aes256Gcm),
         (Mode::Classical, &X25519_ONLY, AeadId::Aes256Gcm),
         (Mode::Any, &X25519_ONLY, AeadId::ChaCha20Poly1305),
@@ -92,7 +95,11 @@ async fn key_updates_every_few_records_keep_the_session_working() {
 
 #[tokio::test]
 async fn hybrid_server_refuses_classical_and_pre_standard_kyber_on_both_ends() {
-    for suite in [&X25519_ONLY, &X25519_KYBER768R3] {
+    for suite in [
+        &X25519_ONLY,
+        #[cfg(feature = "kyber-r3")]
+        &X25519_KYBER768R3,
+    ] {
         let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
         let err = connect(
             addr,

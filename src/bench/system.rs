@@ -84,7 +84,9 @@ impl Build {
                 "aws-lc-rs 1.19 (AWS-LC; hardware AES-GCM or vector ChaCha20 chosen at run time)",
             cpu_aes: cpu_has_aes(),
             mlkem_backend: format!("libcrux-ml-kem 0.0.11, {mlkem_path}"),
-            kyber_backend: if cfg!(target_arch = "x86_64") {
+            kyber_backend: if !cfg!(feature = "kyber-r3") {
+                "not in this build (cargo feature kyber-r3)"
+            } else if cfg!(target_arch = "x86_64") {
                 "pqcrypto-kyber 0.8 (PQClean, AVX2 build)"
             } else {
                 "pqcrypto-kyber 0.8 (PQClean, portable C)"

@@ -46,7 +46,8 @@ pub struct BenchArgs {
     /// Worker threads of the in-process server [default: one per core].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
     server_threads: Option<u64>,
-    /// Suites to measure (comma-separated) [default: X25519MLKEM768,X25519Kyber768R3,X25519].
+    /// Suites to measure (comma-separated) [default: every suite in this build:
+    /// X25519MLKEM768, X25519Kyber768R3 with the kyber-r3 feature, X25519].
     #[arg(long, value_name = "SUITE", value_delimiter = ',', value_parser = super::device::parse_suite)]
     suite: Vec<&'static Suite>,
     /// AEADs to measure (comma-separated) [default: both].

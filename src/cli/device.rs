@@ -6,7 +6,7 @@ use super::server::shutdown_signal;
 use super::sources::TelemetryArgs;
 use super::{parse_aead, CliError, DeviceMode, SessionArgs};
 use crate::crypto::aead::AeadId;
-use crate::crypto::kem::Suite;
+use crate::crypto::kem::{Suite, SuiteId};
 use crate::handshake::device::DeviceConfig;
 use crate::registry::{EnrollmentToken, RegistryError};
 use crate::service::tcp_device::{DeviceError, DeviceOptions, TcpDevice};
@@ -47,7 +47,8 @@ pub struct DeviceArgs {
     /// Key exchange: hybrid post-quantum (default) or classical X25519.
     #[arg(long, value_enum, default_value_t = DeviceMode::Hybrid)]
     mode: DeviceMode,
-    /// Exact suite to offer (X25519MLKEM768, X25519Kyber768R3, X25519); overrides --mode.
+    /// Exact suite to offer (X25519MLKEM768, X25519, or X25519Kyber768R3 in a build with the
+    /// kyber-r3 feature); overrides --mode.
     #[arg(long, value_name = "SUITE", value_parser = parse_suite)]
     suite: Option<&'static Suite>,
     /// AEADs to offer, most preferred first [default: AES-256-GCM first if the CPU has AES
@@ -82,8 +83,16 @@ pub struct DeviceArgs {
 }
 
 pub(super) fn parse_suite(s: &str) -> Result<&'static Suite, String> {
-    Suite::from_name(s).ok_or_else(|| {
+    let id = SuiteId::from_name(s).ok_or_else(|| {
         format!("unknown suite {s:?}: use X25519MLKEM768, X25519Kyber768R3 or X25519")
+    })?;
+    id.suite().ok_or_else(|| {
+        format!(
+            "suite {} is not in this build of secchan: it is for benchmarks only; build with \
+             `cargo build --release --features {}` to use it",
+            id.name(),
+            id.feature().unwrap_or_default()
+        )
     })
 }
 

@@ -248,7 +248,7 @@ fn key_file_advice(path: &std::path::Path) -> String {
 fn alert_advice(code: AlertCode) -> &'static str {
     match code {
         AlertCode::SuiteRefused => {
-            "; connect with the --mode the server runs (hybrid unless its operator chose otherwise), or ask its operator to run it with --mode any"
+            "; connect with the --mode the server runs (hybrid unless its operator chose otherwise), or ask its operator to run it with --mode any (X25519Kyber768R3 also needs a server built with --features kyber-r3)"
         }
         AlertCode::UnknownDevice => {
             "; ask the server's operator to enroll this device's fingerprint (`secchan fingerprint KEYFILE`) with `secchan registry enroll`, or add it to the server's authorized-devices file, or ask for an enrollment token (`secchan registry token`)"

@@ -76,7 +76,8 @@ enum ServerMode {
     Hybrid,
     /// X25519 alone.
     Classical,
-    /// Every suite: hybrid, classical, and the pre-standard X25519Kyber768R3 (benchmarks).
+    /// Every suite this build has: hybrid, classical, and the pre-standard X25519Kyber768R3
+    /// (benchmarks; only in a build with the kyber-r3 feature).
     Any,
 }
 

@@ -2,13 +2,14 @@
 
 use super::keys::{load_authorized, load_secret};
 use super::{CliError, ServerMode, SessionArgs};
+use crate::crypto::kem::SuiteId;
 use crate::crypto::random::OsRandom;
 use crate::delivery::state::StateDir;
 use crate::delivery::{Streams, DEFAULT_MAX_OUT_OF_ORDER};
 use crate::handshake::server::ServerConfig;
 use crate::handshake::ticket::Resumption;
 use crate::handshake::ticket_file;
-use crate::handshake::{AllowAnyDevice, Authorizer};
+use crate::handshake::{AllowAnyDevice, Authorizer, Mode};
 use crate::registry::{Groups, RegistryAuthorizer};
 use crate::service::sink::JsonLines;
 use crate::service::{intake, tcp_server};
@@ -160,6 +161,15 @@ fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthori
     };
     let mut config = ServerConfig::new(identity, authorizer);
     config.mode = args.mode.into();
+    if config.mode == Mode::Any {
+        for id in SuiteId::ALL.into_iter().filter(|id| id.suite().is_none()) {
+            tracing::warn!(
+                "--mode any: suite {} is not in this build (cargo feature {}): devices offering it are refused with suite_refused",
+                id.name(),
+                id.feature().unwrap_or_default()
+            );
+        }
+    }
     config.session = args.session.session_config();
     config.resumption = args.tickets.resumption(args.state_dir.as_deref())?;
     Ok((config, registry))

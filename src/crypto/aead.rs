@@ -275,13 +275,26 @@ impl SivKey {
 
     /// Appends `AES-256-GCM-SIV(nonce = 0^12, aad, plaintext) || tag` to `out`.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        self.seal_with_nonce([0; NONCE_LEN], aad, plaintext, out)
+    }
+
+    /// [`seal`](Self::seal) under another nonce. secchan never uses one; this lets
+    /// tests/wycheproof.rs run known-answer vectors, whose nonces vary, through this type.
+    #[doc(hidden)]
+    pub fn seal_with_nonce(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         let start = out.len();
         out.extend_from_slice(plaintext);
         let body = out.get_mut(start..).ok_or(CryptoError::Aead)?;
         let tag = self
             .0
             .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key([0; NONCE_LEN]),
+                Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(aad),
                 body,
             )
@@ -296,11 +309,23 @@ impl SivKey {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+        self.open_with_nonce([0; NONCE_LEN], aad, sealed)
+    }
+
+    /// [`open`](Self::open) under another nonce, for the same known-answer tests as
+    /// [`seal_with_nonce`](Self::seal_with_nonce).
+    #[doc(hidden)]
+    pub fn open_with_nonce(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
         let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
         let len = self
             .0
             .open_in_place(
-                Nonce::assume_unique_for_key([0; NONCE_LEN]),
+                Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(aad),
                 &mut buf,
             )

@@ -6,6 +6,7 @@
 
 use super::{random::Random, CryptoError};
 use aws_lc_rs::agreement;
+#[cfg(feature = "kyber-r3")]
 use pqcrypto_traits::kem::{Ciphertext as _, PublicKey as _, SecretKey as _, SharedSecret as _};
 use std::fmt;
 use subtle::ConstantTimeEq;
@@ -179,15 +180,19 @@ impl PqDecapsKey for MlKem768Decaps {
 
 /// Kyber768 as submitted to NIST's third round, from `pqcrypto-kyber` (PQClean). Kept only so
 /// benchmarks can set the pre-standard Kyber beside ML-KEM; it is not interoperable with
-/// ML-KEM and draws its randomness from the OS itself, so it has no test vectors.
+/// ML-KEM and draws its randomness from the OS itself, so it has no test vectors. Built only
+/// with the `kyber-r3` feature: `pqcrypto-kyber` is unmaintained (RUSTSEC-2024-0381).
+#[cfg(feature = "kyber-r3")]
 #[derive(Debug, Clone, Copy)]
 pub struct Kyber768R3;
 
 /// pqcrypto's `SecretKey` is a `Copy` type with no erasure and no mutable access, so the key is
 /// kept as bytes that zeroize on drop and parsed for each decapsulation (that short-lived copy,
 /// and the one key generation returns, are not erased: threat_model.md, memory erasure).
+#[cfg(feature = "kyber-r3")]
 struct Kyber768Decaps(Zeroizing<Vec<u8>>);
 
+#[cfg(feature = "kyber-r3")]
 impl PqKem for Kyber768R3 {
     fn encaps_key_len(&self) -> usize {
         pqcrypto_kyber::kyber768::public_key_bytes()
@@ -217,6 +222,7 @@ impl PqKem for Kyber768R3 {
     }
 }
 
+#[cfg(feature = "kyber-r3")]
 impl PqDecapsKey for Kyber768Decaps {
     fn decapsulate(&self, ct: &[u8]) -> Result<SharedSecret, CryptoError> {
         let ct = pqcrypto_kyber::kyber768::Ciphertext::from_bytes(ct)
@@ -237,10 +243,50 @@ impl PqDecapsKey for Kyber768Decaps {
 pub enum SuiteId {
     /// X25519 + ML-KEM-768, the default.
     X25519MlKem768 = 0x01,
-    /// X25519 + Kyber768 round 3 (pre-standard; benchmarks only).
+    /// X25519 + Kyber768 round 3 (pre-standard; benchmarks only). The code is reserved in every
+    /// build; the suite exists only in builds with the `kyber-r3` feature.
     X25519Kyber768R3 = 0x02,
     /// X25519 alone: classical, not safe against a quantum attacker.
     X25519 = 0x03,
+}
+
+impl SuiteId {
+    /// Every suite protocol.md §3.1 defines, whether or not this build has it.
+    pub const ALL: [SuiteId; 3] = [Self::X25519MlKem768, Self::X25519Kyber768R3, Self::X25519];
+
+    /// Decodes a wire code.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| *s as u8 == v)
+    }
+
+    /// The suite's name as protocol.md §3.1 gives it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::X25519MlKem768 => "X25519MLKEM768",
+            Self::X25519Kyber768R3 => "X25519Kyber768R3",
+            Self::X25519 => "X25519",
+        }
+    }
+
+    /// The cargo feature a build needs for this suite, if it is optional.
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            Self::X25519Kyber768R3 => Some("kyber-r3"),
+            Self::X25519MlKem768 | Self::X25519 => None,
+        }
+    }
+
+    /// Looks a suite up by its name (case-insensitive).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The suite, if this build has it.
+    pub fn suite(self) -> Option<&'static Suite> {
+        Suite::from_id(self as u8)
+    }
 }
 
 /// A key-exchange suite: X25519, optionally combined with a post-quantum KEM.
@@ -290,28 +336,26 @@ impl Suite {
         ALL_SUITES.iter().copied().find(|s| s.id as u8 == id)
     }
 
-    /// Looks a suite up by its user-facing name (case-insensitive).
+    /// Looks a suite this build has up by its user-facing name (case-insensitive).
     pub fn from_name(name: &str) -> Option<&'static Suite> {
-        ALL_SUITES
-            .iter()
-            .copied()
-            .find(|s| s.name.eq_ignore_ascii_case(name))
+        SuiteId::from_name(name).and_then(SuiteId::suite)
     }
 }
 
 /// Hybrid X25519 + ML-KEM-768: the default suite.
 pub static X25519_MLKEM768: Suite = Suite {
     id: SuiteId::X25519MlKem768,
-    name: "X25519MLKEM768",
+    name: SuiteId::X25519MlKem768.name(),
     pq: Some(&MlKem768),
     standard: true,
 };
 
 /// Hybrid X25519 + Kyber768 round 3: pre-standard, for benchmarks; only a server in `any`
 /// mode accepts it.
+#[cfg(feature = "kyber-r3")]
 pub static X25519_KYBER768R3: Suite = Suite {
     id: SuiteId::X25519Kyber768R3,
-    name: "X25519Kyber768R3",
+    name: SuiteId::X25519Kyber768R3.name(),
     pq: Some(&Kyber768R3),
     standard: false,
 };
@@ -319,13 +363,19 @@ pub static X25519_KYBER768R3: Suite = Suite {
 /// Classical X25519 alone.
 pub static X25519_ONLY: Suite = Suite {
     id: SuiteId::X25519,
-    name: "X25519",
+    name: SuiteId::X25519.name(),
     pq: None,
     standard: true,
 };
 
-/// Every suite this build knows, default first.
-pub static ALL_SUITES: [&Suite; 3] = [&X25519_MLKEM768, &X25519_KYBER768R3, &X25519_ONLY];
+/// Every suite this build has, default first (X25519Kyber768R3 only with the `kyber-r3`
+/// feature).
+pub static ALL_SUITES: &[&Suite] = &[
+    &X25519_MLKEM768,
+    #[cfg(feature = "kyber-r3")]
+    &X25519_KYBER768R3,
+    &X25519_ONLY,
+];
 
 #[cfg(test)]
 mod tests {
@@ -345,6 +395,7 @@ mod tests {
         roundtrip(&MlKem768);
     }
 
+    #[cfg(feature = "kyber-r3")]
     #[test]
     fn kyber768r3_round_trip() {
         roundtrip(&Kyber768R3);

@@ -22,7 +22,7 @@ pub mod ticket_file;
 use crate::codec::DecodeError;
 use crate::crypto::aead::AeadId;
 use crate::crypto::identity::PublicIdentity;
-use crate::crypto::kem::Suite;
+use crate::crypto::kem::{Suite, SuiteId};
 use crate::crypto::CryptoError;
 use crate::msgs::{AlertCode, FrameType};
 
@@ -93,6 +93,14 @@ pub enum HandshakeError {
         /// The server's mode.
         mode: Mode,
     },
+    /// The device offered a suite protocol.md defines that this build leaves out
+    /// (X25519Kyber768R3 without the `kyber-r3` feature); refused like [`Self::SuiteRefused`].
+    #[error(
+        "suite {} is not in this build of secchan (it is built only with the cargo feature {})",
+        .0.name(),
+        .0.feature().unwrap_or_default()
+    )]
+    SuiteNotBuilt(SuiteId),
     /// The device and server share no AEAD.
     #[error("no AEAD in common with the peer")]
     NoCommonAead,
@@ -158,7 +166,7 @@ impl HandshakeError {
             | Self::TicketUnusable(_) => return None,
             Self::TicketRejected(_) => AlertCode::TicketRejected,
             Self::EnrollmentProofFailed { .. } => AlertCode::EnrollmentRefused,
-            Self::SuiteRefused { .. } => AlertCode::SuiteRefused,
+            Self::SuiteRefused { .. } | Self::SuiteNotBuilt(_) => AlertCode::SuiteRefused,
             Self::NoCommonAead => AlertCode::NoCommonAead,
             Self::Downgrade { .. }
             | Self::KeyExchange(_)

@@ -4,7 +4,9 @@ use super::device::{self, DeviceConfig};
 use super::server::{self, ServerConfig};
 use super::*;
 use crate::crypto::identity::IdentityKey;
-use crate::crypto::kem::{X25519_KYBER768R3, X25519_MLKEM768, X25519_ONLY};
+#[cfg(feature = "kyber-r3")]
+use crate::crypto::kem::X25519_KYBER768R3;
+use crate::crypto::kem::{X25519_MLKEM768, X25519_ONLY};
 use crate::crypto::random::OsRandom;
 use crate::msgs::DeviceHello;
 use crate::session::{Event, Session, SessionError};
@@ -84,6 +86,7 @@ fn classical_handshake_fits_budget() {
     exchange(&mut d, &mut s, b"x");
 }
 
+#[cfg(feature = "kyber-r3")]
 #[test]
 fn kyber_round3_suite_works_only_with_a_server_in_any_mode() {
     let (scfg, dev) = server_config(Mode::Any);
