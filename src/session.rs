@@ -150,7 +150,7 @@ impl Session {
             suite: keys.suite,
             aead: keys.aead,
             peer,
-            sealer: Sealer::new(keys.aead, keys.send, config.key_update, now),
+            sealer: Sealer::new(keys.aead, keys.send, config.key_update, config.ordered, now),
             opener: Opener::new(keys.aead, keys.recv, config.replay_window, config.ordered),
             state: State::Open,
             transmit: VecDeque::new(),
@@ -304,9 +304,11 @@ impl Session {
 
     fn is_fatal(&self, e: &SessionError) -> bool {
         match e {
-            SessionError::Record(RecordError::Replay(_) | RecordError::BadTag(_)) => {
-                self.opener.is_ordered()
-            }
+            SessionError::Record(
+                RecordError::Replay(_)
+                | RecordError::BadTag(_)
+                | RecordError::UnknownGeneration { .. },
+            ) => self.opener.is_ordered(),
             _ => true,
         }
     }
@@ -384,6 +386,7 @@ mod tests {
             aead,
             Zeroizing::new([7; 32]),
             KeyUpdatePolicy::default(),
+            true,
             now,
         );
         (session, peer)

@@ -9,7 +9,7 @@ mod support;
 
 use cli_support::{assert_one_line_error, bin, tempdir};
 use secchan::delivery::{ACK_LEN, ENVELOPE_LEN};
-use secchan::record::RECORD_OVERHEAD;
+use secchan::record::UNORDERED_RECORD_OVERHEAD;
 use support::mosquitto::Mosquitto;
 
 /// The TCP figures as small as they go, so the run is mostly the MQTT section.
@@ -88,7 +88,7 @@ fn bench_mqtt_reports_both_transports_with_the_broker_credentials() {
         assert_eq!(s["delivered"], per_payload, "{res}");
         assert_eq!(p["delivered"], per_payload, "{res}");
         // Sent alone, each message is one record and earns one Ack record.
-        let record = |len: usize| (len + RECORD_OVERHEAD) as f64;
+        let record = |len: usize| (len + UNORDERED_RECORD_OVERHEAD) as f64;
         assert_eq!(
             s["up_bytes"].as_f64(),
             Some(record(payload as usize + ENVELOPE_LEN))

@@ -18,7 +18,7 @@ use crate::msgs::{decode_alert, encode_alert, AlertCode, FrameType};
 use crate::record::RecordError;
 use crate::session::{Event, Session, SessionError};
 use crate::throttle::{later, warn_dropped, Throttle};
-use crate::transport::{Timeouts, TransportError, MAX_FRAME_LEN};
+use crate::transport::{Timeouts, TransportError};
 use crate::trust::{ServerVerifier, TrustError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -492,7 +492,7 @@ impl Task {
                     tracing::debug!(topic, "message for an earlier session dropped");
                     return Ok(());
                 }
-                if payload.len() > MAX_FRAME_LEN {
+                if payload.len() > super::MAX_FRAME_LEN {
                     self.malformed(&topic, "message larger than a record");
                     return Ok(());
                 }

@@ -20,12 +20,15 @@ pub use server::{Delivery, MqttServer, ServerOptions, ServerStats};
 pub use topics::Topics;
 
 use crate::msgs::FrameType;
-use crate::record::RECORD_OVERHEAD;
+use crate::record::{MAX_UNORDERED_RECORD_LEN, UNORDERED_RECORD_OVERHEAD};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// Default MQTT port (plain TCP).
 pub const DEFAULT_PORT: u16 = 1883;
+
+/// Largest secchan frame in one MQTT message: a full record in the unordered layout.
+pub const MAX_FRAME_LEN: usize = MAX_UNORDERED_RECORD_LEN;
 
 /// Largest MQTT packet secchan accepts from the broker, announced in CONNECT so the broker
 /// drops bigger messages itself: one full record plus room for the topic and headers.
@@ -223,7 +226,7 @@ impl MqttError {
 /// Whether unauthenticated bytes can be a record at all. Anything else is dropped before it
 /// reaches the session, so a stranger on the broker cannot close it with garbage.
 fn may_be_record(frame: &[u8]) -> bool {
-    frame.len() >= RECORD_OVERHEAD && FrameType::of(frame).is_ok_and(FrameType::is_record)
+    frame.len() >= UNORDERED_RECORD_OVERHEAD && FrameType::of(frame).is_ok_and(FrameType::is_record)
 }
 
 /// A random identifier of `N` bytes as lowercase hex.
@@ -266,8 +269,8 @@ mod tests {
     #[test]
     fn only_plausible_records_reach_a_session() {
         assert!(!may_be_record(&[]));
-        assert!(!may_be_record(&[0x10; RECORD_OVERHEAD - 1]));
-        assert!(may_be_record(&[0x10; RECORD_OVERHEAD]));
+        assert!(!may_be_record(&[0x10; UNORDERED_RECORD_OVERHEAD - 1]));
+        assert!(may_be_record(&[0x10; UNORDERED_RECORD_OVERHEAD]));
         assert!(!may_be_record(&[FrameType::DeviceFinish as u8; 64]));
         assert!(!may_be_record(&[0xff; 64]));
     }

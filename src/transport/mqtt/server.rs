@@ -16,7 +16,7 @@ use crate::record::replay::ReplayWindow;
 use crate::record::RecordError;
 use crate::session::{Event, Session, SessionError};
 use crate::throttle::{later, warn_dropped, Throttle};
-use crate::transport::{Timeouts, TransportError, MAX_FRAME_LEN};
+use crate::transport::{Timeouts, TransportError};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -314,7 +314,7 @@ impl MqttServer {
             LinkEvent::Disconnected | LinkEvent::Subscribed(_) => return,
             LinkEvent::Message { topic, payload } => (topic, payload),
         };
-        if payload.len() > MAX_FRAME_LEN {
+        if payload.len() > super::MAX_FRAME_LEN {
             self.malformed(&topic, "message larger than a record");
             return;
         }
