@@ -134,7 +134,7 @@ async fn broker_restart_loses_nothing_and_duplicates_nothing() {
     // first: what it acknowledges now is lost, and the device sends everything again.
     m.set_users(&[SERVER]);
     m.spawn();
-    let (probe, mut answers) = spy_as(&m, "probe", "secchan/dn/#", Some(SERVER)).await;
+    let (probe, mut answers) = spy_as(&m, "probe", "secchan/probe/dn/#", Some(SERVER)).await;
     let (_, hello) = device::start(&keys.device_config(0, &X25519_ONLY), &mut OsRandom).unwrap();
     let probe_sid = "ffeeddccbbaa99887766554433221100";
     // A ServerHello to the probe shows that the server subscribed again (until it has, the
@@ -145,7 +145,7 @@ async fn broker_restart_loses_nothing_and_duplicates_nothing() {
             d = server.next() => got.push(d.unwrap()),
             a = answers.recv() => if a.unwrap().0.contains(probe_sid) { break },
             _ = again.tick() => probe
-                .publish(Topics::default().hello(probe_sid), QoS::AtLeastOnce, false, hello.clone())
+                .publish(Topics::default().hello("probe", probe_sid), QoS::AtLeastOnce, false, hello.clone())
                 .await
                 .unwrap(),
         }
@@ -268,7 +268,7 @@ async fn a_device_moves_to_the_other_instance_when_its_server_stops() {
     send_all(&mut dev, &sent[..10]).await;
     let mut got = a.take(10).await;
     let mut b = spawn_server(&m, &keys).await;
-    let (_spy, mut up_a) = spy(&m, "spy", &format!("secchan/up/{}/+", a.instance)).await;
+    let (_spy, mut up_a) = spy(&m, "spy", &format!("secchan/+/up/{}/+", a.instance)).await;
     let (rest, _) = a.stop().await;
     got.extend(rest);
     // The device answers A's close with its own (docs/mqtt.md §5) before it moves on.
@@ -297,19 +297,20 @@ async fn unauthorized_device_is_refused() {
     let stranger = Keys::new(1);
     let config = stranger.device_config(0, &X25519_MLKEM768);
     // The refusal comes after the device's last handshake message, like over TCP: the
-    // first send or the finish reports it.
-    // The plaintext refusal is believed once the server stays silent for the ack timeout.
-    let options = DeviceOptions {
-        ack_timeout: Duration::from_secs(1),
-        ..device_options()
-    };
-    let mut dev = MqttDevice::start(&broker(&m), config, keys.pin(), options)
+    // first send or the finish reports it. It comes in an authenticated Close record, so the
+    // device believes it at once and does not try again.
+    let mut dev = MqttDevice::start(&broker(&m), config, keys.pin(), device_options())
         .await
         .unwrap();
     let _ = dev.send(b"let me in".to_vec()).await;
     let err = dev.finish(PATIENCE).await.unwrap_err();
     assert!(
-        matches!(err, TransportError::Refused(AlertCode::UnknownDevice)),
+        matches!(
+            err,
+            TransportError::Session(secchan::session::SessionError::PeerAlert(
+                AlertCode::UnknownDevice
+            ))
+        ),
         "{err}"
     );
     let (_, stats) = server.stop().await;
@@ -322,11 +323,16 @@ async fn wrong_server_key_is_refused_by_the_device() {
     let keys = Keys::new(1);
     let server = spawn_server(&m, &keys).await;
     let other = Arc::new(Pinned(Keys::new(0).server.public().fingerprint()));
+    // An untrusted key is no proof of anything (anyone can answer with a key of their own):
+    // the device tries again, and gives up with the trust error after its attempts.
+    let mut options = device_options();
+    options.timeouts.handshake = Duration::from_millis(500);
+    options.handshake_attempts = 2;
     let err = MqttDevice::start(
         &broker(&m),
         keys.device_config(0, &X25519_ONLY),
         other,
-        device_options(),
+        options,
     )
     .await
     .unwrap_err();
@@ -340,6 +346,7 @@ async fn no_server_and_no_broker_are_clear_errors() {
     let keys = Keys::new(1);
     let mut options = device_options();
     options.timeouts.handshake = Duration::from_millis(500);
+    options.handshake_attempts = 1;
     let err = MqttDevice::start(
         &broker(&m),
         keys.device_config(0, &X25519_ONLY),
@@ -553,7 +560,7 @@ async fn revocation_closes_a_live_session_and_refuses_the_next_handshake() {
 async fn a_device_that_starts_before_any_server_finds_one_later() {
     let m = Mosquitto::start();
     let keys = Keys::new(1);
-    let (_spy, mut hellos) = spy(&m, "spy", "secchan/hs/+").await;
+    let (_spy, mut hellos) = spy(&m, "spy", "secchan/+/hs/+").await;
     let starting = tokio::spawn({
         let (b, config) = (broker(&m), keys.device_config(0, &X25519_ONLY));
         let options = DeviceOptions {
@@ -583,7 +590,7 @@ async fn a_device_that_starts_before_any_server_finds_one_later() {
     assert_eq!(texts(&got), ["found you"]);
     assert_eq!(
         first,
-        Topics::default().hello(&got[0].session),
+        Topics::default().hello(&got[0].client, &got[0].session),
         "the same session id, published again"
     );
     server.stop().await;

@@ -354,6 +354,8 @@ fn max_sessions_is_honoured_on_mqtt() {
             "1",
             "--handshake-timeout",
             "2",
+            "--handshake-attempts",
+            "1",
         ],
     )
     .stdin(Stdio::null())

@@ -16,6 +16,7 @@ use secchan::handshake::device;
 use secchan::handshake::server::{self, ServerConfig};
 use secchan::handshake::{AllowAnyDevice, Mode};
 use secchan::msgs::{encode_alert, AlertCode, FrameType};
+use secchan::transport::mqtt::topics::Route;
 use secchan::transport::mqtt::{DeviceOptions, MqttDevice, ServerOptions, Topics};
 use secchan::transport::Timeouts;
 use secchan::trust::{KnownServers, ServerVerifier};
@@ -33,7 +34,7 @@ async fn garbage_on_the_topics_is_dropped_and_disturbs_no_session() {
     let mut dev = start_device(&m, &keys, 0, &X25519_MLKEM768).await;
     dev.send(b"before".to_vec()).await.unwrap();
     server.take(1).await;
-    let (vandal, mut seen) = spy(&m, "vandal", "secchan/up/#").await;
+    let (vandal, mut seen) = spy(&m, "vandal", "secchan/+/up/#").await;
     // Learn the live session's topic from its traffic, then aim garbage at it.
     dev.send(b"probe".to_vec()).await.unwrap();
     let (up, _) = tokio::time::timeout(PATIENCE, seen.recv())
@@ -54,15 +55,15 @@ async fn garbage_on_the_topics_is_dropped_and_disturbs_no_session() {
             ],
         ),
         (
-            "secchan/hs/00000000000000000000000000000000".into(),
+            "secchan/vandal/hs/00000000000000000000000000000000".into(),
             b"hello?".to_vec(),
         ),
-        ("secchan/hs/not-a-session".into(), vec![1, 2, 3]),
+        ("secchan/vandal/hs/not-a-session".into(), vec![1, 2, 3]),
         (
-            format!("secchan/up/{instance}/ffffffffffffffffffffffffffffffff"),
+            format!("secchan/vandal/up/{instance}/ffffffffffffffffffffffffffffffff"),
             vec![0x10; 40],
         ),
-        (format!("secchan/up/{instance}/x"), vec![0x10; 40]),
+        (format!("secchan/vandal/up/{instance}/x"), vec![0x10; 40]),
         (up.clone(), vec![0x10; 20_000]),
     ];
     for (topic, payload) in garbage {
@@ -93,7 +94,7 @@ async fn rogue(m: &Mosquitto) -> mpsc::UnboundedReceiver<String> {
     const INSTANCE: &str = "0123456789abcdef";
     let (client, mut eventloop) = raw_client(m, "rogue").await;
     client
-        .subscribe("$share/rogue/secchan/hs/+", QoS::AtLeastOnce)
+        .subscribe("$share/rogue/secchan/+/hs/+", QoS::AtLeastOnce)
         .await
         .unwrap();
     let mut config = ServerConfig::new(
@@ -108,12 +109,16 @@ async fn rogue(m: &Mosquitto) -> mpsc::UnboundedReceiver<String> {
                 continue;
             };
             let topic = String::from_utf8_lossy(&p.topic).into_owned();
-            let Some(sid) = topic.strip_prefix("secchan/hs/") else {
+            let Some(Route::Hello {
+                client: device,
+                session: sid,
+            }) = Topics::default().parse(&topic)
+            else {
                 continue;
             };
             let (_, server_hello) =
                 server::accept_hello(&config, &p.payload, &mut OsRandom).unwrap();
-            let down = Topics::default().down(sid, INSTANCE);
+            let down = Topics::default().down(device, sid, INSTANCE);
             for frame in [
                 vec![],
                 vec![FrameType::Alert as u8],
@@ -137,7 +142,7 @@ async fn rogue_answers_on_the_down_topic_neither_stop_nor_capture_a_device() {
     let m = Mosquitto::start();
     let keys = Keys::new(2);
     let mut answered = rogue(&m).await;
-    let (_spy, mut down) = spy(&m, "spy", "secchan/dn/#").await;
+    let (_spy, mut down) = spy(&m, "spy", "secchan/+/dn/#").await;
     // One device pins the server's key; the other knows it from its known-servers file.
     let dir = std::env::temp_dir().join(format!("secchan-rogue-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -178,7 +183,7 @@ async fn rogue_answers_on_the_down_topic_neither_stop_nor_capture_a_device() {
     let mut seen = std::collections::HashSet::new();
     while seen.len() < 2 {
         let (topic, frame) = down.recv().await.unwrap();
-        let sid = topic.split('/').nth(2).unwrap_or_default().to_string();
+        let sid = topic.split('/').nth(3).unwrap_or_default().to_string();
         if sids.contains(&sid)
             && FrameType::of(&frame) == Ok(FrameType::ServerHello)
             && frame.len() > 4
@@ -220,7 +225,7 @@ async fn forged_alerts_before_the_first_record_do_not_end_a_session() {
     let m = Mosquitto::start();
     let keys = Keys::new(1);
     let mut server = spawn_server(&m, &keys).await;
-    let (vandal, mut down) = spy(&m, "vandal", "secchan/dn/#").await;
+    let (vandal, mut down) = spy(&m, "vandal", "secchan/+/dn/#").await;
     // Nothing is sent yet, so after the handshake the device has no authenticated record
     // from the server: the window in which a plaintext refusal is possible.
     let mut dev = start_device(&m, &keys, 0, &X25519_MLKEM768).await;
@@ -290,8 +295,10 @@ async fn a_flood_of_hellos_does_not_lock_devices_out() {
         ..server_options()
     };
     let mut server = spawn_server_with(&m, keys.server_config(), options).await;
-    let (_spy, mut down) = spy(&m, "spy", "secchan/dn/#").await;
-    // A captured hello costs nothing to publish again under fresh session ids.
+    let (_spy, mut down) = spy(&m, "spy", "secchan/+/dn/#").await;
+    // A captured hello costs nothing to publish again under fresh session ids; on a broker
+    // without an ACL, under other clients' topic levels too (5 of them, 4 hellos each: as
+    // many as a client's hello queue holds, so every one is answered).
     let (_, hello) = device::start(&keys.device_config(0, &X25519_ONLY), &mut OsRandom).unwrap();
     let (flooder, eventloop) = raw_client(&m, "flooder").await;
     let _acks = forward(eventloop);
@@ -299,7 +306,7 @@ async fn a_flood_of_hellos_does_not_lock_devices_out() {
     for i in 0..FLOOD {
         flooder
             .publish(
-                Topics::default().hello(&format!("{i:032x}")),
+                Topics::default().hello(&format!("flooder-{}", i % 5), &format!("{i:032x}")),
                 QoS::AtLeastOnce,
                 false,
                 hello.clone(),

@@ -10,10 +10,11 @@ use crate::handshake::server::ServerConfig;
 use crate::telemetry::Source;
 use crate::transport::mqtt::topics::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
 use crate::transport::mqtt::{
-    Broker, DeviceOptions, MqttDevice, MqttServer, ServerOptions, Topics,
+    Broker, DeviceOptions, MqttDevice, MqttServer, ServerOptions, TopicLevel, Topics,
+    DEFAULT_HANDSHAKE_ATTEMPTS,
 };
 use crate::transport::Timeouts;
-use crate::trust::ServerVerifier;
+use crate::trust::{KnownServers, ServerVerifier};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,6 +103,52 @@ pub(super) struct MqttDeviceArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30, requires = "mqtt",
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     drain_timeout: u64,
+    /// Failed handshakes in a row (no trusted server answering, or a plaintext refusal that
+    /// nothing authenticated confirms) after which the device gives up; 0: never.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_HANDSHAKE_ATTEMPTS, requires = "mqtt")]
+    handshake_attempts: u32,
+    /// Which broker name the device's topics carry, for the broker's ACL: `client-id`
+    /// (Mosquitto's %c) or `username` (%u).
+    #[arg(long, value_enum, value_name = "NAME", default_value_t = LevelArg::ClientId, requires = "mqtt")]
+    mqtt_topic_level: LevelArg,
+    /// Without --server-key: accept the key of the first server that answers and record it
+    /// in the known-servers file. Over a broker that is whichever client answers first, so
+    /// it is refused unless this is given.
+    #[arg(long, requires = "mqtt")]
+    pub(super) mqtt_allow_tofu: bool,
+}
+
+/// `--mqtt-topic-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LevelArg {
+    /// The MQTT client id.
+    ClientId,
+    /// The broker user name.
+    Username,
+}
+
+/// Refuses trust on first use through a broker (docs/mqtt.md §1) unless --mqtt-allow-tofu:
+/// succeeds if `file` already records a key for `host`.
+pub(super) fn check_first_use(
+    args: &MqttDeviceArgs,
+    file: PathBuf,
+    host: &str,
+) -> Result<(), CliError> {
+    let known = KnownServers::new(file.clone(), host);
+    if known
+        .knows_host()
+        .map_err(crate::transport::TransportError::from)?
+    {
+        return Ok(());
+    }
+    if !args.mqtt_allow_tofu {
+        return Err(CliError::FirstUseOverBroker {
+            host: host.to_string(),
+            file: file.display().to_string(),
+        });
+    }
+    tracing::warn!(server = %host, "--mqtt-allow-tofu: trusting the first server key that answers, which over a broker is whichever client answers first (docs/mqtt.md §1)");
+    Ok(())
 }
 
 /// Runs a server instance on the broker until Ctrl-C or SIGTERM.
@@ -180,11 +227,16 @@ pub(super) async fn run_device(
     timeouts: Timeouts,
     mut source: Source,
 ) -> Result<(), CliError> {
-    let broker = args.broker.broker(url)?;
+    let mut broker = args.broker.broker(url)?;
+    broker.topic_level = match args.mqtt_topic_level {
+        LevelArg::ClientId => TopicLevel::ClientId,
+        LevelArg::Username => TopicLevel::Username,
+    };
     let options = DeviceOptions {
         buffer: usize::try_from(args.buffer).unwrap_or(MAX_BUFFER),
         ack_timeout: Duration::from_secs(args.ack_timeout.max(1)),
         timeouts,
+        handshake_attempts: args.handshake_attempts,
     };
     let mut device = MqttDevice::start(&broker, config, Arc::from(verifier), options).await?;
     tracing::info!(broker = %broker.display_name(), "connected through the MQTT broker");

@@ -311,7 +311,7 @@ impl HandDevice {
         let sid = "00112233445566778899aabbccddeeff";
         let (client, eventloop) = raw_client(m, "hand-device").await;
         client
-            .subscribe(topics.down_filter(sid), QoS::AtLeastOnce)
+            .subscribe(topics.down_filter("hand-device", sid), QoS::AtLeastOnce)
             .await
             .unwrap();
         let mut incoming = forward(eventloop);
@@ -324,7 +324,12 @@ impl HandDevice {
         };
         let (expect, hello) = device::start(&config, &mut OsRandom).unwrap();
         client
-            .publish(topics.hello(sid), QoS::AtLeastOnce, false, hello)
+            .publish(
+                topics.hello("hand-device", sid),
+                QoS::AtLeastOnce,
+                false,
+                hello,
+            )
             .await
             .unwrap();
         let (topic, reply) = tokio::time::timeout(PATIENCE, incoming.recv())
@@ -334,7 +339,7 @@ impl HandDevice {
         let instance = topic.rsplit('/').next().unwrap().to_string();
         let authed = expect.read_server_hello(&reply).unwrap();
         let (session, finish) = authed.finish(Instant::now()).unwrap();
-        let up = topics.up(&instance, sid);
+        let up = topics.up("hand-device", &instance, sid);
         for frame in forged.iter().cloned().chain([finish]) {
             client
                 .publish(up.clone(), QoS::AtLeastOnce, false, frame)

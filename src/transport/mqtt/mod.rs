@@ -15,7 +15,7 @@ mod link;
 mod server;
 pub mod topics;
 
-pub use device::{DeviceOptions, DeviceStats, MqttDevice};
+pub use device::{DeviceOptions, DeviceStats, MqttDevice, DEFAULT_HANDSHAKE_ATTEMPTS};
 pub use server::{Delivery, MqttServer, ServerOptions, ServerStats};
 pub use topics::Topics;
 
@@ -51,6 +51,19 @@ pub struct Broker {
     pub topics: Topics,
     /// MQTT keep-alive: how quickly a dead broker connection is noticed.
     pub keep_alive: Duration,
+    /// Which of the device's broker names is its `{client}` topic level (docs/mqtt.md §2).
+    pub topic_level: TopicLevel,
+}
+
+/// Which name of a device's broker connection its topics carry, so that the broker's ACL can
+/// confine it to them: Mosquitto's `%c` (client id) or `%u` (user name) pattern.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TopicLevel {
+    /// The MQTT client id (`--mqtt-client-id`, or the random `secchan-<hex>`).
+    #[default]
+    ClientId,
+    /// The broker user name (`--mqtt-username`, or the name a client certificate maps to).
+    Username,
 }
 
 impl std::fmt::Debug for Broker {
@@ -118,6 +131,7 @@ impl Broker {
             password: None,
             topics: Topics::default(),
             keep_alive: Duration::from_secs(15),
+            topic_level: TopicLevel::default(),
         })
     }
 
@@ -135,7 +149,44 @@ impl Broker {
     /// The rumqttc options secchan's own connections use (client id, credentials,
     /// keep-alive, clean start, packet size), for a bare MQTT client beside them.
     pub(crate) fn client_options(&self) -> Result<rumqttc::v5::MqttOptions, MqttError> {
-        link::options(self)
+        link::options(self, &self.client_id()?)
+    }
+
+    /// The client id to connect with: the one set, or a fresh random `secchan-<hex>`.
+    pub(crate) fn client_id(&self) -> Result<String, MqttError> {
+        match &self.client_id {
+            Some(id) => Ok(id.clone()),
+            None => Ok(format!(
+                "secchan-{}",
+                random_hex::<8>().map_err(|e| MqttError::Unreachable {
+                    broker: self.address(),
+                    reason: e.to_string(),
+                })?
+            )),
+        }
+    }
+
+    /// `host:port`, as error messages name the broker.
+    pub(crate) fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// A device's `{client}` topic level for a connection made with `client_id`.
+    pub(crate) fn device_level(&self, client_id: &str) -> Result<String, MqttError> {
+        let (what, level) = match self.topic_level {
+            TopicLevel::ClientId => ("MQTT client id", client_id),
+            TopicLevel::Username => (
+                "MQTT user name",
+                self.username.as_deref().ok_or(MqttError::Topic {
+                    what: "topic level",
+                    value: "username".into(),
+                    reason:
+                        "the topics carry the broker user name, but none is set (--mqtt-username)",
+                })?,
+            ),
+        };
+        topics::check_client_level(what, level)?;
+        Ok(level.to_string())
     }
 }
 
