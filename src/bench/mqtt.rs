@@ -649,7 +649,10 @@ mod tests {
         assert!(topics.parse(&plain).is_none());
         b.client_id = Some("lab".into());
         let up = topics.up("lab-device", &"a".repeat(16), &"b".repeat(32));
-        assert_eq!(plain_topic(&topics, device_level_len(&b)).unwrap().len(), up.len());
+        assert_eq!(
+            plain_topic(&topics, device_level_len(&b)).unwrap().len(),
+            up.len()
+        );
     }
 
     #[test]

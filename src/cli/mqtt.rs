@@ -10,8 +10,8 @@ use crate::handshake::server::ServerConfig;
 use crate::telemetry::Source;
 use crate::transport::mqtt::topics::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
 use crate::transport::mqtt::{
-    Broker, DeviceOptions, MqttDevice, MqttServer, ServerOptions, TopicLevel, Topics,
-    DEFAULT_HANDSHAKE_ATTEMPTS,
+    Broker, ClientCert, DeviceOptions, MqttDevice, MqttError, MqttServer, ServerOptions,
+    TopicLevel, Topics, DEFAULT_HANDSHAKE_ATTEMPTS,
 };
 use crate::transport::Timeouts;
 use crate::trust::{KnownServers, ServerVerifier};
@@ -27,7 +27,8 @@ pub const PASSWORD_ENV: &str = "SECCHAN_MQTT_PASSWORD";
 /// Broker options shared by `server` and `device`.
 #[derive(Debug, Clone, Args)]
 pub(super) struct MqttArgs {
-    /// Carry sessions through this MQTT broker, e.g. mqtt://127.0.0.1:1883.
+    /// Carry sessions through this MQTT broker, e.g. mqtt://127.0.0.1:1883, or
+    /// mqtts://broker.example:8883 for TLS to the broker.
     #[arg(long, value_name = "URL", group = "transport")]
     pub(super) mqtt: Option<String>,
     /// MQTT client id [default: secchan-<random>]. The broker sees it: do not put the
@@ -41,6 +42,16 @@ pub(super) struct MqttArgs {
     /// File holding the broker password (or set $SECCHAN_MQTT_PASSWORD).
     #[arg(long, value_name = "FILE", requires = "mqtt_username")]
     mqtt_password_file: Option<PathBuf>,
+    /// With mqtts://: PEM file of the CA that signed the broker's certificate [default: the
+    /// system's roots].
+    #[arg(long, value_name = "FILE", requires = "mqtt")]
+    mqtt_ca: Option<PathBuf>,
+    /// With mqtts://: PEM client certificate (chain) for a broker that requires one.
+    #[arg(long, value_name = "FILE", requires = "mqtt_client_key")]
+    mqtt_client_cert: Option<PathBuf>,
+    /// With mqtts://: the PEM private key of --mqtt-client-cert.
+    #[arg(long, value_name = "FILE", requires = "mqtt_client_cert")]
+    mqtt_client_key: Option<PathBuf>,
     /// Topic prefix shared by the servers and their devices.
     #[arg(long, value_name = "PREFIX", default_value = DEFAULT_PREFIX, requires = "mqtt")]
     mqtt_prefix: String,
@@ -52,6 +63,29 @@ impl MqttArgs {
         b.topics =
             Topics::new(&self.mqtt_prefix).map_err(crate::transport::TransportError::from)?;
         b.client_id = self.mqtt_client_id.clone();
+        let tls_files = self.mqtt_ca.is_some() || self.mqtt_client_cert.is_some();
+        match &mut b.tls {
+            Some(tls) => {
+                tls.ca_file = self.mqtt_ca.clone();
+                tls.client_cert = self
+                    .mqtt_client_cert
+                    .clone()
+                    .zip(self.mqtt_client_key.clone())
+                    .map(|(cert_file, key_file)| ClientCert {
+                        cert_file,
+                        key_file,
+                    });
+            }
+            None if tls_files => {
+                return Err(crate::transport::TransportError::from(MqttError::Url {
+                    url: url.to_string(),
+                    reason: "--mqtt-ca and --mqtt-client-cert are for TLS: use an mqtts:// URL"
+                        .into(),
+                })
+                .into())
+            }
+            None => {}
+        }
         b.username = self.mqtt_username.clone();
         b.password = match (&self.mqtt_password_file, std::env::var(PASSWORD_ENV)) {
             (Some(path), _) => {

@@ -132,9 +132,20 @@ pub async fn spawn_server_with(
     config: Arc<ServerConfig>,
     options: ServerOptions,
 ) -> Running {
-    let mut server = MqttServer::start(&broker(m), config, options)
-        .await
-        .unwrap();
+    spawn_server_on(&broker(m), config, options).await
+}
+
+/// A server instance with the test options, reaching the broker as `broker` says.
+pub async fn spawn_server_with_broker(broker: &Broker, config: Arc<ServerConfig>) -> Running {
+    spawn_server_on(broker, config, server_options()).await
+}
+
+async fn spawn_server_on(
+    broker: &Broker,
+    config: Arc<ServerConfig>,
+    options: ServerOptions,
+) -> Running {
+    let mut server = MqttServer::start(broker, config, options).await.unwrap();
     let instance = server.instance().to_string();
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, mut stop_rx) = oneshot::channel();

@@ -170,6 +170,12 @@ impl Queue {
 
 pub(super) fn options(broker: &Broker, client_id: &str) -> Result<MqttOptions, MqttError> {
     let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    if let Some(tls) = &broker.tls {
+        let config = super::tls::client_config(tls)?;
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(config),
+        ));
+    }
     o.set_keep_alive(broker.keep_alive)
         .set_clean_start(true)
         .set_max_packet_size(Some(MAX_PACKET_SIZE))
