@@ -6,17 +6,12 @@
 
 mod support;
 
-use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::Event;
-use secchan::crypto::identity::IdentityKey;
 use secchan::crypto::kem::{X25519_MLKEM768, X25519_ONLY};
 use secchan::crypto::random::OsRandom;
 use secchan::handshake::device;
-use secchan::handshake::server::{self, ServerConfig};
-use secchan::handshake::{AllowAnyDevice, Mode};
+use secchan::handshake::server;
 use secchan::msgs::{encode_alert, AlertCode, FrameType};
-use secchan::transport::mqtt::topics::Route;
 use secchan::transport::mqtt::{DeviceOptions, MqttDevice, ServerOptions, Topics};
 use secchan::transport::Timeouts;
 use secchan::trust::{KnownServers, ServerVerifier};
@@ -24,7 +19,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use support::mosquitto::Mosquitto;
 use support::mqtt::*;
-use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_topics_is_dropped_and_disturbs_no_session() {
@@ -85,56 +79,6 @@ async fn garbage_on_the_topics_is_dropped_and_disturbs_no_session() {
         stats.handshake_failures, 0,
         "garbage hellos are dropped unanswered: {stats:?}"
     );
-}
-
-/// A stranger on the broker answering every hello, as a client subscribed to
-/// `$share/other-group/P/hs/+` can, with garbage, a malformed and a forged refusal alert,
-/// and a ServerHello signed by a key of its own. Reports each session it answered.
-async fn rogue(m: &Mosquitto) -> mpsc::UnboundedReceiver<String> {
-    const INSTANCE: &str = "0123456789abcdef";
-    let (client, mut eventloop) = raw_client(m, "rogue").await;
-    client
-        .subscribe("$share/rogue/secchan/+/hs/+", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let mut config = ServerConfig::new(
-        Arc::new(IdentityKey::generate(&mut OsRandom).unwrap()),
-        Arc::new(AllowAnyDevice),
-    );
-    config.mode = Mode::Any;
-    let (answered, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(ev) = eventloop.poll().await {
-            let Event::Incoming(Packet::Publish(p)) = ev else {
-                continue;
-            };
-            let topic = String::from_utf8_lossy(&p.topic).into_owned();
-            let Some(Route::Hello {
-                client: device,
-                session: sid,
-            }) = Topics::default().parse(&topic)
-            else {
-                continue;
-            };
-            let (_, server_hello) =
-                server::accept_hello(&config, &p.payload, &mut OsRandom).unwrap();
-            let down = Topics::default().down(device, sid, INSTANCE);
-            for frame in [
-                vec![],
-                vec![FrameType::Alert as u8],
-                vec![FrameType::ServerHello as u8, 1, 2, 3],
-                encode_alert(AlertCode::UnknownDevice),
-                server_hello,
-            ] {
-                client
-                    .publish(down.clone(), QoS::AtLeastOnce, false, frame)
-                    .await
-                    .unwrap();
-            }
-            let _ = answered.send(sid.to_string());
-        }
-    });
-    rx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
