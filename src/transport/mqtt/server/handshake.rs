@@ -76,6 +76,7 @@ impl MqttServer {
             Ok((expect, reply)) => {
                 self.make_room(&hello.client);
                 self.hello_link.publish(self.down(&key), reply);
+                self.stats.hellos_answered += 1;
                 let order = self.pending_order.add(&hello.client, key.clone());
                 let pending = Pending {
                     expect: Box::new(expect),

@@ -113,6 +113,8 @@ pub struct ServerStats {
     /// Hellos dropped because the established sessions reached
     /// [`ServerOptions::max_sessions`].
     pub refused_hellos: u64,
+    /// Hellos answered with a ServerHello.
+    pub hellos_answered: u64,
     /// Hellos dropped unanswered to keep the per-client hello queues bounded, or because they
     /// waited longer than the handshake timeout (a flood, docs/mqtt.md §4).
     pub shed_hellos: u64,
