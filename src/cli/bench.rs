@@ -234,12 +234,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let Some(report) = report? else { return Ok(()) };
     print!("{}", report.to_table());
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?;
-        std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
-            path: path.clone(),
-            source,
-        })?;
-        eprintln!("secchan bench: JSON written to {}", path.display());
+        write_json(path, &report)?;
     }
     if let Some(dir) = &args.plot {
         let files = report.write_plots(dir).map_err(|source| CliError::Write {
@@ -250,6 +245,17 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             eprintln!("secchan bench: chart written to {}", f.display());
         }
     }
+    Ok(())
+}
+
+/// Writes `report` as pretty JSON to `path` (`--json`).
+fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
+    std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    eprintln!("secchan bench: JSON written to {}", path.display());
     Ok(())
 }
 
@@ -268,12 +274,7 @@ async fn flood(args: &BenchArgs, url: &str) -> Result<(), CliError> {
         .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
     print!("{}", report.to_table());
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?;
-        std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
-            path: path.clone(),
-            source,
-        })?;
-        eprintln!("secchan bench: JSON written to {}", path.display());
+        write_json(path, &report)?;
     }
     if let Some(dir) = &args.plot {
         let file = report.write_plot(dir).map_err(|source| CliError::Write {

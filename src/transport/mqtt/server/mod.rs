@@ -9,14 +9,15 @@
 
 mod admission;
 mod handshake;
+mod types;
+
+pub use types::{Delivery, ServerOptions, ServerStats};
 
 use super::link::{Link, LinkEvent, PayloadBytes};
 use super::topics::{self, Route, Topics};
 use super::{may_be_record, random_hex, Broker, MqttError};
-use crate::crypto::aead::AeadId;
-use crate::delivery::{
-    Envelope, StreamId, StreamKey, Streams, Verdict, DEFAULT_MAX_OUT_OF_ORDER, MAX_IN_FLIGHT,
-};
+
+use crate::delivery::{Envelope, StreamId, StreamKey, Streams, Verdict, MAX_IN_FLIGHT};
 use crate::handshake::server::{ExpectDeviceFinish, PeerDevice, ServerConfig};
 use crate::handshake::HandshakeError;
 use crate::msgs::{AlertCode, FrameType};
@@ -24,7 +25,7 @@ use crate::record::replay::ReplayWindow;
 use crate::record::RecordError;
 use crate::session::{Event, Session, SessionError};
 use crate::throttle::{later, warn_dropped, Throttle};
-use crate::transport::{Timeouts, TransportError};
+use crate::transport::TransportError;
 use admission::{HelloQueue, PendingOrder};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -42,100 +43,6 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// through the broker, so this is far more than honest devices need at once, and far below
 /// the sessions an instance serves.
 pub const DEFAULT_MAX_PENDING: usize = 1024;
-
-/// How a server instance runs.
-#[derive(Debug, Clone)]
-pub struct ServerOptions {
-    /// Shared-subscription group: instances in the same group share the hellos.
-    pub share_group: String,
-    /// Most sessions (pending and established) at once. When the established ones reach it,
-    /// further hellos are dropped; until then a hello evicts the oldest pending handshake
-    /// if it must.
-    pub max_sessions: usize,
-    /// Most handshakes pending at once; a further hello evicts the oldest one, so a flood of
-    /// (replayed) hellos cannot lock honest devices out.
-    pub max_pending: usize,
-    /// Most device streams remembered for dropping duplicates.
-    pub max_streams: usize,
-    /// Most sequence numbers the duplicate filter remembers ahead of a gap, over all streams.
-    pub max_out_of_order: usize,
-    /// Handshake and idle timeouts; a stream is remembered for the idle timeout.
-    pub timeouts: Timeouts,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self {
-            share_group: topics::DEFAULT_SHARE_GROUP.to_string(),
-            max_sessions: 10_000,
-            max_pending: DEFAULT_MAX_PENDING,
-            max_streams: 10_000,
-            max_out_of_order: DEFAULT_MAX_OUT_OF_ORDER,
-            timeouts: Timeouts::default(),
-        }
-    }
-}
-
-/// One device message, output once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// The device's `{client}` topic level (its broker client id or user name).
-    pub client: String,
-    /// The session it arrived in (random, as on the topics).
-    pub session: String,
-    /// The device, as authenticated and authorized in that session.
-    pub device: PeerDevice,
-    /// Key-exchange suite of the session.
-    pub suite: &'static str,
-    /// AEAD of the session.
-    pub aead: AeadId,
-    /// The device's stream (hex).
-    pub stream: String,
-    /// Position in the stream.
-    pub seq: u64,
-    /// The message.
-    pub data: Vec<u8>,
-}
-
-/// Counters of a server instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ServerStats {
-    /// Sessions established.
-    pub sessions_established: u64,
-    /// Handshakes that failed: hellos refused with an alert, devices refused after their
-    /// DeviceFinish.
-    pub handshake_failures: u64,
-    /// DeviceFinish frames that did not verify and plaintext alerts for a pending handshake:
-    /// dropped, the handshake goes on (anyone may publish them).
-    pub rejected_handshake_messages: u64,
-    /// Pending handshakes evicted by newer hellos ([`ServerOptions::max_pending`]).
-    pub evicted_handshakes: u64,
-    /// Hellos dropped because the established sessions reached
-    /// [`ServerOptions::max_sessions`].
-    pub refused_hellos: u64,
-    /// Hellos answered with a ServerHello.
-    pub hellos_answered: u64,
-    /// Hellos dropped unanswered to keep the per-client hello queues bounded, or because they
-    /// waited longer than the handshake timeout (a flood, docs/mqtt.md §4).
-    pub shed_hellos: u64,
-    /// Messages output.
-    pub delivered: u64,
-    /// Repeated MQTT deliveries dropped by the replay window (or a repeated handshake
-    /// message).
-    pub duplicate_records: u64,
-    /// Messages sent again by a device and already output: dropped.
-    pub duplicate_messages: u64,
-    /// Records that failed authentication or were older than the replay window.
-    pub rejected_records: u64,
-    /// Messages on secchan's topics that were not well-formed secchan frames or topics.
-    pub malformed: u64,
-    /// Messages for sessions this instance does not hold.
-    pub unknown_session: u64,
-    /// Publishes dropped because the broker took them more slowly than they came.
-    pub dropped_publishes: u64,
-    /// Payload bytes moved through the broker.
-    pub bytes: PayloadBytes,
-}
 
 /// Sessions and pending handshakes are keyed by `{client}/{session}`: two clients may draw
 /// or claim the same session id, and neither may touch the other's.
