@@ -403,6 +403,12 @@ impl Link {
         }
     }
 
+    /// Hands what the local queue holds to rumqttc, as far as it takes it: for an owner busy
+    /// with events it takes with [`try_next_event`](Self::try_next_event) only.
+    pub(crate) fn flush(&mut self) {
+        self.drain_queue();
+    }
+
     /// An event that is already waiting, without blocking.
     pub(crate) fn try_next_event(&mut self) -> Option<LinkEvent> {
         let event = self.events.try_recv().ok()?;

@@ -217,6 +217,10 @@ impl MqttServer {
                 return Ok(d);
             }
             self.flush_acks();
+            // While hellos keep the loop busy, `next_event` is not called: move what the send
+            // queues hold along here.
+            self.link.flush();
+            self.hello_link.flush();
             let now = Instant::now();
             if now >= self.next_sweep {
                 self.next_sweep = later(now, SWEEP);
