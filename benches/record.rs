@@ -22,6 +22,7 @@ fn pair(aead: AeadId) -> (Sealer, Opener) {
             aead,
             secret.clone(),
             KeyUpdatePolicy::default(),
+            false,
             Instant::now(),
         ),
         // Unordered, so the opener accepts the same counter sealed again below.

@@ -179,7 +179,7 @@ impl Session {
             aead: keys.aead,
             peer,
             local: keys.local,
-            sealer: Sealer::new(keys.aead, keys.send, config.key_update, now),
+            sealer: Sealer::new(keys.aead, keys.send, config.key_update, config.ordered, now),
             opener: Opener::new(keys.aead, keys.recv, config.replay_window, config.ordered),
             state: State::Open,
             transmit: VecDeque::new(),
@@ -396,9 +396,11 @@ impl Session {
 
     fn is_fatal(&self, e: &SessionError) -> bool {
         match e {
-            SessionError::Record(RecordError::Replay(_) | RecordError::BadTag(_)) => {
-                self.opener.is_ordered()
-            }
+            SessionError::Record(
+                RecordError::Replay(_)
+                | RecordError::BadTag(_)
+                | RecordError::UnknownGeneration { .. },
+            ) => self.opener.is_ordered(),
             _ => true,
         }
     }
@@ -490,6 +492,7 @@ mod tests {
             aead,
             Zeroizing::new([7; 32]),
             KeyUpdatePolicy::default(),
+            true,
             now,
         );
         (session, peer)

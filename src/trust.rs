@@ -104,17 +104,13 @@ impl KnownServers {
         })
     }
 
-    fn io(&self, source: std::io::Error) -> TrustError {
-        TrustError::Io {
-            file: self.file.clone(),
-            source,
-        }
+    /// Whether the file records a key for this host, so that no first use is trusted.
+    pub fn knows_host(&self) -> Result<bool, TrustError> {
+        Ok(self.lookup()?.1.is_some())
     }
-}
 
-impl ServerVerifier for KnownServers {
-    fn verify(&self, server: &PublicIdentity) -> Result<(), TrustError> {
-        let got = server.fingerprint();
+    /// The file's text, and the line number and fingerprint it records for this host.
+    fn lookup(&self) -> Result<(String, Option<(usize, String)>), TrustError> {
         let text = match std::fs::read_to_string(&self.file) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -134,18 +130,37 @@ impl ServerVerifier for KnownServers {
                 });
             };
             if host == self.host {
-                return if fp == got {
-                    Ok(())
-                } else {
-                    Err(TrustError::Changed {
-                        host: self.host.clone(),
-                        file: self.file.clone(),
-                        line: line_no,
-                        expected: fp.to_string(),
-                        got,
-                    })
-                };
+                let found = Some((line_no, fp.to_string()));
+                return Ok((text, found));
             }
+        }
+        Ok((text, None))
+    }
+
+    fn io(&self, source: std::io::Error) -> TrustError {
+        TrustError::Io {
+            file: self.file.clone(),
+            source,
+        }
+    }
+}
+
+impl ServerVerifier for KnownServers {
+    fn verify(&self, server: &PublicIdentity) -> Result<(), TrustError> {
+        let got = server.fingerprint();
+        let (text, recorded) = self.lookup()?;
+        if let Some((line, expected)) = recorded {
+            return if expected == got {
+                Ok(())
+            } else {
+                Err(TrustError::Changed {
+                    host: self.host.clone(),
+                    file: self.file.clone(),
+                    line,
+                    expected,
+                    got,
+                })
+            };
         }
         if let Some(dir) = self.file.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;

@@ -9,7 +9,7 @@ mod support;
 
 use cli_support::{assert_one_line_error, bin, tempdir};
 use secchan::delivery::{ACK_LEN, ENVELOPE_LEN};
-use secchan::record::RECORD_OVERHEAD;
+use secchan::record::UNORDERED_RECORD_OVERHEAD;
 use support::mosquitto::Mosquitto;
 
 /// The TCP figures as small as they go, so the run is mostly the MQTT section.
@@ -74,10 +74,10 @@ fn bench_mqtt_reports_both_transports_with_the_broker_credentials() {
     assert_eq!(m["rate_messages"], MESSAGES);
     assert_eq!(m["latency_messages"], MESSAGES / 10);
     assert!(!m["broker"].as_str().unwrap().contains("s3cret"));
-    // `site/telemetry/bench-xxxxxxxx/up/{16 hex}/{32 hex}`.
+    // `site/telemetry/bench-xxxxxxxx/lab-device/up/{16 hex}/{32 hex}`.
     assert_eq!(
         m["topic_len"],
-        "site/telemetry/bench-01234567".len() + 4 + 16 + 1 + 32
+        "site/telemetry/bench-01234567/lab-device".len() + 4 + 16 + 1 + 32
     );
     let per_payload = WARMUP + MESSAGES / 10 + MESSAGES;
     let results = m["results"].as_array().unwrap();
@@ -88,7 +88,7 @@ fn bench_mqtt_reports_both_transports_with_the_broker_credentials() {
         assert_eq!(s["delivered"], per_payload, "{res}");
         assert_eq!(p["delivered"], per_payload, "{res}");
         // Sent alone, each message is one record and earns one Ack record.
-        let record = |len: usize| (len + RECORD_OVERHEAD) as f64;
+        let record = |len: usize| (len + UNORDERED_RECORD_OVERHEAD) as f64;
         assert_eq!(
             s["up_bytes"].as_f64(),
             Some(record(payload as usize + ENVELOPE_LEN))
@@ -141,5 +141,43 @@ fn mqtt_messages_needs_a_broker() {
         String::from_utf8_lossy(&out.stderr).contains("--mqtt <URL>"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn bench_mqtt_flood_reports_every_honest_device_and_the_shedding() {
+    let broker = Mosquitto::start();
+    let dir = tempdir("bench-mqtt-flood");
+    let (report, plots) = (dir.join("flood.json"), dir.join("plots"));
+    let out = bin()
+        .args(["bench", "--mqtt", &broker.url(), "--mqtt-flood", "200,0"])
+        .args(["--flood-devices", "2", "--flood-spread", "1"])
+        .args(["--json", report.to_str().unwrap()])
+        .args(["--plot", plots.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("MQTT hello flood"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let floods = json["floods"].as_array().unwrap();
+    assert_eq!(floods.len(), 2);
+    for (f, rate) in floods.iter().zip([200, 0]) {
+        assert_eq!(f["rate"], rate);
+        assert_eq!(f["devices"], 2);
+        assert_eq!(f["honest"].as_array().unwrap().len(), 2);
+        assert!(f["server"]["hellos_answered"].as_u64().unwrap() >= 1, "{f}");
+        // Every honest device that got in established a session on the server.
+        assert_eq!(f["server"]["sessions"], f["succeeded"], "{f}");
+    }
+    let svg = std::fs::read_to_string(plots.join("mqtt-flood.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("flood unpaced"),
+        "{svg}"
     );
 }

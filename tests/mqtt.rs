@@ -1,6 +1,7 @@
 //! secchan over a real Mosquitto broker: end to end, duplicates, reordering, replays, a
-//! broker restart, a `#` eavesdropper, two server instances, a full buffer, refusals and
-//! revocation. Forged and foreign input is in tests/mqtt_hostile.rs.
+//! broker restart, a `#` eavesdropper, two server instances, a full buffer and revocation.
+//! Forged and foreign input is in tests/mqtt_hostile.rs; refusals, retries and lost key
+//! updates in tests/mqtt_recovery.rs; ACLs and TLS in tests/mqtt_broker.rs.
 #![cfg(feature = "mqtt")]
 
 mod support;
@@ -14,7 +15,6 @@ use secchan::handshake::{AuthorizedDevices, Mode};
 use secchan::msgs::{AlertCode, FrameType};
 use secchan::transport::mqtt::{Broker, DeviceOptions, MqttDevice, MqttError, MqttServer, Topics};
 use secchan::transport::{Timeouts, TransportError};
-use secchan::trust::Pinned;
 use std::sync::Arc;
 use std::time::Duration;
 use support::mosquitto::Mosquitto;
@@ -134,7 +134,7 @@ async fn broker_restart_loses_nothing_and_duplicates_nothing() {
     // first: what it acknowledges now is lost, and the device sends everything again.
     m.set_users(&[SERVER]);
     m.spawn();
-    let (probe, mut answers) = spy_as(&m, "probe", "secchan/dn/#", Some(SERVER)).await;
+    let (probe, mut answers) = spy_as(&m, "probe", "secchan/probe/dn/#", Some(SERVER)).await;
     let (_, hello) = device::start(&keys.device_config(0, &X25519_ONLY), &mut OsRandom).unwrap();
     let probe_sid = "ffeeddccbbaa99887766554433221100";
     // A ServerHello to the probe shows that the server subscribed again (until it has, the
@@ -145,7 +145,7 @@ async fn broker_restart_loses_nothing_and_duplicates_nothing() {
             d = server.next() => got.push(d.unwrap()),
             a = answers.recv() => if a.unwrap().0.contains(probe_sid) { break },
             _ = again.tick() => probe
-                .publish(Topics::default().hello(probe_sid), QoS::AtLeastOnce, false, hello.clone())
+                .publish(Topics::default().hello("probe", probe_sid), QoS::AtLeastOnce, false, hello.clone())
                 .await
                 .unwrap(),
         }
@@ -268,7 +268,7 @@ async fn a_device_moves_to_the_other_instance_when_its_server_stops() {
     send_all(&mut dev, &sent[..10]).await;
     let mut got = a.take(10).await;
     let mut b = spawn_server(&m, &keys).await;
-    let (_spy, mut up_a) = spy(&m, "spy", &format!("secchan/up/{}/+", a.instance)).await;
+    let (_spy, mut up_a) = spy(&m, "spy", &format!("secchan/+/up/{}/+", a.instance)).await;
     let (rest, _) = a.stop().await;
     got.extend(rest);
     // The device answers A's close with its own (docs/mqtt.md §5) before it moves on.
@@ -287,86 +287,6 @@ async fn a_device_moves_to_the_other_instance_when_its_server_stops() {
     got.extend(b.take(10).await);
     b.stop().await;
     assert_exactly_once(&texts(&got), &sent);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unauthorized_device_is_refused() {
-    let m = Mosquitto::start();
-    let keys = Keys::new(1);
-    let server = spawn_server(&m, &keys).await;
-    let stranger = Keys::new(1);
-    let config = stranger.device_config(0, &X25519_MLKEM768);
-    // The refusal comes after the device's last handshake message, like over TCP: the
-    // first send or the finish reports it.
-    // The plaintext refusal is believed once the server stays silent for the ack timeout.
-    let options = DeviceOptions {
-        ack_timeout: Duration::from_secs(1),
-        ..device_options()
-    };
-    let mut dev = MqttDevice::start(&broker(&m), config, keys.pin(), options)
-        .await
-        .unwrap();
-    let _ = dev.send(b"let me in".to_vec()).await;
-    let err = dev.finish(PATIENCE).await.unwrap_err();
-    assert!(
-        matches!(err, TransportError::Refused(AlertCode::UnknownDevice)),
-        "{err}"
-    );
-    let (_, stats) = server.stop().await;
-    assert_eq!(stats.handshake_failures, 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_server_key_is_refused_by_the_device() {
-    let m = Mosquitto::start();
-    let keys = Keys::new(1);
-    let server = spawn_server(&m, &keys).await;
-    let other = Arc::new(Pinned(Keys::new(0).server.public().fingerprint()));
-    let err = MqttDevice::start(
-        &broker(&m),
-        keys.device_config(0, &X25519_ONLY),
-        other,
-        device_options(),
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(err, TransportError::Trust(_)), "{err}");
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_server_and_no_broker_are_clear_errors() {
-    let m = Mosquitto::start();
-    let keys = Keys::new(1);
-    let mut options = device_options();
-    options.timeouts.handshake = Duration::from_millis(500);
-    let err = MqttDevice::start(
-        &broker(&m),
-        keys.device_config(0, &X25519_ONLY),
-        keys.pin(),
-        options.clone(),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(err, TransportError::Mqtt(MqttError::NoServer { .. })),
-        "{err}"
-    );
-    let port = m.port;
-    drop(m);
-    let gone = Broker::parse_url(&format!("mqtt://127.0.0.1:{port}")).unwrap();
-    let err = MqttDevice::start(
-        &gone,
-        keys.device_config(0, &X25519_ONLY),
-        keys.pin(),
-        options,
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(err, TransportError::Mqtt(MqttError::Unreachable { .. })),
-        "{err}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,36 +339,6 @@ async fn a_full_buffer_pauses_the_source_and_loses_nothing() {
     let (rest, _) = server.stop().await;
     got.extend(rest);
     assert_exactly_once(&texts(&got), &sent);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_credentials_are_used_and_wrong_ones_refused() {
-    let m = Mosquitto::start_with_password("sensor", "correct horse");
-    let keys = Keys::new(1);
-    let mut good = broker(&m);
-    good.username = Some("sensor".into());
-    good.password = Some(zeroize::Zeroizing::new("correct horse".into()));
-    let server = MqttServer::start(&good, keys.server_config(), server_options()).await;
-    assert!(server.is_ok(), "{:?}", server.err());
-    let mut bad = good.clone();
-    bad.password = Some(zeroize::Zeroizing::new("wrong".into()));
-    let config = keys.device_config(0, &X25519_ONLY);
-    let err = MqttDevice::start(&bad, config, keys.pin(), device_options())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, TransportError::Mqtt(MqttError::Refused { .. })),
-        "{err}"
-    );
-    let anonymous = broker(&m);
-    let config = keys.device_config(0, &X25519_ONLY);
-    let err = MqttDevice::start(&anonymous, config, keys.pin(), device_options())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, TransportError::Mqtt(MqttError::Refused { .. })),
-        "{err}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,7 +443,7 @@ async fn revocation_closes_a_live_session_and_refuses_the_next_handshake() {
 async fn a_device_that_starts_before_any_server_finds_one_later() {
     let m = Mosquitto::start();
     let keys = Keys::new(1);
-    let (_spy, mut hellos) = spy(&m, "spy", "secchan/hs/+").await;
+    let (_spy, mut hellos) = spy(&m, "spy", "secchan/+/hs/+").await;
     let starting = tokio::spawn({
         let (b, config) = (broker(&m), keys.device_config(0, &X25519_ONLY));
         let options = DeviceOptions {
@@ -583,7 +473,7 @@ async fn a_device_that_starts_before_any_server_finds_one_later() {
     assert_eq!(texts(&got), ["found you"]);
     assert_eq!(
         first,
-        Topics::default().hello(&got[0].session),
+        Topics::default().hello(&got[0].client, &got[0].session),
         "the same session id, published again"
     );
     server.stop().await;

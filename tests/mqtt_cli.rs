@@ -354,6 +354,8 @@ fn max_sessions_is_honoured_on_mqtt() {
             "1",
             "--handshake-timeout",
             "2",
+            "--handshake-attempts",
+            "1",
         ],
     )
     .stdin(Stdio::null())
@@ -419,11 +421,21 @@ fn bad_mqtt_options_are_one_line_errors() {
     let err = fails(&[
         "device",
         "--mqtt",
-        "mqtts://h:8883",
+        "wss://h:8883",
         "--server-key",
         "SHA256:x",
     ]);
-    assert!(err.contains("only plain mqtt:// is built in"), "{err}");
+    assert!(err.contains("WebSockets is not built in"), "{err}");
+    let err = fails(&[
+        "device",
+        "--mqtt",
+        "mqtt://h",
+        "--mqtt-ca",
+        "ca.pem",
+        "--server-key",
+        "SHA256:x",
+    ]);
+    assert!(err.contains("use an mqtts:// URL"), "{err}");
     let pin = dir.path("server.key.pub");
     let pin = pin.to_str().unwrap();
     let no_broker = [
@@ -447,6 +459,20 @@ fn bad_mqtt_options_are_one_line_errors() {
     let err = fails(&[
         "device",
         "--mqtt",
+        "mqtts://127.0.0.1:1",
+        "--mqtt-ca",
+        "/nonexistent/ca.pem",
+        "--server-key",
+        pin,
+    ]);
+    assert!(
+        err.contains("cannot use /nonexistent/ca.pem as the CA file (--mqtt-ca)"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = fails(&[
+        "device",
+        "--mqtt",
         "mqtt://h",
         "--connect",
         "127.0.0.1:4433",
@@ -457,17 +483,26 @@ fn bad_mqtt_options_are_one_line_errors() {
         err.contains("--ack-timeout") && err.contains("1..=3600"),
         "{err}"
     );
-    // Trust on first use over a broker trusts whoever answers first: the device says so.
+    // Trust on first use over a broker trusts whoever answers first: refused, saying why,
+    // before the broker is contacted; allowed with --mqtt-allow-tofu.
     let known = dir.path("known_servers");
-    let err = fails(&[
+    let tofu = [
         "device",
         "--mqtt",
         "mqtt://127.0.0.1:1",
         "--known-servers",
         known.to_str().unwrap(),
-    ]);
+    ];
+    let err = fails(&tofu);
     assert!(err.contains("trusting on first use"), "{err}");
-    assert!(err.contains("--server-key"), "{err}");
+    assert!(err.contains("whichever client answers first"), "{err}");
+    assert!(
+        err.contains("--server-key") && err.contains("--mqtt-allow-tofu"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = fails(&[&tofu[..], &["--mqtt-allow-tofu"]].concat());
+    assert!(err.contains("cannot reach the MQTT broker"), "{err}");
     let key = dir.path("server.key");
     let err = fails(&[
         "server",

@@ -290,7 +290,7 @@ proptest! {
     ) {
         let now = Instant::now();
         let secret = zeroize::Zeroizing::new(secret);
-        let mut sealer = Sealer::new(aead, secret.clone(), KeyUpdatePolicy::default(), now);
+        let mut sealer = Sealer::new(aead, secret.clone(), KeyUpdatePolicy::default(), true, now);
         let mut opener = Opener::new(aead, secret, 64, true);
         for (kind, data) in records {
             let (ty, payload) = match kind {

@@ -224,7 +224,7 @@ pub async fn run(
     let mut broker = bench.broker.clone();
     let prefix = format!("{}/bench-{}", broker.topics.prefix(), random_hex::<4>()?);
     broker.topics = Topics::new(&prefix).map_err(mqtt)?;
-    let plain_topic = plain_topic(&broker.topics)?;
+    let plain_topic = plain_topic(&broker.topics, device_level_len(&broker))?;
     let receiver = Receiver::new()?;
 
     let server_identity = Arc::new(IdentityKey::generate(&mut OsRandom)?);
@@ -301,15 +301,24 @@ fn mqtt(e: MqttError) -> BenchError {
     BenchError::Transport(e.into())
 }
 
-/// The plaintext topic: `P/pt/{16 hex}/{32 hex}`, as long as a device's up topic
-/// `P/up/{instance}/{session}`, so MQTT's framing costs both the same.
-fn plain_topic(topics: &Topics) -> Result<String, BenchError> {
+/// The plaintext topic: `P/{level}/pt/{16 hex}/{32 hex}`, as long as the device's up topic
+/// `P/{client}/up/{instance}/{session}` when `level` is as long as its client level, so
+/// MQTT's framing costs both the same.
+fn plain_topic(topics: &Topics, level_len: usize) -> Result<String, BenchError> {
     Ok(format!(
-        "{}/pt/{}/{}",
+        "{}/{}/pt/{}/{}",
         topics.prefix(),
+        "p".repeat(level_len),
         random_hex::<8>()?,
         random_hex::<16>()?
     ))
+}
+
+/// The length of the device's client level: its client id, given or random.
+fn device_level_len(broker: &Broker) -> usize {
+    client(broker, "device")
+        .client_id
+        .map_or("secchan-".len() + 16, |id| id.len())
 }
 
 /// `broker` for one of the benchmark's clients: a given client id gets `-role` appended,
@@ -632,9 +641,18 @@ mod tests {
     #[test]
     fn plaintext_topic_is_as_long_as_a_device_up_topic() {
         let topics = Topics::new("site/bench-0123abcd").unwrap();
-        let up = topics.up(&"a".repeat(16), &"b".repeat(32));
-        assert_eq!(plain_topic(&topics).unwrap().len(), up.len());
-        assert!(topics.parse(&plain_topic(&topics).unwrap()).is_none());
+        let mut b = Broker::parse_url("mqtt://127.0.0.1:1883").unwrap();
+        let random_id = b.client_id().unwrap();
+        let up = topics.up(&random_id, &"a".repeat(16), &"b".repeat(32));
+        let plain = plain_topic(&topics, device_level_len(&b)).unwrap();
+        assert_eq!(plain.len(), up.len());
+        assert!(topics.parse(&plain).is_none());
+        b.client_id = Some("lab".into());
+        let up = topics.up("lab-device", &"a".repeat(16), &"b".repeat(32));
+        assert_eq!(
+            plain_topic(&topics, device_level_len(&b)).unwrap().len(),
+            up.len()
+        );
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub fn run(op: Op, suite: &'static Suite, aead: AeadId, n: usize) -> Result<Stri
         aead,
         secret.clone(),
         KeyUpdatePolicy::default(),
+        true,
         Instant::now(),
     );
     let mut opener = Opener::new(aead, secret, 64, true);

@@ -244,6 +244,22 @@ fn per_aead(
     series
 }
 
+/// Writes the MQTT flood chart (`secchan bench --mqtt-flood`) into `dir`.
+#[cfg(feature = "mqtt")]
+pub fn write_flood(report: &super::flood::FloodReport, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let chart = Chart {
+        title: "Honest devices during a hello flood: sessions up within x seconds",
+        x_label: "seconds from start to session up",
+        y_label: "honest devices (%)",
+        log_x: false,
+        series: report.curves(),
+    };
+    let path = dir.join("mqtt-flood.svg");
+    std::fs::write(&path, chart.to_svg())?;
+    Ok(path)
+}
+
 /// Writes the charts into `dir` (created if missing); returns the files written.
 pub fn write(report: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;

@@ -82,6 +82,20 @@ pub struct BenchArgs {
     #[cfg(feature = "mqtt")]
     #[arg(long, value_name = "N", requires = "mqtt", value_parser = clap::value_parser!(u64).range(1..))]
     mqtt_messages: Option<u64>,
+    /// With --mqtt URL: instead of the report, flood the hello topic at these rates
+    /// (hellos/s, comma-separated; 0: as fast as one client can publish) while honest devices
+    /// handshake, and report how many succeed and how fast (docs/mqtt.md, Measuring).
+    #[cfg(feature = "mqtt")]
+    #[arg(long, value_name = "RATES", value_delimiter = ',', requires = "mqtt")]
+    mqtt_flood: Vec<u64>,
+    /// Honest devices per --mqtt-flood rate.
+    #[cfg(feature = "mqtt")]
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "mqtt_flood", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    flood_devices: u64,
+    /// Seconds over which the honest devices of a --mqtt-flood rate start.
+    #[cfg(feature = "mqtt")]
+    #[arg(long, value_name = "SECS", default_value_t = 10, requires = "mqtt_flood", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    flood_spread: u64,
     /// Internal: open N sessions to --connect, print "ready", hold them until stdin has a line.
     #[arg(long, value_name = "N", hide = true, requires = "connect")]
     hold_sessions: Option<usize>,
@@ -186,6 +200,10 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         println!("{}", bench::ops::run(op, suite, aead, args.iterations)?);
         return Ok(());
     }
+    #[cfg(feature = "mqtt")]
+    if let (Some(url), false) = (&args.mqtt.mqtt, args.mqtt_flood.is_empty()) {
+        return flood(&args, url).await;
+    }
     let identity = Arc::new(match &args.key {
         Some(path) => load_secret(path)?,
         None => IdentityKey::generate(&mut OsRandom).map_err(bench::BenchError::from)?,
@@ -217,12 +235,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let Some(report) = report? else { return Ok(()) };
     print!("{}", report.to_table());
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?;
-        std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
-            path: path.clone(),
-            source,
-        })?;
-        eprintln!("secchan bench: JSON written to {}", path.display());
+        write_json(path, &report)?;
     }
     if let Some(dir) = &args.plot {
         let files = report.write_plots(dir).map_err(|source| CliError::Write {
@@ -232,6 +245,44 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         for f in files {
             eprintln!("secchan bench: chart written to {}", f.display());
         }
+    }
+    Ok(())
+}
+
+/// Writes `report` as pretty JSON to `path` (`--json`).
+fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
+    std::fs::write(path, text + "\n").map_err(|source| CliError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    eprintln!("secchan bench: JSON written to {}", path.display());
+    Ok(())
+}
+
+/// `--mqtt-flood`: the flood benchmark alone.
+#[cfg(feature = "mqtt")]
+async fn flood(args: &BenchArgs, url: &str) -> Result<(), CliError> {
+    let bench = bench::flood::FloodBench {
+        broker: args.mqtt.broker(url)?,
+        rates: args.mqtt_flood.clone(),
+        devices: args.flood_devices as usize,
+        spread: std::time::Duration::from_secs(args.flood_spread),
+    };
+    // It drives runtimes of its own: run it on a blocking thread.
+    let report = tokio::task::spawn_blocking(move || bench::flood::run(&bench))
+        .await
+        .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
+    print!("{}", report.to_table());
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    if let Some(dir) = &args.plot {
+        let file = report.write_plot(dir).map_err(|source| CliError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        eprintln!("secchan bench: chart written to {}", file.display());
     }
     Ok(())
 }

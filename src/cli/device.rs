@@ -171,7 +171,11 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
         let host = args.mqtt.broker.known_servers_host(url)?;
         let verifier = verifier(&args, server_from_token.as_ref(), &host)?;
         if args.server_key.is_none() && server_from_token.is_none() {
-            tracing::warn!(server = %host, "no --server-key: trusting on first use over a shared broker trusts whichever client answers first (docs/mqtt.md §1); pin the server's key with --server-key");
+            let file = args
+                .known_servers
+                .clone()
+                .or_else(KnownServers::default_path);
+            super::mqtt::check_first_use(&args.mqtt, file.ok_or(CliError::NoTrustAnchor)?, &host)?;
         }
         let timeouts = args.session.timeouts();
         let outbox = args.outbox.open()?;

@@ -69,6 +69,14 @@ pub enum CliError {
     /// A device needs to know which server to trust.
     #[error("no --server-key given and no known-servers file could be located (set $HOME or $SECCHAN_KNOWN_SERVERS, or pass --known-servers FILE)")]
     NoTrustAnchor,
+    /// Trust on first use through a broker, not allowed.
+    #[error("no --server-key, and {file} records no key for {host}: trusting on first use through a broker would trust whichever client answers first; pin the server's key with --server-key (or an enrollment token), or accept the first key once with --mqtt-allow-tofu")]
+    FirstUseOverBroker {
+        /// The broker and prefix, as the known-servers file names them.
+        host: String,
+        /// The known-servers file.
+        file: String,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}; pick a free address and port")]
     Bind {

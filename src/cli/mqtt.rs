@@ -10,10 +10,11 @@ use crate::service::sink::{JsonLines, Origin, Sink, SinkRecord};
 use crate::telemetry::Source;
 use crate::transport::mqtt::topics::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
 use crate::transport::mqtt::{
-    Broker, DeviceOptions, MqttDevice, MqttServer, ServerOptions, Topics,
+    Broker, ClientCert, DeviceOptions, MqttDevice, MqttError, MqttServer, ServerOptions,
+    TopicLevel, Topics, DEFAULT_HANDSHAKE_ATTEMPTS,
 };
 use crate::transport::Timeouts;
-use crate::trust::ServerVerifier;
+use crate::trust::{KnownServers, ServerVerifier};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +27,8 @@ pub const PASSWORD_ENV: &str = "SECCHAN_MQTT_PASSWORD";
 /// Broker options shared by `server` and `device`.
 #[derive(Debug, Clone, Args)]
 pub(super) struct MqttArgs {
-    /// Carry sessions through this MQTT broker, e.g. mqtt://127.0.0.1:1883.
+    /// Carry sessions through this MQTT broker, e.g. mqtt://127.0.0.1:1883, or
+    /// mqtts://broker.example:8883 for TLS to the broker.
     #[arg(long, value_name = "URL", group = "transport")]
     pub(super) mqtt: Option<String>,
     /// MQTT client id [default: secchan-<random>]. The broker sees it: do not put the
@@ -40,6 +42,16 @@ pub(super) struct MqttArgs {
     /// File holding the broker password (or set $SECCHAN_MQTT_PASSWORD).
     #[arg(long, value_name = "FILE", requires = "mqtt_username")]
     mqtt_password_file: Option<PathBuf>,
+    /// With mqtts://: PEM file of the CA that signed the broker's certificate [default: the
+    /// system's roots].
+    #[arg(long, value_name = "FILE", requires = "mqtt")]
+    mqtt_ca: Option<PathBuf>,
+    /// With mqtts://: PEM client certificate (chain) for a broker that requires one.
+    #[arg(long, value_name = "FILE", requires = "mqtt_client_key")]
+    mqtt_client_cert: Option<PathBuf>,
+    /// With mqtts://: the PEM private key of --mqtt-client-cert.
+    #[arg(long, value_name = "FILE", requires = "mqtt_client_cert")]
+    mqtt_client_key: Option<PathBuf>,
     /// Topic prefix shared by the servers and their devices.
     #[arg(long, value_name = "PREFIX", default_value = DEFAULT_PREFIX, requires = "mqtt")]
     mqtt_prefix: String,
@@ -51,6 +63,29 @@ impl MqttArgs {
         b.topics =
             Topics::new(&self.mqtt_prefix).map_err(crate::transport::TransportError::from)?;
         b.client_id = self.mqtt_client_id.clone();
+        let tls_files = self.mqtt_ca.is_some() || self.mqtt_client_cert.is_some();
+        match &mut b.tls {
+            Some(tls) => {
+                tls.ca_file = self.mqtt_ca.clone();
+                tls.client_cert = self
+                    .mqtt_client_cert
+                    .clone()
+                    .zip(self.mqtt_client_key.clone())
+                    .map(|(cert_file, key_file)| ClientCert {
+                        cert_file,
+                        key_file,
+                    });
+            }
+            None if tls_files => {
+                return Err(crate::transport::TransportError::from(MqttError::Url {
+                    url: url.to_string(),
+                    reason: "--mqtt-ca and --mqtt-client-cert are for TLS: use an mqtts:// URL"
+                        .into(),
+                })
+                .into())
+            }
+            None => {}
+        }
         b.username = self.mqtt_username.clone();
         b.password = match (&self.mqtt_password_file, std::env::var(PASSWORD_ENV)) {
             (Some(path), _) => {
@@ -98,6 +133,52 @@ pub(super) struct MqttDeviceArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30, requires = "mqtt",
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     drain_timeout: u64,
+    /// Failed handshakes in a row (no trusted server answering, or a plaintext refusal that
+    /// nothing authenticated confirms) after which the device gives up; 0: never.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_HANDSHAKE_ATTEMPTS, requires = "mqtt")]
+    handshake_attempts: u32,
+    /// Which broker name the device's topics carry, for the broker's ACL: `client-id`
+    /// (Mosquitto's %c) or `username` (%u).
+    #[arg(long, value_enum, value_name = "NAME", default_value_t = LevelArg::ClientId, requires = "mqtt")]
+    mqtt_topic_level: LevelArg,
+    /// Without --server-key: accept the key of the first server that answers and record it
+    /// in the known-servers file. Over a broker that is whichever client answers first, so
+    /// it is refused unless this is given.
+    #[arg(long, requires = "mqtt")]
+    pub(super) mqtt_allow_tofu: bool,
+}
+
+/// `--mqtt-topic-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LevelArg {
+    /// The MQTT client id.
+    ClientId,
+    /// The broker user name.
+    Username,
+}
+
+/// Refuses trust on first use through a broker (docs/mqtt.md §1) unless --mqtt-allow-tofu:
+/// succeeds if `file` already records a key for `host`.
+pub(super) fn check_first_use(
+    args: &MqttDeviceArgs,
+    file: PathBuf,
+    host: &str,
+) -> Result<(), CliError> {
+    let known = KnownServers::new(file.clone(), host);
+    if known
+        .knows_host()
+        .map_err(crate::transport::TransportError::from)?
+    {
+        return Ok(());
+    }
+    if !args.mqtt_allow_tofu {
+        return Err(CliError::FirstUseOverBroker {
+            host: host.to_string(),
+            file: file.display().to_string(),
+        });
+    }
+    tracing::warn!(server = %host, "--mqtt-allow-tofu: trusting the first server key that answers, which over a broker is whichever client answers first (docs/mqtt.md §1)");
+    Ok(())
 }
 
 /// Runs a server instance on the broker until Ctrl-C or SIGTERM.
@@ -180,11 +261,16 @@ pub(super) async fn run_device(
     outbox: Outbox,
     mut source: Source,
 ) -> Result<(), CliError> {
-    let broker = args.broker.broker(url)?;
+    let mut broker = args.broker.broker(url)?;
+    broker.topic_level = match args.mqtt_topic_level {
+        LevelArg::ClientId => TopicLevel::ClientId,
+        LevelArg::Username => TopicLevel::Username,
+    };
     let options = DeviceOptions {
         buffer: outbox.capacity(),
         ack_timeout: Duration::from_secs(args.ack_timeout.max(1)),
         timeouts,
+        handshake_attempts: args.handshake_attempts,
     };
     let mut device =
         MqttDevice::start_with_outbox(&broker, config, Arc::from(verifier), options, outbox)

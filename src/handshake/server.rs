@@ -209,6 +209,19 @@ impl ExpectDeviceFinish {
         frame: &[u8],
         now: Instant,
     ) -> Result<(Session, PeerDevice), HandshakeError> {
+        let (session, peer) = self.read_device_finish_keyed(frame, now)?;
+        Ok((session, peer?))
+    }
+
+    /// Like [`read_device_finish`](Self::read_device_finish), but once the device's
+    /// authentication verified the session is returned even if the authorizer refuses the
+    /// device (the inner error), so that the refusal can be sent in an authenticated Close
+    /// record (docs/mqtt.md §4) rather than a plaintext alert anyone could forge.
+    pub fn read_device_finish_keyed(
+        &self,
+        frame: &[u8],
+        now: Instant,
+    ) -> Result<(Session, Result<PeerDevice, HandshakeError>), HandshakeError> {
         match FrameType::of(frame)? {
             FrameType::DeviceFinish => {}
             FrameType::Alert => {
@@ -261,7 +274,7 @@ impl ExpectDeviceFinish {
                 .as_ref()
                 .map_or_else(|| "anonymous".into(), |i| i.fingerprint()),
             code,
-        })?;
+        });
         // 3d. TH3 and traffic secrets.
         let mut transcript = self.transcript.clone();
         transcript.update(frame);
@@ -281,6 +294,6 @@ impl ExpectDeviceFinish {
             &self.config.session,
             now,
         );
-        Ok((session, PeerDevice { identity, name }))
+        Ok((session, name.map(|name| PeerDevice { identity, name })))
     }
 }

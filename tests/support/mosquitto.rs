@@ -60,6 +60,52 @@ impl Mosquitto {
         m
     }
 
+    /// Starts a broker that requires one of these accounts and applies `acl` (the text of a
+    /// Mosquitto ACL file).
+    pub fn start_with_acl(users: &[(&str, &str)], acl: &str) -> Self {
+        let mut m = Self::configure(true);
+        std::fs::write(m.dir.join("acl"), acl).unwrap();
+        m.append_config(&format!("acl_file {}\n", m.dir.join("acl").display()));
+        m.set_users(users);
+        m.spawn();
+        m
+    }
+
+    /// Starts a broker whose listener speaks TLS with `tls`'s server certificate, requiring
+    /// a client certificate (its CN becoming the user name) if `require_certificate`, else
+    /// one of `users`.
+    pub fn start_with_tls(
+        tls: &TlsFiles,
+        users: &[(&str, &str)],
+        require_certificate: bool,
+    ) -> Self {
+        let mut m = Self::configure(!require_certificate);
+        let mut extra = format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\n",
+            tls.ca.display(),
+            tls.server_cert.display(),
+            tls.server_key.display()
+        );
+        if require_certificate {
+            extra.push_str(
+                "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n",
+            );
+        }
+        m.append_config(&extra);
+        if !require_certificate {
+            m.set_users(users);
+        }
+        m.spawn();
+        m
+    }
+
+    fn append_config(&self, text: &str) {
+        let path = self.dir.join("mosquitto.conf");
+        let mut conf = std::fs::read_to_string(&path).unwrap();
+        conf.push_str(text);
+        std::fs::write(path, conf).unwrap();
+    }
+
     /// A broker's directory and configuration, on a free loopback port.
     fn configure(passwords: bool) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
@@ -78,6 +124,7 @@ impl Mosquitto {
         } else {
             "allow_anonymous true".to_string()
         };
+        // The listener first: the TLS and ACL settings appended later belong to it.
         std::fs::write(
             dir.join("mosquitto.conf"),
             format!("listener {port} 127.0.0.1\n{access}\npersistence false\nlog_dest stderr\n"),
@@ -126,6 +173,16 @@ impl Mosquitto {
     /// The broker URL for secchan.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The broker URL for secchan over TLS.
+    pub fn tls_url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's directory (for files a test writes beside its configuration).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// What the broker logged so far (connections name each client id and user).
@@ -184,4 +241,68 @@ impl Drop for Mosquitto {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files
+/// in `dir`.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Generates the files (rcgen); the client certificate's CN is `client_cn`.
+    pub fn generate(dir: &std::path::Path, name: &str, client_cn: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        std::fs::create_dir_all(dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("secchan test CA {name}"));
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf = |names: Vec<String>, cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+            (
+                pem("CERTIFICATE", cert.der()),
+                pem("PRIVATE KEY", &key.serialize_der()),
+            )
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into()], "127.0.0.1");
+        let (client_cert, client_key) = leaf(vec![], client_cn);
+        let write = |file: &str, text: &str| {
+            let path = dir.join(format!("{name}-{file}"));
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        Self {
+            ca: write("ca.pem", &pem("CERTIFICATE", ca.der())),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server.key", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client.key", &client_key),
+        }
+    }
+}
+
+/// DER as a PEM block.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }

@@ -13,8 +13,12 @@ use secchan::delivery::{Envelope, StreamId};
 use secchan::handshake::device::{self, DeviceConfig};
 use secchan::handshake::server::ServerConfig;
 use secchan::handshake::{AuthorizedDevices, Mode};
-use secchan::msgs::FrameType;
+
+use secchan::handshake::server;
+use secchan::handshake::AllowAnyDevice;
+use secchan::msgs::{encode_alert, AlertCode, FrameType};
 use secchan::session::SessionConfig;
+use secchan::transport::mqtt::topics::Route;
 use secchan::transport::mqtt::{
     Broker, Delivery, DeviceOptions, MqttDevice, MqttServer, ServerOptions, ServerStats, Topics,
 };
@@ -132,9 +136,20 @@ pub async fn spawn_server_with(
     config: Arc<ServerConfig>,
     options: ServerOptions,
 ) -> Running {
-    let mut server = MqttServer::start(&broker(m), config, options)
-        .await
-        .unwrap();
+    spawn_server_on(&broker(m), config, options).await
+}
+
+/// A server instance with the test options, reaching the broker as `broker` says.
+pub async fn spawn_server_with_broker(broker: &Broker, config: Arc<ServerConfig>) -> Running {
+    spawn_server_on(broker, config, server_options()).await
+}
+
+async fn spawn_server_on(
+    broker: &Broker,
+    config: Arc<ServerConfig>,
+    options: ServerOptions,
+) -> Running {
+    let mut server = MqttServer::start(broker, config, options).await.unwrap();
     let instance = server.instance().to_string();
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, mut stop_rx) = oneshot::channel();
@@ -297,6 +312,7 @@ pub struct HandDevice {
     session: secchan::session::Session,
     up: String,
     stream: StreamId,
+    drop_key_updates: bool,
 }
 
 impl HandDevice {
@@ -311,7 +327,7 @@ impl HandDevice {
         let sid = "00112233445566778899aabbccddeeff";
         let (client, eventloop) = raw_client(m, "hand-device").await;
         client
-            .subscribe(topics.down_filter(sid), QoS::AtLeastOnce)
+            .subscribe(topics.down_filter("hand-device", sid), QoS::AtLeastOnce)
             .await
             .unwrap();
         let mut incoming = forward(eventloop);
@@ -324,7 +340,12 @@ impl HandDevice {
         };
         let (expect, hello) = device::start(&config, &mut OsRandom).unwrap();
         client
-            .publish(topics.hello(sid), QoS::AtLeastOnce, false, hello)
+            .publish(
+                topics.hello("hand-device", sid),
+                QoS::AtLeastOnce,
+                false,
+                hello,
+            )
             .await
             .unwrap();
         let (topic, reply) = tokio::time::timeout(PATIENCE, incoming.recv())
@@ -334,7 +355,7 @@ impl HandDevice {
         let instance = topic.rsplit('/').next().unwrap().to_string();
         let authed = expect.read_server_hello(&reply).unwrap();
         let (session, finish) = authed.finish(Instant::now()).unwrap();
-        let up = topics.up(&instance, sid);
+        let up = topics.up("hand-device", &instance, sid);
         for frame in forged.iter().cloned().chain([finish]) {
             client
                 .publish(up.clone(), QoS::AtLeastOnce, false, frame)
@@ -347,6 +368,7 @@ impl HandDevice {
             session,
             up,
             stream: [7; 8],
+            drop_key_updates: false,
         }
     }
 
@@ -365,6 +387,17 @@ impl HandDevice {
         };
         self.session.send(&env.encode(), Instant::now()).unwrap();
         self.session.poll_transmit().unwrap()
+    }
+
+    /// Rotates the sending key; returns the KeyUpdate record without sending it.
+    pub fn key_update(&mut self) -> Vec<u8> {
+        self.session.update_keys(Instant::now()).unwrap();
+        self.session.poll_transmit().unwrap()
+    }
+
+    /// Drops every KeyUpdate record the server sends from now on, as a lossy broker might.
+    pub fn drop_key_updates(&mut self) {
+        self.drop_key_updates = true;
     }
 
     pub async fn publish(&self, frame: &[u8]) {
@@ -389,6 +422,9 @@ impl HandDevice {
                 .any(|(stream, next)| acked.get(stream).is_none_or(|n| n < next))
             {
                 let (_, mut frame) = self.incoming.recv().await.unwrap();
+                if self.drop_key_updates && FrameType::of(&frame) == Ok(FrameType::KeyUpdate) {
+                    continue;
+                }
                 assert_ne!(
                     FrameType::of(&frame),
                     Ok(FrameType::Alert),
@@ -422,4 +458,54 @@ pub fn account(m: &Mosquitto, (user, password): (&str, &str)) -> Broker {
     b.username = Some(user.into());
     b.password = Some(zeroize::Zeroizing::new(password.into()));
     b
+}
+
+/// A stranger on the broker answering every hello, as a client subscribed to
+/// `$share/other-group/P/hs/+` can, with garbage, a malformed and a forged refusal alert,
+/// and a ServerHello signed by a key of its own. Reports each session it answered.
+pub async fn rogue(m: &Mosquitto) -> mpsc::UnboundedReceiver<String> {
+    const INSTANCE: &str = "0123456789abcdef";
+    let (client, mut eventloop) = raw_client(m, "rogue").await;
+    client
+        .subscribe("$share/rogue/secchan/+/hs/+", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut config = ServerConfig::new(
+        Arc::new(IdentityKey::generate(&mut OsRandom).unwrap()),
+        Arc::new(AllowAnyDevice),
+    );
+    config.mode = Mode::Any;
+    let (answered, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(ev) = eventloop.poll().await {
+            let Event::Incoming(Packet::Publish(p)) = ev else {
+                continue;
+            };
+            let topic = String::from_utf8_lossy(&p.topic).into_owned();
+            let Some(Route::Hello {
+                client: device,
+                session: sid,
+            }) = Topics::default().parse(&topic)
+            else {
+                continue;
+            };
+            let (_, server_hello) =
+                server::accept_hello(&config, &p.payload, &mut OsRandom).unwrap();
+            let down = Topics::default().down(device, sid, INSTANCE);
+            for frame in [
+                vec![],
+                vec![FrameType::Alert as u8],
+                vec![FrameType::ServerHello as u8, 1, 2, 3],
+                encode_alert(AlertCode::UnknownDevice),
+                server_hello,
+            ] {
+                client
+                    .publish(down.clone(), QoS::AtLeastOnce, false, frame)
+                    .await
+                    .unwrap();
+            }
+            let _ = answered.send(sid.to_string());
+        }
+    });
+    rx
 }

@@ -2,7 +2,7 @@
 //! messages. It re-subscribes after every reconnect and never blocks its owner: requests go
 //! to rumqttc's request queue, or to a bounded local queue, in order, while that one is full.
 
-use super::{random_hex, Broker, MqttError, MAX_PACKET_SIZE};
+use super::{Broker, MqttError, MAX_PACKET_SIZE};
 use crate::msgs::FrameType;
 use crate::throttle::{warn_dropped, Throttle};
 use bytes::Bytes;
@@ -66,6 +66,7 @@ pub struct PayloadBytes {
 /// A connection to the broker.
 pub(crate) struct Link {
     client: AsyncClient,
+    client_id: String,
     events: mpsc::Receiver<LinkEvent>,
     subscriptions: Vec<String>,
     queue: Queue,
@@ -167,18 +168,14 @@ impl Queue {
     }
 }
 
-pub(super) fn options(broker: &Broker) -> Result<MqttOptions, MqttError> {
-    let id = match &broker.client_id {
-        Some(id) => id.clone(),
-        None => format!(
-            "secchan-{}",
-            random_hex::<8>().map_err(|e| MqttError::Unreachable {
-                broker: format!("{}:{}", broker.host, broker.port),
-                reason: e.to_string(),
-            })?
-        ),
-    };
-    let mut o = MqttOptions::new(id, broker.host.clone(), broker.port);
+pub(super) fn options(broker: &Broker, client_id: &str) -> Result<MqttOptions, MqttError> {
+    let mut o = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    if let Some(tls) = &broker.tls {
+        let config = super::tls::client_config(tls)?;
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(config),
+        ));
+    }
     o.set_keep_alive(broker.keep_alive)
         .set_clean_start(true)
         .set_max_packet_size(Some(MAX_PACKET_SIZE))
@@ -281,14 +278,15 @@ fn jitter(d: Duration) -> Duration {
 impl Link {
     /// Connects to the broker; fails if the first attempt fails.
     pub(crate) async fn connect(broker: &Broker) -> Result<Self, MqttError> {
-        let (client, eventloop) = AsyncClient::new(options(broker)?, REQUEST_QUEUE);
+        let client_id = broker.client_id()?;
+        let (client, eventloop) = AsyncClient::new(options(broker, &client_id)?, REQUEST_QUEUE);
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let (first_tx, first_rx) = oneshot::channel();
-        let name = format!("{}:{}", broker.host, broker.port);
-        let task = tokio::spawn(run(eventloop, tx, first_tx, name));
+        let task = tokio::spawn(run(eventloop, tx, first_tx, broker.address()));
         first_rx.await.map_err(|_| MqttError::Stopped)??;
         let mut link = Self {
             client,
+            client_id,
             events: rx,
             subscriptions: Vec::new(),
             queue: Queue::new(MAX_QUEUED_BYTES),
@@ -303,6 +301,11 @@ impl Link {
             link.connected = true;
         }
         Ok(link)
+    }
+
+    /// The MQTT client id this connection uses.
+    pub(crate) fn client_id(&self) -> &str {
+        &self.client_id
     }
 
     /// Whether the broker connection is up (as last reported).
@@ -398,6 +401,12 @@ impl Link {
             };
             return Some(self.note(event));
         }
+    }
+
+    /// Hands what the local queue holds to rumqttc, as far as it takes it: for an owner busy
+    /// with events it takes with [`try_next_event`](Self::try_next_event) only.
+    pub(crate) fn flush(&mut self) {
+        self.drain_queue();
     }
 
     /// An event that is already waiting, without blocking.

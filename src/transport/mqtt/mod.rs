@@ -13,19 +13,26 @@
 mod device;
 mod link;
 mod server;
+mod tls;
 pub mod topics;
 
-pub use device::{DeviceOptions, DeviceStats, MqttDevice};
+pub use device::{DeviceOptions, DeviceStats, MqttDevice, DEFAULT_HANDSHAKE_ATTEMPTS};
 pub use server::{Delivery, MqttServer, ServerOptions, ServerStats};
+pub use tls::{ClientCert, TlsOptions};
 pub use topics::Topics;
 
 use crate::msgs::FrameType;
-use crate::record::RECORD_OVERHEAD;
+use crate::record::{MAX_UNORDERED_RECORD_LEN, UNORDERED_RECORD_OVERHEAD};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// Default MQTT port (plain TCP).
 pub const DEFAULT_PORT: u16 = 1883;
+/// Default MQTT port over TLS.
+pub const DEFAULT_TLS_PORT: u16 = 8883;
+
+/// Largest secchan frame in one MQTT message: a full record in the unordered layout.
+pub const MAX_FRAME_LEN: usize = MAX_UNORDERED_RECORD_LEN;
 
 /// Largest MQTT packet secchan accepts from the broker, announced in CONNECT so the broker
 /// drops bigger messages itself: one full record plus room for the topic and headers.
@@ -48,6 +55,21 @@ pub struct Broker {
     pub topics: Topics,
     /// MQTT keep-alive: how quickly a dead broker connection is noticed.
     pub keep_alive: Duration,
+    /// Which of the device's broker names is its `{client}` topic level (docs/mqtt.md §2).
+    pub topic_level: TopicLevel,
+    /// TLS to the broker (`mqtts://`); `None` for plain TCP.
+    pub tls: Option<TlsOptions>,
+}
+
+/// Which name of a device's broker connection its topics carry, so that the broker's ACL can
+/// confine it to them: Mosquitto's `%c` (client id) or `%u` (user name) pattern.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TopicLevel {
+    /// The MQTT client id (`--mqtt-client-id`, or the random `secchan-<hex>`).
+    #[default]
+    ClientId,
+    /// The broker user name (`--mqtt-username`, or the name a client certificate maps to).
+    Username,
 }
 
 impl std::fmt::Debug for Broker {
@@ -59,24 +81,29 @@ impl std::fmt::Debug for Broker {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
             .field("topics", &self.topics)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
 impl Broker {
-    /// Parses `mqtt://HOST[:PORT]` (or `tcp://`); credentials are set separately so that
-    /// they never appear on a command line.
+    /// Parses `mqtt://HOST[:PORT]` (or `tcp://`), or `mqtts://HOST[:PORT]` (or `ssl://`) for
+    /// TLS with the system's roots; credentials and certificates are set separately, so
+    /// that no secret appears on a command line.
     pub fn parse_url(url: &str) -> Result<Self, MqttError> {
         let bad = |reason: &str| MqttError::Url {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let rest = match url.split_once("://") {
-            Some(("mqtt" | "tcp", rest)) => rest,
-            Some(("mqtts" | "ssl" | "ws" | "wss", _)) => {
-                return Err(bad("only plain mqtt:// is built in (secchan encrypts end to end; to protect broker credentials, reach the broker through a TLS tunnel)"))
+        let (rest, tls, default_port) = match url.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => (rest, None, DEFAULT_PORT),
+            Some(("mqtts" | "ssl", rest)) => (rest, Some(TlsOptions::default()), DEFAULT_TLS_PORT),
+            Some(("ws" | "wss", _)) => {
+                return Err(bad(
+                    "MQTT over WebSockets is not built in: use mqtt:// or mqtts://",
+                ))
             }
-            _ => return Err(bad("expected mqtt://HOST:PORT")),
+            _ => return Err(bad("expected mqtt://HOST:PORT or mqtts://HOST:PORT")),
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains('@') {
@@ -95,13 +122,13 @@ impl Broker {
         };
         let (host, port) = match authority.strip_prefix('[') {
             Some(bracketed) => match bracketed.split_once(']') {
-                Some((h, "")) => (h, DEFAULT_PORT),
+                Some((h, "")) => (h, default_port),
                 Some((h, after)) => (h, port(after.strip_prefix(':').unwrap_or(after))?),
                 None => return Err(bad("unclosed [ in the host")),
             },
             None => match authority.split_once(':') {
                 Some((h, p)) => (h, port(p)?),
-                None => (authority, DEFAULT_PORT),
+                None => (authority, default_port),
             },
         };
         if host.is_empty() {
@@ -115,6 +142,8 @@ impl Broker {
             password: None,
             topics: Topics::default(),
             keep_alive: Duration::from_secs(15),
+            topic_level: TopicLevel::default(),
+            tls,
         })
     }
 
@@ -126,13 +155,51 @@ impl Broker {
         } else {
             self.host.clone()
         };
-        format!("mqtt://{host}:{}/{}", self.port, self.topics.prefix())
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://{host}:{}/{}", self.port, self.topics.prefix())
     }
 
     /// The rumqttc options secchan's own connections use (client id, credentials,
     /// keep-alive, clean start, packet size), for a bare MQTT client beside them.
     pub(crate) fn client_options(&self) -> Result<rumqttc::v5::MqttOptions, MqttError> {
-        link::options(self)
+        link::options(self, &self.client_id()?)
+    }
+
+    /// The client id to connect with: the one set, or a fresh random `secchan-<hex>`.
+    pub(crate) fn client_id(&self) -> Result<String, MqttError> {
+        match &self.client_id {
+            Some(id) => Ok(id.clone()),
+            None => Ok(format!(
+                "secchan-{}",
+                random_hex::<8>().map_err(|e| MqttError::Unreachable {
+                    broker: self.address(),
+                    reason: e.to_string(),
+                })?
+            )),
+        }
+    }
+
+    /// `host:port`, as error messages name the broker.
+    pub(crate) fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// A device's `{client}` topic level for a connection made with `client_id`.
+    pub(crate) fn device_level(&self, client_id: &str) -> Result<String, MqttError> {
+        let (what, level) = match self.topic_level {
+            TopicLevel::ClientId => ("MQTT client id", client_id),
+            TopicLevel::Username => (
+                "MQTT user name",
+                self.username.as_deref().ok_or(MqttError::Topic {
+                    what: "topic level",
+                    value: "username".into(),
+                    reason:
+                        "the topics carry the broker user name, but none is set (--mqtt-username)",
+                })?,
+            ),
+        };
+        topics::check_client_level(what, level)?;
+        Ok(level.to_string())
     }
 }
 
@@ -166,13 +233,39 @@ pub enum MqttError {
         reason: String,
     },
     /// The broker refused the connection.
-    #[error("the MQTT broker at {broker} refused the connection ({code}); check --mqtt-username and the password, and the broker's ACL")]
+    #[error("the MQTT broker at {broker} refused the connection ({code}): {hint}")]
     Refused {
         /// host:port.
         broker: String,
         /// The CONNACK reason.
         code: String,
+        /// What to check.
+        hint: &'static str,
     },
+    /// The TLS handshake with the broker failed.
+    #[error("TLS to the MQTT broker at {broker} failed: {reason}; check --mqtt-ca (the CA that signed the broker's certificate), that the certificate names the host in the URL, and --mqtt-client-cert if the broker requires one")]
+    TlsHandshake {
+        /// host:port.
+        broker: String,
+        /// rustls' reason.
+        reason: String,
+    },
+    /// A TLS file could not be used.
+    #[error("cannot use {file} as the {what}: {reason}")]
+    TlsFile {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        file: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No CA certificate for `mqtts://` without `--mqtt-ca`.
+    #[error("no CA certificates found on this system for mqtts://: pass the CA that signed the broker's certificate with --mqtt-ca FILE")]
+    NoSystemRoots,
+    /// The TLS configuration could not be built.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
     /// The broker refused to subscribe secchan to its topics.
     #[error("the MQTT broker refused a subscription ({reason}); allow this client to subscribe to the secchan topics in the broker's ACL")]
     SubscribeRefused {
@@ -210,10 +303,22 @@ pub enum MqttError {
 impl MqttError {
     /// Why a first connection to `broker` (host:port) failed.
     pub(crate) fn connecting(broker: String, e: rumqttc::v5::ConnectionError) -> Self {
+        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
         match e {
             rumqttc::v5::ConnectionError::ConnectionRefused(code) => Self::Refused {
                 broker,
                 code: format!("{code:?}"),
+                hint: match code {
+                    Code::BadUserNamePassword => "wrong user name or password: check --mqtt-username and --mqtt-password-file (or $SECCHAN_MQTT_PASSWORD)",
+                    // Mosquitto answers a wrong password with this code too.
+                    Code::NotAuthorized => "the broker did not accept this client's credentials: check --mqtt-username and --mqtt-password-file (or $SECCHAN_MQTT_PASSWORD), or the client certificate, and the broker's accounts",
+                    Code::ClientIdentifierNotValid => "the broker does not accept this client id: check --mqtt-client-id",
+                    _ => "check --mqtt-username and the password, and the broker's configuration",
+                },
+            },
+            rumqttc::v5::ConnectionError::Tls(e) => Self::TlsHandshake {
+                broker,
+                reason: e.to_string(),
             },
             e => Self::Unreachable {
                 broker,
@@ -226,7 +331,7 @@ impl MqttError {
 /// Whether unauthenticated bytes can be a record at all. Anything else is dropped before it
 /// reaches the session, so a stranger on the broker cannot close it with garbage.
 fn may_be_record(frame: &[u8]) -> bool {
-    frame.len() >= RECORD_OVERHEAD && FrameType::of(frame).is_ok_and(FrameType::is_record)
+    frame.len() >= UNORDERED_RECORD_OVERHEAD && FrameType::of(frame).is_ok_and(FrameType::is_record)
 }
 
 /// A random identifier of `N` bytes as lowercase hex.
@@ -250,9 +355,12 @@ mod tests {
         let b = Broker::parse_url("mqtt://[::1]:1999").unwrap();
         assert_eq!((b.host.as_str(), b.port), ("::1", 1999));
         assert_eq!(b.display_name(), "mqtt://[::1]:1999/secchan");
+        let b = Broker::parse_url("mqtts://broker.local").unwrap();
+        assert_eq!((b.port, b.tls.is_some()), (DEFAULT_TLS_PORT, true));
+        assert_eq!(b.display_name(), "mqtts://broker.local:8883/secchan");
         for bad in [
             "127.0.0.1:1883",
-            "mqtts://h:8883",
+            "wss://h:8883",
             "mqtt://user:pw@h:1883",
             "mqtt://h:0",
             "mqtt://h:99999",
@@ -269,8 +377,8 @@ mod tests {
     #[test]
     fn only_plausible_records_reach_a_session() {
         assert!(!may_be_record(&[]));
-        assert!(!may_be_record(&[0x10; RECORD_OVERHEAD - 1]));
-        assert!(may_be_record(&[0x10; RECORD_OVERHEAD]));
+        assert!(!may_be_record(&[0x10; UNORDERED_RECORD_OVERHEAD - 1]));
+        assert!(may_be_record(&[0x10; UNORDERED_RECORD_OVERHEAD]));
         assert!(!may_be_record(&[FrameType::DeviceFinish as u8; 64]));
         assert!(!may_be_record(&[0xff; 64]));
     }

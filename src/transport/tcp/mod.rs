@@ -19,10 +19,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
-/// Initial capacity of a connection's read and write buffers: room for either handshake
-/// message; they grow to a full record when one arrives. tokio-util's default (8 KiB each) was
-/// most of an idle session's memory (docs/benchmarks.md).
-
 /// Opens a TCP connection to `addr` by `deadline`, running `prepare` (the ephemeral key
 /// generation) while the TCP handshake is under way: connect sends its SYN and waits, and the
 /// key generation fills that round trip instead of following it.

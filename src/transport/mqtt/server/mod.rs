@@ -1,22 +1,32 @@
 //! A secchan server instance on MQTT: answers hellos from the shared subscription, keeps the
 //! sessions it accepted, outputs each device message once and acknowledges it.
+//!
+//! Two broker connections: one for the hellos (and the ServerHellos answering them), one for
+//! the sessions (DeviceFinish and records in, records out). The sessions' connection is
+//! always served first, and hellos are admitted fairly per broker client ([`admission`]), so
+//! a flood of hellos delays neither established sessions nor other clients' handshakes by
+//! more than a round (docs/mqtt.md §4).
+
+mod admission;
+mod handshake;
+mod types;
+
+pub use types::{Delivery, ServerOptions, ServerStats};
 
 use super::link::{Link, LinkEvent, PayloadBytes};
 use super::topics::{self, Route, Topics};
 use super::{may_be_record, random_hex, Broker, MqttError};
-use crate::crypto::aead::AeadId;
-use crate::crypto::random::OsRandom;
-use crate::delivery::{
-    Envelope, StreamId, StreamKey, Streams, Verdict, DEFAULT_MAX_OUT_OF_ORDER, MAX_IN_FLIGHT,
-};
-use crate::handshake::server::{self, ExpectDeviceFinish, PeerDevice, ServerConfig};
+
+use crate::delivery::{Envelope, StreamId, StreamKey, Streams, Verdict, MAX_IN_FLIGHT};
+use crate::handshake::server::{ExpectDeviceFinish, PeerDevice, ServerConfig};
 use crate::handshake::HandshakeError;
-use crate::msgs::{decode_alert, encode_alert, AlertCode, FrameType};
+use crate::msgs::{AlertCode, FrameType};
 use crate::record::replay::ReplayWindow;
 use crate::record::RecordError;
 use crate::session::{Event, Session, SessionError};
 use crate::throttle::{later, warn_dropped, Throttle};
-use crate::transport::{Timeouts, TransportError, MAX_FRAME_LEN};
+use crate::transport::TransportError;
+use admission::{HelloQueue, PendingOrder};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +34,9 @@ use std::time::{Duration, Instant};
 /// Incoming messages handled in one go before deliveries are handed out, so that one
 /// acknowledgement covers a burst.
 const BATCH: usize = 64;
+/// Hellos answered in one go, between two looks at the sessions' connection: each costs an
+/// ML-KEM encapsulation, an X25519 exchange and a signature (a few hundred µs).
+const HELLO_BATCH: usize = 4;
 /// How often expired handshakes, idle sessions and old streams are swept.
 const SWEEP: Duration = Duration::from_secs(1);
 /// Default for [`ServerOptions::max_pending`]. A handshake is pending for one round trip
@@ -31,91 +44,15 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// the sessions an instance serves.
 pub const DEFAULT_MAX_PENDING: usize = 1024;
 
-/// How a server instance runs.
-#[derive(Debug, Clone)]
-pub struct ServerOptions {
-    /// Shared-subscription group: instances in the same group share the hellos.
-    pub share_group: String,
-    /// Most sessions (pending and established) at once. When the established ones reach it,
-    /// further hellos are dropped; until then a hello evicts the oldest pending handshake
-    /// if it must.
-    pub max_sessions: usize,
-    /// Most handshakes pending at once; a further hello evicts the oldest one, so a flood of
-    /// (replayed) hellos cannot lock honest devices out.
-    pub max_pending: usize,
-    /// Most device streams remembered for dropping duplicates.
-    pub max_streams: usize,
-    /// Most sequence numbers the duplicate filter remembers ahead of a gap, over all streams.
-    pub max_out_of_order: usize,
-    /// Handshake and idle timeouts; a stream is remembered for the idle timeout.
-    pub timeouts: Timeouts,
+/// Sessions and pending handshakes are keyed by `{client}/{session}`: two clients may draw
+/// or claim the same session id, and neither may touch the other's.
+fn key(client: &str, sid: &str) -> String {
+    format!("{client}/{sid}")
 }
 
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self {
-            share_group: topics::DEFAULT_SHARE_GROUP.to_string(),
-            max_sessions: 10_000,
-            max_pending: DEFAULT_MAX_PENDING,
-            max_streams: 10_000,
-            max_out_of_order: DEFAULT_MAX_OUT_OF_ORDER,
-            timeouts: Timeouts::default(),
-        }
-    }
-}
-
-/// One device message, output once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// The session it arrived in (random, as on the topics).
-    pub session: String,
-    /// The device, as authenticated and authorized in that session.
-    pub device: PeerDevice,
-    /// Key-exchange suite of the session.
-    pub suite: &'static str,
-    /// AEAD of the session.
-    pub aead: AeadId,
-    /// The device's stream.
-    pub stream: StreamId,
-    /// Position in the stream.
-    pub seq: u64,
-    /// The message.
-    pub data: Vec<u8>,
-}
-
-/// Counters of a server instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ServerStats {
-    /// Sessions established.
-    pub sessions_established: u64,
-    /// Handshakes that failed: hellos refused with an alert, devices refused after their
-    /// DeviceFinish.
-    pub handshake_failures: u64,
-    /// DeviceFinish frames that did not verify and plaintext alerts for a pending handshake:
-    /// dropped, the handshake goes on (anyone may publish them).
-    pub rejected_handshake_messages: u64,
-    /// Pending handshakes evicted by newer hellos ([`ServerOptions::max_pending`]).
-    pub evicted_handshakes: u64,
-    /// Hellos dropped because the established sessions reached
-    /// [`ServerOptions::max_sessions`].
-    pub refused_hellos: u64,
-    /// Messages output.
-    pub delivered: u64,
-    /// Repeated MQTT deliveries dropped by the replay window (or a repeated handshake
-    /// message).
-    pub duplicate_records: u64,
-    /// Messages sent again by a device and already output: dropped.
-    pub duplicate_messages: u64,
-    /// Records that failed authentication or were older than the replay window.
-    pub rejected_records: u64,
-    /// Messages on secchan's topics that were not well-formed secchan frames or topics.
-    pub malformed: u64,
-    /// Messages for sessions this instance does not hold.
-    pub unknown_session: u64,
-    /// Publishes dropped because the broker took them more slowly than they came.
-    pub dropped_publishes: u64,
-    /// Payload bytes moved through the broker.
-    pub bytes: PayloadBytes,
+/// The client level and session id of a key.
+fn split(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or((key, ""))
 }
 
 struct Open {
@@ -135,22 +72,23 @@ struct Pending {
 
 /// A server instance.
 pub struct MqttServer {
+    /// The sessions' connection.
     link: Link,
+    /// The hellos' connection.
+    hello_link: Link,
     topics: Topics,
     instance: String,
     config: Arc<ServerConfig>,
     options: ServerOptions,
+    hellos: HelloQueue,
     pending: HashMap<String, Pending>,
-    /// Pending handshakes, oldest first, as (order, session); entries of handshakes that
-    /// ended are skipped and swept out.
-    pending_order: VecDeque<(u64, String)>,
-    next_order: u64,
+    pending_order: PendingOrder,
     open: HashMap<String, Box<Open>>,
     streams: Streams,
     ready: VecDeque<Delivery>,
     acks_due: HashSet<String>,
     stats: ServerStats,
-    sweeper: tokio::time::Interval,
+    next_sweep: Instant,
     throttle: Throttle,
 }
 
@@ -186,10 +124,17 @@ impl MqttServer {
         config.session.ordered = false;
         let instance = random_hex::<8>().map_err(HandshakeError::from)?;
         let mut link = Link::connect(broker).await?;
-        link.subscribe(broker.topics.hello_filter(&options.share_group));
         link.subscribe(broker.topics.up_filter(&instance));
+        // The hellos' connection needs a client id of its own: a broker disconnects a client
+        // when another connects with the same id.
+        let mut hello_broker = broker.clone();
+        hello_broker.client_id = broker.client_id.as_ref().map(|id| format!("{id}-hello"));
+        let mut hello_link = Link::connect(&hello_broker).await?;
+        hello_link.subscribe(broker.topics.hello_filter(&options.share_group));
+        let wait = options.timeouts.handshake;
         let mut server = Self {
             link,
+            hello_link,
             topics: broker.topics.clone(),
             instance,
             config: Arc::new(config),
@@ -199,42 +144,45 @@ impl MqttServer {
                 options.timeouts.idle,
             ),
             options,
+            hellos: HelloQueue::default(),
             pending: HashMap::new(),
-            pending_order: VecDeque::new(),
-            next_order: 0,
+            pending_order: PendingOrder::default(),
             open: HashMap::new(),
             ready: VecDeque::new(),
             acks_due: HashSet::new(),
             stats: ServerStats::default(),
-            sweeper: tokio::time::interval(SWEEP),
+            next_sweep: later(Instant::now(), SWEEP),
             throttle: Throttle::default(),
         };
-        server.await_subscriptions(2).await?;
+        // Once the broker confirmed both subscriptions no device is missed; messages that
+        // arrive meanwhile are handled.
+        for hellos in [false, true] {
+            tokio::time::timeout(wait, server.await_subscription(hellos))
+                .await
+                .map_err(|_| MqttError::SubscribeRefused {
+                    reason: format!("no answer within {wait:?}"),
+                })??;
+        }
         Ok(server)
     }
 
-    /// Waits until the broker confirmed `n` subscriptions, so no device is missed once
-    /// `start` returns; messages arriving meanwhile are handled.
-    async fn await_subscriptions(&mut self, mut n: usize) -> Result<(), TransportError> {
-        let wait = self.options.timeouts.handshake;
-        let confirmed = async {
-            while n > 0 {
-                match self.link.next_event().await.ok_or(MqttError::Stopped)? {
-                    LinkEvent::Subscribed(Ok(())) => n -= 1,
-                    LinkEvent::Subscribed(Err(reason)) => {
-                        return Err(MqttError::SubscribeRefused { reason })
-                    }
-                    other => self.handle(other),
+    /// Waits until the broker confirmed the subscription of one connection.
+    async fn await_subscription(&mut self, hellos: bool) -> Result<(), MqttError> {
+        loop {
+            let link = if hellos {
+                &mut self.hello_link
+            } else {
+                &mut self.link
+            };
+            match link.next_event().await.ok_or(MqttError::Stopped)? {
+                LinkEvent::Subscribed(Ok(())) => return Ok(()),
+                LinkEvent::Subscribed(Err(reason)) => {
+                    return Err(MqttError::SubscribeRefused { reason })
                 }
+                other if hellos => self.admit(other),
+                other => self.handle(other),
             }
-            Ok(())
-        };
-        tokio::time::timeout(wait, confirmed).await.map_err(|_| {
-            MqttError::SubscribeRefused {
-                reason: format!("no answer within {wait:?}"),
-            }
-        })??;
-        Ok(())
+        }
     }
 
     /// This instance's random id (as on its topics).
@@ -244,9 +192,13 @@ impl MqttServer {
 
     /// Counters so far.
     pub fn stats(&self) -> ServerStats {
+        let (a, b) = (self.link.bytes(), self.hello_link.bytes());
         ServerStats {
-            bytes: self.link.bytes(),
-            dropped_publishes: self.link.dropped(),
+            bytes: PayloadBytes {
+                sent: a.sent + b.sent,
+                received: a.received + b.received,
+            },
+            dropped_publishes: self.link.dropped() + self.hello_link.dropped(),
             ..self.stats
         }
     }
@@ -265,18 +217,48 @@ impl MqttServer {
                 return Ok(d);
             }
             self.flush_acks();
-            tokio::select! {
-                ev = self.link.next_event() => {
-                    let ev = ev.ok_or(MqttError::Stopped)?;
-                    self.handle(ev);
-                    for _ in 1..BATCH {
-                        match self.link.try_next_event() {
-                            Some(ev) => self.handle(ev),
-                            None => break,
-                        }
+            // While hellos keep the loop busy, `next_event` is not called: move what the send
+            // queues hold along here.
+            self.link.flush();
+            self.hello_link.flush();
+            let now = Instant::now();
+            if now >= self.next_sweep {
+                self.next_sweep = later(now, SWEEP);
+                self.sweep(now);
+            }
+            // The sessions first: whatever their connection has waiting.
+            let mut busy = false;
+            for _ in 0..BATCH {
+                match self.link.try_next_event() {
+                    Some(ev) => {
+                        self.handle(ev);
+                        busy = true;
                     }
+                    None => break,
                 }
-                _ = self.sweeper.tick() => self.sweep(Instant::now()),
+            }
+            if !self.ready.is_empty() {
+                continue;
+            }
+            // Then take in every hello waiting (cheap: queued per client), and answer a few.
+            while let Some(ev) = self.hello_link.try_next_event() {
+                self.admit(ev);
+            }
+            if !self.hellos.is_empty() {
+                self.serve_hellos(HELLO_BATCH);
+                // Let the connections' tasks run before the next look.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if busy {
+                continue;
+            }
+            let sweep = tokio::time::Instant::from_std(self.next_sweep);
+            tokio::select! {
+                biased;
+                ev = self.link.next_event() => self.handle(ev.ok_or(MqttError::Stopped)?),
+                ev = self.hello_link.next_event() => self.admit(ev.ok_or(MqttError::Stopped)?),
+                _ = tokio::time::sleep_until(sweep) => {}
             }
         }
     }
@@ -290,12 +272,15 @@ impl MqttServer {
             self.transmit(&sid, &mut open.session);
         }
         let stats = self.stats();
+        self.hello_link.close().await;
         self.link.close().await;
         stats
     }
 
-    fn down(&self, sid: &str) -> String {
-        self.topics.down(sid, &self.instance)
+    /// The down topic of the session `key`.
+    fn down(&self, key: &str) -> String {
+        let (client, sid) = split(key);
+        self.topics.down(client, sid, &self.instance)
     }
 
     fn transmit(&mut self, sid: &str, session: &mut Session) {
@@ -305,6 +290,7 @@ impl MqttServer {
         }
     }
 
+    /// A message on the sessions' connection.
     fn handle(&mut self, event: LinkEvent) {
         let (topic, payload) = match event {
             LinkEvent::Connected => {
@@ -314,15 +300,18 @@ impl MqttServer {
             LinkEvent::Disconnected | LinkEvent::Subscribed(_) => return,
             LinkEvent::Message { topic, payload } => (topic, payload),
         };
-        if payload.len() > MAX_FRAME_LEN {
+        if payload.len() > super::MAX_FRAME_LEN {
             self.malformed(&topic, "message larger than a record");
             return;
         }
         match self.topics.parse(&topic) {
-            Some(Route::Hello { session }) => self.on_hello(session.to_string(), &payload),
-            Some(Route::Up { instance, session }) if instance == self.instance => {
+            Some(Route::Up {
+                client,
+                instance,
+                session,
+            }) if instance == self.instance => {
                 let mut frame = payload.to_vec();
-                self.on_up(session.to_string(), &mut frame);
+                self.on_up(key(client, session), &mut frame);
             }
             _ => self.malformed(&topic, "not a secchan topic for this server"),
         }
@@ -338,141 +327,15 @@ impl MqttServer {
         );
     }
 
-    fn on_hello(&mut self, sid: String, frame: &[u8]) {
-        if self.pending.contains_key(&sid) || self.open.contains_key(&sid) {
-            self.stats.duplicate_records += 1;
-            tracing::debug!(session = %sid, "repeated hello dropped");
-            return;
-        }
-        if self.open.len() >= self.options.max_sessions {
-            self.stats.refused_hellos += 1;
-            warn_dropped!(self.throttle, session = %sid, max = self.options.max_sessions, "too many sessions: hello dropped");
-            return;
-        }
-        match server::accept_hello(&self.config, frame, &mut OsRandom) {
-            Ok((expect, reply)) => {
-                while self.pending.len() >= self.options.max_pending
-                    || self.sessions() >= self.options.max_sessions
-                {
-                    if !self.evict_oldest_pending() {
-                        break;
-                    }
-                }
-                self.link.publish(self.down(&sid), reply);
-                let now = Instant::now();
-                let order = self.next_order;
-                self.next_order += 1;
-                self.pending_order.push_back((order, sid.clone()));
-                let pending = Pending {
-                    expect: Box::new(expect),
-                    deadline: later(now, self.options.timeouts.handshake),
-                    order,
-                };
-                self.pending.insert(sid, pending);
-            }
-            // Only a refusal a genuine device can act on is answered; a hello that does not
-            // decode (anyone may publish one) is dropped without costing a publish.
-            Err(
-                e @ (HandshakeError::SuiteRefused { .. }
-                | HandshakeError::NoCommonAead
-                | HandshakeError::Decode(crate::codec::DecodeError::UnsupportedVersion(_))),
-            ) => self.handshake_failed(&sid, &e),
-            Err(e) => self.malformed(&sid, &e.to_string()),
-        }
-    }
-
-    /// Forgets the oldest pending handshake to make room for a new one; false if none is
-    /// pending.
-    fn evict_oldest_pending(&mut self) -> bool {
-        while let Some((order, sid)) = self.pending_order.pop_front() {
-            if self.pending.get(&sid).is_some_and(|p| p.order == order) {
-                self.pending.remove(&sid);
-                self.stats.evicted_handshakes += 1;
-                warn_dropped!(self.throttle, session = %sid, max = self.options.max_pending, "too many handshakes in progress: forgot the oldest");
-                return true;
-            }
-        }
-        false
-    }
-
-    fn handshake_failed(&mut self, sid: &str, e: &HandshakeError) {
-        self.stats.handshake_failures += 1;
-        if let Some(code) = e.alert() {
-            self.link.publish(self.down(sid), encode_alert(code));
-        }
-        match e {
-            // Only a device that completed the handshake's cryptography is refused: always
-            // logged, with its fingerprint.
-            HandshakeError::DeviceRefused { device, code } => {
-                tracing::warn!(session = %sid, device = %device, reason = %code, "device refused")
-            }
-            _ => warn_dropped!(self.throttle, session = %sid, error = %e, "handshake failed"),
-        }
-    }
-
-    fn on_up(&mut self, sid: String, frame: &mut [u8]) {
+    fn on_up(&mut self, key: String, frame: &mut [u8]) {
         let now = Instant::now();
-        if let Some(mut open) = self.open.remove(&sid) {
-            if self.on_record(&sid, &mut open, frame, now) {
-                self.open.insert(sid, open);
+        if let Some(mut open) = self.open.remove(&key) {
+            if self.on_record(&key, &mut open, frame, now) {
+                self.open.insert(key, open);
             }
             return;
         }
-        let Some(pending) = self.pending.get(&sid) else {
-            self.stats.unknown_session += 1;
-            tracing::debug!(session = %sid, "message for a session this instance does not hold");
-            return;
-        };
-        // Anyone who saw the ServerHello on the broker may publish here, so a frame that
-        // fails is dropped and the handshake goes on until its deadline: only a DeviceFinish
-        // that verifies decides it.
-        match FrameType::of(frame) {
-            Ok(FrameType::DeviceFinish) => match pending.expect.read_device_finish(frame, now) {
-                Ok((session, peer)) => {
-                    self.pending.remove(&sid);
-                    self.stats.sessions_established += 1;
-                    tracing::info!(
-                        session = %sid,
-                        device = %peer.name,
-                        suite = session.suite().name,
-                        aead = session.aead().name(),
-                        "session established"
-                    );
-                    let open = Open {
-                        session,
-                        peer,
-                        last_input: now,
-                        ack_due: Vec::new(),
-                    };
-                    self.open.insert(sid, Box::new(open));
-                }
-                // The device's authentication verified: this is the device, and it is refused.
-                Err(
-                    e @ (HandshakeError::DeviceRefused { .. }
-                    | HandshakeError::EnrollmentProofFailed { .. }),
-                ) => {
-                    self.pending.remove(&sid);
-                    self.handshake_failed(&sid, &e);
-                }
-                Err(e) => {
-                    self.stats.rejected_handshake_messages += 1;
-                    warn_dropped!(self.throttle, session = %sid, error = %e, "DeviceFinish did not verify: dropped, the handshake goes on");
-                }
-            },
-            Ok(FrameType::Alert) => match decode_alert(frame) {
-                Ok(code) => {
-                    self.stats.rejected_handshake_messages += 1;
-                    warn_dropped!(self.throttle, session = %sid, reason = %code, "plaintext alert for a pending handshake (unauthenticated): the handshake goes on until it times out");
-                }
-                Err(e) => self.malformed(&sid, &e.to_string()),
-            },
-            _ => {
-                // A record ahead of DeviceFinish, or garbage: the handshake goes on; a
-                // record is sent again by the device once it gets no acknowledgement.
-                self.stats.malformed += 1;
-                tracing::debug!(session = %sid, "frame before DeviceFinish dropped");
-            }
-        }
+        self.on_pending(key, frame, now);
     }
 
     /// Handles one frame of an established session; returns whether the session goes on.
@@ -557,8 +420,10 @@ impl MqttServer {
         match self.streams.accept(&key, seq, base, now) {
             Verdict::New => {
                 self.stats.delivered += 1;
+                let (client, session) = split(sid);
                 Some(Delivery {
-                    session: sid.to_string(),
+                    client: client.to_string(),
+                    session: session.to_string(),
                     device: open.peer.clone(),
                     suite: open.session.suite().name,
                     aead: open.session.aead(),
@@ -603,16 +468,16 @@ impl MqttServer {
 
     fn sweep(&mut self, now: Instant) {
         let idle = self.options.timeouts.idle;
-        self.pending.retain(|sid, p| {
+        let order = &mut self.pending_order;
+        let throttle = &mut self.throttle;
+        self.pending.retain(|key, p| {
             let live = p.deadline > now;
             if !live {
-                tracing::warn!(session = %sid, "handshake timed out");
+                order.remove(split(key).0, p.order);
+                warn_dropped!(throttle, session = %key, "handshake timed out");
             }
             live
         });
-        let pending = &self.pending;
-        self.pending_order
-            .retain(|(order, sid)| pending.get(sid).is_some_and(|p| p.order == *order));
         self.open.retain(|sid, open| {
             let live = now.saturating_duration_since(open.last_input) < idle;
             if !live {

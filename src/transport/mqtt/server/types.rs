@@ -1,0 +1,102 @@
+//! The public types of a server instance: its options, its deliveries and its counters.
+
+use super::super::link::PayloadBytes;
+use super::super::topics;
+use crate::crypto::aead::AeadId;
+use crate::delivery::{StreamId, DEFAULT_MAX_OUT_OF_ORDER};
+use crate::handshake::server::PeerDevice;
+use crate::transport::Timeouts;
+
+/// How a server instance runs.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Shared-subscription group: instances in the same group share the hellos.
+    pub share_group: String,
+    /// Most sessions (pending and established) at once. When the established ones reach it,
+    /// further hellos are dropped; until then a hello evicts the oldest pending handshake
+    /// if it must.
+    pub max_sessions: usize,
+    /// Most handshakes pending at once; a further hello evicts the oldest one, so a flood of
+    /// (replayed) hellos cannot lock honest devices out.
+    pub max_pending: usize,
+    /// Most device streams remembered for dropping duplicates.
+    pub max_streams: usize,
+    /// Most sequence numbers the duplicate filter remembers ahead of a gap, over all streams.
+    pub max_out_of_order: usize,
+    /// Handshake and idle timeouts; a stream is remembered for the idle timeout.
+    pub timeouts: Timeouts,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            share_group: topics::DEFAULT_SHARE_GROUP.to_string(),
+            max_sessions: 10_000,
+            max_pending: super::DEFAULT_MAX_PENDING,
+            max_streams: 10_000,
+            max_out_of_order: DEFAULT_MAX_OUT_OF_ORDER,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// One device message, output once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The device's `{client}` topic level (its broker client id or user name).
+    pub client: String,
+    /// The session it arrived in (random, as on the topics).
+    pub session: String,
+    /// The device, as authenticated and authorized in that session.
+    pub device: PeerDevice,
+    /// Key-exchange suite of the session.
+    pub suite: &'static str,
+    /// AEAD of the session.
+    pub aead: AeadId,
+    /// The device's stream.
+    pub stream: StreamId,
+    /// Position in the stream.
+    pub seq: u64,
+    /// The message.
+    pub data: Vec<u8>,
+}
+
+/// Counters of a server instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Sessions established.
+    pub sessions_established: u64,
+    /// Handshakes that failed: hellos refused with an alert, devices refused after their
+    /// DeviceFinish.
+    pub handshake_failures: u64,
+    /// DeviceFinish frames that did not verify and plaintext alerts for a pending handshake:
+    /// dropped, the handshake goes on (anyone may publish them).
+    pub rejected_handshake_messages: u64,
+    /// Pending handshakes evicted by newer hellos ([`ServerOptions::max_pending`]).
+    pub evicted_handshakes: u64,
+    /// Hellos dropped because the established sessions reached
+    /// [`ServerOptions::max_sessions`].
+    pub refused_hellos: u64,
+    /// Hellos answered with a ServerHello.
+    pub hellos_answered: u64,
+    /// Hellos dropped unanswered to keep the per-client hello queues bounded, or because they
+    /// waited longer than the handshake timeout (a flood, docs/mqtt.md §4).
+    pub shed_hellos: u64,
+    /// Messages output.
+    pub delivered: u64,
+    /// Repeated MQTT deliveries dropped by the replay window (or a repeated handshake
+    /// message).
+    pub duplicate_records: u64,
+    /// Messages sent again by a device and already output: dropped.
+    pub duplicate_messages: u64,
+    /// Records that failed authentication or were older than the replay window.
+    pub rejected_records: u64,
+    /// Messages on secchan's topics that were not well-formed secchan frames or topics.
+    pub malformed: u64,
+    /// Messages for sessions this instance does not hold.
+    pub unknown_session: u64,
+    /// Publishes dropped because the broker took them more slowly than they came.
+    pub dropped_publishes: u64,
+    /// Payload bytes moved through the broker.
+    pub bytes: PayloadBytes,
+}
