@@ -277,10 +277,40 @@ fn device_cannot_reach_server() {
     drop(listener);
     let out = run_device(
         &std::env::temp_dir(),
-        &["--connect", &addr, "--server-key", ANY_FINGERPRINT],
-        "",
+        &[
+            "--connect",
+            &addr,
+            "--server-key",
+            ANY_FINGERPRINT,
+            "--no-reconnect",
+        ],
+        "reading\n",
     );
     assert_one_line_error(&out, &["cannot connect"]);
+    assert_eq!(out.status.code(), Some(5), "network gave up");
+    // By default the device keeps trying, and gives up only after --give-up-after.
+    let out = run_device(
+        &std::env::temp_dir(),
+        &[
+            "--connect",
+            &addr,
+            "--server-key",
+            ANY_FINGERPRINT,
+            "--give-up-after",
+            "1",
+        ],
+        "reading\n",
+    );
+    assert_one_line_error(
+        &out,
+        &[
+            "no session with the server for 1 s",
+            "1 messages remain unacknowledged",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reconnecting"), "{stderr}");
 }
 
 /// A well-formed fingerprint no key has.
@@ -380,13 +410,13 @@ fn keepalive_keeps_a_quiet_device_past_the_server_idle_timeout() {
 }
 
 #[test]
-fn device_gives_up_on_a_server_that_never_confirms_its_close() {
+fn a_device_never_exits_zero_without_acknowledgements() {
     use secchan::crypto::identity::IdentityKey;
     use secchan::handshake::server::ServerConfig;
     use secchan::handshake::AllowAnyDevice;
     use secchan::transport::{tcp::Listener, Timeouts};
     use std::sync::Arc;
-    // A server that completes the handshake, then never reads again.
+    // A server that completes handshakes and then never reads (nor acknowledges) anything.
     let key = Arc::new(IdentityKey::from_seed(&[0x3c; 32]));
     let fingerprint = key.public().fingerprint();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -399,9 +429,13 @@ fn device_gives_up_on_a_server_that_never_confirms_its_close() {
         .unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     runtime.spawn(async move {
-        let (conn, _) = listener.accept().await.unwrap().handshake().await.unwrap();
-        std::future::pending::<()>().await;
-        drop(conn);
+        let mut held = Vec::new();
+        loop {
+            let incoming = listener.accept().await.unwrap();
+            if let Ok((conn, _)) = incoming.handshake().await {
+                held.push(conn);
+            }
+        }
     });
     let out = run_device(
         &std::env::temp_dir(),
@@ -410,12 +444,20 @@ fn device_gives_up_on_a_server_that_never_confirms_its_close() {
             &addr,
             "--server-key",
             &fingerprint,
-            "--close-timeout",
+            "--ack-timeout",
             "1",
+            "--give-up-after",
+            "2",
         ],
         "reading\n",
     );
-    assert_one_line_error(&out, &["did not confirm the close within 1 s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the server acknowledged nothing for 1s"),
+        "a new session after the ack timeout: {stderr}"
+    );
+    assert_one_line_error(&out, &["1 messages remain unacknowledged"]);
+    assert_eq!(out.status.code(), Some(5));
 }
 
 #[test]
@@ -447,6 +489,8 @@ fn server_shutdown_closes_live_sessions_with_an_authenticated_close() {
             &server.addr,
             "--server-key",
             &server_fp,
+            "--give-up-after",
+            "1",
         ])
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -476,10 +520,13 @@ fn server_shutdown_closes_live_sessions_with_an_authenticated_close() {
         .read_to_string(&mut stderr)
         .unwrap();
     drop(input);
-    assert!(!device_status.success());
+    // The server went away (authenticated going_away) with the device's input still open:
+    // the device looks for a new session, and gives up when none comes.
+    assert_eq!(device_status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("server going away"), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        last.contains("the server closed the session after 1 lines"),
+        last.contains("no session with the server for 1 s"),
         "{stderr}"
     );
 }

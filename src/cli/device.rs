@@ -64,6 +64,11 @@ pub struct DeviceArgs {
     /// is acknowledged by then), and after Ctrl-C or SIGTERM for the last acknowledgements.
     #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     close_timeout: u64,
+    /// Seconds a sent message may wait for its acknowledgement before the device takes the
+    /// session for lost and starts a new one (sending it again).
+    #[arg(long, value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    ack_timeout: u64,
     /// Over TCP: end at the first lost session instead of reconnecting.
     #[arg(long)]
     no_reconnect: bool,
@@ -179,8 +184,15 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
         }
         let timeouts = args.session.timeouts();
         let outbox = args.outbox.open()?;
+        let ack_timeout = Duration::from_secs(args.ack_timeout);
         return super::mqtt::run_device(
-            &args.mqtt, url, config, verifier, timeouts, outbox, source,
+            &args.mqtt,
+            url,
+            config,
+            verifier,
+            (timeouts, ack_timeout),
+            outbox,
+            source,
         )
         .await;
     }
@@ -191,6 +203,7 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
         timeouts: args.session.timeouts(),
         keepalive: Duration::from_secs(args.keepalive),
         close_timeout: Duration::from_secs(args.close_timeout),
+        ack_timeout: Duration::from_secs(args.ack_timeout),
         reconnect: !args.no_reconnect,
         give_up_after: (args.give_up_after > 0).then(|| Duration::from_secs(args.give_up_after)),
         ticket_file: args.outbox.ticket_file(),

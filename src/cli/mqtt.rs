@@ -125,10 +125,6 @@ pub(super) struct MqttServerArgs {
 pub(super) struct MqttDeviceArgs {
     #[command(flatten)]
     pub(super) broker: MqttArgs,
-    /// Seconds without an acknowledgement after which the device starts a new session.
-    #[arg(long, value_name = "SECS", default_value_t = 5, requires = "mqtt",
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    ack_timeout: u64,
     /// Seconds to wait at the end for the last acknowledgements.
     #[arg(long, value_name = "SECS", default_value_t = 30, requires = "mqtt",
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
@@ -257,7 +253,7 @@ pub(super) async fn run_device(
     url: &str,
     config: DeviceConfig,
     verifier: Box<dyn ServerVerifier>,
-    timeouts: Timeouts,
+    (timeouts, ack_timeout): (Timeouts, Duration),
     outbox: Outbox,
     mut source: Source,
 ) -> Result<(), CliError> {
@@ -268,7 +264,7 @@ pub(super) async fn run_device(
     };
     let options = DeviceOptions {
         buffer: outbox.capacity(),
-        ack_timeout: Duration::from_secs(args.ack_timeout.max(1)),
+        ack_timeout,
         timeouts,
         handshake_attempts: args.handshake_attempts,
     };

@@ -34,6 +34,9 @@ pub struct DeviceOptions {
     /// At the end (input finished and everything acknowledged, or a stop signal), how long
     /// to wait for the server's close, or for the last acknowledgements after a signal.
     pub close_timeout: Duration,
+    /// A sent message unacknowledged for this long makes the device take the session for
+    /// lost (the server is gone or stuck) and start a new one.
+    pub ack_timeout: Duration,
     /// Whether a lost session is replaced by a new one (with back-off).
     pub reconnect: bool,
     /// Give up after this long without a session; `None`: never.
@@ -145,6 +148,7 @@ fn retryable(e: &TransportError) -> bool {
         | TransportError::HandshakeTimeout(_)
         | TransportError::IdleTimeout(_)
         | TransportError::Truncated
+        | TransportError::Unacknowledged(_)
         | TransportError::TicketRefused(_) => true,
         TransportError::Handshake(HandshakeError::PeerAlert(code))
         | TransportError::Session(crate::session::SessionError::PeerAlert(code)) => matches!(
@@ -340,6 +344,9 @@ impl TcpDevice {
             let accepting =
                 run.input_open && (!self.outbox.is_full() || self.outbox_drops_oldest());
             let stop_at = run.stop_by.unwrap_or_else(far_future);
+            let ack_due = self.outbox.oldest_sent().map_or_else(far_future, |t| {
+                Instant::from_std(t) + self.options.ack_timeout
+            });
             tokio::select! {
                 biased;
                 received = conn.recv() => {
@@ -361,6 +368,9 @@ impl TcpDevice {
                 () = tokio::time::sleep_until(close_by.unwrap_or_else(far_future)), if close_by.is_some() => {
                     tracing::debug!("the server did not answer the close; every message was acknowledged");
                     return Ok(End::Done);
+                }
+                () = tokio::time::sleep_until(ack_due) => {
+                    return Ok(End::Lost(TransportError::Unacknowledged(self.options.ack_timeout)));
                 }
                 () = &mut run.shutdown, if run.stop_by.is_none() => self.interrupted(run),
                 () = tokio::time::sleep_until(stop_at), if run.stop_by.is_some() => {

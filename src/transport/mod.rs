@@ -70,6 +70,10 @@ pub enum TransportError {
     /// unauthenticated. Not final: connect with a full handshake on a new connection.
     #[error("server refused the resumption ticket ({0}): connect with a full handshake")]
     TicketRefused(AlertCode),
+    /// Messages sent in this session went unacknowledged for this long: the server is gone or
+    /// stuck, and a new session is worth a try.
+    #[error("the server acknowledged nothing for {0:?}")]
+    Unacknowledged(Duration),
     /// The TCP stream ended without an authenticated Close: data may have been cut off.
     #[error("connection ended without an authenticated close: the stream was truncated")]
     Truncated,
