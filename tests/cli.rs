@@ -304,7 +304,7 @@ fn device_cannot_reach_server() {
     assert_one_line_error(
         &out,
         &[
-            "no session with the server for 1 s",
+            "no progress with the server for 1 s",
             "1 messages remain unacknowledged",
         ],
     );
@@ -526,7 +526,7 @@ fn server_shutdown_closes_live_sessions_with_an_authenticated_close() {
     assert!(stderr.contains("server going away"), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        last.contains("no session with the server for 1 s"),
+        last.contains("no progress with the server for 1 s"),
         "{stderr}"
     );
 }

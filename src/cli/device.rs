@@ -72,8 +72,9 @@ pub struct DeviceArgs {
     /// Over TCP: end at the first lost session instead of reconnecting.
     #[arg(long)]
     no_reconnect: bool,
-    /// Over TCP: give up after this many seconds without a session (exit 5; with --spool the
-    /// unacknowledged messages stay there for the next run); 0 never gives up.
+    /// Over TCP: give up after this many seconds without progress, no session or no
+    /// acknowledgement of what is outstanding (exit 5; with --spool the unacknowledged
+    /// messages stay there for the next run); 0 never gives up.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     give_up_after: u64,
     #[command(flatten)]

@@ -39,7 +39,8 @@ pub struct DeviceOptions {
     pub ack_timeout: Duration,
     /// Whether a lost session is replaced by a new one (with back-off).
     pub reconnect: bool,
-    /// Give up after this long without a session; `None`: never.
+    /// Give up after this long without progress (no session with nothing outstanding, no
+    /// acknowledgement); `None`: never.
     pub give_up_after: Option<Duration>,
     /// Where the newest resumption ticket is kept (mode 0600), so that the next run resumes;
     /// `None`: in memory only.
@@ -69,8 +70,8 @@ pub enum DeviceError {
     /// The server refused this device, or the device could not trust the server.
     #[error(transparent)]
     Session(TransportError),
-    /// No session could be had for the give-up time.
-    #[error("no session with the server for {secs} s ({last}); {unacknowledged} messages remain unacknowledged")]
+    /// No session delivered anything for the give-up time.
+    #[error("no progress with the server for {secs} s ({last}); {unacknowledged} messages remain unacknowledged")]
     GaveUp {
         /// The give-up time.
         secs: u64,
@@ -130,6 +131,9 @@ pub struct TcpDevice {
     outbox: Outbox,
     ticket: Option<Ticket>,
     report: DeviceReport,
+    /// The last time the device made progress: a session with nothing outstanding, or an
+    /// acknowledgement. The give-up time counts from here.
+    progress: Instant,
 }
 
 impl std::fmt::Debug for TcpDevice {
@@ -188,6 +192,7 @@ impl TcpDevice {
             outbox,
             ticket,
             report: DeviceReport::default(),
+            progress: Instant::now(),
         }
     }
 
@@ -222,7 +227,6 @@ impl TcpDevice {
 
     async fn deliver(&mut self, source: &mut Source, run: &mut Run) -> Result<(), DeviceError> {
         let mut backoff = BACKOFF_FIRST;
-        let mut down_since = Instant::now();
         loop {
             if self.is_done(run) {
                 return Ok(());
@@ -233,12 +237,12 @@ impl TcpDevice {
                     self.report.sessions += 1;
                     self.report.resumed += u64::from(conn.is_resumed());
                     tracing::info!(server = %self.addr, resumed = conn.is_resumed(), unacknowledged = self.outbox.len(), "session established");
+                    if self.outbox.is_empty() {
+                        self.progress = Instant::now();
+                    }
                     match self.session(conn, source, run).await? {
                         End::Done => return Ok(()),
-                        End::Lost(e) => {
-                            down_since = Instant::now();
-                            e
-                        }
+                        End::Lost(e) => e,
                     }
                 }
                 Err(e) => e,
@@ -247,10 +251,10 @@ impl TcpDevice {
                 return Err(DeviceError::Session(failure));
             }
             if !self.options.reconnect {
-                return Err(self.gave_up(failure, Duration::ZERO));
+                return Err(DeviceError::Session(failure));
             }
             if let Some(limit) = self.options.give_up_after {
-                if down_since.elapsed() >= limit {
+                if self.progress.elapsed() >= limit {
                     return Err(self.gave_up(failure, limit));
                 }
             }
@@ -442,7 +446,12 @@ impl TcpDevice {
     fn on_message(&mut self, message: &[u8]) -> Result<(), DeviceError> {
         match Envelope::decode(message) {
             Ok(Envelope::Ack { stream, next }) => match self.outbox.ack(stream, next) {
-                Ok(n) => self.report.acknowledged += n as u64,
+                Ok(n) => {
+                    self.report.acknowledged += n as u64;
+                    if n > 0 {
+                        self.progress = Instant::now();
+                    }
+                }
                 Err(OutboxError::Spool(e)) => return Err(e.into()),
                 Err(e) => tracing::warn!(error = %e, "acknowledgement ignored"),
             },
