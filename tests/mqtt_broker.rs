@@ -74,10 +74,13 @@ async fn an_acl_confines_each_device_to_its_own_topics() {
     dev_a.send(b"from a".to_vec()).await.unwrap();
     let got = server.take(1).await;
     assert_eq!(
-        (got[0].client.as_str(), texts(&got)[0].as_str()),
+        (
+            client_and_session(&got[0]).0.as_str(),
+            texts(&got)[0].as_str()
+        ),
         ("dev-a", "from a")
     );
-    let session = got[0].session.clone();
+    let session = client_and_session(&got[0]).1;
     let topics = Topics::default();
 
     // Device B's account tries A's topics, even under A's client id: the broker drops every

@@ -15,9 +15,13 @@ use super::BenchError;
 use crate::crypto::identity::IdentityKey;
 use crate::crypto::kem::X25519_MLKEM768;
 use crate::crypto::random::OsRandom;
+use crate::delivery::{Streams, DEFAULT_MAX_OUT_OF_ORDER};
 use crate::handshake::device::{self, DeviceConfig};
 use crate::handshake::server::ServerConfig;
 use crate::handshake::{AllowAnyDevice, Mode};
+use crate::service::intake;
+use crate::service::mqtt_server;
+use crate::service::sink::Discard;
 use crate::transport::mqtt::{
     random_hex, Broker, DeviceOptions, MqttDevice, MqttServer, ServerOptions, ServerStats, Topics,
 };
@@ -169,15 +173,14 @@ fn one(bench: &FloodBench, rate: u64) -> Result<FloodFigures, BenchError> {
         MqttServer::start(&server_broker, Arc::new(config), ServerOptions::default()).await
     })?;
     let server_task = server_rt.spawn(async move {
-        let mut server = server;
-        tokio::pin!(stopped);
-        loop {
-            tokio::select! {
-                d = server.next() => if d.is_err() { break },
-                _ = &mut stopped => break,
-            }
-        }
-        server.shutdown().await
+        let streams = Streams::new(1024, DEFAULT_MAX_OUT_OF_ORDER, Duration::from_secs(3600));
+        let (intake, written) = intake::start(Box::new(Discard), streams, None);
+        let stats = mqtt_server::serve(server, intake, async {
+            let _ = stopped.await;
+        })
+        .await;
+        let _ = written.await;
+        stats
     });
 
     // The attacker: a captured hello, published again and again on its own topic level.
@@ -261,7 +264,7 @@ fn one(bench: &FloodBench, rate: u64) -> Result<FloodFigures, BenchError> {
     let _ = stop_server.send(());
     let stats = server_rt
         .block_on(server_task)
-        .map_err(|_| BenchError::Protocol("the flood server's task failed"))?;
+        .map_err(|_| BenchError::Protocol("the flood server's task failed"))??;
     server_rt.shutdown_background();
     attacker_rt.shutdown_background();
     devices_rt.shutdown_background();

@@ -10,9 +10,9 @@
 //! and then plaintext:
 //!
 //! - *latency*: one message in flight at a time, from the sender's call (`MqttDevice::send`,
-//!   `AsyncClient::publish`) until the receiver hands the message out (`MqttServer::next`
-//!   returns it, the subscriber's event loop yields it); both instants from this process's
-//!   monotonic clock;
+//!   `AsyncClient::publish`) until the receiver has the message (the server's delivery
+//!   intake writes it to its sink, the subscriber's event loop yields it); both instants from
+//!   this process's monotonic clock;
 //! - *messages/s*: messages sent back to back, divided by the time from the first send until
 //!   the receiver has the last one;
 //! - *bytes*: MQTT payload bytes per message each way, not bytes on the wire (topics, MQTT
@@ -27,9 +27,13 @@ use crate::crypto::aead::AeadId;
 use crate::crypto::identity::IdentityKey;
 use crate::crypto::kem::X25519_MLKEM768;
 use crate::crypto::random::OsRandom;
+use crate::delivery::{Streams, DEFAULT_MAX_OUT_OF_ORDER};
 use crate::handshake::device::DeviceConfig;
 use crate::handshake::server::ServerConfig;
 use crate::handshake::{AllowAnyDevice, Mode};
+use crate::service::intake::{self, IntakeStats};
+use crate::service::mqtt_server;
+use crate::service::sink::{Sink, SinkFuture, SinkRecord};
 use crate::transport::mqtt::{
     random_hex, Broker, DeviceOptions, MqttDevice, MqttError, MqttServer, ServerOptions,
     ServerStats, Topics,
@@ -279,7 +283,7 @@ pub async fn run(
     }
 
     secchan.device.finish(PATIENCE).await?;
-    let stats = server.stop().await?;
+    let (stats, intake) = server.stop().await?;
     let _ = plain.client.disconnect().await;
     let _ = subscriber.disconnect().await;
     Ok(MqttReport {
@@ -290,8 +294,8 @@ pub async fn run(
         latency_messages: bench.latency_messages(),
         rate_messages: bench.messages,
         topic_len: plain_topic.len(),
-        server_delivered: stats.delivered,
-        server_duplicates: stats.duplicate_records + stats.duplicate_messages,
+        server_delivered: intake.written,
+        server_duplicates: stats.duplicate_records + intake.duplicates,
         results,
     })
 }
@@ -518,32 +522,48 @@ async fn flatten<T>(task: tokio::task::JoinHandle<Result<T, BenchError>>) -> Res
 /// A secchan server instance running on the receiver's runtime.
 struct RunningServer {
     stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<ServerStats, BenchError>>,
+    task: tokio::task::JoinHandle<Result<(ServerStats, IntakeStats), BenchError>>,
 }
 
 impl RunningServer {
     /// Closes its sessions and disconnects; its counters.
-    async fn stop(self) -> Result<ServerStats, BenchError> {
+    async fn stop(self) -> Result<(ServerStats, IntakeStats), BenchError> {
         let _ = self.stop.send(());
         flatten(self.task).await
     }
 }
 
-/// Outputs messages (here: the instant each is handed out) until told to stop.
-async fn serve(
-    mut server: MqttServer,
-    outputs: mpsc::UnboundedSender<Instant>,
-    mut stop: oneshot::Receiver<()>,
-) -> Result<ServerStats, BenchError> {
-    loop {
-        tokio::select! {
-            d = server.next() => {
-                d?;
-                let _ = outputs.send(Instant::now());
-            }
-            _ = &mut stop => return Ok(server.shutdown().await),
+/// A sink that reports the instant each message is written.
+struct Timestamps(mpsc::UnboundedSender<Instant>);
+
+impl Sink for Timestamps {
+    fn write<'a>(&'a mut self, batch: &'a [SinkRecord]) -> SinkFuture<'a> {
+        let now = Instant::now();
+        for _ in batch {
+            let _ = self.0.send(now);
         }
+        Box::pin(std::future::ready(Ok(())))
     }
+}
+
+/// Serves the instance through the delivery intake (as `secchan server --mqtt` does) until
+/// told to stop; the server's counters and the intake's.
+async fn serve(
+    server: MqttServer,
+    outputs: mpsc::UnboundedSender<Instant>,
+    stop: oneshot::Receiver<()>,
+) -> Result<(ServerStats, IntakeStats), BenchError> {
+    let streams = Streams::new(1024, DEFAULT_MAX_OUT_OF_ORDER, Duration::from_secs(3600));
+    let (intake, written) = intake::start(Box::new(Timestamps(outputs)), streams, None);
+    let stats = mqtt_server::serve(server, intake, async {
+        let _ = stop.await;
+    })
+    .await?;
+    let intake = written
+        .await
+        .map_err(|_| BenchError::Protocol("the delivery intake failed"))?
+        .map_err(|e| BenchError::Io(e.source))?;
+    Ok((stats, intake))
 }
 
 /// A bare MQTT 5 client with secchan's connection options, its event loop driven by a task

@@ -6,7 +6,8 @@ use super::CliError;
 use crate::delivery::{Outbox, ENVELOPE_LEN};
 use crate::handshake::device::DeviceConfig;
 use crate::handshake::server::ServerConfig;
-use crate::service::sink::{JsonLines, Origin, Sink, SinkRecord};
+use crate::service::intake::Intake;
+use crate::service::mqtt_server;
 use crate::telemetry::Source;
 use crate::transport::mqtt::topics::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
 use crate::transport::mqtt::{
@@ -182,19 +183,18 @@ pub(super) async fn serve(
     args: &MqttServerArgs,
     url: &str,
     config: Arc<ServerConfig>,
-    timeouts: Timeouts,
-    max_sessions: usize,
-    out: Option<&std::path::Path>,
+    (timeouts, max_sessions): (Timeouts, usize),
+    intake: Intake,
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
     let broker = args.broker.broker(url)?;
-    let mut output = JsonLines::open(out, false).map_err(CliError::Output)?;
     let options = ServerOptions {
         share_group: args.mqtt_share_group.clone(),
         max_sessions,
         timeouts,
         ..ServerOptions::default()
     };
-    let mut server = MqttServer::start(&broker, config.clone(), options).await?;
+    let server = MqttServer::start(&broker, config.clone(), options).await?;
     tracing::info!(
         broker = %broker.display_name(),
         group = %args.mqtt_share_group,
@@ -203,46 +203,18 @@ pub(super) async fn serve(
         fingerprint = %config.identity.public().fingerprint(),
         "serving through the MQTT broker"
     );
-    // One signal future for the whole loop: a signal that arrives while a line is written
-    // is kept for the next turn.
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            delivery = server.next() => {
-                let d = delivery?;
-                let record = SinkRecord {
-                    origin: Arc::new(Origin {
-                        device: d.device,
-                        peer: format!("mqtt:{}", d.session),
-                        suite: d.suite,
-                        aead: d.aead.name(),
-                    }),
-                    stream: d.stream,
-                    seq: d.seq,
-                    data: d.data.into(),
-                };
-                output.write(std::slice::from_ref(&record)).await.map_err(CliError::Output)?;
-            }
-            () = &mut shutdown => {
-                tracing::info!("shutting down: closing every session");
-                break;
-            }
-        }
-    }
-    let s = server.shutdown().await;
+    let s = mqtt_server::serve(server, intake, stop).await?;
     tracing::info!(
         sessions = s.sessions_established,
-        delivered = s.delivered,
+        received = s.delivered,
         duplicate_records = s.duplicate_records,
-        duplicate_messages = s.duplicate_messages,
         rejected_records = s.rejected_records,
         malformed = s.malformed,
         rejected_handshake_messages = s.rejected_handshake_messages,
         evicted_handshakes = s.evicted_handshakes,
         refused_hellos = s.refused_hellos,
         dropped_publishes = s.dropped_publishes,
-        "server stopped"
+        "MQTT instance stopped"
     );
     Ok(())
 }

@@ -196,35 +196,23 @@ fn streams(args: &ServerArgs) -> Result<(Streams, Option<StateDir>), CliError> {
     Ok((streams, Some(state)))
 }
 
-/// Accepts devices until interrupted, printing one JSON line per message.
-pub async fn run(args: ServerArgs) -> Result<(), CliError> {
-    let (config, registry) = config(&args)?;
-    let config = Arc::new(config);
-    let _watch = registry
-        .as_ref()
-        .map(|r| r.watch(Duration::from_secs(args.registry_poll)));
+/// Serves devices over the transport the arguments name until `stop` resolves.
+async fn serve(
+    args: &ServerArgs,
+    (config, registry): (Arc<ServerConfig>, Option<Arc<RegistryAuthorizer>>),
+    intake: intake::Intake,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), CliError> {
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {
-        let timeouts = args.session.timeouts();
-        let out = args.out.as_deref();
-        return super::mqtt::serve(
-            &args.mqtt,
-            url,
-            config,
-            timeouts,
-            args.max_sessions as usize,
-            out,
-        )
-        .await;
+        let limits = (args.session.timeouts(), args.max_sessions as usize);
+        return super::mqtt::serve(&args.mqtt, url, config, limits, intake, stop).await;
     }
     let fingerprint = config.identity.public().fingerprint();
     let addr = args.listen.clone().unwrap_or_default();
     let listener = Listener::bind(&addr, config.clone(), args.session.timeouts())
         .await
         .map_err(|source| CliError::Bind { addr, source })?;
-    let (streams, state) = streams(&args)?;
-    let sink = JsonLines::open(args.out.as_deref(), state.is_some()).map_err(CliError::Output)?;
-    let (intake, written) = intake::start(Box::new(sink), streams, state);
     tracing::info!(
         addr = %listener.local_addr()?,
         mode = %config.mode,
@@ -236,6 +224,20 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         registry,
     };
+    tcp_server::run(listener, intake, options, stop).await;
+    Ok(())
+}
+
+/// Accepts devices until interrupted, printing one JSON line per message.
+pub async fn run(args: ServerArgs) -> Result<(), CliError> {
+    let (config, registry) = config(&args)?;
+    let config = Arc::new(config);
+    let _watch = registry
+        .as_ref()
+        .map(|r| r.watch(Duration::from_secs(args.registry_poll)));
+    let (streams, state) = streams(&args)?;
+    let sink = JsonLines::open(args.out.as_deref(), state.is_some()).map_err(CliError::Output)?;
+    let (intake, written) = intake::start(Box::new(sink), streams, state);
     // The output's failure stops the server too: nothing could be acknowledged any more.
     let output_failed = async {
         let _ = intake.session().0.closed().await;
@@ -246,9 +248,11 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
             () = output_failed => {}
         }
     };
-    tcp_server::run(listener, intake.clone(), options, stop).await;
+    let served = serve(&args, (config, registry), intake.clone(), stop).await;
     drop(intake);
-    match written.await {
+    let written = written.await;
+    served?;
+    match written {
         Ok(Ok(stats)) => {
             tracing::info!(
                 written = stats.written,

@@ -6,7 +6,7 @@
 
 use super::sink::{Sink, SinkError, SinkRecord};
 use crate::delivery::state::StateDir;
-use crate::delivery::{StreamId, StreamKey, Streams, Verdict};
+use crate::delivery::{StreamKey, Streams, Verdict};
 use crate::throttle::{warn_dropped, Throttle};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ pub struct AckUpdate {
     /// Submissions of this session handled in the batch.
     pub handled: usize,
     /// `(stream, next)`: every message of the stream below `next` is written.
-    pub acks: Vec<(StreamId, u64)>,
+    pub acks: Vec<(StreamKey, u64)>,
 }
 
 /// Where a session receives its [`AckUpdate`]s.
@@ -206,7 +206,13 @@ impl Task {
             }
         }
         for (tx, handled, keys) in touched.into_values() {
-            let acks = keys.iter().map(|k| (k.1, self.streams.ack(k))).collect();
+            let acks = keys
+                .into_iter()
+                .map(|k| {
+                    let next = self.streams.ack(&k);
+                    (k, next)
+                })
+                .collect();
             // A session that ended meanwhile no longer listens.
             let _ = tx.send(AckUpdate { handled, acks });
         }
@@ -304,6 +310,7 @@ mod tests {
             let u = acks.recv().await.unwrap();
             handled += u.handled;
             last = u.acks.last().map_or(last, |a| a.1);
+            assert!(u.acks.iter().all(|(k, _)| *k == (None, [5; 8])));
         }
         assert_eq!(last, 3);
         assert_eq!(

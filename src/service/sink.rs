@@ -180,6 +180,16 @@ impl Sink for JsonLines {
     }
 }
 
+/// A sink that keeps nothing: for benchmarks that measure the transport.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Discard;
+
+impl Sink for Discard {
+    fn write<'a>(&'a mut self, _batch: &'a [SinkRecord]) -> SinkFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

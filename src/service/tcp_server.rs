@@ -178,7 +178,7 @@ async fn serve(
             update = acks.recv() => {
                 let Some(update) = update else { break };
                 r.outstanding = r.outstanding.saturating_sub(update.handled);
-                for (stream, next) in update.acks {
+                for ((_, stream), next) in update.acks {
                     if let Err(e) = conn.queue(&Envelope::Ack { stream, next }.encode()) {
                         tracing::debug!(device = %peer.name, error = %e, "cannot acknowledge: session closed");
                     }

@@ -9,10 +9,13 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use secchan::crypto::identity::IdentityKey;
 use secchan::crypto::kem::{Suite, X25519_MLKEM768};
 use secchan::crypto::random::OsRandom;
-use secchan::delivery::{Envelope, StreamId};
+use secchan::delivery::{Envelope, StreamId, Streams, DEFAULT_MAX_OUT_OF_ORDER};
 use secchan::handshake::device::{self, DeviceConfig};
 use secchan::handshake::server::ServerConfig;
 use secchan::handshake::{AuthorizedDevices, Mode};
+use secchan::service::intake::{self, IntakeStats};
+use secchan::service::mqtt_server;
+use secchan::service::sink::{Sink, SinkFuture, SinkRecord};
 
 use secchan::handshake::server;
 use secchan::handshake::AllowAnyDevice;
@@ -114,10 +117,36 @@ pub async fn send_all(dev: &mut MqttDevice, messages: &[String]) {
 
 /// A server instance running in a task, handing its deliveries to a channel.
 pub struct Running {
-    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    deliveries: mpsc::UnboundedReceiver<SinkRecord>,
     stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<ServerStats>,
+    task: tokio::task::JoinHandle<Stats>,
     pub instance: String,
+}
+
+/// What a server instance and its delivery intake counted.
+#[derive(Debug)]
+pub struct Stats {
+    pub server: ServerStats,
+    pub intake: IntakeStats,
+}
+
+impl std::ops::Deref for Stats {
+    type Target = ServerStats;
+    fn deref(&self) -> &ServerStats {
+        &self.server
+    }
+}
+
+/// A sink handing every record written to the test.
+struct Channel(mpsc::UnboundedSender<SinkRecord>);
+
+impl Sink for Channel {
+    fn write<'a>(&'a mut self, batch: &'a [SinkRecord]) -> SinkFuture<'a> {
+        for r in batch {
+            let _ = self.0.send(r.clone());
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 pub fn server_options() -> ServerOptions {
@@ -149,21 +178,20 @@ async fn spawn_server_on(
     config: Arc<ServerConfig>,
     options: ServerOptions,
 ) -> Running {
-    let mut server = MqttServer::start(broker, config, options).await.unwrap();
+    let server = MqttServer::start(broker, config, options).await.unwrap();
     let instance = server.instance().to_string();
     let (tx, rx) = mpsc::unbounded_channel();
-    let (stop_tx, mut stop_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                d = server.next() => match d {
-                    Ok(d) => { let _ = tx.send(d); }
-                    Err(e) => panic!("server failed: {e}"),
-                },
-                _ = &mut stop_rx => break,
-            }
-        }
-        server.shutdown().await
+        let streams = Streams::new(1000, DEFAULT_MAX_OUT_OF_ORDER, Duration::from_secs(3600));
+        let (intake, written) = intake::start(Box::new(Channel(tx)), streams, None);
+        let server = mqtt_server::serve(server, intake, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("server failed: {e}"));
+        let intake = written.await.unwrap().unwrap();
+        Stats { server, intake }
     });
     Running {
         deliveries: rx,
@@ -174,8 +202,8 @@ async fn spawn_server_on(
 }
 
 impl Running {
-    /// Receives deliveries until `n` arrived.
-    pub async fn take(&mut self, n: usize) -> Vec<Delivery> {
+    /// Receives what the server wrote until `n` messages arrived.
+    pub async fn take(&mut self, n: usize) -> Vec<SinkRecord> {
         let mut out = Vec::new();
         tokio::time::timeout(PATIENCE, async {
             while out.len() < n {
@@ -188,7 +216,7 @@ impl Running {
     }
 
     /// Stops the server and returns what it delivered after `take` and its counters.
-    pub async fn stop(mut self) -> (Vec<Delivery>, ServerStats) {
+    pub async fn stop(mut self) -> (Vec<SinkRecord>, Stats) {
         let _ = self.stop.send(());
         let stats = self.task.await.unwrap();
         let mut rest = Vec::new();
@@ -199,11 +227,18 @@ impl Running {
     }
 }
 
-pub fn texts(deliveries: &[Delivery]) -> Vec<String> {
-    deliveries
+pub fn texts(written: &[SinkRecord]) -> Vec<String> {
+    written
         .iter()
-        .map(|d| String::from_utf8(d.data.clone()).unwrap())
+        .map(|d| String::from_utf8(d.data.to_vec()).unwrap())
         .collect()
+}
+
+/// The `{client}` level and session id a written message came in (its `peer`,
+/// `mqtt:{client}/{session}`).
+pub fn client_and_session(r: &SinkRecord) -> (String, String) {
+    let (client, session) = r.origin.peer["mqtt:".len()..].split_once('/').unwrap();
+    (client.to_string(), session.to_string())
 }
 
 /// Asserts `got` holds each of `expected` exactly once (in any order).

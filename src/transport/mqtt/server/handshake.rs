@@ -152,7 +152,6 @@ impl MqttServer {
                             session,
                             peer,
                             last_input: now,
-                            ack_due: Vec::new(),
                         };
                         self.open.insert(key, Box::new(open));
                     }

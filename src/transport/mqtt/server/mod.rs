@@ -1,5 +1,6 @@
 //! A secchan server instance on MQTT: answers hellos from the shared subscription, keeps the
-//! sessions it accepted, outputs each device message once and acknowledges it.
+//! sessions it accepted, hands out each device message, and sends the acknowledgements the
+//! delivery intake decides (`service::mqtt_server` wires the two together).
 //!
 //! Two broker connections: one for the hellos (and the ServerHellos answering them), one for
 //! the sessions (DeviceFinish and records in, records out). The sessions' connection is
@@ -17,7 +18,7 @@ use super::link::{Link, LinkEvent, PayloadBytes};
 use super::topics::{self, Route, Topics};
 use super::{may_be_record, random_hex, Broker, MqttError};
 
-use crate::delivery::{Envelope, StreamId, StreamKey, Streams, Verdict, MAX_IN_FLIGHT};
+use crate::delivery::{Envelope, StreamId, StreamKey, MAX_IN_FLIGHT};
 use crate::handshake::server::{ExpectDeviceFinish, PeerDevice, ServerConfig};
 use crate::handshake::HandshakeError;
 use crate::msgs::{AlertCode, FrameType};
@@ -27,12 +28,11 @@ use crate::session::{Event, Session, SessionError};
 use crate::throttle::{later, warn_dropped, Throttle};
 use crate::transport::TransportError;
 use admission::{HelloQueue, PendingOrder};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Incoming messages handled in one go before deliveries are handed out, so that one
-/// acknowledgement covers a burst.
+/// Incoming frames handled in one go before deliveries are handed out.
 const BATCH: usize = 64;
 /// Hellos answered in one go, between two looks at the sessions' connection: each costs an
 /// ML-KEM encapsulation, an X25519 exchange and a signature (a few hundred µs).
@@ -59,8 +59,6 @@ struct Open {
     session: Session,
     peer: PeerDevice,
     last_input: Instant,
-    /// The streams to acknowledge at the next flush (one, for a secchan device).
-    ack_due: Vec<StreamId>,
 }
 
 struct Pending {
@@ -84,9 +82,9 @@ pub struct MqttServer {
     pending: HashMap<String, Pending>,
     pending_order: PendingOrder,
     open: HashMap<String, Box<Open>>,
-    streams: Streams,
+    /// Which session last carried each stream: where its acknowledgements go.
+    carriers: HashMap<StreamKey, String>,
     ready: VecDeque<Delivery>,
-    acks_due: HashSet<String>,
     stats: ServerStats,
     next_sweep: Instant,
     throttle: Throttle,
@@ -138,18 +136,13 @@ impl MqttServer {
             topics: broker.topics.clone(),
             instance,
             config: Arc::new(config),
-            streams: Streams::new(
-                options.max_streams,
-                options.max_out_of_order,
-                options.timeouts.idle,
-            ),
             options,
             hellos: HelloQueue::default(),
             pending: HashMap::new(),
             pending_order: PendingOrder::default(),
             open: HashMap::new(),
+            carriers: HashMap::new(),
             ready: VecDeque::new(),
-            acks_due: HashSet::new(),
             stats: ServerStats::default(),
             next_sweep: later(Instant::now(), SWEEP),
             throttle: Throttle::default(),
@@ -208,15 +201,13 @@ impl MqttServer {
         self.pending.len() + self.open.len()
     }
 
-    /// The next message to output. A message is acknowledged to its device only when `next`
-    /// is called again, so a caller that writes each delivery before asking for the next one
-    /// never has a message acknowledged that it did not write.
+    /// The next message a device sent, duplicates included; cancel-safe. Nothing is
+    /// acknowledged until [`acknowledge`](Self::acknowledge) says so.
     pub async fn next(&mut self) -> Result<Delivery, TransportError> {
         loop {
             if let Some(d) = self.ready.pop_front() {
                 return Ok(d);
             }
-            self.flush_acks();
             // While hellos keep the loop busy, `next_event` is not called: move what the send
             // queues hold along here.
             self.link.flush();
@@ -263,12 +254,36 @@ impl MqttServer {
         }
     }
 
-    /// Closes every session with an authenticated close (so devices move to another
-    /// instance at once) and disconnects from the broker.
+    /// Acknowledges to the device that every message of `stream` below `next` is written,
+    /// in the session that last carried the stream (if it is still open).
+    pub fn acknowledge(&mut self, stream: &StreamKey, next: u64) {
+        let Some(sid) = self.carriers.get(stream).cloned() else {
+            return;
+        };
+        let Some(mut open) = self.open.remove(&sid) else {
+            self.carriers.remove(stream);
+            return;
+        };
+        let ack = Envelope::Ack {
+            stream: stream.1,
+            next,
+        };
+        tracing::debug!(session = %sid, ?ack, "acknowledging");
+        match open.session.send(&ack.encode(), Instant::now()) {
+            Ok(()) => self.transmit(&sid, &mut open.session),
+            Err(e) => {
+                tracing::warn!(session = %sid, error = %e, "cannot acknowledge: session closed")
+            }
+        }
+        self.open.insert(sid, open);
+    }
+
+    /// Closes every session with an authenticated `going_away` close (so devices move to
+    /// another instance at once, sending again what is not acknowledged) and disconnects
+    /// from the broker.
     pub async fn shutdown(mut self) -> ServerStats {
-        self.flush_acks();
         for (sid, mut open) in std::mem::take(&mut self.open) {
-            open.session.close(AlertCode::CloseNotify);
+            open.session.close(AlertCode::GoingAway);
             self.transmit(&sid, &mut open.session);
         }
         let stats = self.stats();
@@ -366,8 +381,8 @@ impl MqttServer {
                         base,
                         data,
                     }) => {
-                        let delivery = self.accept(sid, open, (stream, seq, base), data, now);
-                        self.ready.extend(delivery);
+                        let delivery = self.accept(sid, open, (stream, seq, base), data);
+                        self.ready.push_back(delivery);
                     }
                     Ok(Envelope::Ack { .. }) | Err(_) => {
                         self.stats.malformed += 1;
@@ -404,65 +419,31 @@ impl MqttServer {
         }
     }
 
+    /// A message from the device: handed out as it is, and its stream noted as carried by
+    /// this session.
     fn accept(
         &mut self,
         sid: &str,
-        open: &mut Open,
+        open: &Open,
         (stream, seq, base): (StreamId, u64, u64),
         data: &[u8],
-        now: Instant,
-    ) -> Option<Delivery> {
+    ) -> Delivery {
         let key: StreamKey = (open.peer.identity.map(|i| i.fingerprint()), stream);
-        if !open.ack_due.contains(&stream) {
-            open.ack_due.push(stream);
+        if self.carriers.get(&key).is_none_or(|c| c != sid) {
+            self.carriers.insert(key, sid.to_string());
         }
-        self.acks_due.insert(sid.to_string());
-        match self.streams.accept(&key, seq, base, now) {
-            Verdict::New => {
-                self.stats.delivered += 1;
-                let (client, session) = split(sid);
-                Some(Delivery {
-                    client: client.to_string(),
-                    session: session.to_string(),
-                    device: open.peer.clone(),
-                    suite: open.session.suite().name,
-                    aead: open.session.aead(),
-                    stream,
-                    seq,
-                    data: data.to_vec(),
-                })
-            }
-            Verdict::Duplicate => {
-                self.stats.duplicate_messages += 1;
-                tracing::debug!(session = %sid, seq, "message already output: dropped");
-                None
-            }
-            Verdict::TooFarAhead => {
-                warn_dropped!(self.throttle, session = %sid, seq, "message too far ahead of the acknowledged ones: dropped");
-                None
-            }
-        }
-    }
-
-    fn flush_acks(&mut self) {
-        let now = Instant::now();
-        for sid in std::mem::take(&mut self.acks_due) {
-            let Some(mut open) = self.open.remove(&sid) else {
-                continue;
-            };
-            for stream in std::mem::take(&mut open.ack_due) {
-                let key = (open.peer.identity.map(|i| i.fingerprint()), stream);
-                let ack = Envelope::Ack {
-                    stream,
-                    next: self.streams.ack(&key),
-                };
-                tracing::debug!(session = %sid, ?ack, "acknowledging");
-                if let Err(e) = open.session.send(&ack.encode(), now) {
-                    tracing::warn!(session = %sid, error = %e, "cannot acknowledge: session closed");
-                }
-            }
-            self.transmit(&sid, &mut open.session);
-            self.open.insert(sid, open);
+        self.stats.delivered += 1;
+        let (client, session) = split(sid);
+        Delivery {
+            client: client.to_string(),
+            session: session.to_string(),
+            device: open.peer.clone(),
+            suite: open.session.suite().name,
+            aead: open.session.aead(),
+            stream,
+            seq,
+            base,
+            data: data.to_vec(),
         }
     }
 
@@ -486,7 +467,8 @@ impl MqttServer {
             live
         });
         self.close_unauthorized();
-        self.streams.expire(now);
+        let open = &self.open;
+        self.carriers.retain(|_, sid| open.contains_key(sid));
     }
 
     /// Closes, with the authorizer's alert, every open session whose device the authorizer

@@ -3,7 +3,7 @@
 use super::super::link::PayloadBytes;
 use super::super::topics;
 use crate::crypto::aead::AeadId;
-use crate::delivery::{StreamId, DEFAULT_MAX_OUT_OF_ORDER};
+use crate::delivery::StreamId;
 use crate::handshake::server::PeerDevice;
 use crate::transport::Timeouts;
 
@@ -19,11 +19,7 @@ pub struct ServerOptions {
     /// Most handshakes pending at once; a further hello evicts the oldest one, so a flood of
     /// (replayed) hellos cannot lock honest devices out.
     pub max_pending: usize,
-    /// Most device streams remembered for dropping duplicates.
-    pub max_streams: usize,
-    /// Most sequence numbers the duplicate filter remembers ahead of a gap, over all streams.
-    pub max_out_of_order: usize,
-    /// Handshake and idle timeouts; a stream is remembered for the idle timeout.
+    /// Handshake and idle timeouts.
     pub timeouts: Timeouts,
 }
 
@@ -33,14 +29,14 @@ impl Default for ServerOptions {
             share_group: topics::DEFAULT_SHARE_GROUP.to_string(),
             max_sessions: 10_000,
             max_pending: super::DEFAULT_MAX_PENDING,
-            max_streams: 10_000,
-            max_out_of_order: DEFAULT_MAX_OUT_OF_ORDER,
             timeouts: Timeouts::default(),
         }
     }
 }
 
-/// One device message, output once.
+/// One device message as it arrived: not yet checked against what was written before. The
+/// delivery intake (`service::intake`) drops duplicates, writes the rest and tells the server
+/// what to acknowledge ([`MqttServer::acknowledge`](super::MqttServer::acknowledge)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// The device's `{client}` topic level (its broker client id or user name).
@@ -57,6 +53,9 @@ pub struct Delivery {
     pub stream: StreamId,
     /// Position in the stream.
     pub seq: u64,
+    /// The device's base: every message of the stream below it was acknowledged (or given
+    /// up) on the device (protocol.md §11.1).
+    pub base: u64,
     /// The message.
     pub data: Vec<u8>,
 }
@@ -82,13 +81,12 @@ pub struct ServerStats {
     /// Hellos dropped unanswered to keep the per-client hello queues bounded, or because they
     /// waited longer than the handshake timeout (a flood, docs/mqtt.md §4).
     pub shed_hellos: u64,
-    /// Messages output.
+    /// Messages handed out by [`MqttServer::next`](super::MqttServer::next) (duplicates
+    /// included: the intake counts those it drops).
     pub delivered: u64,
     /// Repeated MQTT deliveries dropped by the replay window (or a repeated handshake
     /// message).
     pub duplicate_records: u64,
-    /// Messages sent again by a device and already output: dropped.
-    pub duplicate_messages: u64,
     /// Records that failed authentication or were older than the replay window.
     pub rejected_records: u64,
     /// Messages on secchan's topics that were not well-formed secchan frames or topics.
