@@ -96,9 +96,10 @@ if ! has_std "$RUSTC_BIN"; then
 fi
 RUSTC_BIN=$(command -v "$RUSTC_BIN")
 export RUSTC=$RUSTC_BIN
-# The cargo of the same toolchain.
+# The cargo and rustdoc (doc tests) of the same toolchain.
 CARGO=$(dirname "$RUSTC_BIN")/cargo
 [ -x "$CARGO" ] || CARGO=cargo
+[ ! -x "$(dirname "$RUSTC_BIN")/rustdoc" ] || export RUSTDOC=$(dirname "$RUSTC_BIN")/rustdoc
 
 if [ -e /lib/ld-linux-aarch64.so.1 ] && [ -e /lib/aarch64-linux-gnu/libc.so.6 ]; then
     export QEMU_LD_PREFIX=/ # libc6:arm64: loader and libc of one build (see above)
