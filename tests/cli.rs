@@ -98,6 +98,64 @@ fn group_readable_ticket_key_file_is_refused() {
     );
 }
 
+/// `secchan fingerprint` (like keygen, registry and `bench --ops`) runs on the main thread and
+/// starts no async runtime: while it waits for its key file, a FIFO it has opened, every thread
+/// it has carries the process's own name, none a runtime worker's (tokio names its workers).
+/// Threads are told apart by name, not counted, because under qemu-user the process also has
+/// QEMU's own helper thread.
+#[cfg(target_os = "linux")]
+#[test]
+fn fingerprint_starts_no_runtime_worker_threads() {
+    use std::io::Write;
+    let dir = tempdir("cli-one-thread");
+    let fp = keygen(&dir.join("id.key"));
+    let fifo = dir.join("fifo.pub");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success(), "mkfifo failed");
+    let mut child = bin()
+        .arg("fingerprint")
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Opening the FIFO for writing returns once the command has opened it for reading, that
+    // is once it is past start-up and waiting for the key.
+    let (opened, open) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = opened.send(std::fs::OpenOptions::new().write(true).open(path));
+    });
+    let mut writer = loop {
+        if let Ok(writer) = open.recv_timeout(std::time::Duration::from_millis(50)) {
+            break writer.unwrap();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("fingerprint ended ({status}) before opening its key file");
+        }
+    };
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim().to_string())
+        .collect();
+    assert!(
+        threads.iter().all(|name| name == "secchan"),
+        "threads of `secchan fingerprint`: {threads:?}"
+    );
+    writer
+        .write_all(&std::fs::read(dir.join("id.key.pub")).unwrap())
+        .unwrap();
+    drop(writer);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), fp);
+}
+
 #[test]
 fn server_without_device_policy_refuses_to_start() {
     let dir = tempdir("cli-policy");

@@ -102,6 +102,11 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// The in-memory operation asked for with `--ops`, if any.
+    pub fn ops(&self) -> Option<bench::ops::Op> {
+        self.ops
+    }
+
     fn options(&self) -> Options {
         let mut o = if self.quick {
             Options::quick()
@@ -187,19 +192,24 @@ fn measure(
     }
 }
 
-/// Measures, prints the table, writes JSON and charts if asked.
+/// `bench --ops OP`: repeats one in-memory operation on the calling thread and prints what it
+/// did. It needs no runtime and starts no thread, so an instruction count under emulation
+/// (scripts/aarch64.sh) holds this operation and start-up only.
+pub fn run_ops(args: &BenchArgs, op: bench::ops::Op) -> Result<(), CliError> {
+    let suite = args.suite.first().copied().unwrap_or(&X25519_MLKEM768);
+    let aead = args
+        .aead
+        .first()
+        .copied()
+        .or_else(|| AeadId::default_preference().first().copied())
+        .unwrap_or(AeadId::Aes256Gcm);
+    println!("{}", bench::ops::run(op, suite, aead, args.iterations)?);
+    Ok(())
+}
+
+/// Measures, prints the table, writes JSON and charts if asked (everything but `--ops`, which
+/// [`run_ops`] runs).
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
-    if let Some(op) = args.ops {
-        let suite = args.suite.first().copied().unwrap_or(&X25519_MLKEM768);
-        let aead = args
-            .aead
-            .first()
-            .copied()
-            .or_else(|| AeadId::default_preference().first().copied())
-            .unwrap_or(AeadId::Aes256Gcm);
-        println!("{}", bench::ops::run(op, suite, aead, args.iterations)?);
-        return Ok(());
-    }
     #[cfg(feature = "mqtt")]
     if let (Some(url), false) = (&args.mqtt.mqtt, args.mqtt_flood.is_empty()) {
         return flood(&args, url).await;

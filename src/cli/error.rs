@@ -136,6 +136,9 @@ pub enum CliError {
     /// Reading stdin or writing stdout failed.
     #[error("local I/O failed: {0}")]
     LocalIo(#[from] std::io::Error),
+    /// The async runtime for a network command could not be started.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
     /// A registry command failed, or a server's registry is unusable.
     #[error("registry {path}: {error}{hint}", path = path.display(), hint = registry_advice(path, error))]
     Registry {

@@ -170,6 +170,21 @@ fn usage_error_line(rendered: &str) -> String {
     format!("{text}; run with --help to see the options")
 }
 
+/// Runs `command` to completion on a multi-thread runtime.
+fn on_runtime(
+    command: impl std::future::Future<Output = Result<(), CliError>>,
+) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let result = runtime.block_on(command);
+    // A blocking stdin read may still be pending (a device whose server closed first); do not
+    // wait for it.
+    runtime.shutdown_background();
+    result
+}
+
 /// Parses the command line, runs the command, and returns the process exit code.
 pub fn run() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -190,30 +205,21 @@ pub fn run() -> ExitCode {
         }
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("secchan: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    // Commands that only touch files or memory run on this thread alone and start no other:
+    // a key is made, or an instruction count taken, the same way on any machine (and under
+    // emulation, scripts/aarch64.sh). Network commands run on the multi-thread runtime.
+    let result = match cli.command {
+        Command::Keygen { out } => keys::keygen(&out),
+        Command::Fingerprint { file } => keys::fingerprint(&file),
+        Command::Registry(command) => registry::run(command),
+        Command::Bench(args) => match args.ops() {
+            Some(op) => bench::run_ops(&args, op),
+            None => on_runtime(bench::run(args)),
+        },
+        Command::Server(args) => on_runtime(server::run(args)),
+        Command::Device(args) => on_runtime(device::run(args)),
+        Command::Demo => on_runtime(demo::run()),
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Keygen { out } => keys::keygen(&out),
-            Command::Fingerprint { file } => keys::fingerprint(&file),
-            Command::Server(args) => server::run(args).await,
-            Command::Device(args) => device::run(args).await,
-            Command::Demo => demo::run().await,
-            Command::Registry(command) => registry::run(command),
-            Command::Bench(args) => bench::run(args).await,
-        }
-    });
-    // A blocking stdin read may still be pending (a device whose server closed first); do not
-    // wait for it.
-    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::from(error::exit::OK),
         Err(e) => {
