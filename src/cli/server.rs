@@ -235,8 +235,18 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
     let _watch = registry
         .as_ref()
         .map(|r| r.watch(Duration::from_secs(args.registry_poll)));
-    let (streams, state) = streams(&args)?;
-    let sink = JsonLines::open(args.out.as_deref(), state.is_some()).map_err(CliError::Output)?;
+    let (mut streams, mut state) = streams(&args)?;
+    let mut sink =
+        JsonLines::open(args.out.as_deref(), state.is_some()).map_err(CliError::Output)?;
+    if let Some(state) = &mut state {
+        let found = intake::recover(&mut sink, &mut streams, state).map_err(CliError::Output)?;
+        if found > 0 {
+            tracing::info!(
+                messages = found,
+                "output file: messages written just before a crash are counted as written"
+            );
+        }
+    }
     let (intake, written) = intake::start(Box::new(sink), streams, state);
     // The output's failure stops the server too: nothing could be acknowledged any more.
     let output_failed = async {

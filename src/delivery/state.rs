@@ -10,6 +10,10 @@
 //! next [8] || count [4] || ahead [8 * count]
 //! ```
 //!
+//! With a sink that has a position (an output file's length), a `C` record (`checkpoint [8]`)
+//! follows each batch's records: at start the server asks the sink for what it holds beyond
+//! the last one, written just before a crash that came before the state recorded it.
+//!
 //! The server appends the records of a batch after the sink has the batch, and fsyncs them
 //! before it acknowledges anything of it. At start, and when superseded records make up most
 //! of the log, it is rewritten with the streams the server remembers.
@@ -20,6 +24,7 @@ use std::path::Path;
 use std::time::Instant;
 
 const KIND_STREAM_STATE: u8 = b'T';
+const KIND_CHECKPOINT: u8 = b'C';
 /// Largest record body: a fingerprint, the fixed fields and a full out-of-order set.
 const MAX_BODY: u32 = 1 + 255 + 8 + 8 + 4 + 8 * MAX_BUFFER as u32;
 /// The log is rewritten once it is this many times the size of the live records (and at
@@ -33,6 +38,8 @@ pub struct StateDir {
     log: RecordLog,
     /// Bytes the live streams' records would take, as of the last rewrite.
     live: u64,
+    /// The sink's position after the last recorded batch.
+    checkpoint: Option<u64>,
 }
 
 fn encode_state(key: &StreamKey, next: u64, ahead: &[u64], out: &mut Vec<u8>) {
@@ -81,31 +88,51 @@ impl StateDir {
     ) -> Result<(Self, u64), StoreError> {
         let (log, contents) = RecordLog::open(dir, "streams.log", MAX_BODY)?;
         let mut discarded = contents.discarded_bytes;
+        let mut checkpoint = None;
         for (kind, body) in contents.records {
-            match (kind == KIND_STREAM_STATE)
-                .then(|| decode_state(&body))
-                .flatten()
-            {
-                Some((key, next, ahead)) => streams.restore(&key, next, &ahead, now),
-                None => discarded += RECORD_OVERHEAD + body.len() as u64,
+            match kind {
+                KIND_STREAM_STATE => match decode_state(&body) {
+                    Some((key, next, ahead)) => streams.restore(&key, next, &ahead, now),
+                    None => discarded += RECORD_OVERHEAD + body.len() as u64,
+                },
+                KIND_CHECKPOINT => match <[u8; 8]>::try_from(body.as_slice()) {
+                    Ok(b) => checkpoint = Some(u64::from_be_bytes(b)),
+                    Err(_) => discarded += RECORD_OVERHEAD + body.len() as u64,
+                },
+                _ => discarded += RECORD_OVERHEAD + body.len() as u64,
             }
         }
-        let mut state = Self { log, live: 0 };
+        let mut state = Self {
+            log,
+            live: 0,
+            checkpoint,
+        };
         state.rewrite(streams)?;
         Ok((state, discarded))
     }
 
-    /// Appends the current state of each of `keys` (not yet durable).
+    /// The sink's position after the last batch recorded, if the sink has positions.
+    pub fn checkpoint(&self) -> Option<u64> {
+        self.checkpoint
+    }
+
+    /// Appends the current state of each of `keys`, and the sink's position after the batch
+    /// (not yet durable).
     pub fn record<'a>(
         &mut self,
         streams: &Streams,
         keys: impl IntoIterator<Item = &'a StreamKey>,
+        checkpoint: Option<u64>,
     ) -> Result<(), StoreError> {
         let mut bytes = Vec::new();
         for key in keys {
             if let Some((next, ahead)) = streams.state(key) {
                 encode_state(key, next, &ahead, &mut bytes);
             }
+        }
+        if let Some(c) = checkpoint {
+            encode(KIND_CHECKPOINT, &[&c.to_be_bytes()], &mut bytes);
+            self.checkpoint = Some(c);
         }
         self.log.append(&bytes)
     }
@@ -124,6 +151,9 @@ impl StateDir {
         let mut bytes = Vec::new();
         for (key, next, ahead) in streams.states() {
             encode_state(key, next, &ahead, &mut bytes);
+        }
+        if let Some(c) = self.checkpoint {
+            encode(KIND_CHECKPOINT, &[&c.to_be_bytes()], &mut bytes);
         }
         self.log.replace(&bytes)?;
         self.live = bytes.len() as u64;
@@ -154,13 +184,13 @@ mod tests {
                 assert_eq!(s.accept(&dev, seq, 0, now), Verdict::New);
             }
             assert_eq!(s.accept(&anon, 0, 0, now), Verdict::New);
-            state.record(&s, [&dev, &anon]).unwrap();
+            state.record(&s, [&dev, &anon], Some(77)).unwrap();
             state.sync(&s).unwrap();
             // Dropped as by a crash.
         }
         let mut s = streams();
-        let (_state, discarded) = StateDir::open(dir.path(), &mut s, now).unwrap();
-        assert_eq!(discarded, 0);
+        let (state, discarded) = StateDir::open(dir.path(), &mut s, now).unwrap();
+        assert_eq!((discarded, state.checkpoint()), (0, Some(77)));
         for seq in [0, 1, 2, 5] {
             assert_eq!(s.accept(&dev, seq, 0, now), Verdict::Duplicate, "{seq}");
         }
@@ -178,7 +208,7 @@ mod tests {
         let (mut state, _) = StateDir::open(dir.path(), &mut s, now).unwrap();
         for seq in 0..50_000 {
             s.accept(&key, seq, 0, now);
-            state.record(&s, [&key]).unwrap();
+            state.record(&s, [&key], None).unwrap();
         }
         state.sync(&s).unwrap();
         assert!(

@@ -120,6 +120,34 @@ struct Task {
     throttle: Throttle,
 }
 
+/// Counts, at start, the messages the sink held beyond the state's last checkpoint: written
+/// just before a crash, before the state recorded them. They count as written, so that they
+/// are not written again, and the state records them at once.
+pub fn recover(
+    sink: &mut dyn Sink,
+    streams: &mut Streams,
+    state: &mut StateDir,
+) -> Result<usize, SinkError> {
+    let Some(checkpoint) = state.checkpoint() else {
+        return Ok(0);
+    };
+    let found = sink.recover(checkpoint)?;
+    let now = Instant::now();
+    for (key, seq) in &found {
+        streams.accept(key, *seq, 0, now);
+    }
+    let keys: Vec<&StreamKey> = found.iter().map(|(k, _)| k).collect();
+    state
+        .record(streams, keys, sink.checkpoint())
+        .and_then(|()| state.sync(streams))
+        .map_err(|e| SinkError {
+            target: "the state directory".into(),
+            source: std::io::Error::other(e.to_string()),
+            retryable: false,
+        })?;
+    Ok(found.len())
+}
+
 /// Starts the intake: `streams` is the duplicate filter (restored from `state` if given).
 /// The task ends when every [`Intake`] and [`IntakeSession`] is dropped and the queue is
 /// empty, or with the sink's error if it fails for good.
@@ -192,7 +220,7 @@ impl Task {
         if let Some(state) = &mut self.state {
             let keys = touched.values().flat_map(|t| t.2.iter());
             let recorded = state
-                .record(&self.streams, keys)
+                .record(&self.streams, keys, self.sink.checkpoint())
                 .and_then(|()| state.sync(&self.streams));
             if let Err(e) = recorded {
                 // Nothing of this batch is acknowledged: devices send it again, and a

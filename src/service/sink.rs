@@ -5,7 +5,7 @@
 //! [`JsonLines`] is the default: one JSON line per message on stdout, and with `--out FILE`
 //! appended to FILE as well (created with mode 0600: telemetry can be private).
 
-use crate::delivery::StreamId;
+use crate::delivery::{StreamId, StreamKey};
 use crate::handshake::server::PeerDevice;
 use base64::Engine;
 use bytes::Bytes;
@@ -63,6 +63,19 @@ pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + S
 pub trait Sink: Send {
     /// Writes a batch, in order.
     fn write<'a>(&'a mut self, batch: &'a [SinkRecord]) -> SinkFuture<'a>;
+
+    /// After a write: a position in the sink (the length of an output file) the server's
+    /// state directory records with the batch, if the sink has one.
+    fn checkpoint(&self) -> Option<u64> {
+        None
+    }
+
+    /// At start, with the last checkpoint the state directory recorded: the messages the sink
+    /// holds beyond it, written just before a crash that came before the state recorded
+    /// them, so that they are not written again.
+    fn recover(&mut self, _checkpoint: u64) -> Result<Vec<(StreamKey, u64)>, SinkError> {
+        Ok(Vec::new())
+    }
 }
 
 /// One message as printed: `data` if it is UTF-8, `data_base64` otherwise.
@@ -105,6 +118,8 @@ pub fn json_line(record: &SinkRecord) -> String {
 pub struct JsonLines {
     stdout: tokio::io::Stdout,
     file: Option<(PathBuf, std::fs::File)>,
+    /// The file's length after the last write.
+    file_len: u64,
     /// Whether the file is fsync'd after every batch (with a state directory, so that what
     /// the state records as written is on disk).
     durable: bool,
@@ -138,9 +153,18 @@ impl JsonLines {
                 Some((path.to_path_buf(), f))
             }
         };
+        let file_len = match &file {
+            Some((path, f)) => f.metadata().map(|m| m.len()).map_err(|source| SinkError {
+                target: path.display().to_string(),
+                source,
+                retryable: false,
+            })?,
+            None => 0,
+        };
         Ok(Self {
             stdout: tokio::io::stdout(),
             file,
+            file_len,
             durable,
         })
     }
@@ -169,14 +193,76 @@ impl JsonLines {
                     source,
                     retryable: false,
                 })?;
+            self.file_len += bytes.len() as u64;
         }
         Ok(())
     }
+
+    /// The messages of the file's lines after `checkpoint`. A last line cut short (a crash
+    /// inside a write) is removed from the file: its message was not acknowledged, and is
+    /// written again when its device sends it again.
+    fn recover_file(&mut self, checkpoint: u64) -> std::io::Result<Vec<(StreamKey, u64)>> {
+        use std::io::{BufRead, Seek};
+        let Some((path, f)) = &mut self.file else {
+            return Ok(Vec::new());
+        };
+        let mut reader = std::io::BufReader::new(std::fs::File::open(&*path)?);
+        reader.seek(std::io::SeekFrom::Start(checkpoint.min(self.file_len)))?;
+        let mut found = Vec::new();
+        let mut pos = checkpoint.min(self.file_len);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                tracing::warn!(file = %path.display(), bytes = n, "removing a line cut short by a crash");
+                f.set_len(pos)?;
+                self.file_len = pos;
+                break;
+            }
+            pos += n as u64;
+            if let Some(key) = written_message(&line) {
+                found.push(key);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The stream key and sequence number of one of our JSON lines.
+fn written_message(line: &[u8]) -> Option<(StreamKey, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Written {
+        fingerprint: Option<String>,
+        stream: String,
+        seq: u64,
+    }
+    let w: Written = serde_json::from_slice(line).ok()?;
+    let stream = hex::decode(&w.stream).ok()?.try_into().ok()?;
+    Some(((w.fingerprint, stream), w.seq))
 }
 
 impl Sink for JsonLines {
     fn write<'a>(&'a mut self, batch: &'a [SinkRecord]) -> SinkFuture<'a> {
         Box::pin(self.write_batch(batch))
+    }
+
+    fn checkpoint(&self) -> Option<u64> {
+        self.file.as_ref().map(|_| self.file_len)
+    }
+
+    fn recover(&mut self, checkpoint: u64) -> Result<Vec<(StreamKey, u64)>, SinkError> {
+        self.recover_file(checkpoint).map_err(|source| SinkError {
+            target: self
+                .file
+                .as_ref()
+                .map_or_else(String::new, |(p, _)| p.display().to_string()),
+            source,
+            retryable: false,
+        })
     }
 }
 
@@ -223,5 +309,28 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json_line(&record(b"\xff\x00"))).unwrap();
         assert_eq!(v["data_base64"], "/wA=");
         assert!(v.get("data").is_none());
+    }
+
+    #[test]
+    fn lines_beyond_a_checkpoint_are_recovered_and_a_torn_one_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let a = json_line(&record(b"a"));
+        let b = json_line(&SinkRecord {
+            seq: 8,
+            ..record(b"b")
+        });
+        std::fs::write(&path, format!("{a}\n{b}\n{{\"device\":\"tor")).unwrap();
+        let mut sink = JsonLines::open(Some(&path), true).unwrap();
+        let checkpoint = a.len() as u64 + 1;
+        let found = sink.recover(checkpoint).unwrap();
+        let fp = IdentityKey::from_seed(&[3; 32]).public().fingerprint();
+        assert_eq!(found, vec![((Some(fp), [0xab; 8]), 8)]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with(&format!("{b}\n")),
+            "the torn line is gone: {text:?}"
+        );
+        assert_eq!(sink.checkpoint(), Some(text.len() as u64));
     }
 }
