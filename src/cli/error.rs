@@ -122,6 +122,9 @@ pub enum CliError {
     /// The server's output failed.
     #[error("{0}; the devices keep every message that was not acknowledged")]
     Output(crate::service::sink::SinkError),
+    /// `--sink` is unusable (the URL is never repeated: it may carry a password).
+    #[error("--sink: {0}")]
+    Sink(String),
     /// The broker password file could not be read.
     #[error("cannot read the MQTT password file {path}: {source}")]
     PasswordFile {
@@ -213,6 +216,7 @@ impl CliError {
             | Self::NoDevicePolicy
             | Self::Bind { .. }
             | Self::PasswordFile { .. }
+            | Self::Sink(_)
             | Self::Tickets { .. } => exit::USAGE,
             Self::Connect { .. } => exit::NETWORK,
             Self::Output(_) => exit::OUTPUT,

@@ -11,6 +11,7 @@ mod mqtt;
 mod outbox;
 mod registry;
 mod server;
+mod sink;
 mod sources;
 
 use crate::crypto::aead::AeadId;
@@ -153,6 +154,14 @@ fn parse_aead(s: &str) -> Result<AeadId, String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,secchan=info"));
+    // The PostgreSQL driver logs every statement's parameters (the devices' messages) at
+    // debug level, so it is kept at warnings whatever RUST_LOG says; its pool's warnings
+    // about broken connections repeat what the server's own line about the sink says.
+    #[cfg(feature = "postgres")]
+    let filter = ["tokio_postgres=warn", "deadpool=error"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, |f, d| f.add_directive(d));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

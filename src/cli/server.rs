@@ -11,7 +11,6 @@ use crate::handshake::ticket::Resumption;
 use crate::handshake::ticket_file;
 use crate::handshake::{AllowAnyDevice, Authorizer, Mode};
 use crate::registry::{Groups, RegistryAuthorizer};
-use crate::service::sink::JsonLines;
 use crate::service::{intake, tcp_server};
 use crate::transport::tcp::Listener;
 use clap::Args;
@@ -33,8 +32,8 @@ pub struct ServerArgs {
     #[command(flatten)]
     mqtt: super::mqtt::MqttServerArgs,
     /// The server's secret key file (from `secchan keygen`).
-    #[arg(long, value_name = "FILE")]
-    key: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "init_sink")]
+    key: Option<PathBuf>,
     /// Which device suites to accept.
     #[arg(long, value_enum, default_value_t = ServerMode::Hybrid)]
     mode: ServerMode,
@@ -79,6 +78,8 @@ pub struct ServerArgs {
     session: SessionArgs,
     #[command(flatten)]
     tickets: TicketArgs,
+    #[command(flatten)]
+    sink: super::sink::SinkArgs,
 }
 
 /// Upper bound of `--max-sessions`: far above what one process can hold open, far below what
@@ -132,7 +133,7 @@ impl TicketArgs {
 
 /// Builds the server configuration from the command line, and the registry if one is used.
 fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthorizer>>), CliError> {
-    let identity = Arc::new(load_secret(&args.key)?);
+    let identity = Arc::new(load_secret(args.key.as_deref().unwrap_or(Path::new("")))?);
     let mut registry = None;
     let authorizer: Arc<dyn Authorizer> = match (&args.authorized_devices, args.allow_any_device) {
         _ if args.registry.is_some() => {
@@ -230,16 +231,18 @@ async fn serve(
 
 /// Accepts devices until interrupted, printing one JSON line per message.
 pub async fn run(args: ServerArgs) -> Result<(), CliError> {
+    if args.sink.init_sink {
+        return args.sink.init().await;
+    }
     let (config, registry) = config(&args)?;
     let config = Arc::new(config);
     let _watch = registry
         .as_ref()
         .map(|r| r.watch(Duration::from_secs(args.registry_poll)));
     let (mut streams, mut state) = streams(&args)?;
-    let mut sink =
-        JsonLines::open(args.out.as_deref(), state.is_some()).map_err(CliError::Output)?;
+    let mut sink = args.sink.open(args.out.as_deref(), state.is_some()).await?;
     if let Some(state) = &mut state {
-        let found = intake::recover(&mut sink, &mut streams, state).map_err(CliError::Output)?;
+        let found = intake::recover(&mut *sink, &mut streams, state).map_err(CliError::Output)?;
         if found > 0 {
             tracing::info!(
                 messages = found,
@@ -247,7 +250,7 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
             );
         }
     }
-    let (intake, written) = intake::start(Box::new(sink), streams, state);
+    let (intake, written) = intake::start(sink, streams, state);
     // The output's failure stops the server too: nothing could be acknowledged any more.
     let output_failed = async {
         let _ = intake.session().0.closed().await;

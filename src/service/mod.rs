@@ -2,6 +2,8 @@
 //! and `secchan device` do with sessions once a transport has them.
 //!
 //! - [`sink`]: where a server writes what devices send (JSON lines on stdout and a file).
+//! - `sink_postgres`: the PostgreSQL sink, exactly once across instances (feature `postgres`).
+//! - `sink_mqtt`: republishing each message to a local MQTT broker (feature `mqtt`).
 //! - [`intake`]: the server half of delivery, for every transport: duplicate filter, sink,
 //!   state directory, acknowledgements.
 //! - `mqtt_server`: an MQTT server instance feeding the same intake.
@@ -13,5 +15,9 @@ pub mod intake;
 #[cfg(feature = "mqtt")]
 pub mod mqtt_server;
 pub mod sink;
+#[cfg(feature = "mqtt")]
+pub mod sink_mqtt;
+#[cfg(feature = "postgres")]
+pub mod sink_postgres;
 pub mod tcp_device;
 pub mod tcp_server;

@@ -14,6 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::io::AsyncWriteExt;
 
 /// Where a session's messages come from, shared by all of them.
@@ -40,6 +41,8 @@ pub struct SinkRecord {
     pub seq: u64,
     /// The message.
     pub data: Bytes,
+    /// When the server received it.
+    pub received: SystemTime,
 }
 
 /// A sink failed.
@@ -295,6 +298,7 @@ mod tests {
             stream: [0xab; 8],
             seq: 7,
             data: Bytes::from_static(data),
+            received: SystemTime::UNIX_EPOCH,
         }
     }
 

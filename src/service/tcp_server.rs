@@ -281,6 +281,7 @@ async fn on_message(
         stream,
         seq,
         data: message.slice(range),
+        received: std::time::SystemTime::now(),
     };
     submit.submit(record, base).await?;
     r.outstanding += 1;

@@ -2,3 +2,4 @@
 #![allow(dead_code)] // each test crate uses a different part of the helpers
 pub mod mosquitto;
 pub mod mqtt;
+pub mod postgres;
