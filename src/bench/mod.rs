@@ -16,6 +16,7 @@ mod plot;
 mod progress;
 mod report;
 mod server;
+pub mod sinks;
 mod system;
 
 pub use measure::Target;

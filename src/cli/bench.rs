@@ -96,6 +96,17 @@ pub struct BenchArgs {
     #[cfg(feature = "mqtt")]
     #[arg(long, value_name = "SECS", default_value_t = 10, requires = "mqtt_flood", value_parser = clap::value_parser!(u64).range(1..=3600))]
     flood_spread: u64,
+    /// Instead of the report: messages/s and send-to-acknowledgement time through the
+    /// server's delivery path into this sink (repeatable; postgres://..., mqtt://...), beside
+    /// JSON lines and no sink, in one run (docs/benchmarks.md, Sinks). Rows it writes stay.
+    #[arg(long = "sink", value_name = "URL")]
+    sinks: Vec<String>,
+    /// With --sink: the sink's password file (as for `secchan server`).
+    #[arg(long, value_name = "FILE", requires = "sinks")]
+    sink_password_file: Option<PathBuf>,
+    /// With --sink: devices sending at once, each this many messages.
+    #[arg(long, value_name = "N", default_value_t = 4000, requires = "sinks")]
+    sink_messages: u64,
     /// Internal: open N sessions to --connect, print "ready", hold them until stdin has a line.
     #[arg(long, value_name = "N", hide = true, requires = "connect")]
     hold_sessions: Option<usize>,
@@ -210,6 +221,9 @@ pub fn run_ops(args: &BenchArgs, op: bench::ops::Op) -> Result<(), CliError> {
 /// Measures, prints the table, writes JSON and charts if asked (everything but `--ops`, which
 /// [`run_ops`] runs).
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    if !args.sinks.is_empty() {
+        return sinks(&args).await;
+    }
     #[cfg(feature = "mqtt")]
     if let (Some(url), false) = (&args.mqtt.mqtt, args.mqtt_flood.is_empty()) {
         return flood(&args, url).await;
@@ -294,5 +308,26 @@ async fn flood(args: &BenchArgs, url: &str) -> Result<(), CliError> {
         })?;
         eprintln!("secchan bench: chart written to {}", file.display());
     }
+    Ok(())
+}
+
+/// `--sink`: the sink benchmark alone.
+async fn sinks(args: &BenchArgs) -> Result<(), CliError> {
+    let mut sinks = Vec::new();
+    for url in &args.sinks {
+        sinks.extend(super::sink::opener(url, args.sink_password_file.clone())?);
+    }
+    let bench = bench::sinks::SinkBench {
+        sinks,
+        devices: args.devices as usize,
+        messages: args.sink_messages,
+        round_trips: 200,
+        rounds: 3,
+    };
+    // It drives a runtime of its own: run it on a blocking thread.
+    let report = tokio::task::spawn_blocking(move || bench::sinks::run(bench))
+        .await
+        .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
+    print!("{report}");
     Ok(())
 }

@@ -132,3 +132,42 @@ impl SinkArgs {
         })
     }
 }
+
+/// For benchmarks: the sink `url` names (its password from `password_file` or the
+/// environment), as its name without credentials and a function that opens a fresh one;
+/// `None` for stdout.
+pub(super) fn opener(
+    url: &str,
+    password_file: Option<PathBuf>,
+) -> Result<Option<(String, crate::bench::sinks::OpenSink)>, CliError> {
+    let args = SinkArgs {
+        sink: url.to_string(),
+        sink_password_file: password_file,
+        init_sink: false,
+    };
+    Ok(match args.kind()? {
+        Kind::Stdout => None,
+        #[cfg(feature = "postgres")]
+        Kind::Postgres(target) => Some((
+            target.name().to_string(),
+            Box::new(move || {
+                let target = target.clone();
+                Box::pin(async move {
+                    let sink = crate::service::sink_postgres::Postgres::open(target).await?;
+                    Ok(Box::new(sink) as Box<dyn Sink>)
+                })
+            }),
+        )),
+        #[cfg(feature = "mqtt")]
+        Kind::Mqtt(target) => Some((
+            target.name().to_string(),
+            Box::new(move || {
+                let target = target.clone();
+                Box::pin(async move {
+                    let sink = crate::service::sink_mqtt::MqttRepublish::open(target).await?;
+                    Ok(Box::new(sink) as Box<dyn Sink>)
+                })
+            }),
+        )),
+    })
+}

@@ -117,9 +117,12 @@ pub fn json_line(record: &SinkRecord) -> String {
     serde_json::to_string(&line).unwrap_or_default()
 }
 
+/// Where [`JsonLines`] prints: stdout, or another writer (benchmarks).
+pub type LineWriter = Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
 /// JSON lines on stdout, and appended to a file if one is given.
 pub struct JsonLines {
-    stdout: tokio::io::Stdout,
+    stdout: LineWriter,
     file: Option<(PathBuf, std::fs::File)>,
     /// The file's length after the last write.
     file_len: u64,
@@ -141,6 +144,15 @@ impl JsonLines {
     /// Stdout, plus `path` opened for appending (mode 0600 when created). With `durable`,
     /// the file is fsync'd after every batch.
     pub fn open(path: Option<&Path>, durable: bool) -> Result<Self, SinkError> {
+        Self::open_with(Box::pin(tokio::io::stdout()), path, durable)
+    }
+
+    /// [`open`](Self::open), printing to `stdout` instead of the process's stdout.
+    pub fn open_with(
+        stdout: LineWriter,
+        path: Option<&Path>,
+        durable: bool,
+    ) -> Result<Self, SinkError> {
         let file = match path {
             None => None,
             Some(path) => {
@@ -165,7 +177,7 @@ impl JsonLines {
             None => 0,
         };
         Ok(Self {
-            stdout: tokio::io::stdout(),
+            stdout,
             file,
             file_len,
             durable,
