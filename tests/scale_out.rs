@@ -8,7 +8,7 @@
 mod cli_support;
 mod support;
 
-use cli_support::{bin, free_port, tempdir, Logged};
+use cli_support::{bin, free_port, keygen, tempdir, Logged};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,12 +18,6 @@ use support::postgres::Postgres;
 
 const DEVICES: usize = 3;
 const MESSAGES: u32 = 600;
-
-fn keygen(path: &Path) -> String {
-    let out = bin().arg("keygen").arg("--out").arg(path).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// One server instance: its port, directory, and the process of its current run.
 struct Instance {

@@ -7,7 +7,7 @@
 mod cli_support;
 mod support;
 
-use cli_support::{bin, run_device, tempdir, Logged};
+use cli_support::{bin, keygen, run_device, tempdir, Logged};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -18,12 +18,6 @@ use std::process::Stdio;
 use std::time::Duration;
 use support::mosquitto::Mosquitto;
 use tokio::sync::mpsc;
-
-fn keygen(path: &Path) -> String {
-    let out = bin().arg("keygen").arg("--out").arg(path).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// One message as a subscriber sees it.
 #[derive(Debug)]

@@ -7,18 +7,12 @@
 mod cli_support;
 mod support;
 
-use cli_support::{assert_one_line_error, bin, run_device, tempdir, Logged};
+use cli_support::{assert_one_line_error, bin, keygen, run_device, tempdir, Logged};
 use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use support::postgres::{Postgres, PASSWORD};
-
-fn keygen(path: &Path) -> String {
-    let out = bin().arg("keygen").arg("--out").arg(path).output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// `secchan server` on a free loopback port writing into `pg`, with `extra` arguments.
 fn start_server(dir: &Path, pg: &Postgres, extra: &[&str], log: &str) -> (Logged, String) {

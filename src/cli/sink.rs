@@ -4,9 +4,11 @@ use super::CliError;
 use crate::service::sink::{JsonLines, Sink};
 use clap::Args;
 use std::path::{Path, PathBuf};
+#[cfg(any(feature = "postgres", feature = "mqtt"))]
 use zeroize::Zeroizing;
 
 /// Environment variable holding the sink's password (instead of --sink-password-file).
+#[cfg(any(feature = "postgres", feature = "mqtt"))]
 pub const PASSWORD_ENV: &str = "SECCHAN_SINK_PASSWORD";
 
 /// Sink options of `secchan server`.
@@ -34,9 +36,9 @@ pub(super) struct SinkArgs {
 enum Kind {
     Stdout,
     #[cfg(feature = "postgres")]
-    Postgres(crate::service::sink_postgres::Target),
+    Postgres(Box<crate::service::sink_postgres::Target>),
     #[cfg(feature = "mqtt")]
-    Mqtt(crate::service::sink_mqtt::Target),
+    Mqtt(Box<crate::service::sink_mqtt::Target>),
 }
 
 fn refused(reason: impl Into<String>) -> CliError {
@@ -46,6 +48,7 @@ fn refused(reason: impl Into<String>) -> CliError {
 impl SinkArgs {
     /// The password from --sink-password-file, else from `$SECCHAN_SINK_PASSWORD`, else from
     /// `fallback_env`.
+    #[cfg(any(feature = "postgres", feature = "mqtt"))]
     fn password(&self, fallback_env: Option<&str>) -> Result<Option<Zeroizing<String>>, CliError> {
         if let Some(path) = &self.sink_password_file {
             let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
@@ -69,9 +72,9 @@ impl SinkArgs {
             #[cfg(feature = "postgres")]
             Some("postgres" | "postgresql") => {
                 let password = self.password(Some("PGPASSWORD"))?;
-                Ok(Kind::Postgres(
+                Ok(Kind::Postgres(Box::new(
                     crate::service::sink_postgres::parse(&self.sink, password).map_err(refused)?,
-                ))
+                )))
             }
             #[cfg(not(feature = "postgres"))]
             Some("postgres" | "postgresql") => Err(refused(
@@ -80,9 +83,9 @@ impl SinkArgs {
             #[cfg(feature = "mqtt")]
             Some("mqtt" | "mqtts") => {
                 let password = self.password(None)?;
-                Ok(Kind::Mqtt(
+                Ok(Kind::Mqtt(Box::new(
                     crate::service::sink_mqtt::parse(&self.sink, password).map_err(refused)?,
-                ))
+                )))
             }
             _ => Err(refused(
                 "expected stdout, postgres://USER@HOST:PORT/DATABASE or mqtt://HOST:PORT/TOPIC",
@@ -95,7 +98,7 @@ impl SinkArgs {
         match self.kind()? {
             #[cfg(feature = "postgres")]
             Kind::Postgres(target) => {
-                crate::service::sink_postgres::Postgres::open(target)
+                crate::service::sink_postgres::Postgres::open(*target)
                     .await
                     .map_err(CliError::Output)?;
                 Ok(())
@@ -119,13 +122,13 @@ impl SinkArgs {
             Kind::Stdout => Box::new(JsonLines::open(out, durable).map_err(CliError::Output)?),
             #[cfg(feature = "postgres")]
             Kind::Postgres(target) => Box::new(
-                crate::service::sink_postgres::Postgres::open(target)
+                crate::service::sink_postgres::Postgres::open(*target)
                     .await
                     .map_err(CliError::Output)?,
             ),
             #[cfg(feature = "mqtt")]
             Kind::Mqtt(target) => Box::new(
-                crate::service::sink_mqtt::MqttRepublish::open(target)
+                crate::service::sink_mqtt::MqttRepublish::open(*target)
                     .await
                     .map_err(CliError::Output)?,
             ),
@@ -148,26 +151,35 @@ pub(super) fn opener(
     Ok(match args.kind()? {
         Kind::Stdout => None,
         #[cfg(feature = "postgres")]
-        Kind::Postgres(target) => Some((
+        Kind::Postgres(target) => Some(reopen(
             target.name().to_string(),
-            Box::new(move || {
-                let target = target.clone();
-                Box::pin(async move {
-                    let sink = crate::service::sink_postgres::Postgres::open(target).await?;
-                    Ok(Box::new(sink) as Box<dyn Sink>)
-                })
-            }),
+            *target,
+            crate::service::sink_postgres::Postgres::open,
         )),
         #[cfg(feature = "mqtt")]
-        Kind::Mqtt(target) => Some((
+        Kind::Mqtt(target) => Some(reopen(
             target.name().to_string(),
-            Box::new(move || {
-                let target = target.clone();
-                Box::pin(async move {
-                    let sink = crate::service::sink_mqtt::MqttRepublish::open(target).await?;
-                    Ok(Box::new(sink) as Box<dyn Sink>)
-                })
-            }),
+            *target,
+            crate::service::sink_mqtt::MqttRepublish::open,
         )),
     })
+}
+
+/// `name`, and a function that opens a fresh sink from `target` with `open`.
+#[cfg(any(feature = "postgres", feature = "mqtt"))]
+fn reopen<T, S, F>(
+    name: String,
+    target: T,
+    open: fn(T) -> F,
+) -> (String, crate::bench::sinks::OpenSink)
+where
+    T: Clone + Send + 'static,
+    S: Sink + 'static,
+    F: std::future::Future<Output = Result<S, crate::service::sink::SinkError>> + Send + 'static,
+{
+    let opener: crate::bench::sinks::OpenSink = Box::new(move || {
+        let opening = open(target.clone());
+        Box::pin(async move { Ok(Box::new(opening.await?) as Box<dyn Sink>) })
+    });
+    (name, opener)
 }

@@ -13,6 +13,17 @@ pub fn bin() -> Command {
     c
 }
 
+/// `secchan keygen --out path`; returns the fingerprint it printed.
+pub fn keygen(path: &Path) -> String {
+    let out = bin().arg("keygen").arg("--out").arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// A fresh, empty directory for one test.
 pub fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("secchan-{name}-{}", std::process::id()));
