@@ -113,6 +113,9 @@ impl TicketArgs {
         }
         let lifetime = Duration::from_secs(u64::from(self.ticket_lifetime));
         let now = std::time::SystemTime::now();
+        if let (None, Some(dir)) = (&self.ticket_key_file, state_dir) {
+            crate::delivery::log::create_private_dir(dir).map_err(CliError::StateDir)?;
+        }
         let file = self
             .ticket_key_file
             .clone()
