@@ -138,6 +138,21 @@ pub fn server(dir: &Path, listen: &str, extra: &[&str], n: usize) -> (Proc, Stri
     (p, addr)
 }
 
+/// Starts `secchan server --mqtt URL` like [`server`]; returns once it serves the broker.
+pub fn mqtt_server(dir: &Path, url: &str, extra: &[&str], n: usize) -> Proc {
+    let mut c = bin();
+    c.args(["server", "--mqtt", url, "--allow-any-device", "--key"])
+        .arg(dir.join("server.key"))
+        .arg("--out")
+        .arg(dir.join("out.jsonl"))
+        .args(extra);
+    let p = Proc::spawn(c, dir.join(format!("server-{n}.log")), Stdio::null());
+    wait_for("the server to serve the broker", || {
+        p.log().contains("serving through the MQTT broker")
+    });
+    p
+}
+
 /// Starts `secchan device` connecting to `addr`, pinning `server_fp`, reading `stdin`.
 pub fn device(
     dir: &Path,
