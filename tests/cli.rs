@@ -73,6 +73,7 @@ fn world_readable_secret_key_is_refused() {
         .output()
         .unwrap();
     assert_one_line_error(&out, &["chmod 600"]);
+    assert_eq!(out.status.code(), Some(3), "a key problem");
 }
 
 #[cfg(unix)]
@@ -166,6 +167,7 @@ fn server_without_device_policy_refuses_to_start() {
         .output()
         .unwrap();
     assert_one_line_error(&out, &["--authorized-devices"]);
+    assert_eq!(out.status.code(), Some(2), "a configuration error");
 }
 
 #[test]
@@ -269,6 +271,7 @@ fn assert_stranger_refused(name: &str, input: &str, runs: usize) {
             input,
         );
         assert_one_line_error(&out, &["authorized list"]);
+        assert_eq!(out.status.code(), Some(4), "refused by the server");
     }
 }
 
@@ -326,6 +329,7 @@ fn tofu_records_server_then_rejects_a_changed_key() {
     );
     drop(server2);
     assert_one_line_error(&out, &[&format!("{}:1", known.display())]);
+    assert_eq!(out.status.code(), Some(3), "a trust failure");
 }
 
 #[test]

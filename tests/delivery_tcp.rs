@@ -204,3 +204,73 @@ fn a_device_killed_mid_stream_goes_on_from_its_spool() {
         assert_eq!(data, want, "message {seq}");
     }
 }
+
+#[test]
+fn sigterm_to_a_device_delivers_what_it_read_then_exits_zero() {
+    use std::io::Write;
+    let dir = tempdir("delivery-device-term");
+    let fp = keygen(&dir.join("server.key"));
+    let (_srv, addr) = server(&dir, "127.0.0.1:0", &[], 0);
+    let mut dev = device(&dir, &addr, &fp, &[], std::process::Stdio::piped(), 0);
+    let mut stdin = dev.child.stdin.take().unwrap();
+    let sent = lines("term", 100);
+    stdin
+        .write_all(format!("{}\n", sent.join("\n")).as_bytes())
+        .unwrap();
+    stdin.flush().unwrap();
+    wait_for("the lines", || written(&dir).len() == sent.len());
+    // The input stays open: the signal, not its end, stops the device.
+    dev.terminate();
+    assert_eq!(dev.wait(), Some(0), "{}", dev.log());
+    assert!(dev.log().contains("interrupted"), "{}", dev.log());
+    assert_exactly_once(&dir, &sent);
+    drop(stdin);
+}
+
+#[test]
+fn sigterm_to_a_device_whose_server_acknowledges_nothing_exits_undelivered() {
+    let dir = tempdir("delivery-device-undelivered");
+    let fp = keygen(&dir.join("server.key"));
+    // Something that accepts TCP connections and never answers: no session is ever had.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let spool = dir.join("spool");
+    let mut dev = device(
+        &dir,
+        &addr,
+        &fp,
+        &[
+            "--spool",
+            spool.to_str().unwrap(),
+            "--close-timeout",
+            "1",
+            "--handshake-timeout",
+            "1",
+        ],
+        std::process::Stdio::piped(),
+        0,
+    );
+    let mut stdin = dev.child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"kept\n").unwrap();
+    wait_for("a connection attempt", || {
+        dev.log().contains("reconnecting")
+    });
+    dev.terminate();
+    assert_eq!(dev.wait(), Some(6), "undelivered: {}", dev.log());
+    let last = dev.log().lines().last().unwrap_or_default().to_string();
+    assert!(last.contains("1 messages unacknowledged"), "{last}");
+    assert!(last.contains("--spool"), "{last}");
+    drop(stdin);
+    // The spool kept it for the next run.
+    let (_srv, addr) = server(&dir, "127.0.0.1:0", &[], 0);
+    let mut again = device(
+        &dir,
+        &addr,
+        &fp,
+        &["--spool", spool.to_str().unwrap()],
+        std::process::Stdio::null(),
+        1,
+    );
+    assert_eq!(again.wait(), Some(0), "{}", again.log());
+    assert_exactly_once(&dir, &["kept".to_string()]);
+}
