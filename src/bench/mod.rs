@@ -16,9 +16,11 @@ mod plot;
 mod progress;
 mod report;
 mod server;
+pub mod storm;
 mod system;
 
 pub use measure::Target;
+pub use plot::write_storm as write_storm_plot;
 pub use report::Report;
 pub use server::{BenchServer, ECHO_MARKER};
 

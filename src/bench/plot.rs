@@ -260,6 +260,21 @@ pub fn write_flood(report: &super::flood::FloodReport, dir: &Path) -> std::io::R
     Ok(path)
 }
 
+/// Writes the reconnect-storm chart (`secchan bench --storm`) into `dir`.
+pub fn write_storm(report: &super::storm::StormReport, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let chart = Chart {
+        title: "Devices back after a server restart",
+        x_label: "seconds from the restart",
+        y_label: "devices with a session again (%)",
+        log_x: false,
+        series: report.curves(),
+    };
+    let path = dir.join("reconnect-storm.svg");
+    std::fs::write(&path, chart.to_svg())?;
+    Ok(path)
+}
+
 /// Writes the charts into `dir` (created if missing); returns the files written.
 pub fn write(report: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
