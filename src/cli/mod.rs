@@ -167,7 +167,20 @@ fn usage_error_line(rendered: &str) -> String {
     let words: Vec<&str> = first.split_whitespace().collect();
     let text = words.join(" ");
     let text = text.strip_prefix("error: ").unwrap_or(&text);
-    format!("{text}; run with --help to see the options")
+    // clap's suggestions ("tip: a similar argument exists: '--connect'") are kept.
+    let tips: Vec<String> = rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    if tips.is_empty() {
+        format!("{text}; run with --help to see the options")
+    } else {
+        format!(
+            "{text}; {}; run with --help to see the options",
+            tips.join("; ")
+        )
+    }
 }
 
 /// Runs `command` to completion on a multi-thread runtime.
@@ -260,6 +273,12 @@ mod tests {
         assert!(
             range.ends_with("run with --help to see the options"),
             "{range}"
+        );
+        let typo = usage_error(&["secchan", "device", "--conect", "h:1"]);
+        assert!(!typo.contains('\n'), "{typo}");
+        assert!(
+            typo.contains("similar argument exists: '--connect'"),
+            "{typo}"
         );
     }
 }
