@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto)
+packages=(mosquitto systemd)
 # mosquitto: the MQTT integration tests start a real broker on a loopback port.
+# systemd: tests/systemd.rs checks dist/systemd/*.service with systemd-analyze (nothing is
+# started as a service).
 
 missing=()
 for p in "${packages[@]}"; do

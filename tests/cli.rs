@@ -3,19 +3,9 @@
 
 mod cli_support;
 
-use cli_support::{assert_one_line_error, bin, run_device, tempdir, Server};
+use cli_support::{assert_one_line_error, bin, keygen, run_device, tempdir, Server};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-
-fn keygen(path: &Path) -> String {
-    let out = bin().arg("keygen").arg("--out").arg(path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// `secchan server` on a free loopback port with `dir/server.key`.
 fn start_server(dir: &Path, extra: &[&str]) -> Server {
@@ -590,5 +580,32 @@ fn server_shutdown_closes_live_sessions_with_an_authenticated_close() {
     assert!(
         last.contains("no progress with the server for 1 s"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_options() {
+    let out = bin().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        script.contains("--state-dir") && script.contains("--spool"),
+        "every option"
+    );
+    let dir = tempdir("cli-man");
+    let out = bin().args(["man", "--out-dir"]).arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in ["secchan.1", "secchan-server.1", "secchan-device.1"] {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is a man page");
+    }
+    let server = std::fs::read_to_string(dir.join("secchan-server.1")).unwrap();
+    assert!(
+        server.contains("drain\\-timeout"),
+        "the server's options are on its page"
     );
 }

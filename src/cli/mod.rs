@@ -11,6 +11,7 @@ mod mqtt;
 mod outbox;
 mod registry;
 mod server;
+mod service;
 mod sources;
 
 use crate::crypto::aead::AeadId;
@@ -58,6 +59,18 @@ enum Command {
     Registry(registry::RegistryCommand),
     /// Measure handshakes, records, throughput and memory (docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Print a shell completion script, e.g. `secchan completions bash > /etc/bash_completion.d/secchan`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the secchan(1) man page (roff), e.g. `secchan man > secchan.1`; with
+    /// --out-dir, write it and one page per subcommand there.
+    Man {
+        /// Write secchan.1 and secchan-SUBCOMMAND.1 into DIR.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// Suites a device may offer, by mode.
@@ -232,6 +245,8 @@ pub fn run() -> ExitCode {
         Command::Server(args) => on_runtime(server::run(args)),
         Command::Device(args) => on_runtime(device::run(args)),
         Command::Demo => on_runtime(demo::run()),
+        Command::Completions { shell } => service::completions(shell),
+        Command::Man { out_dir } => service::man(out_dir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::from(error::exit::OK),

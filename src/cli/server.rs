@@ -222,6 +222,7 @@ async fn serve(
         fingerprint = %fingerprint,
         "listening"
     );
+    let _watchdog = super::service::notify_ready();
     let options = tcp_server::ServerOptions {
         max_sessions: args.max_sessions,
         drain_timeout: Duration::from_secs(args.drain_timeout),
@@ -260,6 +261,7 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
             () = shutdown_signal() => {}
             () = output_failed => {}
         }
+        super::service::notify_stopping();
     };
     let served = serve(&args, (config, registry), intake.clone(), stop).await;
     drop(intake);

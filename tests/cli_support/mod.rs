@@ -21,6 +21,17 @@ pub fn tempdir(name: &str) -> PathBuf {
     d
 }
 
+/// `secchan keygen --out PATH`; the fingerprint it printed.
+pub fn keygen(path: &Path) -> String {
+    let out = bin().arg("keygen").arg("--out").arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// One line on stderr, starting with "secchan: " and containing every needle, and a failure
 /// exit.
 pub fn assert_one_line_error(out: &Output, needles: &[&str]) {
