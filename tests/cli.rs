@@ -609,3 +609,63 @@ fn completions_and_man_pages_come_from_the_options() {
         "the server's options are on its page"
     );
 }
+
+#[test]
+fn a_config_file_sets_options_the_command_line_overrides_and_print_config_shows() {
+    let dir = tempdir("cli-config");
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:4500\"\nallow-any-device = true\nmax-sessions = 50\ngroup = []\n",
+    )
+    .unwrap();
+    let print = |extra: &[&str]| {
+        let out = bin()
+            .args(["server", "--key", "server.key", "--config"])
+            .arg(&config)
+            .args(extra)
+            .arg("--print-config")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = print(&[]);
+    for line in [
+        "listen = \"127.0.0.1:4500\"",
+        "allow-any-device = true",
+        "max-sessions = 50",
+        "drain-timeout = 10",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line:?} in:\n{shown}");
+    }
+    assert!(print(&["--max-sessions", "7"]).contains("max-sessions = 7\n"));
+    // What --print-config prints is itself a configuration file giving the same options.
+    let again = dir.join("again.toml");
+    std::fs::write(&again, &shown).unwrap();
+    let out = bin()
+        .args(["server", "--config"])
+        .arg(&again)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), shown);
+    std::fs::write(&config, "max-sesions = 5\n").unwrap();
+    let out = bin()
+        .args(["server", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        &[
+            "server.toml",
+            "`max-sesions` is not an option of `secchan server`",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -119,6 +119,9 @@ pub enum CliError {
     /// The state directory (`--state-dir`) or the device's spool (`--spool`) is unusable.
     #[error("{0}")]
     StateDir(crate::delivery::log::StoreError),
+    /// A `--config` file is unusable.
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
     /// A device stopped before every message was acknowledged.
     #[error("{0}{hint}", hint = device_advice(.0))]
     Device(crate::service::tcp_device::DeviceError),
@@ -216,6 +219,7 @@ impl CliError {
             | Self::NoDevicePolicy
             | Self::Bind { .. }
             | Self::PasswordFile { .. }
+            | Self::Config(_)
             | Self::Tickets { .. } => exit::USAGE,
             Self::Connect { .. } => exit::NETWORK,
             Self::Output(_) => exit::OUTPUT,

@@ -2,6 +2,7 @@
 //! line on stderr saying what went wrong and what to do, and a non-zero exit.
 
 mod bench;
+mod config;
 mod demo;
 mod device;
 mod error;
@@ -21,7 +22,7 @@ use crate::record::replay::DEFAULT_WINDOW;
 use crate::record::KeyUpdatePolicy;
 use crate::session::SessionConfig;
 use crate::transport::Timeouts;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 pub use error::CliError;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -213,8 +214,26 @@ fn on_runtime(
 
 /// Parses the command line, runs the command, and returns the process exit code.
 pub fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let args = match config::expand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("secchan: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let parsed = Cli::command()
+        .try_get_matches_from(args)
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let cli = match parsed {
+        Ok((cli, matches)) => {
+            if let Some((sub, m)) = matches.subcommand() {
+                if m.try_get_one::<bool>("print_config").ok().flatten() == Some(&true) {
+                    config::print(sub, m);
+                    return ExitCode::SUCCESS;
+                }
+            }
+            cli
+        }
         // --help and --version.
         Err(e) if !e.use_stderr() => {
             let _ = e.print();

@@ -75,6 +75,13 @@ pub struct ServerArgs {
     /// session is closed (everything read is written and acknowledged first).
     #[arg(long, value_name = "SECS", default_value_t = tcp_server::DEFAULT_DRAIN.as_secs(), value_parser = clap::value_parser!(u64).range(0..=3600))]
     drain_timeout: u64,
+    /// Read options from FILE (TOML: the long options as keys, e.g. `listen = "0.0.0.0:4433"`);
+    /// an option on the command line replaces the file's.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (file, command line and defaults) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(flatten)]
     session: SessionArgs,
     #[command(flatten)]
