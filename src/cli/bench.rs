@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// "Reconnect storm"). Uses the first --suite and --aead.
     #[arg(long, value_name = "N", conflicts_with_all = ["connect", "ops"], value_parser = clap::value_parser!(u64).range(1..=10_000))]
     storm: Option<u64>,
+    /// Instead of measuring: chart the Raspberry Pi instruction counts that
+    /// `scripts/aarch64.sh count` printed into FILE (needs --plot DIR; writes pi-handshake.svg).
+    #[arg(long, value_name = "FILE", requires = "plot")]
+    pi_counts: Option<PathBuf>,
     /// Internal: open N sessions to --connect, print "ready", hold them until stdin has a line.
     #[arg(long, value_name = "N", hide = true, requires = "connect")]
     hold_sessions: Option<usize>,
@@ -221,6 +225,22 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     }
     if let Some(devices) = args.storm {
         return storm(&args, devices as usize).await;
+    }
+    if let (Some(file), Some(dir)) = (&args.pi_counts, &args.plot) {
+        let text = std::fs::read_to_string(file).map_err(CliError::LocalIo)?;
+        let counts = bench::parse_pi_counts(&text);
+        if counts.is_empty() {
+            return Err(CliError::LocalIo(std::io::Error::other(format!(
+                "{}: no handshake rows of `scripts/aarch64.sh count` in it",
+                file.display()
+            ))));
+        }
+        let path = bench::write_pi_plot(&counts, dir).map_err(|source| CliError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        eprintln!("secchan bench: chart written to {}", path.display());
+        return Ok(());
     }
     let identity = Arc::new(match &args.key {
         Some(path) => load_secret(path)?,
