@@ -17,9 +17,13 @@ mod progress;
 mod report;
 mod server;
 pub mod sinks;
+pub mod storm;
 mod system;
 
 pub use measure::Target;
+pub use plot::{
+    parse_pi_counts, write_pi as write_pi_plot, write_storm as write_storm_plot, PiCount,
+};
 pub use report::Report;
 pub use server::{BenchServer, ECHO_MARKER};
 

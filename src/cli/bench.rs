@@ -96,6 +96,15 @@ pub struct BenchArgs {
     #[cfg(feature = "mqtt")]
     #[arg(long, value_name = "SECS", default_value_t = 10, requires = "mqtt_flood", value_parser = clap::value_parser!(u64).range(1..=3600))]
     flood_spread: u64,
+    /// Instead of the report: N devices reconnecting at once after a restart of the
+    /// in-process server, with full handshakes and then with resumption (docs/benchmarks.md,
+    /// "Reconnect storm"). Uses the first --suite and --aead.
+    #[arg(long, value_name = "N", conflicts_with_all = ["connect", "ops"], value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    storm: Option<u64>,
+    /// Instead of measuring: chart the Raspberry Pi instruction counts that
+    /// `scripts/aarch64.sh count` printed into FILE (needs --plot DIR; writes pi-handshake.svg).
+    #[arg(long, value_name = "FILE", requires = "plot")]
+    pi_counts: Option<PathBuf>,
     /// Instead of the report: messages/s and send-to-acknowledgement time through the
     /// server's delivery path into this sink (repeatable; postgres://..., mqtt://...), beside
     /// JSON lines and no sink, in one run (docs/benchmarks.md, Sinks). Rows it writes stay.
@@ -228,6 +237,25 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     if let (Some(url), false) = (&args.mqtt.mqtt, args.mqtt_flood.is_empty()) {
         return flood(&args, url).await;
     }
+    if let Some(devices) = args.storm {
+        return storm(&args, devices as usize).await;
+    }
+    if let (Some(file), Some(dir)) = (&args.pi_counts, &args.plot) {
+        let text = std::fs::read_to_string(file).map_err(CliError::LocalIo)?;
+        let counts = bench::parse_pi_counts(&text);
+        if counts.is_empty() {
+            return Err(CliError::LocalIo(std::io::Error::other(format!(
+                "{}: no handshake rows of `scripts/aarch64.sh count` in it",
+                file.display()
+            ))));
+        }
+        let path = bench::write_pi_plot(&counts, dir).map_err(|source| CliError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        eprintln!("secchan bench: chart written to {}", path.display());
+        return Ok(());
+    }
     let identity = Arc::new(match &args.key {
         Some(path) => load_secret(path)?,
         None => IdentityKey::generate(&mut OsRandom).map_err(bench::BenchError::from)?,
@@ -285,6 +313,34 @@ fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<
 }
 
 /// `--mqtt-flood`: the flood benchmark alone.
+#[cfg(feature = "mqtt")]
+/// `bench --storm N`.
+async fn storm(args: &BenchArgs, devices: usize) -> Result<(), CliError> {
+    let suite = args.suite.first().copied().unwrap_or(&X25519_MLKEM768);
+    let aead = args.aead.first().copied().unwrap_or(AeadId::Aes256Gcm);
+    let threads = args.server_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        |n| n as usize,
+    );
+    // It drives runtimes of its own: run it on a blocking thread.
+    let report =
+        tokio::task::spawn_blocking(move || bench::storm::run(devices, suite, aead, threads))
+            .await
+            .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
+    print!("{}", report.markdown());
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    if let Some(dir) = &args.plot {
+        let file = bench::write_storm_plot(&report, dir).map_err(|source| CliError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        eprintln!("secchan bench: chart written to {}", file.display());
+    }
+    Ok(())
+}
+
 #[cfg(feature = "mqtt")]
 async fn flood(args: &BenchArgs, url: &str) -> Result<(), CliError> {
     let bench = bench::flood::FloodBench {

@@ -74,6 +74,13 @@ pub struct ServerArgs {
     /// session is closed (everything read is written and acknowledged first).
     #[arg(long, value_name = "SECS", default_value_t = tcp_server::DEFAULT_DRAIN.as_secs(), value_parser = clap::value_parser!(u64).range(0..=3600))]
     drain_timeout: u64,
+    /// Read options from FILE (TOML: the long options as keys, e.g. `listen = "0.0.0.0:4433"`);
+    /// an option on the command line replaces the file's.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (file, command line and defaults) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(flatten)]
     session: SessionArgs,
     #[command(flatten)]
@@ -114,6 +121,9 @@ impl TicketArgs {
         }
         let lifetime = Duration::from_secs(u64::from(self.ticket_lifetime));
         let now = std::time::SystemTime::now();
+        if let (None, Some(dir)) = (&self.ticket_key_file, state_dir) {
+            crate::delivery::log::create_private_dir(dir).map_err(CliError::StateDir)?;
+        }
         let file = self
             .ticket_key_file
             .clone()
@@ -220,6 +230,7 @@ async fn serve(
         fingerprint = %fingerprint,
         "listening"
     );
+    let _watchdog = super::service::notify_ready();
     let options = tcp_server::ServerOptions {
         max_sessions: args.max_sessions,
         drain_timeout: Duration::from_secs(args.drain_timeout),
@@ -260,6 +271,7 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
             () = shutdown_signal() => {}
             () = output_failed => {}
         }
+        super::service::notify_stopping();
     };
     let served = serve(&args, (config, registry), intake.clone(), stop).await;
     drop(intake);

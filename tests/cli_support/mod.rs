@@ -13,7 +13,15 @@ pub fn bin() -> Command {
     c
 }
 
-/// `secchan keygen --out path`; returns the fingerprint it printed.
+/// A fresh, empty directory for one test.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("secchan-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `secchan keygen --out PATH`; the fingerprint it printed.
 pub fn keygen(path: &Path) -> String {
     let out = bin().arg("keygen").arg("--out").arg(path).output().unwrap();
     assert!(
@@ -22,14 +30,6 @@ pub fn keygen(path: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// A fresh, empty directory for one test.
-pub fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("secchan-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// One line on stderr, starting with "secchan: " and containing every needle, and a failure

@@ -77,6 +77,31 @@ fn device_connection(
     }
 }
 
+/// The server's first frame. When what came back is no secchan frame, the bytes may say what
+/// answered instead (a web server, an SSH server, a TLS server on the port), which helps the
+/// user more than "truncated" or "frame too large".
+async fn server_reply(
+    io: &mut Io,
+    stats: &mut WireStats,
+) -> Result<bytes::BytesMut, TransportError> {
+    match expect_frame(io, stats).await {
+        Err(
+            e @ (TransportError::FrameTooLarge | TransportError::Truncated | TransportError::Io(_)),
+        ) => Err(other_protocol(io.read_buffer()).map_or(e, TransportError::NotSecchan)),
+        other => other,
+    }
+}
+
+/// What kind of server sent `bytes`, if they are recognisably not secchan's.
+fn other_protocol(bytes: &[u8]) -> Option<&'static str> {
+    match bytes {
+        [b'H', b'T', b'T', b'P', b'/', ..] => Some("an HTTP server"),
+        [b'S', b'S', b'H', b'-', ..] => Some("an SSH server"),
+        [0x15 | 0x16, 0x03, ..] => Some("a TLS server"),
+        _ => None,
+    }
+}
+
 /// Connects to a server, runs the handshake, and checks the server's identity with
 /// `verifier` before revealing the device's own identity. The TCP connect and the handshake
 /// together must finish within `timeouts.handshake`.
@@ -94,7 +119,7 @@ pub async fn connect(
     let mut stats = WireStats::default();
     let handshake = async {
         write_frame(&mut io, &mut stats, &hello).await?;
-        let reply = expect_frame(&mut io, &mut stats).await?;
+        let reply = server_reply(&mut io, &mut stats).await?;
         let authed = match expect.read_server_hello(&reply) {
             Ok(a) => a,
             Err(e) => {
@@ -142,7 +167,7 @@ pub async fn resume(
     let mut stats = WireStats::default();
     let handshake = async {
         write_frame(&mut io, &mut stats, &hello).await?;
-        let reply = expect_frame(&mut io, &mut stats).await?;
+        let reply = server_reply(&mut io, &mut stats).await?;
         match expect.read_reply(&reply, Instant::now()) {
             Ok(session) => Ok(session),
             Err(HandshakeError::PeerAlert(code)) => Err(TransportError::TicketRefused(code)),
@@ -309,4 +334,26 @@ pub async fn accept(
         conn.write_out().await?;
     }
     Ok((conn, peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::other_protocol;
+
+    #[test]
+    fn other_servers_are_recognised_by_their_first_bytes() {
+        assert_eq!(
+            other_protocol(b"HTTP/1.1 400 Bad Request"),
+            Some("an HTTP server")
+        );
+        assert_eq!(
+            other_protocol(b"SSH-2.0-OpenSSH_9.2"),
+            Some("an SSH server")
+        );
+        assert_eq!(
+            other_protocol(&[0x15, 0x03, 0x03, 0, 2, 2, 50]),
+            Some("a TLS server")
+        );
+        assert_eq!(other_protocol(&[0x04, 0xd4, 0x02]), None);
+    }
 }
