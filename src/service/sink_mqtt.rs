@@ -303,16 +303,23 @@ impl MqttRepublish {
                 ..Default::default()
             };
             let payload: Bytes = record.data.clone();
-            connection
-                .client
-                .publish_with_properties(
-                    self.target.topic(record),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload,
-                    properties,
-                )
+            let queued = connection.client.publish_with_properties(
+                self.target.topic(record),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+                properties,
+            );
+            // rumqttc's queue is full while the broker's window of unacknowledged messages
+            // is: a broker that stops acknowledging stops this too.
+            tokio::time::timeout(TIMEOUT, queued)
                 .await
+                .map_err(|_| {
+                    self.failure(
+                        format!("the broker took no message for {} s", TIMEOUT.as_secs()),
+                        true,
+                    )
+                })?
                 .map_err(|e| self.failure(e.to_string(), true))?;
         }
         let mut acked = 0;

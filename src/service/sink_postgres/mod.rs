@@ -29,8 +29,9 @@ use zeroize::Zeroizing;
 /// Connections the pool keeps: the intake writes one batch at a time, and a second lets a
 /// broken connection be replaced while the first is still being dropped.
 const POOL_SIZE: usize = 2;
-/// How long a batch may take (waiting for a connection included) before it counts as failed
-/// and is written again (the primary key absorbs a first attempt that did commit).
+/// How long a batch's statement may take before it counts as failed and is written again (the
+/// primary key absorbs a first attempt that did commit); also how long the pool may take to
+/// hand out a connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connection timeout when the URL sets none.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -194,19 +195,19 @@ impl Postgres {
     }
 
     async fn write_batch(&self, batch: &[SinkRecord]) -> Result<(), SinkError> {
-        let work = async {
-            let mut client = self.pool.get().await.map_err(|e| self.pool_failure(e))?;
-            let inserted = insert(&mut client, batch).await;
-            inserted.map_err(|e| self.db_failure(&e))
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, work).await {
-            Ok(result) => result,
-            // The connection is dropped with the future; the pool replaces it.
-            Err(_) => Err(failure(
-                &self.name,
-                format!("no answer in {} s", WRITE_TIMEOUT.as_secs()),
-                true,
-            )),
+        let mut client = self.pool.get().await.map_err(|e| self.pool_failure(e))?;
+        match tokio::time::timeout(WRITE_TIMEOUT, insert(&mut client, batch)).await {
+            Ok(inserted) => inserted.map_err(|e| self.db_failure(&e)),
+            Err(_) => {
+                // Its statement may still be running: the connection leaves the pool (and
+                // closes), and the next attempt starts on a fresh one.
+                drop(Object::take(client));
+                Err(failure(
+                    &self.name,
+                    format!("no answer in {} s", WRITE_TIMEOUT.as_secs()),
+                    true,
+                ))
+            }
         }
     }
 }
