@@ -415,6 +415,25 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_broker_is_tried_again_and_a_refusal_of_the_account_is_final() {
+        for code in [
+            ConnectReturnCode::ServerUnavailable,
+            ConnectReturnCode::ServerBusy,
+            ConnectReturnCode::QuotaExceeded,
+        ] {
+            assert!(refusal_may_pass(code), "{code:?}");
+        }
+        for code in [
+            ConnectReturnCode::BadUserNamePassword,
+            ConnectReturnCode::NotAuthorized,
+            ConnectReturnCode::Banned,
+            ConnectReturnCode::ClientIdentifierNotValid,
+        ] {
+            assert!(!refusal_may_pass(code), "{code:?}");
+        }
+    }
+
+    #[test]
     fn bad_templates_and_passwords_are_refused() {
         for (url, needle) in [
             ("mqtt://127.0.0.1", "no topic"),
