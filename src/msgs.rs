@@ -333,7 +333,7 @@ impl DeviceAuth {
 /// Shortest legal DeviceFinish frame: type byte and a sealed one-byte plaintext.
 const MIN_DEVICE_FINISH: usize = 1 + 1 + TAG_LEN;
 /// Longest legal DeviceFinish frame: an enrollment (kind 0x02).
-const MAX_DEVICE_FINISH: usize = 1 + 1 + 2 * (PUBLIC_KEY_LEN + SIGNATURE_LEN) + TAG_LEN;
+pub const MAX_DEVICE_FINISH: usize = 1 + 1 + 2 * (PUBLIC_KEY_LEN + SIGNATURE_LEN) + TAG_LEN;
 
 /// Splits a DeviceFinish frame into its sealed payload.
 pub fn decode_device_finish(frame: &[u8]) -> Result<&[u8], DecodeError> {

@@ -1,12 +1,24 @@
 //! TCP framing (protocol.md §2.1): each frame is a 2-byte big-endian length and a body of at
-//! most [`MAX_FRAME_LEN`] bytes, as a tokio-util codec.
+//! most [`MAX_FRAME_LEN`] bytes, as a tokio-util codec for established sessions, and as a
+//! [`FrameAssembler`] for what a server reads before the device is authenticated.
 
 use super::{TransportError, MAX_FRAME_LEN};
+use crate::msgs::{CookieHello, MAX_DEVICE_FINISH};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Bytes the TCP framing adds to each frame: the length prefix.
 pub const FRAME_PREFIX_LEN: usize = 2;
+
+/// Longest first frame a server reads (protocol.md §2.1): a CookieHello around the longest
+/// DeviceHello, 1,246 bytes. A ResumeHello is at most 305.
+pub const MAX_FIRST_FRAME: usize = CookieHello::MAX_LEN;
+/// Longest frame a server reads after its ServerHello, before the device is authenticated: a
+/// DeviceFinish of the largest kind (enrollment), 210 bytes.
+pub const MAX_FINISH_FRAME: usize = MAX_DEVICE_FINISH;
+/// Most bytes one read asks the socket for before the device is authenticated: what a
+/// connection holds grows with what has arrived, in steps no larger than this.
+pub const READ_STEP: usize = 256;
 
 /// Read-ahead once a large frame is arriving: room for several full records, so one read
 /// system call picks up several records during a bulk transfer instead of half of one (the
@@ -73,9 +85,129 @@ impl Encoder<&[u8]> for FrameCodec {
     }
 }
 
+/// One frame read before the peer is authenticated, in memory bounded by what has arrived:
+/// the length prefix is checked against the frame's `max` (the largest legal handshake message
+/// at this point) before anything is kept, and the body is kept exactly as it arrives. The
+/// caller reads at most [`want`](Self::want) bytes at a time, so it never takes bytes of the
+/// next frame (a device sends records right behind its DeviceFinish).
+#[derive(Debug)]
+pub struct FrameAssembler {
+    max: usize,
+    prefix: [u8; FRAME_PREFIX_LEN],
+    have_prefix: usize,
+    len: usize,
+    body: Vec<u8>,
+    done: bool,
+}
+
+impl FrameAssembler {
+    /// Assembles one frame of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            prefix: [0; FRAME_PREFIX_LEN],
+            have_prefix: 0,
+            len: 0,
+            body: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// How many bytes to read next: what completes the length prefix, then at most
+    /// [`READ_STEP`] of the body; 0 once the frame is complete.
+    pub fn want(&self) -> usize {
+        if self.done {
+            0
+        } else if self.have_prefix < FRAME_PREFIX_LEN {
+            FRAME_PREFIX_LEN - self.have_prefix
+        } else {
+            (self.len - self.body.len()).min(READ_STEP)
+        }
+    }
+
+    /// Takes bytes that arrived (at most [`want`](Self::want) of them; any more are an error
+    /// of the caller's and refused as a frame too large). Returns the frame once complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, TransportError> {
+        if bytes.len() > self.want() {
+            return Err(TransportError::FrameTooLarge);
+        }
+        let mut bytes = bytes;
+        if self.have_prefix < FRAME_PREFIX_LEN {
+            let n = bytes.len().min(FRAME_PREFIX_LEN - self.have_prefix);
+            self.prefix[self.have_prefix..self.have_prefix + n].copy_from_slice(&bytes[..n]);
+            self.have_prefix += n;
+            bytes = &bytes[n..];
+            if self.have_prefix < FRAME_PREFIX_LEN {
+                return Ok(None);
+            }
+            self.len = usize::from(u16::from_be_bytes(self.prefix));
+            if self.len > self.max {
+                return Err(TransportError::FrameTooLarge);
+            }
+        }
+        self.body.reserve_exact(bytes.len());
+        self.body.extend_from_slice(bytes);
+        if self.body.len() == self.len {
+            self.done = true;
+            return Ok(Some(std::mem::take(&mut self.body)));
+        }
+        Ok(None)
+    }
+
+    /// Bytes of memory held for the body so far.
+    pub fn held(&self) -> usize {
+        self.body.capacity()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_assembler_holds_only_what_arrived_and_never_more_than_its_max() {
+        // Three bytes (a hello's prefix and its type byte) cost one byte of memory.
+        let mut a = FrameAssembler::new(MAX_FIRST_FRAME);
+        assert_eq!(a.want(), 2);
+        assert_eq!(a.push(&[0x04]).unwrap(), None);
+        assert_eq!(a.want(), 1);
+        assert_eq!(a.push(&[0xc5]).unwrap(), None);
+        assert_eq!(
+            a.want(),
+            READ_STEP,
+            "1,221 bytes announced: one step at a time"
+        );
+        assert_eq!(a.push(&[0x01]).unwrap(), None);
+        assert!(a.held() <= 1 + READ_STEP, "{} held", a.held());
+        let body = vec![7u8; 1220];
+        let mut rest = &body[..];
+        let mut frame = None;
+        while frame.is_none() {
+            let n = a.want().min(rest.len());
+            frame = a.push(&rest[..n]).unwrap();
+            rest = &rest[n..];
+            assert!(a.held() <= 1221);
+        }
+        let frame = frame.unwrap();
+        assert_eq!((frame.len(), frame[0]), (1221, 0x01));
+        assert_eq!(a.want(), 0, "nothing of the next frame is read");
+        // A prefix beyond the bound is refused on the prefix alone.
+        let mut big = FrameAssembler::new(MAX_FINISH_FRAME);
+        assert!(matches!(
+            big.push(&(MAX_FINISH_FRAME as u16 + 1).to_be_bytes()),
+            Err(TransportError::FrameTooLarge)
+        ));
+        assert_eq!(big.held(), 0);
+        let mut exact = FrameAssembler::new(3);
+        assert_eq!(exact.push(&[0, 3]).unwrap(), None);
+        assert_eq!(exact.push(&[4, 2, 0x15]).unwrap(), Some(vec![4, 2, 0x15]));
+        // An empty frame is complete at once (and a decode error for the handshake).
+        assert_eq!(FrameAssembler::new(3).push(&[0, 0]).unwrap(), Some(vec![]));
+        assert!(matches!(
+            FrameAssembler::new(3).push(&[0, 1, 2]),
+            Err(TransportError::FrameTooLarge)
+        ));
+    }
 
     fn decode_all(bytes: &[u8]) -> (Vec<Vec<u8>>, Result<(), TransportError>) {
         let mut codec = FrameCodec;
