@@ -48,6 +48,11 @@ impl Listener {
         self.tcp.local_addr()
     }
 
+    /// The timeouts every connection gets.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
     /// Waits for the next TCP connection. Run [`Incoming::handshake`] on it, typically in its
     /// own task, so a slow device never holds up the accept loop.
     pub async fn accept(&self) -> std::io::Result<Incoming> {
