@@ -57,25 +57,84 @@ pub fn accept_backoff(e: &std::io::Error) -> Option<Duration> {
     }
 }
 
-/// Accepts devices until `shutdown` resolves, then stops accepting and drains every session:
-/// each reads on until its device closes or the drain deadline passes, has everything it
-/// read written and acknowledged, and then closes (`close_notify` to a device that closed,
-/// `going_away` to one that did not). Returns, once every session has ended, what admission
-/// counted.
+/// [`TcpServer::run`] with a server made from `options`.
 pub async fn run(
     listener: Listener,
     intake: Intake,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> AdmissionStats {
-    let (stop, stopped) = watch::channel(false);
-    let shared = match Shared::new(options.limits.clone(), options.hello_timeout) {
-        Ok(s) => Arc::new(s),
+    match TcpServer::new(options) {
+        Ok(server) => server.run(listener, intake, shutdown).await,
         Err(e) => {
             tracing::error!(error = %e, "no randomness for the cookie key: not accepting");
-            return AdmissionStats::default();
+            AdmissionStats::default()
         }
-    };
+    }
+}
+
+/// What a server's admission has counted, readable while it runs (tests, and later metrics).
+#[derive(Clone)]
+pub struct Counters(Arc<Shared>);
+
+impl Counters {
+    /// The counters so far.
+    pub fn stats(&self) -> AdmissionStats {
+        self.0.stats()
+    }
+
+    /// Handshakes pending and sessions established now.
+    pub fn now(&self) -> (usize, usize) {
+        let a = self.0.admission();
+        (a.pending(), a.sessions())
+    }
+}
+
+/// A TCP server whose admission state exists before it accepts anything.
+pub struct TcpServer {
+    shared: Arc<Shared>,
+    options: ServerOptions,
+}
+
+impl TcpServer {
+    /// A server with `options` and a fresh cookie key.
+    pub fn new(options: ServerOptions) -> Result<Self, crate::crypto::CryptoError> {
+        let shared = Shared::new(options.limits.clone(), options.hello_timeout)?;
+        Ok(Self {
+            shared: Arc::new(shared),
+            options,
+        })
+    }
+
+    /// Its counters.
+    pub fn counters(&self) -> Counters {
+        Counters(self.shared.clone())
+    }
+
+    /// Accepts devices until `shutdown` resolves, then stops accepting and drains every
+    /// session: each reads on until its device closes or the drain deadline passes, has
+    /// everything it read written and acknowledged, and then closes (`close_notify` to a
+    /// device that closed, `going_away` to one that did not). Returns, once every session has
+    /// ended, what admission counted.
+    pub async fn run(
+        self,
+        listener: Listener,
+        intake: Intake,
+        shutdown: impl Future<Output = ()>,
+    ) -> AdmissionStats {
+        let Self { shared, options } = self;
+        accept_loop(listener, intake, options, shared, shutdown).await
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    intake: Intake,
+    options: ServerOptions,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> AdmissionStats {
+    let (stop, stopped) = watch::channel(false);
     let handshake_timeout = listener.timeouts().handshake;
     let mut tasks = JoinSet::new();
     let mut summary = tokio::time::interval(WARN_EVERY);
