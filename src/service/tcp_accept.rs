@@ -154,7 +154,10 @@ pub async fn handshake(
             return None;
         }
     }
-    let (conn, peer) = match incoming.handshake_from(frame).await {
+    // Boxed, like the refusal below: the handshake's and the session's state is allocated
+    // when it is needed, so a connection waiting for its first frame holds a few hundred
+    // bytes, not a session's worth.
+    let (conn, peer) = match Box::pin(incoming.handshake_from(frame)).await {
         Ok(v) => v,
         Err(e) => {
             failed(&shared, source, &e);
@@ -174,12 +177,16 @@ pub async fn handshake(
         }
         Err(why) => {
             warn_dropped!(locked(&shared.throttles).no_room, device = %peer.name, peer = %source, reason = %why, "no room for the session: refused with busy");
-            let mut conn = conn;
-            let _ = conn.send_close_with(AlertCode::Busy).await;
-            conn.linger().await;
+            Box::pin(refuse_session(conn)).await;
             None
         }
     }
+}
+
+/// Closes an authenticated session the server has no room for, with `busy`.
+async fn refuse_session(mut conn: Connection) {
+    let _ = conn.send_close_with(AlertCode::Busy).await;
+    conn.linger().await;
 }
 
 /// Counts and logs (at a limited rate, or at debug level) a handshake that failed.

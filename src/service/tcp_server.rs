@@ -159,15 +159,20 @@ async fn accept_loop(
                 let registry = options.registry.clone();
                 let stopped = stopped.clone();
                 let drain = options.drain_timeout;
-                let task = tasks.spawn(async move {
+                // A pending connection's task holds only the handshake's state: a session's
+                // (10 KB of it) is allocated once there is a session.
+                let fut = async move {
                     let session = tcp_accept::handshake(incoming, id, shared_for_task, handshake_timeout).await;
                     if let Some((conn, peer, _release)) = session {
-                        serve(conn, peer, intake, registry, stopped, drain).await;
+                        Box::pin(serve(conn, peer, intake, registry, stopped, drain)).await;
                     }
-                });
+                };
+                let task = tasks.spawn(fut);
                 shared.set_handle(id, task);
+                // A finished task keeps its memory until it is reaped: reap every one that
+                // is done, so that connections given up in a flood do not pile up.
+                while tasks.try_join_next().is_some() {}
             }
-            // Finished tasks are reaped as they end.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = summary.tick() => {
                 let now = shared.stats();

@@ -6,9 +6,7 @@
 //! arrived (protocol.md §2.1): frames are assembled by [`FrameAssembler`] against the largest
 //! legal handshake message, never against [`MAX_FRAME_LEN`](crate::transport::MAX_FRAME_LEN).
 
-use super::super::framing::{
-    FrameAssembler, FRAME_PREFIX_LEN, MAX_FINISH_FRAME, MAX_FIRST_FRAME, READ_STEP,
-};
+use super::super::framing::{FrameAssembler, FRAME_PREFIX_LEN, MAX_FINISH_FRAME, MAX_FIRST_FRAME};
 use super::connection::{framed, linger};
 use super::{Connection, Timeouts, TransportError, WireStats};
 use crate::crypto::random::OsRandom;
@@ -18,7 +16,7 @@ use crate::msgs::{encode_alert, AlertCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 
 /// A TCP listener for secchan servers.
@@ -246,22 +244,24 @@ pub async fn accept(
 }
 
 /// Reads one frame of at most `max` bytes without holding more than what has arrived: the
-/// length prefix first, then the body in reads of at most [`READ_STEP`] bytes, never past the
-/// frame's end.
+/// length prefix first, then the body, each read made room for only once the socket is
+/// readable and at most [`READ_STEP`](super::super::framing::READ_STEP) bytes long, never
+/// past the frame's end.
 async fn read_bounded(
     stream: &mut TcpStream,
     max: usize,
     stats: &mut WireStats,
 ) -> Result<Vec<u8>, TransportError> {
     let mut frame = FrameAssembler::new(max);
-    let mut step = [0u8; READ_STEP];
     loop {
-        let want = frame.want();
-        let n = stream.read(&mut step[..want]).await?;
-        if n == 0 {
-            return Err(TransportError::Truncated);
-        }
-        if let Some(frame) = frame.push(&step[..n])? {
+        stream.readable().await?;
+        let got = match stream.try_read(frame.buffer()) {
+            Ok(0) => return Err(TransportError::Truncated),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(frame) = frame.filled(got)? {
             stats.received += (frame.len() + FRAME_PREFIX_LEN) as u64;
             return Ok(frame);
         }
