@@ -43,8 +43,9 @@ pub struct AdmissionArgs {
     /// or a range (192.0.2.0/24, 2001:db8::/48); repeatable.
     #[arg(long = "source-allow", value_name = "CIDR")]
     source_allow: Vec<Prefix>,
-    /// Under load from this many handshakes in progress on: hellos are answered with a cookie
-    /// (one HMAC) and only hellos that come back with it get a full handshake. 0: always.
+    /// Under load from this many answered handshakes on (a ServerHello sent, the DeviceFinish
+    /// awaited): hellos are answered with a cookie (one HMAC) and only hellos that come back
+    /// with it get a full handshake. 0: always.
     #[arg(long, value_name = "N", default_value_t = Limits::default().cookie_pending, value_parser = RangedU64ValueParser::<usize>::new().range(0..=65_536))]
     cookie_pending: usize,
     /// Under load, too, while full handshakes come faster than this many a second (the CPU

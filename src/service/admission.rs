@@ -9,9 +9,10 @@
 //! established session is never given up for unauthenticated work; the only session that
 //! makes way for another is an older one of the same device identity, at that identity's cap.
 //!
-//! Under load (too many pending handshakes, or full handshakes coming faster than the CPU
-//! budget), a DeviceHello without a valid cookie is answered with a cookie (protocol.md §6.5),
-//! and one with a valid cookie gets a full handshake only within its source's rate.
+//! Under load (too many handshakes answered and waiting for their DeviceFinish, or full
+//! handshakes coming faster than the CPU budget), a DeviceHello without a valid cookie is
+//! answered with a cookie (protocol.md §6.5), and one with a valid cookie gets a full
+//! handshake only within its source's rate.
 
 use super::source::{Prefix, Source};
 use crate::handshake::cookie::CookieCheck;
@@ -33,7 +34,10 @@ pub struct Limits {
     pub sessions_per_source: usize,
     /// Established sessions per device identity at most; a newer one replaces the oldest.
     pub sessions_per_device: usize,
-    /// Under load from this many pending handshakes on.
+    /// Under load from this many answered handshakes on: pending ones whose hello the server
+    /// answered with a ServerHello (those that cost it a full handshake's work) and that wait
+    /// for their DeviceFinish. Connections that have not delivered a hello cost no CPU and
+    /// are bounded by the pending budget alone.
     pub cookie_pending: usize,
     /// Under load while full handshakes come faster than this many a second.
     pub cookie_rate: u32,
@@ -57,7 +61,7 @@ impl Default for Limits {
             sessions_per_device: 4,
             cookie_pending: 256,
             cookie_rate: 1000,
-            source_rate: 10,
+            source_rate: 50,
             source_bits_v4: 32,
             source_bits_v6: 64,
             exempt: Vec::new(),
@@ -240,6 +244,8 @@ struct Pending<H> {
     source: Source,
     since: Instant,
     handle: Option<H>,
+    /// Whether its hello got a full handshake (it counts toward `cookie_pending`).
+    answered: bool,
 }
 
 struct Established<H> {
@@ -264,6 +270,8 @@ pub struct Admission<H> {
     sources: HashMap<Source, SourceState>,
     devices: HashMap<[u8; 32], VecDeque<u64>>,
     load: Bucket,
+    /// Pending handshakes with `answered` set.
+    answered: usize,
     next_id: u64,
     stats: AdmissionStats,
 }
@@ -287,6 +295,7 @@ impl<H> Admission<H> {
             sessions: HashMap::new(),
             sources: HashMap::new(),
             devices: HashMap::new(),
+            answered: 0,
             next_id: 0,
             stats: AdmissionStats::default(),
         }
@@ -320,7 +329,7 @@ impl<H> Admission<H> {
 
     /// Whether the server is under load at `now`: cookies are asked for (protocol.md §6.5).
     pub fn under_load(&self, now: Instant) -> bool {
-        self.pending.len() >= self.limits.cookie_pending
+        self.answered >= self.limits.cookie_pending
             || self.load.level(self.limits.cookie_rate, now) < 1.0
     }
 
@@ -351,6 +360,7 @@ impl<H> Admission<H> {
                 source,
                 since: now,
                 handle: None,
+                answered: false,
             },
         );
         self.stats.accepted += 1;
@@ -396,6 +406,7 @@ impl<H> Admission<H> {
 
     fn remove_pending(&mut self, id: u64) -> Option<Pending<H>> {
         let p = self.pending.remove(&id)?;
+        self.answered -= usize::from(p.answered);
         if let Some(s) = self.sources.get_mut(&p.source) {
             s.pending.remove(&(p.since, id));
         }
@@ -443,6 +454,10 @@ impl<H> Admission<H> {
         }
         self.load.take(self.limits.cookie_rate, now, true);
         self.stats.full_handshakes += 1;
+        if let Some(p) = self.pending.get_mut(&id).filter(|p| !p.answered) {
+            p.answered = true;
+            self.answered += 1;
+        }
         Verdict::Proceed
     }
 

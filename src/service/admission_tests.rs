@@ -189,15 +189,22 @@ fn under_load_hellos_get_cookies_and_cookies_get_handshakes_within_their_source_
         },
         t0,
     );
-    let (h, _) = connect(&mut a, "192.0.2.1", "h", t0);
     let full = |c| FirstKind::Full(c);
-    // One pending handshake: not under load, one round trip, cookie or not.
+    // Idle connections put no load on the server, nor does one answered handshake: one round
+    // trip, cookie or not.
+    let (h, _) = connect(&mut a, "192.0.2.1", "h", t0);
+    connect(&mut a, "192.0.2.3", "idle", t0);
+    connect(&mut a, "192.0.2.4", "idle", t0);
     assert!(!a.under_load(t0));
     assert_eq!(a.first(h, full(CookieCheck::Absent), t0), Verdict::Proceed);
+    assert!(!a.under_load(t0));
     let refused = CookieCheck::Refused(CookieError::Invalid);
-    assert_eq!(a.first(h, full(refused), t0), Verdict::Proceed);
     let (flood, _) = connect(&mut a, "192.0.2.1", "f", t0);
-    assert!(a.under_load(t0));
+    assert_eq!(a.first(flood, full(refused), t0), Verdict::Proceed);
+    assert!(
+        a.under_load(t0),
+        "two answered handshakes wait for their DeviceFinish"
+    );
     assert_eq!(
         a.first(flood, full(CookieCheck::Absent), t0),
         Verdict::Cookie
@@ -237,6 +244,10 @@ fn under_load_hellos_get_cookies_and_cookies_get_handshakes_within_their_source_
         ),
         (2, 2, 1, 6, 1)
     );
+    // Answered handshakes that end (established, or given up) no longer count.
+    a.release(h, later);
+    a.release(other, later);
+    assert!(!a.under_load(later));
 }
 
 #[test]
