@@ -275,6 +275,21 @@ pub fn write_storm(report: &super::storm::StormReport, dir: &Path) -> std::io::R
     Ok(path)
 }
 
+/// Writes the attack chart (`secchan bench --attack`) into `dir`.
+pub fn write_attack(report: &super::attack::AttackReport, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let chart = Chart {
+        title: "An honest device's handshakes under each attack (TCP, loopback)",
+        x_label: "handshake time (ms)",
+        y_label: "tries with a session within x (%)",
+        log_x: false,
+        series: report.curves(),
+    };
+    let path = dir.join("tcp-attacks.svg");
+    std::fs::write(&path, chart.to_svg())?;
+    Ok(path)
+}
+
 /// Writes the charts into `dir` (created if missing); returns the files written.
 pub fn write(report: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;

@@ -1,0 +1,270 @@
+//! The processes of `secchan bench --attack`: the server under attack (`secchan server`, as
+//! users run it) and the attackers (`secchan bench --attacker`), each its own process, so
+//! that the server's CPU time and memory are its own (`/proc/PID/stat`, `/proc/PID/status`).
+
+use super::attacker::{Counts, Kind};
+use crate::bench::BenchError;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Clock ticks per second of `/proc/PID/stat` (USER_HZ, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+/// A `secchan server` child process.
+pub struct ServerProc {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+fn helper_failed(what: &str) -> BenchError {
+    BenchError::Helper(what.to_string())
+}
+
+/// Sends SIGTERM to `pid` (what a service manager sends).
+fn terminate(pid: u32) -> Result<(), BenchError> {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(helper_failed("kill -TERM failed"))
+    }
+}
+
+/// `/proc/PID/status` field `key`, in KiB.
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU seconds (user and system) `pid` has used.
+pub fn cpu_s(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields count from after it.
+    let rest = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS)
+}
+
+/// The `name=number` fields of a log line.
+fn fields(line: &str) -> BTreeMap<String, u64> {
+    line.split_whitespace()
+        .filter_map(|w| {
+            let (k, v) = w.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+impl ServerProc {
+    /// Starts `exe server --listen 127.0.0.1:0 ARGS` in `dir` and waits until it listens.
+    pub fn start(exe: &Path, dir: &Path, args: &[String]) -> Result<Self, BenchError> {
+        let mut child = Command::new(exe)
+            .current_dir(dir)
+            .args(["server", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| helper_failed("no stderr"))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let reader = {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("addr=").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or_default();
+                        let _ = addr_tx.send(addr.to_string());
+                    }
+                    if let Ok(mut l) = lines.lock() {
+                        l.push(line);
+                    }
+                }
+            })
+        };
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| helper_failed("the server did not start listening"))?
+            .parse()
+            .map_err(|_| helper_failed("the server's address did not parse"))?;
+        Ok(Self {
+            child,
+            addr,
+            lines,
+            reader,
+        })
+    }
+
+    /// CPU seconds it has used.
+    pub fn cpu_s(&self) -> f64 {
+        cpu_s(self.child.id()).unwrap_or(0.0)
+    }
+
+    /// Its resident memory now, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        status_kib(self.child.id(), "VmRSS:").unwrap_or(0)
+    }
+
+    /// Its peak resident memory so far, KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        status_kib(self.child.id(), "VmHWM:").unwrap_or(0)
+    }
+
+    /// Stops it with SIGTERM and returns the counters it logged when it stopped.
+    pub fn stop(mut self) -> Result<BTreeMap<String, u64>, BenchError> {
+        terminate(self.child.id())?;
+        let status = self.child.wait()?;
+        let _ = self.reader.join();
+        let lines = self.lines.lock().map_err(|_| helper_failed("log"))?;
+        let served = lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("connections served"))
+            .ok_or_else(|| {
+                helper_failed(&format!(
+                    "the server ({status}) logged no totals; its last lines: {}",
+                    lines[lines.len().saturating_sub(5)..].join(" | ")
+                ))
+            })?;
+        Ok(fields(served))
+    }
+}
+
+/// A `secchan bench --attacker` child process.
+pub struct AttackerProc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl AttackerProc {
+    /// Starts an attacker of `kind` with `conns` connections to `target` from `sources`, and
+    /// waits until its connections are up.
+    pub fn start(
+        exe: &Path,
+        kind: Kind,
+        target: SocketAddr,
+        sources: &[IpAddr],
+        conns: usize,
+    ) -> Result<Self, BenchError> {
+        let kind_name = clap::ValueEnum::to_possible_value(&kind)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        let sources: Vec<String> = sources.iter().map(IpAddr::to_string).collect();
+        let mut child = Command::new(exe)
+            .args(["bench", "--attacker", &kind_name])
+            .args(["--attack-target", &target.to_string()])
+            .args(["--attack-sources", &sources.join(",")])
+            .args(["--attack-conns", &conns.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or_else(|| helper_failed("stdin"))?;
+        let mut stdout =
+            BufReader::new(child.stdout.take().ok_or_else(|| helper_failed("stdout"))?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            return Err(helper_failed(&format!(
+                "attacker {kind_name} did not start"
+            )));
+        }
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// CPU seconds it has used.
+    pub fn cpu_s(&self) -> f64 {
+        cpu_s(self.child.id()).unwrap_or(0.0)
+    }
+
+    /// Stops it; what it counted.
+    pub fn stop(mut self) -> Result<Counts, BenchError> {
+        let _ = self.stdin.write_all(b"\n");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let _ = self.child.wait();
+        serde_json::from_str(line.trim())
+            .map_err(|_| helper_failed(&format!("attacker counts: {line:?}")))
+    }
+}
+
+/// A `secchan bench --raw-responder` child process (the raw TCP baseline).
+pub struct RawProc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl RawProc {
+    /// Starts it and waits until it listens.
+    pub fn start(exe: &Path) -> Result<Self, BenchError> {
+        let mut child = Command::new(exe)
+            .args(["bench", "--raw-responder"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or_else(|| helper_failed("stdin"))?;
+        let mut stdout =
+            BufReader::new(child.stdout.take().ok_or_else(|| helper_failed("stdout"))?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("addr=")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| helper_failed("the raw responder did not start"))?;
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+            addr,
+        })
+    }
+
+    /// CPU seconds it has used.
+    pub fn cpu_s(&self) -> f64 {
+        cpu_s(self.child.id()).unwrap_or(0.0)
+    }
+
+    /// Stops it; the connections it answered.
+    pub fn stop(mut self) -> Result<u64, BenchError> {
+        let _ = self.stdin.write_all(b"\n");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let _ = self.child.wait();
+        line.trim()
+            .parse()
+            .map_err(|_| helper_failed(&format!("raw responder count: {line:?}")))
+    }
+}
