@@ -10,6 +10,7 @@ use crate::crypto::random::OsRandom;
 use crate::handshake::cookie;
 use crate::handshake::device::{self, DeviceConfig};
 use crate::msgs::FrameType;
+use crate::transport::framing::MAX_FIRST_FRAME;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +32,12 @@ pub enum Kind {
     CookieOnly,
     /// Sends a hello (following a cookie), reads the ServerHello, then holds the connection.
     HelloHold,
+    /// Sends the length prefix of the longest first frame and one byte, then holds (what
+    /// three bytes pin in the server's memory).
+    Pin,
+    /// Sends a malformed hello, waits for the close, again at once (what a reconnect loop
+    /// makes the server log).
+    Garbage,
 }
 
 /// What one attacker process did.
@@ -261,7 +268,7 @@ async fn connection(
                     until_closed(&mut s, shared).await;
                 }
             }
-            Kind::Idle | Kind::Slowloris => {
+            Kind::Idle | Kind::Slowloris | Kind::Pin | Kind::Garbage => {
                 let Ok(mut s) = open(target, source).await else {
                     bump(&shared.errors);
                     up.take();
@@ -270,10 +277,22 @@ async fn connection(
                 };
                 bump(&shared.connections);
                 up.take();
-                if kind == Kind::Idle {
-                    until_closed(&mut s, shared).await;
-                } else {
-                    dribble(&mut s, hello, shared).await;
+                match kind {
+                    Kind::Slowloris => dribble(&mut s, hello, shared).await,
+                    Kind::Pin => {
+                        let mut three = (MAX_FIRST_FRAME as u16).to_be_bytes().to_vec();
+                        three.push(hello[0]);
+                        if s.write_all(&three).await.is_ok() {
+                            until_closed(&mut s, shared).await;
+                        }
+                    }
+                    Kind::Garbage => {
+                        bump(&shared.hellos);
+                        if write_frame(&mut s, &[0xff; 8]).await.is_ok() {
+                            until_closed(&mut s, shared).await;
+                        }
+                    }
+                    _ => until_closed(&mut s, shared).await,
                 }
             }
         }

@@ -2,7 +2,9 @@
 //! against, with an honest device trying to get through, on loopback.
 //!
 //! The server is `secchan server` itself, in its own process (so its CPU time and memory are
-//! read from `/proc`), with `--max-sessions 200 --max-pending 256` and otherwise its defaults.
+//! read from `/proc`), with `--max-sessions 200 --max-pending 256` and otherwise its defaults;
+//! each attack runs twice side by side, with those defences and with them turned off as far
+//! as the flags go ([`DEFENCES_OFF`]).
 //! Attackers are `secchan bench --attacker` processes bound to 127.0.0.2 and up; the honest
 //! device runs in this process on 127.0.0.1 and makes its tries one after another, each a
 //! `tcp::connect` (following a cookie if it gets one), one message and its acknowledgement.
@@ -12,6 +14,7 @@
 pub mod attacker;
 mod procs;
 pub mod raw;
+mod report;
 
 use super::system::{percentile, Percentiles};
 use super::BenchError;
@@ -26,14 +29,37 @@ use attacker::{Counts, Kind};
 use procs::{AttackerProc, RawProc, ServerProc};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The server's limits in every round (beside its defaults).
-const SERVER_LIMITS: [&str; 4] = ["--max-sessions", "200", "--max-pending", "256"];
+const SERVER_LIMITS: [&str; 2] = ["--max-sessions", "200"];
+/// Its pending budget in the rounds with the defences.
+const DEFENCES_ON: [&str; 2] = ["--max-pending", "256"];
+/// The admission defences turned as far off as the flags go, for the rounds "without": a
+/// pending budget as large as the sessions' descriptors allow, no per-source limits, the
+/// hello given the whole handshake timeout, never under load. What is not a flag stays on:
+/// reads bounded by what arrived, warnings summed up per interval.
+const DEFENCES_OFF: [&str; 14] = [
+    "--max-pending",
+    "65536",
+    "--max-pending-per-source",
+    "65536",
+    "--max-sessions-per-source",
+    "1000000",
+    "--hello-timeout",
+    "10",
+    "--cookie-pending",
+    "65536",
+    "--cookie-rate",
+    "1000000000",
+    "--source-handshake-rate",
+    "1000000000",
+];
+/// How long one honest try may take before it counts as failed.
+const TRY_DEADLINE: Duration = Duration::from_secs(5);
 /// What the server may hold per pending handshake, for the memory bound: the frame
 /// (at most 1,246 bytes), its task, its socket's buffers in user space and the handshake
 /// state after a ServerHello, with room to spare.
@@ -55,6 +81,9 @@ pub struct AttackBench {
 pub struct Round {
     /// The attack's name.
     pub attack: &'static str,
+    /// Whether the server ran with its admission defences (its defaults), or with them
+    /// turned off as far as the flags go ([`DEFENCES_OFF`]).
+    pub defences: bool,
     /// What the attackers did.
     pub attackers: String,
     /// Tries that succeeded.
@@ -80,6 +109,10 @@ pub struct Round {
     /// The bound it must hold: the baseline round's peak plus [`PENDING_KIB`] per pending
     /// slot.
     pub rss_bound_kib: u64,
+    /// Lines the server logged during the round, and their bytes.
+    pub log_lines: usize,
+    /// See `log_lines`.
+    pub log_bytes: usize,
     /// What the attackers counted.
     pub attacker: Counts,
     /// What the server counted (its totals when it stopped).
@@ -164,6 +197,18 @@ fn attacks() -> Vec<Attack> {
             server_args: vec![],
         },
         Attack {
+            name: "3-byte pins",
+            what: "1,000 connections from 4 addresses, each the longest hello's length and one byte".into(),
+            procs: vec![(Kind::Pin, sources(2, 4), 1000)],
+            server_args: vec![],
+        },
+        Attack {
+            name: "reconnect loop",
+            what: "64 connections from one address, each a malformed hello, again once closed".into(),
+            procs: vec![(Kind::Garbage, sources(2, 1), 64)],
+            server_args: vec![],
+        },
+        Attack {
             name: "hello-then-hold",
             what: "1,000 connections from 4 addresses, each holding after its ServerHello".into(),
             procs: vec![(Kind::HelloHold, sources(2, 4), 1000)],
@@ -210,19 +255,36 @@ fn run_in(bench: &AttackBench, exe: &Path, dir: &Path) -> Result<AttackReport, B
     } else {
         Duration::from_secs(2)
     };
+    let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let (on, off) = (strings(&DEFENCES_ON), strings(&DEFENCES_OFF));
     let mut rounds: Vec<Round> = Vec::new();
     for attack in attacks() {
-        eprintln!("secchan bench: attack {} ...", attack.name);
-        let args = [&base[..], &attack.server_args[..]].concat();
-        let mut round = one(exe, dir, &args, &attack, &device, bench.tries, warmup)?;
-        let (p95, peak) = rounds
-            .first()
-            .map_or((round.p95_ms, round.rss_peak_kib), |b| {
-                (b.p95_ms, b.rss_peak_kib)
-            });
-        round.p95_vs_baseline = round.p95_ms / p95.max(f64::MIN_POSITIVE);
-        round.rss_bound_kib = peak + MAX_PENDING * PENDING_KIB;
-        rounds.push(round);
+        // Side by side: with the defences, then (under an attack) without them.
+        let configs: &[bool] = if attack.procs.is_empty() {
+            &[true]
+        } else {
+            &[true, false]
+        };
+        for &defences in configs {
+            let with = if defences { "with" } else { "without" };
+            eprintln!("secchan bench: {} {with} the defences ...", attack.name);
+            let extra = if defences { &on } else { &off };
+            let args = [&base[..], &attack.server_args[..], extra].concat();
+            let mut round = one(exe, dir, &args, &attack, &device, bench.tries, warmup)?;
+            round.defences = defences;
+            let (p95, peak) = rounds
+                .first()
+                .map_or((round.p95_ms, round.rss_peak_kib), |b| {
+                    (b.p95_ms, b.rss_peak_kib)
+                });
+            round.p95_vs_baseline = round.p95_ms / p95.max(f64::MIN_POSITIVE);
+            round.rss_bound_kib = if defences {
+                peak + MAX_PENDING * PENDING_KIB
+            } else {
+                0
+            };
+            rounds.push(round);
+        }
     }
     eprintln!("secchan bench: cookie cost ...");
     let window = if bench.quick {
@@ -260,8 +322,10 @@ impl Honest {
     fn attempt(&self, addr: SocketAddr, seq: u64) -> Option<(f64, bool)> {
         self.rt.block_on(async {
             let start = Instant::now();
-            let mut conn = tcp::connect(addr, &self.config, &self.pin, Timeouts::default())
+            let connect = tcp::connect(addr, &self.config, &self.pin, Timeouts::default());
+            let mut conn = tokio::time::timeout(TRY_DEADLINE, connect)
                 .await
+                .ok()?
                 .ok()?;
             let handshake = start.elapsed().as_secs_f64() * 1e3;
             // A hello sent twice: the server asked for a cookie.
@@ -303,6 +367,7 @@ fn one(
     std::thread::sleep(Duration::from_millis(100));
     let rss_start_kib = server.rss_kib();
     let cpu_before = server.cpu_s();
+    let logged_before = server.logged();
     let mut attackers = Vec::new();
     for (kind, sources, conns) in &attack.procs {
         attackers.push(AttackerProc::start(
@@ -334,11 +399,13 @@ fn one(
     }
     let server_cpu_s = server.cpu_s() - cpu_before;
     let rss_peak_kib = server.peak_rss_kib();
+    let logged = server.logged();
     let counted = server.stop()?;
     let mut curve = times.clone();
     let handshake_ms = Percentiles::of(&mut curve);
     Ok(Round {
         attack: attack.name,
+        defences: true,
         attackers: attack.what.clone(),
         honest_ok: times.len(),
         tries,
@@ -351,6 +418,8 @@ fn one(
         rss_start_kib,
         rss_peak_kib,
         rss_bound_kib: 0,
+        log_lines: logged.0 - logged_before.0,
+        log_bytes: logged.1 - logged_before.1,
         attacker,
         server: counted,
         curve,
@@ -365,7 +434,8 @@ fn cookie_cost(
     base: &[String],
     window: Duration,
 ) -> Result<CookieCost, BenchError> {
-    let args = [base, &["--cookie-pending".into(), "0".into()]].concat();
+    let on = DEFENCES_ON.map(String::from);
+    let args = [base, &on, &["--cookie-pending".into(), "0".into()]].concat();
     let server = ServerProc::start(exe, dir, &args)?;
     let cpu_before = server.cpu_s();
     let attacker = AttackerProc::start(exe, Kind::CookieOnly, server.addr, &sources(2, 1), 32)?;
@@ -403,84 +473,4 @@ fn cookie_cost(
         raw_us_per_connection,
         us_beyond_tcp: us_per_hello - raw_us_per_connection,
     })
-}
-
-impl AttackReport {
-    /// The report as Markdown (docs/benchmarks.md, "Under attack").
-    pub fn markdown(&self) -> String {
-        let mut s = String::from(
-            "| attack | honest ok (with a cookie) | handshake p50 (ms) | p95 (ms) | p95 / baseline | server CPU (s) | attacker CPU (s) | server RSS start → peak (bound), MiB | the server counted |\n|---|---|---|---|---|---|---|---|---|\n",
-        );
-        let mib = |k: u64| k as f64 / 1024.0;
-        for r in &self.rounds {
-            let counted: Vec<String> = [
-                "cookies_sent",
-                "busy",
-                "evicted",
-                "hello_timeouts",
-                "handshake_timeouts",
-                "full_handshakes",
-            ]
-            .iter()
-            .filter_map(|k| {
-                r.server
-                    .get(*k)
-                    .filter(|v| **v > 0)
-                    .map(|v| format!("{} {v}", k.replace('_', " ")))
-            })
-            .collect();
-            let _ = writeln!(
-                s,
-                "| {} | {}/{} ({}) | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} → {:.1} ({:.1}) | {} |",
-                r.attack,
-                r.honest_ok,
-                r.tries,
-                r.with_cookie,
-                r.handshake_ms.median,
-                r.p95_ms,
-                r.p95_vs_baseline,
-                r.server_cpu_s,
-                r.attacker_cpu_s,
-                mib(r.rss_start_kib),
-                mib(r.rss_peak_kib),
-                mib(r.rss_bound_kib),
-                counted.join(", ")
-            );
-        }
-        let c = &self.cookie;
-        let _ = writeln!(
-            s,
-            "\nCookie cost: {} hellos answered with a cookie in {:.2} s of server CPU: {:.1} µs each with the TCP connection's own cost, against {:.1} µs per connection for a raw TCP server doing the same I/O ({} connections): {:.1} µs beyond TCP, of which the cookie itself (in memory) is {:.2} µs.",
-            c.cookies,
-            c.server_cpu_s,
-            c.us_per_hello,
-            c.raw_us_per_connection,
-            c.raw_connections,
-            c.us_beyond_tcp,
-            c.us_per_cookie_in_memory
-        );
-        s
-    }
-
-    /// The chart's curves: per round, the share of honest tries with a handshake within x ms.
-    pub fn curves(&self) -> Vec<(String, Vec<(f64, f64)>)> {
-        self.rounds
-            .iter()
-            .map(|r| {
-                let n = r.tries.max(1) as f64;
-                let pts = r
-                    .curve
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (*t, 100.0 * (i + 1) as f64 / n))
-                    .collect();
-                (r.attack.to_string(), pts)
-            })
-            .collect()
-    }
-
-    /// Writes `attack.svg` into `dir`.
-    pub fn write_plot(&self, dir: &Path) -> std::io::Result<PathBuf> {
-        super::plot::write_attack(self, dir)
-    }
 }

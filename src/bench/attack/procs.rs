@@ -133,6 +133,13 @@ impl ServerProc {
         status_kib(self.child.id(), "VmHWM:").unwrap_or(0)
     }
 
+    /// Lines it has logged so far, and their bytes.
+    pub fn logged(&self) -> (usize, usize) {
+        self.lines.lock().map_or((0, 0), |l| {
+            (l.len(), l.iter().map(|line| line.len() + 1).sum())
+        })
+    }
+
     /// Stops it with SIGTERM and returns the counters it logged when it stopped.
     pub fn stop(mut self) -> Result<BTreeMap<String, u64>, BenchError> {
         terminate(self.child.id())?;
