@@ -275,6 +275,16 @@ pub fn write_storm(report: &super::storm::StormReport, dir: &Path) -> std::io::R
     Ok(path)
 }
 
+/// A cumulative curve: for each of the `sorted` values, the share (%) of `n` at or below it.
+pub fn cumulative(sorted: &[f64], n: usize) -> Vec<(f64, f64)> {
+    let n = n.max(1) as f64;
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (*t, 100.0 * (i + 1) as f64 / n))
+        .collect()
+}
+
 /// Writes the attack chart (`secchan bench --attack`) into `dir`.
 pub fn write_attack(report: &super::attack::AttackReport, dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;

@@ -321,6 +321,25 @@ fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<
     Ok(())
 }
 
+/// Writes `report` as JSON (`--json`) and its chart (`--plot`, by `plot`) if asked.
+fn write_outputs<R: serde::Serialize>(
+    args: &BenchArgs,
+    report: &R,
+    plot: impl FnOnce(&std::path::Path) -> std::io::Result<std::path::PathBuf>,
+) -> Result<(), CliError> {
+    if let Some(path) = &args.json {
+        write_json(path, report)?;
+    }
+    if let Some(dir) = &args.plot {
+        let file = plot(dir).map_err(|source| CliError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        eprintln!("secchan bench: chart written to {}", file.display());
+    }
+    Ok(())
+}
+
 /// `bench --attack`.
 async fn attack(args: &BenchArgs) -> Result<(), CliError> {
     let bench = bench::attack::AttackBench {
@@ -334,17 +353,7 @@ async fn attack(args: &BenchArgs) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
     print!("{}", report.markdown());
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
-    }
-    if let Some(dir) = &args.plot {
-        let file = report.write_plot(dir).map_err(|source| CliError::Write {
-            path: dir.clone(),
-            source,
-        })?;
-        eprintln!("secchan bench: chart written to {}", file.display());
-    }
-    Ok(())
+    write_outputs(args, &report, |dir| report.write_plot(dir))
 }
 
 /// `bench --attacker KIND`: one attacker process of `bench --attack`; prints its counts.
@@ -412,15 +421,5 @@ async fn flood(args: &BenchArgs, url: &str) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
     print!("{}", report.to_table());
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
-    }
-    if let Some(dir) = &args.plot {
-        let file = report.write_plot(dir).map_err(|source| CliError::Write {
-            path: dir.clone(),
-            source,
-        })?;
-        eprintln!("secchan bench: chart written to {}", file.display());
-    }
-    Ok(())
+    write_outputs(args, &report, |dir| report.write_plot(dir))
 }

@@ -160,12 +160,54 @@ impl ServerProc {
     }
 }
 
-/// A `secchan bench --attacker` child process.
-pub struct AttackerProc {
+/// A `secchan bench` helper child process that prints a line when it is up, runs until a
+/// line arrives on its stdin, and prints one last line.
+pub struct Helper {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
+
+impl Helper {
+    /// Starts `exe bench ARGS`; the helper and the first line it printed.
+    fn start(exe: &Path, args: &[String]) -> Result<(Self, String), BenchError> {
+        let mut child = Command::new(exe)
+            .arg("bench")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or_else(|| helper_failed("stdin"))?;
+        let mut stdout =
+            BufReader::new(child.stdout.take().ok_or_else(|| helper_failed("stdout"))?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let helper = Self {
+            child,
+            stdin,
+            stdout,
+        };
+        Ok((helper, line.trim().to_string()))
+    }
+
+    /// CPU seconds it has used.
+    pub fn cpu_s(&self) -> f64 {
+        cpu_s(self.child.id()).unwrap_or(0.0)
+    }
+
+    /// Stops it; its last line.
+    fn finish(mut self) -> Result<String, BenchError> {
+        let _ = self.stdin.write_all(b"\n");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let _ = self.child.wait();
+        Ok(line.trim().to_string())
+    }
+}
+
+/// A `secchan bench --attacker` child process.
+pub struct AttackerProc(Helper);
 
 impl AttackerProc {
     /// Starts an attacker of `kind` with `conns` connections to `target` from `sources`, and
@@ -181,53 +223,41 @@ impl AttackerProc {
             .map(|v| v.get_name().to_string())
             .unwrap_or_default();
         let sources: Vec<String> = sources.iter().map(IpAddr::to_string).collect();
-        let mut child = Command::new(exe)
-            .args(["bench", "--attacker", &kind_name])
-            .args(["--attack-target", &target.to_string()])
-            .args(["--attack-sources", &sources.join(",")])
-            .args(["--attack-conns", &conns.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdin = child.stdin.take().ok_or_else(|| helper_failed("stdin"))?;
-        let mut stdout =
-            BufReader::new(child.stdout.take().ok_or_else(|| helper_failed("stdout"))?);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        if line.trim() != "ready" {
+        let args = [
+            "--attacker".to_string(),
+            kind_name.clone(),
+            "--attack-target".into(),
+            target.to_string(),
+            "--attack-sources".into(),
+            sources.join(","),
+            "--attack-conns".into(),
+            conns.to_string(),
+        ];
+        let (helper, line) = Helper::start(exe, &args)?;
+        if line != "ready" {
             return Err(helper_failed(&format!(
                 "attacker {kind_name} did not start"
             )));
         }
-        Ok(Self {
-            child,
-            stdin,
-            stdout,
-        })
+        Ok(Self(helper))
     }
 
     /// CPU seconds it has used.
     pub fn cpu_s(&self) -> f64 {
-        cpu_s(self.child.id()).unwrap_or(0.0)
+        self.0.cpu_s()
     }
 
     /// Stops it; what it counted.
-    pub fn stop(mut self) -> Result<Counts, BenchError> {
-        let _ = self.stdin.write_all(b"\n");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        let _ = self.child.wait();
-        serde_json::from_str(line.trim())
+    pub fn stop(self) -> Result<Counts, BenchError> {
+        let line = self.0.finish()?;
+        serde_json::from_str(&line)
             .map_err(|_| helper_failed(&format!("attacker counts: {line:?}")))
     }
 }
 
 /// A `secchan bench --raw-responder` child process (the raw TCP baseline).
 pub struct RawProc {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    helper: Helper,
     /// Where it listens.
     pub addr: SocketAddr,
 }
@@ -235,43 +265,23 @@ pub struct RawProc {
 impl RawProc {
     /// Starts it and waits until it listens.
     pub fn start(exe: &Path) -> Result<Self, BenchError> {
-        let mut child = Command::new(exe)
-            .args(["bench", "--raw-responder"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdin = child.stdin.take().ok_or_else(|| helper_failed("stdin"))?;
-        let mut stdout =
-            BufReader::new(child.stdout.take().ok_or_else(|| helper_failed("stdout"))?);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
+        let (helper, line) = Helper::start(exe, &["--raw-responder".to_string()])?;
         let addr = line
-            .trim()
             .strip_prefix("addr=")
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| helper_failed("the raw responder did not start"))?;
-        Ok(Self {
-            child,
-            stdin,
-            stdout,
-            addr,
-        })
+        Ok(Self { helper, addr })
     }
 
     /// CPU seconds it has used.
     pub fn cpu_s(&self) -> f64 {
-        cpu_s(self.child.id()).unwrap_or(0.0)
+        self.helper.cpu_s()
     }
 
     /// Stops it; the connections it answered.
-    pub fn stop(mut self) -> Result<u64, BenchError> {
-        let _ = self.stdin.write_all(b"\n");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        let _ = self.child.wait();
-        line.trim()
-            .parse()
+    pub fn stop(self) -> Result<u64, BenchError> {
+        let line = self.helper.finish()?;
+        line.parse()
             .map_err(|_| helper_failed(&format!("raw responder count: {line:?}")))
     }
 }

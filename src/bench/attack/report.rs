@@ -76,13 +76,7 @@ impl AttackReport {
         self.rounds
             .iter()
             .map(|r| {
-                let n = r.tries.max(1) as f64;
-                let pts = r
-                    .curve
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (*t, 100.0 * (i + 1) as f64 / n))
-                    .collect();
+                let pts = crate::bench::plot::cumulative(&r.curve, r.tries);
                 let name = if r.defences {
                     r.attack.to_string()
                 } else {
