@@ -340,6 +340,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cumulative_curve_counts_against_every_try_not_only_the_successes() {
+        // Two successes of four tries: the curve ends at 50 %, not 100 %.
+        assert_eq!(cumulative(&[1.0, 3.0], 4), vec![(1.0, 25.0), (3.0, 50.0)]);
+        assert!(cumulative(&[], 0).is_empty());
+    }
+
+    #[test]
     fn ticks_are_round_and_cover_the_maximum() {
         assert_eq!(ticks(9.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
         assert_eq!(ticks(0.0), vec![0.0, 1.0]);

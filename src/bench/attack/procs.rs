@@ -285,3 +285,20 @@ impl RawProc {
             .map_err(|_| helper_failed(&format!("raw responder count: {line:?}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_s_totals_and_a_process_s_cpu_time_are_read() {
+        let line = "2026-01-01T00:00:00Z  INFO secchan::service::tcp_server: connections served accepted=7 sessions=2 evicted=0 mode=hybrid";
+        let f = fields(line);
+        assert_eq!(f.get("accepted"), Some(&7));
+        assert_eq!(f.get("sessions"), Some(&2));
+        assert_eq!(f.get("evicted"), Some(&0));
+        assert!(!f.contains_key("mode"), "only numbers are counts");
+        assert!(cpu_s(std::process::id()).is_some());
+        assert!(status_kib(std::process::id(), "VmRSS:").is_some_and(|k| k > 0));
+    }
+}
