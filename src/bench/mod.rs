@@ -6,6 +6,7 @@
 //! [`Listener`](crate::transport::tcp::Listener) on a runtime of its own); with one it
 //! measures against a running `secchan server`, e.g. from a Raspberry Pi over a real network.
 
+pub mod attack;
 #[cfg(feature = "mqtt")]
 pub mod flood;
 mod measure;
