@@ -27,10 +27,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(2);
     };
     let identity = IdentityKey::from_file_text(&std::fs::read_to_string(key_file)?)?;
-    let config = DeviceConfig {
-        identity: Some(Arc::new(identity)),
-        ..DeviceConfig::default() // hybrid X25519 + ML-KEM-768
-    };
+    let config = DeviceConfig::default() // hybrid X25519 + ML-KEM-768
+        .with_identity(Arc::new(identity));
     let options = DeviceOptions {
         timeouts: Timeouts::default(),
         keepalive: Duration::from_secs(30),
