@@ -81,7 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         limits: Default::default(),
         hello_timeout: tcp_server::DEFAULT_HELLO_TIMEOUT,
         drain_timeout: Duration::from_secs(5),
-        registry: None,
+        live: None,
     };
     let stop = async move {
         tokio::select! {

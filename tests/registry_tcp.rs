@@ -101,7 +101,7 @@ async fn start_polling(
     poll: Duration,
 ) -> (SocketAddr, Arc<RegistryAuthorizer>, mpsc::Receiver<Outcome>) {
     let registry = Arc::new(RegistryAuthorizer::open(path, server_key(), groups).unwrap());
-    registry.watch(poll);
+    secchan::service::live::watch(registry.clone(), poll);
     let config = ServerConfig::new(server_key(), registry.clone());
     let listener = Listener::bind("127.0.0.1:0", Arc::new(config), timeouts())
         .await
