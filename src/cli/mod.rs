@@ -8,6 +8,7 @@ mod demo;
 mod device;
 mod error;
 mod keys;
+mod metrics;
 #[cfg(feature = "mqtt")]
 mod mqtt;
 mod outbox;

@@ -58,6 +58,11 @@ pub struct ServerArgs {
     /// time.
     #[arg(long, value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=3600))]
     registry_poll: u64,
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9464: sessions, handshakes by outcome, refusals, evictions, cookies, messages
+    /// written and duplicates; totals only, no device names.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Most sessions at once (authenticated devices); handshakes in progress have their own
     /// budget (--max-pending), and a device with no room is refused with busy. Each takes a
     /// file descriptor: keep the two together below the open-file limit (`ulimit -n`).
@@ -235,6 +240,7 @@ async fn serve(
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {
         let limits = (args.session.timeouts(), args.max_sessions as usize);
+        let _metrics = metrics(args, &intake, None).await?;
         return super::mqtt::serve(&args.mqtt, url, config, limits, intake, stop).await;
     }
     let fingerprint = config.identity.public().fingerprint();
@@ -255,8 +261,43 @@ async fn serve(
         drain_timeout: Duration::from_secs(args.drain_timeout),
         live,
     };
-    tcp_server::run(listener, intake, options, stop).await;
+    let server = tcp_server::TcpServer::new(options)
+        .map_err(|e| CliError::LocalIo(std::io::Error::other(e.to_string())))?;
+    let _metrics = metrics(args, &intake, Some(server.counters())).await?;
+    server.run(listener, intake, stop).await;
     Ok(())
+}
+
+/// Starts `--metrics`, if asked for; the task ends when the returned guard is dropped.
+async fn metrics(
+    args: &ServerArgs,
+    intake: &intake::Intake,
+    counters: Option<tcp_server::Counters>,
+) -> Result<Option<AbortOnDrop>, CliError> {
+    let Some(addr) = &args.metrics else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| CliError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
+    Ok(Some(AbortOnDrop(super::metrics::serve(
+        listener,
+        intake.clone(),
+        counters,
+    ))))
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Accepts devices until interrupted, printing one JSON line per message.

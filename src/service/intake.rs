@@ -80,9 +80,15 @@ impl IntakeSession {
 pub struct Intake {
     queue: mpsc::Sender<Submission>,
     next_id: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stats: std::sync::Arc<std::sync::Mutex<IntakeStats>>,
 }
 
 impl Intake {
+    /// The counters so far (as of the last batch written), e.g. for metrics.
+    pub fn stats(&self) -> IntakeStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A new session's handle and the receiver of its acknowledgements.
     pub fn session(&self) -> (IntakeSession, AckReceiver) {
         let id = self
@@ -118,6 +124,8 @@ struct Task {
     state: Option<StateDir>,
     stats: IntakeStats,
     throttle: Throttle,
+    /// `stats`, for [`Intake::stats`], after each batch.
+    shared: std::sync::Arc<std::sync::Mutex<IntakeStats>>,
 }
 
 /// Counts, at start, the messages the sink held beyond the state's last checkpoint: written
@@ -166,12 +174,15 @@ pub fn start(
         state,
         stats: IntakeStats::default(),
         throttle: Throttle::default(),
+        shared: Default::default(),
     };
+    let stats = task.shared.clone();
     let handle = tokio::spawn(task.run(rx));
     (
         Intake {
             queue,
             next_id: Default::default(),
+            stats,
         },
         handle,
     )
@@ -183,6 +194,7 @@ impl Task {
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
             self.handle(&mut batch).await?;
             batch.clear();
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = self.stats;
         }
         Ok(self.stats)
     }

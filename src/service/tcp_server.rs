@@ -73,9 +73,15 @@ pub async fn run(
     }
 }
 
-/// What a server's admission has counted, readable while it runs (tests, and later metrics).
+/// What a server's admission has counted, readable while it runs (tests, metrics).
 #[derive(Clone)]
 pub struct Counters(Arc<Shared>);
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Counters").field(&self.stats()).finish()
+    }
+}
 
 impl Counters {
     /// The counters so far.
