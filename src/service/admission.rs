@@ -103,6 +103,9 @@ pub struct AdmissionStats {
     pub sessions_refused: u64,
     /// Sessions closed for a newer one of the same device identity.
     pub sessions_replaced: u64,
+    /// Sessions established while the same device identity held one from another source: one
+    /// key in two places (a copied or stolen key, or a device that moved networks).
+    pub duplicate_keys: u64,
     /// Most pending handshakes at once.
     pub peak_pending: u64,
     /// Most established sessions at once.
@@ -471,6 +474,7 @@ impl<H> Admission<H> {
     /// handshake stays pending until [`release`](Self::release).
     pub fn establish(&mut self, id: u64, device: Option<[u8; 32]>) -> Result<Vec<H>, Refusal> {
         let source = self.pending.get(&id).ok_or(Refusal::Evicted)?.source;
+        let elsewhere = device.is_some_and(|d| self.held_elsewhere(&d, &source));
         let replace: Vec<u64> = match device.and_then(|d| self.devices.get(&d)) {
             Some(held) => {
                 let over = (held.len() + 1).saturating_sub(self.limits.sessions_per_device);
@@ -518,8 +522,17 @@ impl<H> Admission<H> {
             },
         );
         self.stats.sessions += 1;
+        self.stats.duplicate_keys += u64::from(elsewhere);
         self.stats.peak_sessions = self.stats.peak_sessions.max(self.sessions.len() as u64);
         Ok(replaced)
+    }
+
+    /// Whether `device` holds a session from a source other than `source`.
+    pub fn held_elsewhere(&self, device: &[u8; 32], source: &Source) -> bool {
+        self.devices.get(device).is_some_and(|held| {
+            held.iter()
+                .any(|s| self.sessions.get(s).is_some_and(|e| e.source != *source))
+        })
     }
 
     fn remove_session(&mut self, id: u64) -> Option<Established<H>> {

@@ -312,3 +312,29 @@ fn idle_sources_are_forgotten_and_the_summary_names_what_grew() {
         Some("1 hello timeouts, 1 cookies sent")
     );
 }
+
+#[test]
+fn one_key_from_two_addresses_is_counted_as_a_duplicate_and_a_reconnect_is_not() {
+    let t0 = Instant::now();
+    let mut a = Admission::new(
+        Limits {
+            max_sessions: 10,
+            ..limits()
+        },
+        t0,
+    );
+    let key = [3; 32];
+    let (s1, _) = connect(&mut a, "192.0.2.1", "first", t0);
+    a.establish(s1, Some(key)).unwrap();
+    // The same device again from its own address: a reconnect, not a duplicate.
+    let (s2, _) = connect(&mut a, "192.0.2.1", "again", t0);
+    a.establish(s2, Some(key)).unwrap();
+    assert_eq!(a.stats().duplicate_keys, 0);
+    let (s3, _) = connect(&mut a, "198.51.100.9", "elsewhere", t0);
+    a.establish(s3, Some(key)).unwrap();
+    assert_eq!(a.stats().duplicate_keys, 1);
+    // Another identity from that address is no duplicate.
+    let (s4, _) = connect(&mut a, "198.51.100.9", "other", t0);
+    a.establish(s4, Some([4; 32])).unwrap();
+    assert_eq!(a.stats().duplicate_keys, 1);
+}

@@ -28,6 +28,7 @@ struct Throttles {
     refused: Throttle,
     replaced: Throttle,
     no_room: Throttle,
+    duplicate: Throttle,
 }
 
 /// What every connection's task shares: the admission state, the cookie keys, the deadline.
@@ -164,7 +165,15 @@ pub async fn handshake(
             return None;
         }
     };
-    let established = shared.admission().establish(id, peer.identity.map(|i| i.0));
+    let (established, duplicate) = {
+        let mut admission = shared.admission();
+        let before = admission.stats().duplicate_keys;
+        let established = admission.establish(id, peer.identity.map(|i| i.0));
+        (established, admission.stats().duplicate_keys > before)
+    };
+    if duplicate {
+        warn_dropped!(locked(&shared.throttles).duplicate, device = %peer.name, peer = %source, "this device identity already has a session from another address: one key in two places (a copied or stolen key, or a device that moved); revoke the key if it is not the device's");
+    }
     match established {
         Ok(replaced) => {
             if !replaced.is_empty() {
