@@ -14,9 +14,9 @@ pub use resume::{
     NewTicket, ResumeHello, ResumeServerHello, BINDER_LEN, CONFIRM_LEN, MAX_TICKET_LEN,
 };
 
-/// Protocol version byte carried by every handshake message and alert (protocol.md §2):
-/// version 2 added resumption.
-pub const VERSION: u8 = 0x02;
+/// Protocol version byte carried by every handshake message and alert (protocol.md §1):
+/// version 2 added resumption, version 3 padded the anonymous DeviceFinish.
+pub const VERSION: u8 = 0x03;
 
 /// The first byte of every frame (protocol.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +235,13 @@ pub enum DeviceAuthKind {
     Enroll = 0x02,
 }
 
+/// Length of an identified device's `device_auth`: kind, public key and signature. The
+/// anonymous kind is padded with zeros to this length, so that a DeviceFinish does not tell an
+/// observer whether the device presented an identity (protocol.md §4.3).
+pub const DEVICE_AUTH_LEN: usize = 1 + PUBLIC_KEY_LEN + SIGNATURE_LEN;
+/// Length of an enrollment's `device_auth`: an identity plus the token's key and proof.
+pub const ENROLL_AUTH_LEN: usize = DEVICE_AUTH_LEN + PUBLIC_KEY_LEN + SIGNATURE_LEN;
+
 /// Plaintext of DeviceFinish's sealed payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceAuth {
@@ -266,9 +273,13 @@ impl DeviceAuth {
     /// Encodes the plaintext.
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Self::Anonymous => vec![DeviceAuthKind::Anonymous as u8],
+            Self::Anonymous => {
+                let mut out = vec![0; DEVICE_AUTH_LEN];
+                out[0] = DeviceAuthKind::Anonymous as u8;
+                out
+            }
             Self::Ed25519 { public, signature } => {
-                let mut out = Vec::with_capacity(1 + PUBLIC_KEY_LEN + SIGNATURE_LEN);
+                let mut out = Vec::with_capacity(DEVICE_AUTH_LEN);
                 out.push(DeviceAuthKind::Ed25519 as u8);
                 out.extend_from_slice(public);
                 out.extend_from_slice(signature);
@@ -280,7 +291,7 @@ impl DeviceAuth {
                 token,
                 proof,
             } => {
-                let mut out = Vec::with_capacity(1 + 2 * (PUBLIC_KEY_LEN + SIGNATURE_LEN));
+                let mut out = Vec::with_capacity(ENROLL_AUTH_LEN);
                 out.push(DeviceAuthKind::Enroll as u8);
                 for part in [&public[..], signature, token, proof] {
                     out.extend_from_slice(part);
@@ -294,7 +305,16 @@ impl DeviceAuth {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let auth = match r.u8("device auth kind")? {
-            0x00 => Self::Anonymous,
+            0x00 => {
+                let padding = r.take(DEVICE_AUTH_LEN - 1, "anonymous padding")?;
+                if let Some(&value) = padding.iter().find(|&&b| b != 0) {
+                    return Err(DecodeError::InvalidValue {
+                        field: "anonymous padding",
+                        value,
+                    });
+                }
+                Self::Anonymous
+            }
             0x01 => Self::Ed25519 {
                 public: r.array("device public key")?,
                 signature: r.array("device signature")?,
@@ -317,26 +337,26 @@ impl DeviceAuth {
     }
 }
 
-/// Shortest legal DeviceFinish frame: type byte and a sealed one-byte plaintext.
-const MIN_DEVICE_FINISH: usize = 1 + 1 + TAG_LEN;
-/// Longest legal DeviceFinish frame: an enrollment (kind 0x02).
-const MAX_DEVICE_FINISH: usize = 1 + 1 + 2 * (PUBLIC_KEY_LEN + SIGNATURE_LEN) + TAG_LEN;
+/// The DeviceFinish frame of an anonymous or identified device: 114 bytes.
+pub const DEVICE_FINISH_LEN: usize = 1 + DEVICE_AUTH_LEN + TAG_LEN;
+/// The DeviceFinish frame of an enrollment (kind 0x02): 210 bytes.
+pub const ENROLL_FINISH_LEN: usize = 1 + ENROLL_AUTH_LEN + TAG_LEN;
 
-/// Splits a DeviceFinish frame into its sealed payload.
+/// Splits a DeviceFinish frame into its sealed payload. The frame is exactly
+/// [`DEVICE_FINISH_LEN`] or [`ENROLL_FINISH_LEN`] bytes; any other length is refused before
+/// anything is decrypted.
 pub fn decode_device_finish(frame: &[u8]) -> Result<&[u8], DecodeError> {
     let mut r = Reader::new(frame);
     expect_type(&mut r, FrameType::DeviceFinish)?;
-    let len = frame.len();
-    if len < MIN_DEVICE_FINISH {
-        return Err(DecodeError::Truncated {
+    match frame.len() {
+        DEVICE_FINISH_LEN | ENROLL_FINISH_LEN => Ok(r.rest()),
+        len if len < DEVICE_FINISH_LEN => Err(DecodeError::Truncated {
             field: "sealed device auth",
-            needed: MIN_DEVICE_FINISH - len,
-        });
+            needed: DEVICE_FINISH_LEN - len,
+        }),
+        len if len < ENROLL_FINISH_LEN => Err(DecodeError::TrailingBytes(len - DEVICE_FINISH_LEN)),
+        len => Err(DecodeError::TrailingBytes(len - ENROLL_FINISH_LEN)),
     }
-    if len > MAX_DEVICE_FINISH {
-        return Err(DecodeError::TrailingBytes(len - MAX_DEVICE_FINISH));
-    }
-    Ok(r.rest())
 }
 
 /// Why a peer ended the handshake or the session (protocol.md §8).
@@ -534,8 +554,10 @@ mod tests {
             signature: [2; 64],
         };
         assert_eq!(DeviceAuth::decode(&a.encode()).unwrap(), a);
+        let anonymous = DeviceAuth::Anonymous.encode();
+        assert_eq!(anonymous.len(), a.encode().len());
         assert_eq!(
-            DeviceAuth::decode(&DeviceAuth::Anonymous.encode()).unwrap(),
+            DeviceAuth::decode(&anonymous).unwrap(),
             DeviceAuth::Anonymous
         );
         let e = DeviceAuth::Enroll {
@@ -552,8 +574,26 @@ mod tests {
     }
 
     #[test]
+    fn anonymous_auth_padding_is_checked() {
+        // The unpadded form of protocol versions 1 and 2 is refused.
+        assert!(DeviceAuth::decode(&[0]).is_err());
+        let mut padded = DeviceAuth::Anonymous.encode();
+        padded[96] = 1;
+        assert_eq!(
+            DeviceAuth::decode(&padded),
+            Err(DecodeError::InvalidValue {
+                field: "anonymous padding",
+                value: 1
+            })
+        );
+        padded.pop();
+        assert!(DeviceAuth::decode(&padded).is_err());
+    }
+
+    #[test]
     fn device_finish_length_is_checked_both_ways() {
-        let mut frame = vec![FrameType::DeviceFinish as u8; MIN_DEVICE_FINISH - 1];
+        assert_eq!((DEVICE_FINISH_LEN, ENROLL_FINISH_LEN), (114, 210));
+        let mut frame = vec![FrameType::DeviceFinish as u8; DEVICE_FINISH_LEN - 1];
         assert_eq!(
             decode_device_finish(&frame),
             Err(DecodeError::Truncated {
@@ -561,9 +601,14 @@ mod tests {
                 needed: 1
             })
         );
-        frame.resize(MIN_DEVICE_FINISH, 0);
-        assert_eq!(decode_device_finish(&frame).unwrap().len(), 17);
-        frame.resize(MAX_DEVICE_FINISH, 0);
+        frame.resize(DEVICE_FINISH_LEN, 0);
+        assert_eq!(decode_device_finish(&frame).unwrap().len(), 113);
+        frame.push(0);
+        assert_eq!(
+            decode_device_finish(&frame),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        frame.resize(ENROLL_FINISH_LEN, 0);
         assert_eq!(decode_device_finish(&frame).unwrap().len(), 209);
         frame.push(0);
         assert_eq!(

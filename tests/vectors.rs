@@ -216,7 +216,8 @@ fn generate(
                 &device_auth[33..],
             );
         }
-        None => assert_eq!(device_auth, [0x00]),
+        // Kind 0x00 and 96 zero bytes: padded to the identified length (protocol.md §4.3).
+        None => assert_eq!(device_auth, [0u8; 97]),
     }
     let master = extract(&th3, &hs);
     put(&mut v, "master_secret", &master);
@@ -376,6 +377,23 @@ fn protocol_md_resumption_excerpt_matches_the_vector_file() {
     assert!(checked >= 15, "only {checked} values checked");
 }
 
+#[test]
+fn protocol_md_quotes_the_padded_anonymous_finish() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let spec = std::fs::read_to_string(format!("{root}/protocol.md")).unwrap();
+    let stored: BTreeMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{root}/tests/vectors/classical_x25519_chacha20poly1305.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let finish = &stored["device_finish"];
+    // 114 bytes whatever the kind, anonymous included (protocol.md §4.3).
+    assert_eq!(finish.len(), 2 * 114);
+    assert!(spec.contains(&format!("`{}...`", &finish[..64])));
+}
+
 fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
@@ -520,7 +538,7 @@ fn generate_resumption() -> BTreeMap<&'static str, String> {
     put(&mut v, "resume_hello", &rh);
     put(&mut v, "resume_server_hello", &rsh);
     assert_eq!((rh.len(), rsh.len()), (138, 50));
-    assert_eq!(&rh[..2], &[0x05, 0x02]);
+    assert_eq!(&rh[..2], &[0x05, 0x03]);
     assert_eq!(&rh[34..122], ticket);
     let x_d = x25519_dalek::StaticSecret::from(<[u8; 32]>::try_from(&rand_dx[..]).unwrap());
     assert_eq!(&rh[2..34], x25519_dalek::PublicKey::from(&x_d).as_bytes());

@@ -221,7 +221,8 @@ fn allow_any_device_accepts_anonymous() {
     let (mut scfg, _) = server_config(Mode::Hybrid);
     scfg.authorizer = Arc::new(AllowAnyDevice);
     let (mut d, mut s, sizes) = handshake(&device_config(&X25519_MLKEM768, None), &scfg).unwrap();
-    assert_eq!(sizes[2], 18);
+    // Padded to an identified device's length (protocol.md §4.3).
+    assert_eq!(sizes[2], 114);
     exchange(&mut d, &mut s, b"anon");
 }
 
