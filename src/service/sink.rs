@@ -327,14 +327,15 @@ mod tests {
         assert!(v.get("data").is_none());
     }
 
-    /// The members protocol.md §11.6 lists, in its order, are the line's.
+    /// The members protocol.md §3.5 lists, in its order, are the line's.
     #[test]
     fn lines_have_the_members_protocol_md_lists_in_its_order() {
         let spec = include_str!("../../protocol.md");
         let table = spec
-            .split("### 11.6 The server's output lines")
+            .split("### 3.5 The server's output lines")
             .nth(1)
-            .expect("protocol.md §11.6");
+            .and_then(|rest| rest.split("\n#").next())
+            .expect("protocol.md §3.5");
         let listed: Vec<&str> = table
             .lines()
             .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
