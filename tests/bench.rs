@@ -131,7 +131,9 @@ fn remote_run_measures_a_secchan_server_child_process() {
             "--key",
             key.to_str().unwrap(),
         ])
-        .args(["--mode", "any", "--allow-any-device"]);
+        .args(["--mode", "any", "--allow-any-device"])
+        // The idle sessions are one device identity's: more than its default cap of 4.
+        .args(["--max-sessions-per-device", "16"]);
     let mut server = Server::start(command);
     // The server prints every message on stdout: drain it so it never blocks.
     let mut stdout = server.child.stdout.take().unwrap();

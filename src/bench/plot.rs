@@ -404,6 +404,30 @@ pub fn write_pi(counts: &[PiCount], dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::write(&path, svg)?;
     Ok(path)
 }
+/// A cumulative curve: for each of the `sorted` values, the share (%) of `n` at or below it.
+pub fn cumulative(sorted: &[f64], n: usize) -> Vec<(f64, f64)> {
+    let n = n.max(1) as f64;
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (*t, 100.0 * (i + 1) as f64 / n))
+        .collect()
+}
+
+/// Writes the attack chart (`secchan bench --attack`) into `dir`.
+pub fn write_attack(report: &super::attack::AttackReport, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let chart = Chart {
+        title: "An honest device's handshakes under each attack (TCP, loopback)",
+        x_label: "handshake time (ms)",
+        y_label: "tries with a session within x (%)",
+        log_x: false,
+        series: report.curves(),
+    };
+    let path = dir.join("tcp-attacks.svg");
+    std::fs::write(&path, chart.to_svg())?;
+    Ok(path)
+}
 
 /// Writes the charts into `dir` (created if missing); returns the files written.
 pub fn write(report: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -460,6 +484,13 @@ cortex-a76  X25519           AES-256-GCM             1114531      1112473\n\
         assert_eq!(svg.matches("<rect x=").count(), 4);
         assert!(svg.contains("Pi 4 hybrid: 1.79 M, ≈ 1.20 ms"), "{svg}");
         assert!(svg.contains("Pi 5 classical"), "{svg}");
+    }
+
+    #[test]
+    fn a_cumulative_curve_counts_against_every_try_not_only_the_successes() {
+        // Two successes of four tries: the curve ends at 50 %, not 100 %.
+        assert_eq!(cumulative(&[1.0, 3.0], 4), vec![(1.0, 25.0), (3.0, 50.0)]);
+        assert!(cumulative(&[], 0).is_empty());
     }
 
     #[test]

@@ -201,7 +201,11 @@ async fn measure(
     let (intake, written) = intake::start(sink, streams, None);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let options = tcp_server::ServerOptions {
-        max_sessions: 1024,
+        limits: crate::service::admission::Limits {
+            max_sessions: 1024,
+            ..Default::default()
+        },
+        hello_timeout: tcp_server::DEFAULT_HELLO_TIMEOUT,
         drain_timeout: Duration::from_secs(1),
         registry: None,
     };

@@ -99,13 +99,7 @@ impl StormReport {
         self.rounds
             .iter()
             .map(|r| {
-                let n = r.curve.len().max(1) as f64;
-                let pts = r
-                    .curve
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (*t, 100.0 * (i + 1) as f64 / n))
-                    .collect();
+                let pts = super::plot::cumulative(&r.curve, r.curve.len());
                 (r.how.to_string(), pts)
             })
             .collect()

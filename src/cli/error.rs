@@ -104,18 +104,6 @@ pub enum CliError {
         /// Its length.
         len: usize,
     },
-    /// The server did not answer the device's close in time.
-    #[error("the server did not confirm the close within {secs} s: the last messages may not have arrived; check the server's log, or allow longer with --close-timeout")]
-    CloseUnconfirmed {
-        /// The wait, in seconds.
-        secs: u64,
-    },
-    /// The server closed the session while input remained.
-    #[error("the server closed the session after {sent} lines, before the input ended; check the server's log")]
-    ServerClosed {
-        /// Lines sent before the close.
-        sent: usize,
-    },
     /// The state directory (`--state-dir`) or the device's spool (`--spool`) is unusable.
     #[error("{0}")]
     StateDir(crate::delivery::log::StoreError),

@@ -1,6 +1,7 @@
 //! The `secchan` command line: argument parsing and wiring only. Every failure becomes one
 //! line on stderr saying what went wrong and what to do, and a non-zero exit.
 
+mod admission;
 mod bench;
 mod config;
 mod demo;

@@ -56,9 +56,9 @@ pub struct ServerArgs {
     /// sessions are closed within this time.
     #[arg(long, value_name = "SECS", default_value_t = 1, requires = "registry", value_parser = clap::value_parser!(u64).range(1..=3600))]
     registry_poll: u64,
-    /// Most devices served at once (sessions and handshakes in progress); connections beyond
-    /// it are dropped with a warning. Each takes a file descriptor: keep it below the
-    /// open-file limit (`ulimit -n`).
+    /// Most sessions at once (authenticated devices); handshakes in progress have their own
+    /// budget (--max-pending), and a device with no room is refused with busy. Each takes a
+    /// file descriptor: keep the two together below the open-file limit (`ulimit -n`).
     #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_SESSIONS))]
     max_sessions: u32,
     /// Accept any device, including anonymous ones. Not recommended outside testing.
@@ -87,6 +87,8 @@ pub struct ServerArgs {
     tickets: TicketArgs,
     #[command(flatten)]
     sink: super::sink::SinkArgs,
+    #[command(flatten)]
+    admission: super::admission::AdmissionArgs,
 }
 
 /// Upper bound of `--max-sessions`: far above what one process can hold open, far below what
@@ -232,7 +234,8 @@ async fn serve(
     );
     let _watchdog = super::service::notify_ready();
     let options = tcp_server::ServerOptions {
-        max_sessions: args.max_sessions,
+        limits: args.admission.limits(args.max_sessions as usize),
+        hello_timeout: args.admission.hello_timeout(),
         drain_timeout: Duration::from_secs(args.drain_timeout),
         registry,
     };

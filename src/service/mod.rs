@@ -11,6 +11,7 @@
 //! - [`tcp_device`]: a device that keeps a session up over TCP (reconnect with back-off,
 //!   resumption tickets) and delivers every message of its outbox.
 
+pub mod admission;
 pub mod intake;
 #[cfg(feature = "mqtt")]
 pub mod mqtt_server;
@@ -19,5 +20,7 @@ pub mod sink;
 pub mod sink_mqtt;
 #[cfg(feature = "postgres")]
 pub mod sink_postgres;
+pub mod source;
+mod tcp_accept;
 pub mod tcp_device;
 pub mod tcp_server;

@@ -158,7 +158,7 @@ fn retryable(e: &TransportError) -> bool {
         TransportError::Handshake(HandshakeError::PeerAlert(code))
         | TransportError::Session(crate::session::SessionError::PeerAlert(code)) => matches!(
             code,
-            AlertCode::Timeout | AlertCode::InternalError | AlertCode::GoingAway
+            AlertCode::Timeout | AlertCode::InternalError | AlertCode::GoingAway | AlertCode::Busy
         ),
         TransportError::Session(_) => true,
         _ => false,
