@@ -14,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-60}
 shift || true
-all=(handshake_flow resume_flow delivery mqtt_delivery registry_log handshake_messages
-  record_open registry_parsers registry_verify)
+all=(handshake_flow resume_flow cookie_flow admission delivery mqtt_delivery registry_log
+  handshake_messages record_open registry_parsers registry_verify)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
@@ -23,6 +23,8 @@ targets=("$@")
 declare -A must=(
   [handshake_flow]="device_finish established record message key_update close"
   [resume_flow]="ticket_taken resume_accepted resumed record"
+  [cookie_flow]="cookie_hello cookie_valid cookie_refused device_finish established record"
+  [admission]="proceed cookie busy established replaced evicted"
   [delivery]="written ack all_delivered"
   [mqtt_delivery]="established record written ack all_delivered"
   [registry_log]="verified device_accepted"
