@@ -28,6 +28,7 @@ pub const VERSION: u8 = 0x03;
 /// The first byte of every frame (protocol.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum FrameType {
     /// Device -> server, first handshake message.
     DeviceHello = 0x01,
@@ -244,6 +245,7 @@ impl<'a> ServerHello<'a> {
 /// Why a peer ended the handshake or the session (protocol.md §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum AlertCode {
     /// Orderly close: all data was delivered.
     CloseNotify = 0x00,

@@ -81,7 +81,7 @@ async fn start_with(limits: Limits, hello_timeout: Duration, config: ServerConfi
         limits,
         hello_timeout,
         drain_timeout: Duration::from_secs(1),
-        registry: None,
+        live: None,
     };
     let server = TcpServer::new(options).unwrap();
     let counters = server.counters();

@@ -95,6 +95,7 @@ fuzz_target!(|input: Input| {
                         );
                     }
                     Verdict::Busy => r.hit("busy"),
+                    _ => r.hit("other_verdict"),
                 }
             }
             Op::Establish { pick, device } => {

@@ -54,10 +54,7 @@ fuzz_target!(|input: Input| {
         Arc::new(AllowAnyDevice),
     );
     scfg.mode = Mode::Classical;
-    let dcfg = DeviceConfig {
-        suite: &X25519_ONLY,
-        ..DeviceConfig::default()
-    };
+    let dcfg = DeviceConfig::default().with_suite(&X25519_ONLY);
     let mut rng = FuzzRandom::new(input.seed);
     let Ok((expect, hello)) = device::start(&dcfg, &mut rng) else {
         return;

@@ -60,18 +60,17 @@ fuzz_target!(|input: Input| {
     if input.chacha_first {
         aeads.reverse();
     }
-    let mut dcfg = DeviceConfig {
-        suite: if input.hybrid {
-            &X25519_MLKEM768
-        } else {
-            &X25519_ONLY
-        },
-        aeads,
-        identity: input.device_identity.then(|| device_key.clone()),
-        ..DeviceConfig::default()
+    let suite = if input.hybrid {
+        &X25519_MLKEM768
+    } else {
+        &X25519_ONLY
     };
+    let mut dcfg = DeviceConfig::default()
+        .with_suite(suite)
+        .with_aeads(aeads)
+        .with_identity(input.device_identity.then(|| device_key.clone()));
     if input.enrollment && input.device_identity {
-        dcfg.enrollment = Some(Arc::new(IdentityKey::from_seed(&[0x70; 32])));
+        dcfg = dcfg.with_enrollment(Arc::new(IdentityKey::from_seed(&[0x70; 32])));
     }
     dcfg.session.ordered = input.ordered;
     let now = Instant::now();

@@ -73,10 +73,7 @@ fuzz_target!(|input: Input| {
     );
     scfg.mode = Mode::Classical;
     scfg.session.ordered = false;
-    let mut dcfg = DeviceConfig {
-        suite: &X25519_ONLY,
-        ..DeviceConfig::default()
-    };
+    let mut dcfg = DeviceConfig::default().with_suite(&X25519_ONLY);
     dcfg.session.ordered = false;
     let mut now = Instant::now();
     let mut rng = FuzzRandom::new(input.seed);

@@ -50,13 +50,13 @@ fuzz_target!(|input: Input| {
     };
     let resumption = Arc::new(resumption);
     scfg.resumption = Some(resumption.clone());
-    let dcfg = DeviceConfig {
-        suite: &X25519_ONLY,
-        identity: input
-            .device_identity
-            .then(|| Arc::new(IdentityKey::from_seed(&[0xde; 32]))),
-        ..DeviceConfig::default()
-    };
+    let dcfg = DeviceConfig::default()
+        .with_suite(&X25519_ONLY)
+        .with_identity(
+            input
+                .device_identity
+                .then(|| Arc::new(IdentityKey::from_seed(&[0xde; 32]))),
+        );
     let now = Instant::now();
     let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
     let mut rng = FuzzRandom::new(input.seed);

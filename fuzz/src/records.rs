@@ -193,6 +193,7 @@ impl Pair {
                 Ok(Event::KeyUpdated) => reach.hit("key_update"),
                 Ok(Event::Ticket) => reach.hit("ticket"),
                 Ok(Event::Closed) => reach.hit("close"),
+                Ok(_) => reach.hit("other_event"),
                 Err(_) => reach.hit("record_refused"),
             }
         }

@@ -207,7 +207,7 @@ async fn measure(
         },
         hello_timeout: tcp_server::DEFAULT_HELLO_TIMEOUT,
         drain_timeout: Duration::from_secs(1),
-        registry: None,
+        live: None,
     };
     let server = tokio::spawn(tcp_server::run(listener, intake, options, async {
         let _ = stopped.await;

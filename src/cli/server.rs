@@ -11,6 +11,7 @@ use crate::handshake::ticket::Resumption;
 use crate::handshake::ticket_file;
 use crate::handshake::{AllowAnyDevice, Authorizer, Mode};
 use crate::registry::{Groups, RegistryAuthorizer};
+use crate::service::live::{DevicesFile, Live};
 use crate::service::{intake, tcp_server};
 use crate::transport::tcp::Listener;
 use clap::Args;
@@ -52,9 +53,10 @@ pub struct ServerArgs {
     /// not extend it (a rollback to an older copy of both files).
     #[arg(long, value_name = "FILE", requires = "registry")]
     registry_anchor: Option<PathBuf>,
-    /// With --registry: seconds between checks of the registry for changes; revoked devices'
-    /// sessions are closed within this time.
-    #[arg(long, value_name = "SECS", default_value_t = 1, requires = "registry", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    /// Seconds between checks of the registry or the authorized-devices file for changes
+    /// (SIGHUP checks at once); sessions of revoked or removed devices are closed within this
+    /// time.
+    #[arg(long, value_name = "SECS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=3600))]
     registry_poll: u64,
     /// Most sessions at once (authenticated devices); handshakes in progress have their own
     /// budget (--max-pending), and a device with no room is refused with busy. Each takes a
@@ -144,9 +146,9 @@ impl TicketArgs {
 }
 
 /// Builds the server configuration from the command line, and the registry if one is used.
-fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthorizer>>), CliError> {
+fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<dyn Live>>), CliError> {
     let identity = Arc::new(load_secret(args.key.as_deref().unwrap_or(Path::new("")))?);
-    let mut registry = None;
+    let mut live: Option<Arc<dyn Live>> = None;
     let authorizer: Arc<dyn Authorizer> = match (&args.authorized_devices, args.allow_any_device) {
         _ if args.registry.is_some() => {
             let path = args.registry.clone().unwrap_or_default();
@@ -162,10 +164,24 @@ fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthori
                 })?;
             tracing::info!(registry = %path.display(), entries = r.len(), "registry verified");
             let r = Arc::new(r);
-            registry = Some(r.clone());
+            live = Some(r.clone());
             r
         }
-        (Some(path), _) => Arc::new(load_authorized(path)?),
+        (Some(path), _) => {
+            // Parsed now, so a bad file stops the start with the CLI's error; later reloads
+            // log the same message and keep the list in force.
+            load_authorized(path)?;
+            let loader = Box::new(|p: &Path| load_authorized(p).map_err(|e| e.to_string()));
+            let file = Arc::new(DevicesFile::open(path, loader).map_err(|reason| {
+                CliError::AuthorizedDevices {
+                    path: path.clone(),
+                    line: 0,
+                    reason,
+                }
+            })?);
+            live = Some(file.clone());
+            file
+        }
         (None, true) => {
             tracing::warn!("--allow-any-device: every device, even anonymous ones, is accepted");
             Arc::new(AllowAnyDevice)
@@ -185,7 +201,7 @@ fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthori
     }
     config.session = args.session.session_config();
     config.resumption = args.tickets.resumption(args.state_dir.as_deref())?;
-    Ok((config, registry))
+    Ok((config, live))
 }
 
 /// The duplicate filter, restored from `--state-dir` if given.
@@ -212,7 +228,7 @@ fn streams(args: &ServerArgs) -> Result<(Streams, Option<StateDir>), CliError> {
 /// Serves devices over the transport the arguments name until `stop` resolves.
 async fn serve(
     args: &ServerArgs,
-    (config, registry): (Arc<ServerConfig>, Option<Arc<RegistryAuthorizer>>),
+    (config, live): (Arc<ServerConfig>, Option<Arc<dyn Live>>),
     intake: intake::Intake,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
@@ -237,7 +253,7 @@ async fn serve(
         limits: args.admission.limits(args.max_sessions as usize),
         hello_timeout: args.admission.hello_timeout(),
         drain_timeout: Duration::from_secs(args.drain_timeout),
-        registry,
+        live,
     };
     tcp_server::run(listener, intake, options, stop).await;
     Ok(())
@@ -248,11 +264,22 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
     if args.sink.init_sink {
         return args.sink.init().await;
     }
-    let (config, registry) = config(&args)?;
+    let (config, live) = config(&args)?;
     let config = Arc::new(config);
-    let _watch = registry
-        .as_ref()
-        .map(|r| r.watch(Duration::from_secs(args.registry_poll)));
+    let _watch = match live.clone() {
+        Some(l) => crate::service::live::watch(l, Duration::from_secs(args.registry_poll)),
+        None => tokio::spawn(async {
+            // SIGHUP must not end the server (its default action): nothing to reload.
+            #[cfg(unix)]
+            if let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: no device list to reload (--allow-any-device)");
+                }
+            }
+        }),
+    };
     let (mut streams, mut state) = streams(&args)?;
     let mut sink = args.sink.open(args.out.as_deref(), state.is_some()).await?;
     if let Some(state) = &mut state {
@@ -276,7 +303,7 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
         }
         super::service::notify_stopping();
     };
-    let served = serve(&args, (config, registry), intake.clone(), stop).await;
+    let served = serve(&args, (config, live), intake.clone(), stop).await;
     drop(intake);
     let written = written.await;
     served?;

@@ -14,6 +14,7 @@ pub const ACK_LEN: usize = 1 + 8 + 8;
 
 /// A Data record's plaintext in the delivery protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Envelope<'a> {
     /// Device -> server: one telemetry message.
     Message {

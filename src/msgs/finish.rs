@@ -9,6 +9,7 @@ use crate::crypto::identity::{PUBLIC_KEY_LEN, SIGNATURE_LEN};
 /// Device authentication kinds inside DeviceFinish (protocol.md §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum DeviceAuthKind {
     /// No device identity.
     Anonymous = 0x00,
@@ -27,6 +28,7 @@ pub const ENROLL_AUTH_LEN: usize = DEVICE_AUTH_LEN + PUBLIC_KEY_LEN + SIGNATURE_
 
 /// Plaintext of DeviceFinish's sealed payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeviceAuth {
     /// The device presents no identity.
     Anonymous,

@@ -53,6 +53,7 @@ impl std::fmt::Debug for RegistryAuthorizer {
 
 /// What [`RegistryAuthorizer::recv`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Received {
     /// A message from the device.
     Message(bytes::Bytes),
@@ -185,7 +186,8 @@ impl RegistryAuthorizer {
         Ok(self.install(new))
     }
 
-    fn reload_logged(&self) {
+    /// [`reload`](Self::reload), logging a new state (info) or a refused one (error).
+    pub fn reload_logged(&self) {
         match self.reload() {
             Ok(true) => {
                 tracing::info!(registry = %self.path.display(), entries = self.len(), "registry reloaded")
@@ -197,21 +199,6 @@ impl RegistryAuthorizer {
                 "registry failed verification; the last verified state stays in force: inspect it with `secchan registry verify`"
             ),
         }
-    }
-
-    /// Re-reads the registry every `every` until the returned task is aborted, so that
-    /// revocations reach live sessions within `every`.
-    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let m = me.clone();
-                let _ = tokio::task::spawn_blocking(move || m.reload_logged()).await;
-            }
-        })
     }
 
     /// Whether `device` is authorized now, with its name.

@@ -13,6 +13,7 @@
 
 pub mod admission;
 pub mod intake;
+pub mod live;
 #[cfg(feature = "mqtt")]
 pub mod mqtt_server;
 pub mod sink;

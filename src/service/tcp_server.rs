@@ -3,13 +3,13 @@
 
 use super::admission::{AdmissionStats, Limits};
 use super::intake::{Intake, IntakeSession};
+use super::live::Live;
 use super::sink::{Origin, SinkRecord};
 pub use super::tcp_accept::DEFAULT_HELLO_TIMEOUT;
 use super::tcp_accept::{self, Shared};
 use crate::delivery::Envelope;
 use crate::handshake::server::PeerDevice;
 use crate::msgs::AlertCode;
-use crate::registry::RegistryAuthorizer;
 use crate::throttle::WARN_EVERY;
 use crate::transport::tcp::{Connection, Listener};
 use std::future::Future;
@@ -41,9 +41,9 @@ pub struct ServerOptions {
     pub hello_timeout: Duration,
     /// On shutdown, how long sessions go on reading what their devices still send.
     pub drain_timeout: Duration,
-    /// The registry, when devices are authorized by one: a session ends as soon as it stops
-    /// authorizing the device.
-    pub registry: Option<Arc<RegistryAuthorizer>>,
+    /// The device list, when it can change while sessions run (a registry, a reloaded
+    /// authorized-devices file): a session ends as soon as the list stops accepting its device.
+    pub live: Option<Arc<dyn Live>>,
 }
 
 /// How long to wait before the next accept after `e`.
@@ -156,7 +156,7 @@ async fn accept_loop(
                 };
                 let id = shared.connect(&incoming);
                 let (intake, shared_for_task) = (intake.clone(), shared.clone());
-                let registry = options.registry.clone();
+                let live = options.live.clone();
                 let stopped = stopped.clone();
                 let drain = options.drain_timeout;
                 // A pending connection's task holds only the handshake's state: a session's
@@ -164,7 +164,7 @@ async fn accept_loop(
                 let fut = async move {
                     let session = tcp_accept::handshake(incoming, id, shared_for_task, handshake_timeout).await;
                     if let Some((conn, peer, _release)) = session {
-                        Box::pin(serve(conn, peer, intake, registry, stopped, drain)).await;
+                        Box::pin(serve(conn, peer, intake, live, stopped, drain)).await;
                     }
                 };
                 let task = tasks.spawn(fut);
@@ -234,12 +234,12 @@ struct Reading {
     drain_until: Option<Instant>,
 }
 
-/// Serves one device until it closes, the registry stops authorizing it, or the drain ends.
+/// Serves one device until it closes, the device list stops accepting it, or the drain ends.
 async fn serve(
     mut conn: Connection,
     peer: PeerDevice,
     intake: Intake,
-    registry: Option<Arc<RegistryAuthorizer>>,
+    live: Option<Arc<dyn Live>>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
@@ -263,7 +263,7 @@ async fn serve(
     let (submit, mut acks) = intake.session();
     drop(intake);
     let revoked = async {
-        match (&registry, &peer.identity) {
+        match (&live, &peer.identity) {
             (Some(r), Some(id)) => r.until_refused(id).await,
             _ => std::future::pending().await,
         }
@@ -300,7 +300,7 @@ async fn serve(
                 return conn.linger().await;
             }
             code = &mut revoked => {
-                tracing::warn!(device = %peer.name, peer = %addr, reason = %code, "closing the session: the registry no longer authorizes the device");
+                tracing::warn!(device = %peer.name, peer = %addr, reason = %code, "closing the session: the device list no longer accepts the device");
                 let _ = conn.send_close_with(code).await;
                 return conn.linger().await;
             }

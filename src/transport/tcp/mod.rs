@@ -2,6 +2,7 @@
 
 mod connection;
 mod server;
+mod stream;
 
 pub use super::framing::FRAME_PREFIX_LEN;
 use super::{Timeouts, TransportError};
@@ -82,6 +83,7 @@ fn device_connection(
         refusal_window,
         ticket: None,
         answer_close: true,
+        unread: bytes::Bytes::new(),
     }
 }
 

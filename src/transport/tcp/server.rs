@@ -220,6 +220,7 @@ impl Incoming {
             refusal_window: None,
             ticket: None,
             answer_close: true,
+            unread: bytes::Bytes::new(),
         };
         // protocol.md §7.6: a fresh ticket right after every established session.
         if let Some(resumption) = &self.config.resumption {
