@@ -9,16 +9,21 @@ use crate::crypto::identity::{PUBLIC_KEY_LEN, SIGNATURE_LEN};
 use crate::crypto::kem::{Suite, X25519_LEN};
 
 mod cookie;
+mod finish;
 mod resume;
 
 pub use cookie::{CookieHello, CookieReply, COOKIE_LEN};
+pub use finish::{
+    decode_device_finish, DeviceAuth, DeviceAuthKind, DEVICE_AUTH_LEN, DEVICE_FINISH_LEN,
+    ENROLL_AUTH_LEN, ENROLL_FINISH_LEN,
+};
 pub use resume::{
     NewTicket, ResumeHello, ResumeServerHello, BINDER_LEN, CONFIRM_LEN, MAX_TICKET_LEN,
 };
 
-/// Protocol version byte carried by every handshake message and alert (protocol.md §2):
-/// version 2 added resumption.
-pub const VERSION: u8 = 0x02;
+/// Protocol version byte carried by every handshake message and alert (protocol.md §1):
+/// version 2 added resumption, version 3 padded the anonymous DeviceFinish.
+pub const VERSION: u8 = 0x03;
 
 /// The first byte of every frame (protocol.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,124 +242,6 @@ impl<'a> ServerHello<'a> {
     }
 }
 
-/// Device authentication kinds inside DeviceFinish (protocol.md §4.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-#[non_exhaustive]
-pub enum DeviceAuthKind {
-    /// No device identity.
-    Anonymous = 0x00,
-    /// Ed25519 public key and signature.
-    Ed25519 = 0x01,
-    /// Ed25519 public key and signature, plus an enrollment-token proof (docs/registry.md §5).
-    Enroll = 0x02,
-}
-
-/// Plaintext of DeviceFinish's sealed payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DeviceAuth {
-    /// The device presents no identity.
-    Anonymous,
-    /// The device's identity key and its signature over TH2.
-    Ed25519 {
-        /// Public key.
-        public: [u8; PUBLIC_KEY_LEN],
-        /// Signature.
-        signature: [u8; SIGNATURE_LEN],
-    },
-    /// A device joining with an enrollment token: its identity and signature over TH2, the
-    /// token's public key, and the token's signature over TH2 and the device key
-    /// (docs/registry.md §5).
-    Enroll {
-        /// Device public key.
-        public: [u8; PUBLIC_KEY_LEN],
-        /// Device signature.
-        signature: [u8; SIGNATURE_LEN],
-        /// The token's public key (its identifier in the registry).
-        token: [u8; PUBLIC_KEY_LEN],
-        /// The token's proof.
-        proof: [u8; SIGNATURE_LEN],
-    },
-}
-
-impl DeviceAuth {
-    /// Encodes the plaintext.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            Self::Anonymous => vec![DeviceAuthKind::Anonymous as u8],
-            Self::Ed25519 { public, signature } => {
-                let mut out = Vec::with_capacity(1 + PUBLIC_KEY_LEN + SIGNATURE_LEN);
-                out.push(DeviceAuthKind::Ed25519 as u8);
-                out.extend_from_slice(public);
-                out.extend_from_slice(signature);
-                out
-            }
-            Self::Enroll {
-                public,
-                signature,
-                token,
-                proof,
-            } => {
-                let mut out = Vec::with_capacity(1 + 2 * (PUBLIC_KEY_LEN + SIGNATURE_LEN));
-                out.push(DeviceAuthKind::Enroll as u8);
-                for part in [&public[..], signature, token, proof] {
-                    out.extend_from_slice(part);
-                }
-                out
-            }
-        }
-    }
-
-    /// Decodes the plaintext.
-    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(bytes);
-        let auth = match r.u8("device auth kind")? {
-            0x00 => Self::Anonymous,
-            0x01 => Self::Ed25519 {
-                public: r.array("device public key")?,
-                signature: r.array("device signature")?,
-            },
-            0x02 => Self::Enroll {
-                public: r.array("device public key")?,
-                signature: r.array("device signature")?,
-                token: r.array("enrollment token key")?,
-                proof: r.array("enrollment proof")?,
-            },
-            value => {
-                return Err(DecodeError::InvalidValue {
-                    field: "device auth kind",
-                    value,
-                })
-            }
-        };
-        r.finish()?;
-        Ok(auth)
-    }
-}
-
-/// Shortest legal DeviceFinish frame: type byte and a sealed one-byte plaintext.
-const MIN_DEVICE_FINISH: usize = 1 + 1 + TAG_LEN;
-/// Longest legal DeviceFinish frame: an enrollment (kind 0x02).
-pub const MAX_DEVICE_FINISH: usize = 1 + 1 + 2 * (PUBLIC_KEY_LEN + SIGNATURE_LEN) + TAG_LEN;
-
-/// Splits a DeviceFinish frame into its sealed payload.
-pub fn decode_device_finish(frame: &[u8]) -> Result<&[u8], DecodeError> {
-    let mut r = Reader::new(frame);
-    expect_type(&mut r, FrameType::DeviceFinish)?;
-    let len = frame.len();
-    if len < MIN_DEVICE_FINISH {
-        return Err(DecodeError::Truncated {
-            field: "sealed device auth",
-            needed: MIN_DEVICE_FINISH - len,
-        });
-    }
-    if len > MAX_DEVICE_FINISH {
-        return Err(DecodeError::TrailingBytes(len - MAX_DEVICE_FINISH));
-    }
-    Ok(r.rest())
-}
-
 /// Why a peer ended the handshake or the session (protocol.md §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -556,8 +443,10 @@ mod tests {
             signature: [2; 64],
         };
         assert_eq!(DeviceAuth::decode(&a.encode()).unwrap(), a);
+        let anonymous = DeviceAuth::Anonymous.encode();
+        assert_eq!(anonymous.len(), a.encode().len());
         assert_eq!(
-            DeviceAuth::decode(&DeviceAuth::Anonymous.encode()).unwrap(),
+            DeviceAuth::decode(&anonymous).unwrap(),
             DeviceAuth::Anonymous
         );
         let e = DeviceAuth::Enroll {
@@ -574,8 +463,26 @@ mod tests {
     }
 
     #[test]
+    fn anonymous_auth_padding_is_checked() {
+        // The unpadded form of protocol versions 1 and 2 is refused.
+        assert!(DeviceAuth::decode(&[0]).is_err());
+        let mut padded = DeviceAuth::Anonymous.encode();
+        padded[96] = 1;
+        assert_eq!(
+            DeviceAuth::decode(&padded),
+            Err(DecodeError::InvalidValue {
+                field: "anonymous padding",
+                value: 1
+            })
+        );
+        padded.pop();
+        assert!(DeviceAuth::decode(&padded).is_err());
+    }
+
+    #[test]
     fn device_finish_length_is_checked_both_ways() {
-        let mut frame = vec![FrameType::DeviceFinish as u8; MIN_DEVICE_FINISH - 1];
+        assert_eq!((DEVICE_FINISH_LEN, ENROLL_FINISH_LEN), (114, 210));
+        let mut frame = vec![FrameType::DeviceFinish as u8; DEVICE_FINISH_LEN - 1];
         assert_eq!(
             decode_device_finish(&frame),
             Err(DecodeError::Truncated {
@@ -583,9 +490,14 @@ mod tests {
                 needed: 1
             })
         );
-        frame.resize(MIN_DEVICE_FINISH, 0);
-        assert_eq!(decode_device_finish(&frame).unwrap().len(), 17);
-        frame.resize(MAX_DEVICE_FINISH, 0);
+        frame.resize(DEVICE_FINISH_LEN, 0);
+        assert_eq!(decode_device_finish(&frame).unwrap().len(), 113);
+        frame.push(0);
+        assert_eq!(
+            decode_device_finish(&frame),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        frame.resize(ENROLL_FINISH_LEN, 0);
         assert_eq!(decode_device_finish(&frame).unwrap().len(), 209);
         frame.push(0);
         assert_eq!(

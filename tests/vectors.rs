@@ -27,6 +27,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod excerpt;
+use excerpt::check_excerpt;
+
 fn filled(byte: u8, n: usize) -> Vec<u8> {
     (0..n).map(|i| byte.wrapping_add(i as u8)).collect()
 }
@@ -215,7 +218,8 @@ fn generate(
                 &device_auth[33..],
             );
         }
-        None => assert_eq!(device_auth, [0x00]),
+        // Kind 0x00 and 96 zero bytes: padded to the identified length (protocol.md §4.3).
+        None => assert_eq!(device_auth, [0u8; 97]),
     }
     let master = extract(&th3, &hs);
     put(&mut v, "master_secret", &master);
@@ -321,42 +325,6 @@ fn classical_x25519_chacha20poly1305_anonymous() {
     );
 }
 
-/// Every hex value protocol.md §9 quotes (whole, or a prefix ending in "...") in the excerpt
-/// that follows `marker` must be the file's. Returns how many were checked.
-fn check_excerpt(marker: &str, file: &str) -> usize {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let spec = std::fs::read_to_string(format!("{root}/protocol.md")).unwrap();
-    let stored: BTreeMap<String, String> = serde_json::from_str(
-        &std::fs::read_to_string(format!("{root}/tests/vectors/{file}.json")).unwrap(),
-    )
-    .unwrap();
-    let excerpt = spec
-        .split(marker)
-        .nth(1)
-        .and_then(|rest| rest.split("```").nth(1))
-        .expect("protocol.md §9 has the excerpt");
-    let mut checked = 0;
-    for line in excerpt.lines() {
-        let mut words = line.split_whitespace();
-        let (Some(name), Some(value)) = (words.next(), words.next()) else {
-            continue;
-        };
-        let hex = value.trim_end_matches("...");
-        if value.contains("...") && !value.ends_with("...") || hex.len() < 16 {
-            continue; // abbreviated inputs such as 5e5e...5e
-        }
-        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            continue;
-        }
-        let want = stored
-            .get(name)
-            .unwrap_or_else(|| panic!("protocol.md §9 quotes {name}, which {file} lacks"));
-        assert!(want.starts_with(hex), "protocol.md §9: {name} differs");
-        checked += 1;
-    }
-    checked
-}
-
 #[test]
 fn protocol_md_excerpt_matches_the_vector_file() {
     let checked = check_excerpt(
@@ -373,6 +341,23 @@ fn protocol_md_resumption_excerpt_matches_the_vector_file() {
         "resumption_x25519mlkem768_aes256gcm",
     );
     assert!(checked >= 15, "only {checked} values checked");
+}
+
+#[test]
+fn protocol_md_quotes_the_padded_anonymous_finish() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let spec = std::fs::read_to_string(format!("{root}/protocol.md")).unwrap();
+    let stored: BTreeMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{root}/tests/vectors/classical_x25519_chacha20poly1305.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let finish = &stored["device_finish"];
+    // 114 bytes whatever the kind, anonymous included (protocol.md §4.3).
+    assert_eq!(finish.len(), 2 * 114);
+    assert!(spec.contains(&format!("`{}...`", &finish[..64])));
 }
 
 fn at(secs: u64) -> SystemTime {
@@ -517,7 +502,7 @@ fn generate_resumption() -> BTreeMap<&'static str, String> {
     put(&mut v, "resume_hello", &rh);
     put(&mut v, "resume_server_hello", &rsh);
     assert_eq!((rh.len(), rsh.len()), (138, 50));
-    assert_eq!(&rh[..2], &[0x05, 0x02]);
+    assert_eq!(&rh[..2], &[0x05, 0x03]);
     assert_eq!(&rh[34..122], ticket);
     let x_d = x25519_dalek::StaticSecret::from(<[u8; 32]>::try_from(&rand_dx[..]).unwrap());
     assert_eq!(&rh[2..34], x25519_dalek::PublicKey::from(&x_d).as_bytes());

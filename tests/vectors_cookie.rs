@@ -6,6 +6,8 @@
 //! Regenerate after an intentional wire change:
 //! `SECCHAN_WRITE_VECTORS=1 cargo test --test vectors_cookie`.
 
+mod excerpt;
+
 use hmac::{Hmac, Mac};
 use secchan::handshake::cookie::{open_first, retry, CookieCheck, CookieError, CookieJar, First};
 use secchan::msgs::{CookieHello, CookieReply};
@@ -60,8 +62,8 @@ fn generate() -> BTreeMap<&'static str, String> {
     let c6 = cookie(&master, PERIOD, &address_v6, &hello);
     put(&mut v, "cookie_ipv4", &c4);
     put(&mut v, "cookie_ipv6", &c6);
-    let reply = [&[0x07, 0x02][..], &c4].concat();
-    let again = [&[0x08, 0x02][..], &c4, &hello].concat();
+    let reply = [&[0x07, 0x03][..], &c4].concat();
+    let again = [&[0x08, 0x03][..], &c4, &hello].concat();
     put(&mut v, "cookie_reply", &reply);
     put(&mut v, "cookie_hello", &again);
 
@@ -122,4 +124,13 @@ fn cookie_x25519mlkem768() {
         assert_eq!(v.get(k.as_str()), Some(want), "field {k} differs");
     }
     assert_eq!(stored.len(), v.len(), "field set differs");
+}
+
+#[test]
+fn protocol_md_cookie_excerpt_matches_the_vector_file() {
+    let checked = excerpt::check_excerpt(
+        "`cookie_x25519mlkem768.json` covers",
+        "cookie_x25519mlkem768",
+    );
+    assert!(checked >= 7, "only {checked} values checked");
 }

@@ -19,10 +19,7 @@ fuzz_target!(|data: &[u8]| {
     );
     scfg.mode = Mode::Classical;
     scfg.session.ordered = ordered;
-    let dcfg = DeviceConfig {
-        suite: &X25519_ONLY,
-        ..DeviceConfig::default()
-    };
+    let dcfg = DeviceConfig::default().with_suite(&X25519_ONLY);
     let now = Instant::now();
     let (expect, hello) = device::start(&dcfg, &mut OsRandom).unwrap();
     let (ef, sh) = server::accept_hello(&scfg, &hello, &mut OsRandom).unwrap();

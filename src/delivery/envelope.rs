@@ -64,8 +64,8 @@ impl<'a> Envelope<'a> {
         out
     }
 
-    /// Decodes an envelope. A Message's base must not exceed its sequence; an Ack must have
-    /// nothing after its counter.
+    /// Decodes an envelope. A Message's sequence must be below 2^64 - 1 and its base must not
+    /// exceed it; an Ack must have nothing after its counter.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let kind = r.u8("delivery kind")?;
@@ -74,6 +74,13 @@ impl<'a> Envelope<'a> {
         match kind {
             KIND_MESSAGE => {
                 let base = u64::from_be_bytes(r.array("base")?);
+                // 2^64 - 1 is no message's number: `next` one past it would not fit.
+                if n == u64::MAX {
+                    return Err(DecodeError::InvalidValue {
+                        field: "sequence (2^64 - 1)",
+                        value: 0xff,
+                    });
+                }
                 if base > n {
                     return Err(DecodeError::InvalidValue {
                         field: "base above sequence",
@@ -122,6 +129,18 @@ mod tests {
         above[17..25].copy_from_slice(&8u64.to_be_bytes());
         assert!(matches!(
             Envelope::decode(&above),
+            Err(DecodeError::InvalidValue { .. })
+        ));
+        // The last sequence number, whose acknowledgement could not be counted (found by
+        // the delivery fuzz target: the stream filter's `next` overflowed).
+        let last = Envelope::Message {
+            stream: A,
+            seq: u64::MAX,
+            base: u64::MAX,
+            data: b"",
+        };
+        assert!(matches!(
+            Envelope::decode(&last.encode()),
             Err(DecodeError::InvalidValue { .. })
         ));
         let mut long = a.encode();

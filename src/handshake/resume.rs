@@ -122,7 +122,13 @@ impl Ticket {
             field: "aead",
             value: aead_id,
         })?;
-        let expires = UNIX_EPOCH + Duration::from_secs(u64::from_be_bytes(r.array("expires")?));
+        // A corrupt file may hold a time the clock type cannot represent (found by fuzzing).
+        let expires = UNIX_EPOCH
+            .checked_add(Duration::from_secs(u64::from_be_bytes(r.array("expires")?)))
+            .ok_or(DecodeError::InvalidValue {
+                field: "expires",
+                value: 0xff,
+            })?;
         let server = PublicIdentity(r.array("server")?);
         let kind = r.u8("device kind")?;
         let public = r.array("device")?;

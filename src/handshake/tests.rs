@@ -8,7 +8,7 @@ use crate::crypto::identity::IdentityKey;
 use crate::crypto::kem::X25519_KYBER768R3;
 use crate::crypto::kem::{X25519_MLKEM768, X25519_ONLY};
 use crate::crypto::random::OsRandom;
-use crate::msgs::DeviceHello;
+use crate::msgs::{DeviceAuth, DeviceHello, FrameType};
 use crate::session::{Event, Session, SessionError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -221,7 +221,8 @@ fn allow_any_device_accepts_anonymous() {
     let (mut scfg, _) = server_config(Mode::Hybrid);
     scfg.authorizer = Arc::new(AllowAnyDevice);
     let (mut d, mut s, sizes) = handshake(&device_config(&X25519_MLKEM768, None), &scfg).unwrap();
-    assert_eq!(sizes[2], 18);
+    // Padded to an identified device's length (protocol.md §4.3).
+    assert_eq!(sizes[2], 114);
     exchange(&mut d, &mut s, b"anon");
 }
 
@@ -414,4 +415,60 @@ fn no_key_update_after_our_close() {
     assert!(d.poll_transmit().is_some());
     assert_eq!(d.update_keys(now), Err(SessionError::Closed));
     assert!(d.poll_transmit().is_none(), "nothing may follow our Close");
+}
+
+#[test]
+fn malformed_alert_is_a_decode_error_and_an_unknown_code_reads_as_internal_error() {
+    // protocol.md §7.3 "A malformed Alert" and §8.2.
+    let (expect, _) = device::start(&device_config(&X25519_ONLY, None), &mut OsRandom).unwrap();
+    let mut alert = crate::msgs::encode_alert(AlertCode::SuiteRefused);
+    alert.push(0);
+    let err = expect.read_server_hello(&alert).err().unwrap();
+    assert_eq!(err.alert(), Some(AlertCode::DecodeError));
+    let old = [FrameType::Alert as u8, 0x02, AlertCode::SuiteRefused as u8];
+    let err = expect.read_server_hello(&old).err().unwrap();
+    assert_eq!(err.alert(), Some(AlertCode::UnsupportedVersion));
+    let unknown = [FrameType::Alert as u8, crate::msgs::VERSION, 0xee];
+    assert_eq!(
+        expect.read_server_hello(&unknown).err(),
+        Some(HandshakeError::PeerAlert(AlertCode::InternalError))
+    );
+}
+
+/// A token-kind DeviceFinish at a server without a registry (protocol.md §4.3 "Enrollment"):
+/// the proof is checked, then the device is authorized as a kind 0x01 device would be.
+#[test]
+fn enrollment_without_a_registry_is_authorized_like_an_identified_device() {
+    let (listed, dev) = server_config(Mode::Classical);
+    let mut dcfg = device_config(&X25519_ONLY, Some(dev));
+    dcfg.enrollment = Some(Arc::new(IdentityKey::from_seed(&[7; 32])));
+    let mut any = listed.clone();
+    any.authorizer = Arc::new(AllowAnyDevice);
+    let mut empty = listed.clone();
+    empty.authorizer = Arc::new(AuthorizedDevices::new());
+    let (_, _, sizes) = handshake(&dcfg, &listed).unwrap();
+    assert_eq!(sizes[2], 210);
+    handshake(&dcfg, &any).unwrap();
+    let err = handshake(&dcfg, &empty).unwrap_err();
+    assert_eq!(err.alert(), Some(AlertCode::UnknownDevice));
+
+    // A proof that does not verify is refused before the authorizer is asked.
+    let now = Instant::now();
+    let (expect, hello) = device::start(&dcfg, &mut OsRandom).unwrap();
+    let (expect_finish, sh) = server::accept_hello(&any, &hello, &mut OsRandom).unwrap();
+    let authed = expect.read_server_hello(&sh).unwrap();
+    let th2 = authed.transcript_hash();
+    let id = dcfg.identity.as_ref().unwrap();
+    let forged = DeviceAuth::Enroll {
+        public: id.public().0,
+        signature: id.sign(DEVICE_SIGNATURE_CONTEXT, &th2),
+        token: [9; 32],
+        proof: [0; 64],
+    };
+    let (_, finish) = authed.finish_with(&forged, now).unwrap();
+    let err = expect_finish
+        .read_device_finish(&finish, now)
+        .err()
+        .unwrap();
+    assert_eq!(err.alert(), Some(AlertCode::EnrollmentRefused));
 }

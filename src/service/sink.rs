@@ -327,6 +327,32 @@ mod tests {
         assert!(v.get("data").is_none());
     }
 
+    /// The members protocol.md §3.5 lists, in its order, are the line's.
+    #[test]
+    fn lines_have_the_members_protocol_md_lists_in_its_order() {
+        let spec = include_str!("../../protocol.md");
+        let table = spec
+            .split("### 3.5 The server's output lines")
+            .nth(1)
+            .and_then(|rest| rest.split("\n#").next())
+            .expect("protocol.md §3.5");
+        let listed: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .collect();
+        for (data, absent) in [(&b"x"[..], "data_base64"), (&b"\xff"[..], "data")] {
+            let line = json_line(&record(data));
+            let mut at = 0;
+            for member in listed.iter().filter(|m| **m != absent) {
+                let pos = line[at..]
+                    .find(&format!("\"{member}\":"))
+                    .unwrap_or_else(|| panic!("{member} missing or out of order in {line}"));
+                at += pos;
+            }
+        }
+        assert_eq!(listed.len(), 9);
+    }
+
     #[test]
     fn lines_beyond_a_checkpoint_are_recovered_and_a_torn_one_removed() {
         let dir = tempfile::tempdir().unwrap();

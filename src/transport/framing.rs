@@ -3,7 +3,7 @@
 //! [`FrameAssembler`] for what a server reads before the device is authenticated.
 
 use super::{TransportError, MAX_FRAME_LEN};
-use crate::msgs::{CookieHello, MAX_DEVICE_FINISH};
+use crate::msgs::{CookieHello, ENROLL_FINISH_LEN};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -15,7 +15,7 @@ pub const FRAME_PREFIX_LEN: usize = 2;
 pub const MAX_FIRST_FRAME: usize = CookieHello::MAX_LEN;
 /// Longest frame a server reads after its ServerHello, before the device is authenticated: a
 /// DeviceFinish of the largest kind (enrollment), 210 bytes.
-pub const MAX_FINISH_FRAME: usize = MAX_DEVICE_FINISH;
+pub const MAX_FINISH_FRAME: usize = ENROLL_FINISH_LEN;
 /// Most bytes one read asks the socket for before the device is authenticated: what a
 /// connection holds grows with what has arrived, in steps no larger than this.
 pub const READ_STEP: usize = 1024;
