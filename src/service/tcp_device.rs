@@ -438,7 +438,7 @@ impl TcpDevice {
             Ok(_) => Ok(()),
             Err(OutboxError::Spool(e)) => Err(e.into()),
             // The source is read only while there is room.
-            Err(OutboxError::Full(_) | OutboxError::Ack(_)) => Ok(()),
+            Err(OutboxError::Full(_) | OutboxError::Ack(_) | OutboxError::Unspoolable) => Ok(()),
         }
     }
 
@@ -455,7 +455,7 @@ impl TcpDevice {
                 Err(OutboxError::Spool(e)) => return Err(e.into()),
                 Err(e) => tracing::warn!(error = %e, "acknowledgement ignored"),
             },
-            Ok(Envelope::Message { .. }) => {
+            Ok(_) => {
                 tracing::warn!("the server sent a message; this device takes none: dropped");
             }
             Err(e) => tracing::warn!(error = %e, "malformed message from the server: dropped"),

@@ -273,7 +273,7 @@ async fn on_message(
             let start = message.len() - data.len();
             (stream, seq, base, start..message.len())
         }
-        Ok(Envelope::Ack { .. }) => return Err(MessageError::Unexpected),
+        Ok(_) => return Err(MessageError::Unexpected),
         Err(e) => return Err(MessageError::Malformed(e)),
     };
     let record = SinkRecord {
