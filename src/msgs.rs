@@ -15,8 +15,8 @@ pub use resume::{
 };
 
 /// Protocol version byte carried by every handshake message and alert (protocol.md §2):
-/// version 2 added resumption.
-pub const VERSION: u8 = 0x02;
+/// version 2 added resumption, version 3 downlink and the relay.
+pub const VERSION: u8 = 0x03;
 
 /// The first byte of every frame (protocol.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

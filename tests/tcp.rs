@@ -600,9 +600,8 @@ async fn oversize_frame_in_an_established_session_is_refused() {
 async fn garbage_in_place_of_hello_gets_decode_alert() {
     let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    write_frame(&mut s, b"\x01\x02\x01\x02GARBAGE")
-        .await
-        .unwrap();
+    let garbage = [&[0x01, VERSION, 0x01, 0x02][..], b"GARBAGE"].concat();
+    write_frame(&mut s, &garbage).await.unwrap();
     let alert = read_frame(&mut s).await.unwrap();
     assert_eq!(
         alert,

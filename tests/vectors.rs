@@ -520,7 +520,7 @@ fn generate_resumption() -> BTreeMap<&'static str, String> {
     put(&mut v, "resume_hello", &rh);
     put(&mut v, "resume_server_hello", &rsh);
     assert_eq!((rh.len(), rsh.len()), (138, 50));
-    assert_eq!(&rh[..2], &[0x05, 0x02]);
+    assert_eq!(&rh[..2], &[0x05, secchan::msgs::VERSION]);
     assert_eq!(&rh[34..122], ticket);
     let x_d = x25519_dalek::StaticSecret::from(<[u8; 32]>::try_from(&rand_dx[..]).unwrap());
     assert_eq!(&rh[2..34], x25519_dalek::PublicKey::from(&x_d).as_bytes());

@@ -117,7 +117,7 @@ fn relay_envelopes_encode_as_protocol_md_says() {
         assert_eq!(&Envelope::decode(&bytes).unwrap(), envelope);
     }
     let context = secchan::service::peer::context("a", "b");
-    let context_hex = spaced(&[b"secchan v2 relay\0", &[1, b'a'], &[1, b'b']]);
+    let context_hex = spaced(&[b"secchan v3 relay\0", &[1, b'a'], &[1, b'b']]);
     assert_eq!(hex::encode(&context), context_hex.replace(' ', ""));
     let spec =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/protocol.md")).unwrap();

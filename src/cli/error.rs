@@ -220,6 +220,15 @@ impl CliError {
             Self::Device(DeviceError::Session(error)) => session_exit(error),
             Self::Device(DeviceError::GaveUp { .. }) => exit::NETWORK,
             Self::Device(DeviceError::Undelivered { .. }) => exit::UNDELIVERED,
+            Self::Device(DeviceError::End(e)) => {
+                use crate::service::device_end::EndError;
+                match e {
+                    EndError::Refused { .. } => exit::REFUSED,
+                    EndError::PeerFailed { .. } => exit::TRUST,
+                    EndError::Output(_) => exit::OUTPUT,
+                    EndError::Peer(_) => exit::USAGE,
+                }
+            }
             _ => exit::FAILURE,
         }
     }

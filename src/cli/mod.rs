@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod device;
+mod downlink;
 mod error;
 mod keys;
 #[cfg(feature = "mqtt")]

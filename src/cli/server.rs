@@ -11,6 +11,7 @@ use crate::handshake::ticket::Resumption;
 use crate::handshake::ticket_file;
 use crate::handshake::{AllowAnyDevice, Authorizer, Mode};
 use crate::registry::{Groups, RegistryAuthorizer};
+use crate::service::hub::{Hub, RelayPolicy};
 use crate::service::sink::JsonLines;
 use crate::service::{intake, tcp_server};
 use crate::transport::tcp::Listener;
@@ -75,10 +76,22 @@ pub struct ServerArgs {
     /// session is closed (everything read is written and acknowledged first).
     #[arg(long, value_name = "SECS", default_value_t = tcp_server::DEFAULT_DRAIN.as_secs(), value_parser = clap::value_parser!(u64).range(0..=3600))]
     drain_timeout: u64,
+    /// Relay device-to-device sessions: `any` between any two authenticated devices,
+    /// `group` only within a registry group; `off` refuses every relay (no_relay).
+    #[arg(long, value_enum, default_value_t = RelayArg::Off)]
+    relay: RelayArg,
     #[command(flatten)]
     session: SessionArgs,
     #[command(flatten)]
     tickets: TicketArgs,
+}
+
+/// `--relay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RelayArg {
+    Off,
+    Any,
+    Group,
 }
 
 /// Upper bound of `--max-sessions`: far above what one process can hold open, far below what
@@ -219,10 +232,17 @@ async fn serve(
         fingerprint = %fingerprint,
         "listening"
     );
+    let hub = Arc::new(Hub::new(match args.relay {
+        RelayArg::Off => RelayPolicy::Off,
+        RelayArg::Any => RelayPolicy::Any,
+        RelayArg::Group => RelayPolicy::SameGroup,
+    }));
+    tokio::spawn(super::downlink::read(tokio::io::stdin(), hub.clone()));
     let options = tcp_server::ServerOptions {
         max_sessions: args.max_sessions,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         registry,
+        hub,
     };
     tcp_server::run(listener, intake, options, stop).await;
     Ok(())

@@ -1,6 +1,7 @@
 //! `secchan server` over TCP: the accept loop, one task per session feeding the
 //! [`intake`](super::intake), and the graceful drain on shutdown (protocol.md §11.4).
 
+use super::hub::{Attached, Hub};
 use super::intake::{Intake, IntakeSession};
 use super::sink::{Origin, SinkRecord};
 use crate::delivery::Envelope;
@@ -37,6 +38,8 @@ pub struct ServerOptions {
     /// The registry, when devices are authorized by one: a session ends as soon as it stops
     /// authorizing the device.
     pub registry: Option<Arc<RegistryAuthorizer>>,
+    /// What the server sends its devices: downlink messages and relayed frames.
+    pub hub: Arc<Hub>,
 }
 
 /// How long to wait before the next accept after `e`.
@@ -84,11 +87,22 @@ pub async fn run(
                 };
                 let intake = intake.clone();
                 let registry = options.registry.clone();
+                let hub = options.hub.clone();
                 let stopped = stopped.clone();
                 let drain = options.drain_timeout;
                 tokio::spawn(async move {
                     match incoming.handshake().await {
-                        Ok((conn, peer)) => serve(conn, peer, intake, registry, stopped, drain).await,
+                        Ok((conn, peer)) => {
+                            let group = match (&registry, &peer.identity) {
+                                (Some(r), Some(id)) => r.group_of(id),
+                                _ => None,
+                            };
+                            let attached = hub.attach(&peer.name, peer.identity.as_ref(), group);
+                            let name = peer.name.clone();
+                            let s = Served { intake, registry, hub: hub.clone(), attached: attached.clone() };
+                            serve(conn, peer, s, stopped, drain).await;
+                            hub.detach(&name, attached.id);
+                        }
                         // Handshake failures were logged with the peer's address.
                         Err(TransportError::Handshake(_) | TransportError::HandshakeTimeout(_)) => {}
                         Err(e) => tracing::debug!(error = %e, "connection dropped during handshake"),
@@ -128,15 +142,28 @@ struct Reading {
     drain_until: Option<Instant>,
 }
 
+/// What a session serves its device with.
+struct Served {
+    intake: Intake,
+    registry: Option<Arc<RegistryAuthorizer>>,
+    hub: Arc<Hub>,
+    attached: Attached,
+}
+
 /// Serves one device until it closes, the registry stops authorizing it, or the drain ends.
 async fn serve(
     mut conn: Connection,
     peer: PeerDevice,
-    intake: Intake,
-    registry: Option<Arc<RegistryAuthorizer>>,
+    served: Served,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let Served {
+        intake,
+        registry,
+        hub,
+        attached,
+    } = served;
     let addr = conn.peer_addr();
     tracing::info!(
         device = %peer.name,
@@ -188,6 +215,17 @@ async fn serve(
                     return;
                 }
             }
+            () = attached.wake.notified() => {
+                for envelope in hub.due(&peer.name, std::time::Instant::now()) {
+                    if let Err(e) = conn.queue(&envelope) {
+                        tracing::debug!(device = %peer.name, error = %e, "cannot send: session closed");
+                    }
+                }
+                if let Err(e) = conn.flush().await {
+                    tracing::warn!(device = %peer.name, peer = %addr, error = %e, "session ended with an error");
+                    return;
+                }
+            }
             () = submit.closed() => {
                 tracing::error!(device = %peer.name, peer = %addr, "the output failed: closing the session, the device keeps what is not acknowledged");
                 let _ = conn.send_close_with(AlertCode::InternalError).await;
@@ -200,7 +238,7 @@ async fn serve(
             }
             received = conn.recv(), if r.open => match received {
                 Ok(Some(message)) => {
-                    if let Err(e) = on_message(&submit, &origin, message, &mut r).await {
+                    if let Err(e) = on_message((&submit, &hub, &mut conn), &origin, message, &mut r).await {
                         tracing::warn!(device = %peer.name, peer = %addr, error = %e, "closing the session");
                         let _ = conn.send_close_with(e.alert()).await;
                         return conn.linger().await;
@@ -240,7 +278,7 @@ async fn serve(
 enum MessageError {
     #[error("the device sent a malformed delivery message: {0}")]
     Malformed(crate::codec::DecodeError),
-    #[error("the device sent an acknowledgement, but the server sends no messages to it")]
+    #[error("the device sent an envelope only a server sends")]
     Unexpected,
     #[error(transparent)]
     Intake(#[from] super::intake::IntakeClosed),
@@ -256,13 +294,15 @@ impl MessageError {
     }
 }
 
-/// Hands one message from the device to the intake.
+/// Handles one envelope from the device: a Message goes to the intake, an Ack and a Relay to
+/// the hub.
 async fn on_message(
-    submit: &IntakeSession,
+    (submit, hub, conn): (&IntakeSession, &Hub, &mut Connection),
     origin: &Arc<Origin>,
     message: bytes::Bytes,
     r: &mut Reading,
 ) -> Result<(), MessageError> {
+    let name = &origin.device.name;
     let (stream, seq, base, range) = match Envelope::decode(&message) {
         Ok(Envelope::Message {
             stream,
@@ -272,6 +312,30 @@ async fn on_message(
         }) => {
             let start = message.len() - data.len();
             (stream, seq, base, start..message.len())
+        }
+        Ok(Envelope::Ack { stream, next }) => {
+            match hub.on_ack(name, stream, next) {
+                Ok(n) if n > 0 => tracing::debug!(device = %name, next, "downlink acknowledged"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(device = %name, error = %e, "acknowledgement ignored"),
+            }
+            return Ok(());
+        }
+        Ok(Envelope::Relay {
+            stream,
+            seq,
+            base,
+            peer,
+            initiator,
+            frame,
+        }) => {
+            if let Some(next) = hub.relay(name, (stream, seq, base), peer, initiator, frame) {
+                let ack = Envelope::Ack { stream, next }.encode();
+                if conn.queue(&ack).is_ok() {
+                    let _ = conn.flush().await;
+                }
+            }
+            return Ok(());
         }
         Ok(_) => return Err(MessageError::Unexpected),
         Err(e) => return Err(MessageError::Malformed(e)),

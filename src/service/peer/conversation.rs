@@ -4,7 +4,7 @@
 use super::trust::{PeerTrust, Vouched};
 use super::{context, PeerError, PeerEvent, MAX_RESTARTS, PEER_BUFFER, PEER_HANDSHAKE_TIMEOUT};
 use crate::crypto::identity::{IdentityKey, PublicIdentity};
-use crate::crypto::random::{OsRandom, Random};
+use crate::crypto::random::Random;
 use crate::delivery::{Envelope, Inbox, Outbox, OutboxError, PeerInfo, Take};
 use crate::handshake::device::{self, DeviceConfig, ExpectServerHello};
 use crate::handshake::server::{accept_hello_bound, ExpectDeviceFinish, ServerConfig};
@@ -112,10 +112,7 @@ pub(super) struct Conversation {
 
 impl Conversation {
     pub(super) fn new(peer: &str, initiator: bool) -> Result<Self, PeerError> {
-        let mut stream = [0u8; 8];
-        OsRandom
-            .fill(&mut stream)
-            .map_err(|_| PeerError::GaveUp(peer.into()))?;
+        let stream = crate::service::random_stream();
         Ok(Self {
             peer: peer.into(),
             initiator,

@@ -52,7 +52,7 @@ pub fn context(initiator: &str, responder: &str) -> Vec<u8> {
 }
 
 /// The label that starts every relay context.
-pub const RELAY_CONTEXT: &[u8] = b"secchan v2 relay\0";
+pub const RELAY_CONTEXT: &[u8] = b"secchan v3 relay\0";
 
 /// What happened in the device's conversations, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +118,9 @@ pub enum PeerError {
     /// The device gave up on this peer.
     #[error("the session with {0} failed for good")]
     GaveUp(String),
+    /// An anonymous device has no key to prove to a peer.
+    #[error("an anonymous device cannot open end-to-end sessions: give it a key (--key)")]
+    Anonymous,
 }
 
 /// A device's conversations. Frames for the relay come out of [`poll_frame`](Self::poll_frame);

@@ -66,7 +66,7 @@ pub enum PeerTrustError {
         got: String,
     },
     /// Nothing this device trusts vouches for the peer.
-    #[error("nothing vouches for peer {peer}'s key {got}: pin it (--peer-key {peer}=FINGERPRINT) or pin the registry authority (--registry-authority)")]
+    #[error("nothing vouches for peer {peer}'s key {got}: pin it (--peer-key {peer}=FINGERPRINT)")]
     NoAnchor {
         /// The peer's name.
         peer: String,
