@@ -332,3 +332,50 @@ fn registry_groups_decide_who_may_reach_whom() {
     b.wait_for(OUT, "from the greenhouse");
     assert!(!b.all().contains("from the office"));
 }
+
+#[test]
+fn chat_line_mode_addresses_peers_and_shows_the_cryptography() {
+    let dir = fleet("chat");
+    let (mut server, addr) = server(&dir, &["--authorized-devices", "devices", "--relay", "any"]);
+    let mut b = listener(&dir, &addr, "b", &["a"]);
+    server.wait_for(ERR, "session established device=b");
+    let server_fp = fingerprint(&dir, "server.key");
+    let pin = format!("b={}", fingerprint(&dir, "b.key"));
+    let mut chat = Proc::spawn(
+        &dir,
+        &[
+            "chat",
+            "--connect",
+            &addr,
+            "--server-key",
+            &server_fp,
+            "--key",
+            "a.key",
+            "--peer-key",
+            &pin,
+        ],
+    );
+    chat.send("hello?");
+    chat.wait_for(OUT, "type @NAME MESSAGE");
+    chat.send("@b hi from the chat");
+    let up = chat.wait_for(OUT, "* end-to-end session with b");
+    assert!(up.contains("pinned fingerprint"), "{up}");
+    b.wait_for(OUT, "hi from the chat");
+    chat.send("/crypto");
+    let pane = chat.wait_for(OUT, "* b: open");
+    for needle in [
+        "suite X25519MLKEM768",
+        "AEAD ",
+        &fingerprint(&dir, "b.key"),
+        &fingerprint(&dir, "a.key"),
+        "via the server's relay",
+        "records rejected 0",
+        "handshake ",
+    ] {
+        assert!(pane.contains(needle), "{needle:?} not in {pane}");
+    }
+    chat.send("@nobody x");
+    chat.wait_for(OUT, "(unknown_peer)");
+    drop(chat.stdin.take());
+    assert!(chat.child.wait().unwrap().success());
+}

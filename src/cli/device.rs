@@ -118,7 +118,7 @@ fn parse_peer_key(s: &str) -> Result<(String, String), String> {
 }
 
 /// The device's receiving side: its end-to-end sessions if it has a key.
-fn device_end(args: &DeviceArgs, config: &DeviceConfig) -> Result<DeviceEnd, CliError> {
+fn device_end(args: &DeviceArgs, config: &DeviceConfig, chat: bool) -> Result<DeviceEnd, CliError> {
     let peers = config.identity.clone().map(|identity| {
         let trust = PeerTrust {
             pins: args.peer_key.iter().cloned().collect(),
@@ -127,16 +127,13 @@ fn device_end(args: &DeviceArgs, config: &DeviceConfig) -> Result<DeviceEnd, Cli
         };
         Peers::new(identity, config.clone(), trust)
     });
-    if args.to.is_some() && peers.is_none() {
+    if (args.to.is_some() || chat) && peers.is_none() {
         return Err(CliError::Device(DeviceError::End(EndError::Peer(
             PeerError::Anonymous,
         ))));
     }
-    Ok(DeviceEnd::new(
-        peers,
-        args.to.clone(),
-        Box::new(std::io::stdout()),
-    ))
+    let end = DeviceEnd::new(peers, args.to.clone(), Box::new(std::io::stdout()));
+    Ok(if chat { end.chat() } else { end })
 }
 
 pub(super) fn parse_suite(s: &str) -> Result<&'static Suite, String> {
@@ -199,7 +196,7 @@ fn token_text(args: &DeviceArgs) -> Result<Option<Zeroizing<String>>, CliError> 
 }
 
 /// Connects, sends stdin line by line, prints what the server sends, closes cleanly at EOF.
-pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
+pub async fn run(args: DeviceArgs, chat: bool) -> Result<(), CliError> {
     let token = match token_text(&args)? {
         Some(_) if args.key.is_none() => return Err(CliError::EnrollWithoutKey),
         Some(text) => Some(EnrollmentToken::parse(&text).map_err(CliError::EnrollToken)?),
@@ -260,7 +257,7 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
         give_up_after: (args.give_up_after > 0).then(|| Duration::from_secs(args.give_up_after)),
         ticket_file: args.outbox.ticket_file(),
     };
-    let end = device_end(&args, &config)?;
+    let end = device_end(&args, &config, chat)?;
     let device =
         TcpDevice::new(addr.clone(), config, verifier, options, outbox).receiving(end, args.listen);
     match device.run(&mut source, Box::pin(shutdown_signal())).await {

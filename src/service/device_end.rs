@@ -81,6 +81,8 @@ pub struct DeviceEnd {
     server: String,
     /// The peer the device's input goes to (`--to`), whose failure ends the device.
     to: Option<String>,
+    /// `secchan chat`: input lines are `@NAME message` or commands, output plain text.
+    chat: bool,
     out: Box<dyn Write + Send>,
     fatal: Option<EndError>,
 }
@@ -104,14 +106,78 @@ impl DeviceEnd {
             peers,
             server: String::new(),
             to,
+            chat: false,
             out,
             fatal: None,
         }
     }
 
-    /// The peer the input goes to, if any.
-    pub fn to(&self) -> Option<&str> {
-        self.to.as_deref()
+    /// In chat line mode ([`super::chat`]).
+    pub fn chat(mut self) -> Self {
+        self.chat = true;
+        self
+    }
+
+    /// Whether the input goes to peers (`--to`, or chat) rather than to the server.
+    pub fn takes_input(&self) -> bool {
+        self.to.is_some() || self.chat
+    }
+
+    /// One input line: to the `--to` peer, or a chat line.
+    pub fn on_input(&mut self, line: Vec<u8>, now: Instant) -> Result<(), EndError> {
+        if !self.chat {
+            return self.send_to_peer(line, now);
+        }
+        match super::chat::parse(&line) {
+            super::chat::Typed::Send(peer, data) => {
+                let peers = self.peers.as_mut().ok_or(PeerError::Anonymous)?;
+                if let Err(e) = peers.send(peer, data.to_vec(), &mut OsRandom, now) {
+                    self.say(&format!("* not sent: {e}"))?;
+                }
+                self.pump();
+            }
+            super::chat::Typed::Crypto => {
+                let me = self
+                    .peers
+                    .as_ref()
+                    .map(Peers::fingerprint)
+                    .unwrap_or_default();
+                let lines: Vec<String> = self
+                    .stats()
+                    .iter()
+                    .map(|s| super::chat::crypto_line(&me, s))
+                    .collect();
+                if lines.is_empty() {
+                    self.say("* no end-to-end session yet")?;
+                }
+                for l in lines {
+                    self.say(&l)?;
+                }
+            }
+            super::chat::Typed::Help => self.say(super::chat::HELP)?,
+        }
+        Ok(())
+    }
+
+    fn say(&mut self, line: &str) -> Result<(), EndError> {
+        writeln!(self.out, "{line}")?;
+        Ok(self.out.flush()?)
+    }
+
+    /// Prints a received message: a JSON line, or in chat a text line.
+    fn print(
+        &mut self,
+        from: &str,
+        fingerprint: &str,
+        e2e: bool,
+        data: &[u8],
+    ) -> Result<(), EndError> {
+        let line = if self.chat {
+            super::chat::message_line(from, fingerprint, e2e, data)
+        } else {
+            json_line(from, fingerprint, e2e, data)
+        };
+        self.say(&line)
     }
 
     /// A new session with the server whose key has `fingerprint`: what the server did not
@@ -174,9 +240,8 @@ impl DeviceEnd {
 
     fn handle(&mut self, envelope: Envelope<'_>, now: Instant) -> Result<(), EndError> {
         if let Envelope::Message { data, .. } = envelope {
-            let line = json_line("server", &self.server, false, data);
-            writeln!(self.out, "{line}")?;
-            return Ok(self.out.flush()?);
+            let server = self.server.clone();
+            return self.print("server", &server, false, data);
         }
         let Some(peers) = self.peers.as_mut() else {
             tracing::warn!("the server relays to an anonymous device: dropped");
@@ -222,17 +287,18 @@ impl DeviceEnd {
                     peer,
                     fingerprint,
                     data,
-                } => {
-                    let line = json_line(&peer, &fingerprint, true, &data);
-                    writeln!(self.out, "{line}")?;
-                    self.out.flush()?;
-                }
+                } => self.print(&peer, &fingerprint, true, &data)?,
                 PeerEvent::Established {
                     peer,
                     fingerprint,
                     vouched,
                 } => {
-                    tracing::info!(peer, fingerprint, %vouched, "end-to-end session established")
+                    tracing::info!(peer, fingerprint, %vouched, "end-to-end session established");
+                    if self.chat {
+                        self.say(&format!(
+                            "* end-to-end session with {peer} ({fingerprint}, {vouched})"
+                        ))?;
+                    }
                 }
                 PeerEvent::Delivered { peer, count } => {
                     tracing::debug!(peer, count, "acknowledged end to end")
@@ -242,7 +308,9 @@ impl DeviceEnd {
                     error,
                     final_,
                 } => {
-                    if final_ && self.to.as_deref() == Some(&peer) {
+                    if self.chat {
+                        self.say(&format!("* session with {peer} failed: {error}"))?;
+                    } else if final_ && self.to.as_deref() == Some(&peer) {
                         self.fatal = Some(EndError::PeerFailed { peer, error });
                     }
                 }
@@ -252,7 +320,12 @@ impl DeviceEnd {
                         reason = reason.name(),
                         "the server does not relay to the peer"
                     );
-                    if self.to.as_deref() == Some(&peer) {
+                    if self.chat {
+                        self.say(&format!(
+                            "* the server does not relay to {peer}: {reason} ({})",
+                            reason.name()
+                        ))?;
+                    } else if self.to.as_deref() == Some(&peer) {
                         self.fatal = Some(EndError::Refused {
                             peer,
                             reason: reason.to_string(),

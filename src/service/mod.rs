@@ -6,6 +6,7 @@
 //!   state directory, acknowledgements.
 //! - [`hub`]: the server's streams to its devices (downlink, relayed frames) and the relay
 //!   decision.
+//! - [`chat`]: `secchan chat`'s line mode: typed commands and the lines it prints.
 //! - [`device_end`]: a device's receiving side: downlink and peer messages out as JSON lines,
 //!   its end-to-end sessions' frames in and out.
 //! - [`peer`]: a device's end-to-end sessions with other devices, relayed by the server.
@@ -14,6 +15,7 @@
 //! - [`tcp_device`]: a device that keeps a session up over TCP (reconnect with back-off,
 //!   resumption tickets) and delivers every message of its outbox.
 
+pub mod chat;
 pub mod device_end;
 pub mod hub;
 pub mod intake;

@@ -446,9 +446,10 @@ impl TcpDevice {
     /// Whether the source may be read: it is open and there is room for its next line.
     fn accepting(&self, run: &Run) -> bool {
         run.input_open
-            && match self.end.to() {
-                Some(_) => self.end.has_room(),
-                None => !self.outbox.is_full() || self.outbox.when_full() == WhenFull::DropOldest,
+            && if self.end.takes_input() {
+                self.end.has_room()
+            } else {
+                !self.outbox.is_full() || self.outbox.when_full() == WhenFull::DropOldest
             }
     }
 
@@ -472,8 +473,8 @@ impl TcpDevice {
                 len: line.len(),
             });
         }
-        if self.end.to().is_some() {
-            return Ok(self.end.send_to_peer(line, std::time::Instant::now())?);
+        if self.end.takes_input() {
+            return Ok(self.end.on_input(line, std::time::Instant::now())?);
         }
         match self.outbox.push(line) {
             Ok(_) => Ok(()),

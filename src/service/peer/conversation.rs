@@ -452,7 +452,11 @@ impl Conversation {
         now: Instant,
         ctx: &mut Ctx<'_>,
     ) {
-        let _ = ctx;
+        ctx.events.push_back(PeerEvent::Established {
+            peer: self.peer.clone(),
+            fingerprint: key.fingerprint(),
+            vouched: vouched.clone(),
+        });
         self.stats.fingerprint = Some(key.fingerprint());
         self.stats.vouched = Some(vouched.clone());
         self.stats.suite = Some(session.suite().name);

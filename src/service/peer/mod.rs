@@ -183,6 +183,11 @@ impl Peers {
         }
     }
 
+    /// This device's own fingerprint.
+    pub fn fingerprint(&self) -> String {
+        self.identity.public().fingerprint()
+    }
+
     /// Queues `data` for `peer`, starting a session with it if none is up.
     pub fn send(
         &mut self,
