@@ -5,13 +5,25 @@
 //! TLS_AES_256_GCM_SHA384, tickets off and exactly one key-exchange group offered.
 //!
 //! Run: `cargo bench --bench vs_tls`. docs/benchmarks.md reads the ratios off its output.
+//!
+//! The in-process secchan server and device are `secchan bench`'s own (src/bench), which is
+//! part of the binary, not of the library: this benchmark compiles that module beside the
+//! library, whose modules it re-exports at its root so the module's `crate::` paths resolve.
+
+pub use secchan::*;
+
+#[allow(dead_code, unused_imports)]
+#[path = "../src/bench/mod.rs"]
+mod bench;
+
+use bench::server::ECHO_MARKER;
+use bench::{BenchServer, Target};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use rustls::crypto::aws_lc_rs::{self as provider, kx_group};
 use rustls::crypto::SupportedKxGroup;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use secchan::bench::{BenchServer, Target, ECHO_MARKER};
 use secchan::crypto::aead::AeadId;
 use secchan::crypto::identity::IdentityKey;
 use secchan::crypto::kem::{Suite, X25519_MLKEM768, X25519_ONLY};

@@ -5,8 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto)
+packages=(mosquitto systemd postgresql haproxy)
 # mosquitto: the MQTT integration tests start a real broker on a loopback port.
+# systemd: tests/systemd.rs checks dist/systemd/*.service with systemd-analyze (nothing is
+# started as a service).
+# postgresql: tests/sink_postgres.rs and tests/scale_out.rs create a throwaway cluster (initdb,
+#   pg_ctl) on a loopback port; as root they run it as the postgres user the package creates.
+# haproxy: tests/scale_out.rs puts two server instances behind it.
 
 missing=()
 for p in "${packages[@]}"; do

@@ -17,15 +17,18 @@
 //! | [`service`] | what a server and a device do with sessions: sinks, the delivery intake, the TCP server and device loops |
 //! | [`telemetry`] | device telemetry sources: stdin, CSV datasets, simulated sensors |
 //! | [`registry`] | the fleet registry: signed append-only log, enrollment tokens, revocation |
-//! | [`cli`] | the `secchan` command line |
-//! | [`bench`] | `secchan bench`: measurements over real connections |
 //!
 //! Embedding: see `examples/device.rs` and `examples/server.rs`.
+//!
+//! Cargo features: `cli` (the `secchan` binary: command line, config file, logging, systemd
+//! notification, `secchan bench`; its modules are the binary's, not this library's), `mqtt`
+//! ([`transport::mqtt`]), `postgres` (the PostgreSQL sink), all three on by default, and
+//! `kyber-r3` (the benchmark-only Kyber768 round 3 suite). A library user who needs only TCP
+//! sets `default-features = false` and compiles no command-line, MQTT or database crate.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod bench;
-pub mod cli;
+pub mod backoff;
 pub mod codec;
 pub mod crypto;
 pub mod delivery;
@@ -36,6 +39,6 @@ pub mod registry;
 pub mod service;
 pub mod session;
 pub mod telemetry;
-mod throttle;
+pub mod throttle;
 pub mod transport;
 pub mod trust;

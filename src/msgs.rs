@@ -8,8 +8,10 @@ use crate::crypto::aead::{AeadId, TAG_LEN};
 use crate::crypto::identity::{PUBLIC_KEY_LEN, SIGNATURE_LEN};
 use crate::crypto::kem::{Suite, X25519_LEN};
 
+mod cookie;
 mod resume;
 
+pub use cookie::{CookieHello, CookieReply, COOKIE_LEN};
 pub use resume::{
     NewTicket, ResumeHello, ResumeServerHello, BINDER_LEN, CONFIRM_LEN, MAX_TICKET_LEN,
 };
@@ -34,6 +36,10 @@ pub enum FrameType {
     ResumeHello = 0x05,
     /// Server -> device, answer to a resumption (protocol.md §4.7).
     ResumeServerHello = 0x06,
+    /// Server -> device, under load: come back with this cookie (protocol.md §4.8).
+    CookieReply = 0x07,
+    /// Device -> server, a DeviceHello again with the server's cookie (protocol.md §4.9).
+    CookieHello = 0x08,
     /// Record carrying application data.
     Data = 0x10,
     /// Record announcing the sender's key update.
@@ -55,6 +61,8 @@ impl FrameType {
             0x04 => Self::Alert,
             0x05 => Self::ResumeHello,
             0x06 => Self::ResumeServerHello,
+            0x07 => Self::CookieReply,
+            0x08 => Self::CookieHello,
             0x10 => Self::Data,
             0x11 => Self::KeyUpdate,
             0x12 => Self::Close,
@@ -118,6 +126,11 @@ pub struct DeviceHello<'a> {
 }
 
 impl<'a> DeviceHello<'a> {
+    /// Longest legal hello: eight AEADs offered and the largest encapsulation key (ML-KEM-768
+    /// and Kyber768 round 3 alike).
+    pub const MAX_LEN: usize =
+        4 + MAX_AEAD_OFFERS + X25519_LEN + crate::crypto::kem::MLKEM768_EK_LEN;
+
     /// Encodes the hello.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(6 + self.aeads.len() + self.suite.share_len());
@@ -320,7 +333,7 @@ impl DeviceAuth {
 /// Shortest legal DeviceFinish frame: type byte and a sealed one-byte plaintext.
 const MIN_DEVICE_FINISH: usize = 1 + 1 + TAG_LEN;
 /// Longest legal DeviceFinish frame: an enrollment (kind 0x02).
-const MAX_DEVICE_FINISH: usize = 1 + 1 + 2 * (PUBLIC_KEY_LEN + SIGNATURE_LEN) + TAG_LEN;
+pub const MAX_DEVICE_FINISH: usize = 1 + 1 + 2 * (PUBLIC_KEY_LEN + SIGNATURE_LEN) + TAG_LEN;
 
 /// Splits a DeviceFinish frame into its sealed payload.
 pub fn decode_device_finish(frame: &[u8]) -> Result<&[u8], DecodeError> {
@@ -389,6 +402,9 @@ pub enum AlertCode {
     /// message it had acknowledged is written; anything not acknowledged is not, and the
     /// device sends it again in its next session (protocol.md §11.4).
     GoingAway = 0x14,
+    /// The server is at a limit (its sessions, or this source's handshakes while it is under
+    /// load): try again later, with back-off (protocol.md §6.5).
+    Busy = 0x15,
 }
 
 impl AlertCode {
@@ -417,6 +433,7 @@ impl AlertCode {
             TokenExpired,
             TicketRejected,
             GoingAway,
+            Busy,
         ]
         .into_iter()
         .find(|c| *c as u8 == v)
@@ -448,6 +465,7 @@ impl AlertCode {
             Self::TokenExpired => "enrollment token expired",
             Self::TicketRejected => "resumption ticket refused",
             Self::GoingAway => "server going away",
+            Self::Busy => "server busy: try again later",
         }
     }
 }
@@ -574,7 +592,7 @@ mod tests {
 
     #[test]
     fn alert_round_trip() {
-        for code in 0..=0x13 {
+        for code in 0..=0x15 {
             let c = AlertCode::from_u8(code).unwrap();
             assert_eq!(decode_alert(&encode_alert(c)).unwrap(), c);
         }

@@ -38,7 +38,8 @@ impl std::str::FromStr for TelemetrySpec {
     }
 }
 
-/// Messages per second, as given to `--rate` (`10`, `10/s` or `0.5/s`).
+/// Messages per second, as given to `--rate`: `10` or `10/s` per second, `2/min` per minute,
+/// `30/h` per hour.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate(f64);
 
@@ -53,11 +54,17 @@ impl std::str::FromStr for Rate {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let number = s.strip_suffix("/s").unwrap_or(s);
-        match number.parse::<f64>() {
+        let (number, per) = match s.split_once('/') {
+            None => (s, 1.0),
+            Some((n, "s")) => (n, 1.0),
+            Some((n, "min")) => (n, 60.0),
+            Some((n, "h")) => (n, 3600.0),
+            Some(_) => (s, f64::NAN),
+        };
+        match number.parse::<f64>().map(|n| n / per) {
             Ok(r) if r > 0.0 && r <= MAX_RATE => Ok(Self(r)),
             _ => Err(format!(
-                "invalid rate {s:?}: give messages per second, e.g. 10/s (at most {MAX_RATE}/s)"
+                "invalid rate {s:?}: give messages per second, minute or hour, e.g. 10/s, 2/min or 30/h (at most {MAX_RATE}/s)"
             )),
         }
     }
@@ -300,6 +307,9 @@ mod tests {
         assert!("csv:".parse::<TelemetrySpec>().is_err());
         assert!("mqtt".parse::<TelemetrySpec>().is_err());
         assert_eq!("10/s".parse::<Rate>(), Ok(Rate(10.0)));
+        assert_eq!("2/min".parse::<Rate>(), Ok(Rate(2.0 / 60.0)));
+        assert_eq!("36/h".parse::<Rate>(), Ok(Rate(0.01)));
+        assert!("2/day".parse::<Rate>().is_err());
         assert_eq!("0.5".parse::<Rate>(), Ok(Rate(0.5)));
         assert_eq!(
             "4/s".parse::<Rate>().unwrap().interval(),

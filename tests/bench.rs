@@ -131,7 +131,9 @@ fn remote_run_measures_a_secchan_server_child_process() {
             "--key",
             key.to_str().unwrap(),
         ])
-        .args(["--mode", "any", "--allow-any-device"]);
+        .args(["--mode", "any", "--allow-any-device"])
+        // The idle sessions are one device identity's: more than its default cap of 4.
+        .args(["--max-sessions-per-device", "16"]);
     let mut server = Server::start(command);
     // The server prints every message on stdout: drain it so it never blocks.
     let mut stdout = server.child.stdout.take().unwrap();
@@ -228,4 +230,40 @@ fn operations_for_instruction_counts_run_in_memory() {
         stdout.contains(std::env::consts::ARCH) && stdout.contains("AEAD preference"),
         "{stdout}"
     );
+}
+
+#[test]
+fn reconnect_storm_brings_every_device_back_both_ways() {
+    let dir = tempdir("bench-storm");
+    let report = dir.join("storm.json");
+    let out = secchan(&[
+        "bench",
+        "--storm",
+        "20",
+        "--json",
+        report.to_str().unwrap(),
+        "--plot",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("resumption/full"), "{stdout}");
+    let v = json(&report);
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    assert_eq!(rounds[0]["how"], "full handshake");
+    assert_eq!(rounds[1]["how"], "resumption");
+    for r in rounds {
+        assert_eq!(r["devices"], 20);
+        assert!(r["all_back_s"].as_f64().unwrap() > 0.0);
+    }
+    // Bytes are exact: a full hybrid handshake and a resumption on the TCP wire.
+    assert_eq!(rounds[0]["bytes_per_device"].as_f64(), Some(2577.0));
+    assert_eq!(rounds[1]["bytes_per_device"].as_f64(), Some(192.0));
+    let svg = std::fs::read_to_string(dir.join("reconnect-storm.svg")).unwrap();
+    assert!(svg.contains("resumption") && svg.contains("full handshake"));
 }

@@ -3,19 +3,9 @@
 
 mod cli_support;
 
-use cli_support::{assert_one_line_error, bin, run_device, tempdir, Server};
+use cli_support::{assert_one_line_error, bin, keygen, run_device, tempdir, Server};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-
-fn keygen(path: &Path) -> String {
-    let out = bin().arg("keygen").arg("--out").arg(path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// `secchan server` on a free loopback port with `dir/server.key`.
 fn start_server(dir: &Path, extra: &[&str]) -> Server {
@@ -73,6 +63,7 @@ fn world_readable_secret_key_is_refused() {
         .output()
         .unwrap();
     assert_one_line_error(&out, &["chmod 600"]);
+    assert_eq!(out.status.code(), Some(3), "a key problem");
 }
 
 #[cfg(unix)]
@@ -166,6 +157,7 @@ fn server_without_device_policy_refuses_to_start() {
         .output()
         .unwrap();
     assert_one_line_error(&out, &["--authorized-devices"]);
+    assert_eq!(out.status.code(), Some(2), "a configuration error");
 }
 
 #[test]
@@ -269,6 +261,7 @@ fn assert_stranger_refused(name: &str, input: &str, runs: usize) {
             input,
         );
         assert_one_line_error(&out, &["authorized list"]);
+        assert_eq!(out.status.code(), Some(4), "refused by the server");
     }
 }
 
@@ -326,6 +319,7 @@ fn tofu_records_server_then_rejects_a_changed_key() {
     );
     drop(server2);
     assert_one_line_error(&out, &[&format!("{}:1", known.display())]);
+    assert_eq!(out.status.code(), Some(3), "a trust failure");
 }
 
 #[test]
@@ -587,4 +581,91 @@ fn server_shutdown_closes_live_sessions_with_an_authenticated_close() {
         last.contains("no progress with the server for 1 s"),
         "{stderr}"
     );
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_options() {
+    let out = bin().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        script.contains("--state-dir") && script.contains("--spool"),
+        "every option"
+    );
+    let dir = tempdir("cli-man");
+    let out = bin().args(["man", "--out-dir"]).arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in ["secchan.1", "secchan-server.1", "secchan-device.1"] {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is a man page");
+    }
+    let server = std::fs::read_to_string(dir.join("secchan-server.1")).unwrap();
+    assert!(
+        server.contains("drain\\-timeout"),
+        "the server's options are on its page"
+    );
+}
+
+#[test]
+fn a_config_file_sets_options_the_command_line_overrides_and_print_config_shows() {
+    let dir = tempdir("cli-config");
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:4500\"\nallow-any-device = true\nmax-sessions = 50\ngroup = []\n",
+    )
+    .unwrap();
+    let print = |extra: &[&str]| {
+        let out = bin()
+            .args(["server", "--key", "server.key", "--config"])
+            .arg(&config)
+            .args(extra)
+            .arg("--print-config")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = print(&[]);
+    for line in [
+        "listen = \"127.0.0.1:4500\"",
+        "allow-any-device = true",
+        "max-sessions = 50",
+        "drain-timeout = 10",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line:?} in:\n{shown}");
+    }
+    assert!(print(&["--max-sessions", "7"]).contains("max-sessions = 7\n"));
+    // What --print-config prints is itself a configuration file giving the same options.
+    let again = dir.join("again.toml");
+    std::fs::write(&again, &shown).unwrap();
+    let out = bin()
+        .args(["server", "--config"])
+        .arg(&again)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), shown);
+    std::fs::write(&config, "max-sesions = 5\n").unwrap();
+    let out = bin()
+        .args(["server", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        &[
+            "server.toml",
+            "`max-sesions` is not an option of `secchan server`",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -15,6 +15,7 @@ use secchan::msgs::{encode_alert, AlertCode, FrameType, VERSION};
 use secchan::record::replay::ReplayError;
 use secchan::record::{RecordError, MAX_PAYLOAD};
 use secchan::session::SessionError;
+use secchan::transport::framing::{MAX_FINISH_FRAME, MAX_FIRST_FRAME};
 use secchan::transport::tcp::{connect, Listener};
 use secchan::transport::{TransportError, MAX_FRAME_LEN};
 use secchan::trust::{KnownServers, Pinned, TrustError};
@@ -528,9 +529,11 @@ async fn stream_cut_inside_a_record_is_reported_as_truncation() {
 
 #[tokio::test]
 async fn oversize_frame_is_refused_before_allocation() {
-    // The largest prefix, and one past the limit: refused on the prefix alone (no body
-    // follows). A frame of exactly the limit is read and judged on its contents.
-    for prefix in [0xffff_u16, MAX_FRAME_LEN as u16 + 1] {
+    // Before the device is authenticated the limit is the largest legal first message
+    // (protocol.md §2.1), not a record's: the largest prefix, a record's and one past the
+    // limit are refused on the prefix alone (no body follows). A frame of exactly the limit
+    // is read and judged on its contents.
+    for prefix in [0xffff_u16, MAX_FRAME_LEN as u16, MAX_FIRST_FRAME as u16 + 1] {
         let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(&prefix.to_be_bytes()).await.unwrap();
@@ -543,7 +546,7 @@ async fn oversize_frame_is_refused_before_allocation() {
     }
     let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut at_limit = vec![0u8; MAX_FRAME_LEN];
+    let mut at_limit = vec![0u8; MAX_FIRST_FRAME];
     at_limit[..2].copy_from_slice(&[0x01, 0x01]);
     write_frame(&mut s, &at_limit).await.unwrap();
     let end = next(&mut rx).await.end;
@@ -554,6 +557,30 @@ async fn oversize_frame_is_refused_before_allocation() {
         ),
         "{end:?}"
     );
+}
+
+#[tokio::test]
+async fn oversize_frame_in_place_of_device_finish_is_refused_before_allocation() {
+    // After its ServerHello a server expects a DeviceFinish (at most 210 bytes): one byte
+    // more is refused on the prefix alone, before the device has authenticated anything.
+    let (addr, mut rx) = start_server(server_config(Mode::Hybrid)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let (_, hello) = device::start(
+        &device_config(&X25519_MLKEM768, AeadId::Aes256Gcm),
+        &mut OsRandom,
+    )
+    .unwrap();
+    write_frame(&mut s, &hello).await.unwrap();
+    assert_eq!(
+        read_frame(&mut s).await.unwrap()[0],
+        FrameType::ServerHello as u8
+    );
+    s.write_all(&(MAX_FINISH_FRAME as u16 + 1).to_be_bytes())
+        .await
+        .unwrap();
+    s.write_all(&[FrameType::DeviceFinish as u8]).await.unwrap();
+    let end = next(&mut rx).await.end;
+    assert!(matches!(end, Err(TransportError::FrameTooLarge)), "{end:?}");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 //! [`Listener`](crate::transport::tcp::Listener) on a runtime of its own); with one it
 //! measures against a running `secchan server`, e.g. from a Raspberry Pi over a real network.
 
+pub mod attack;
 #[cfg(feature = "mqtt")]
 pub mod flood;
 mod measure;
@@ -15,12 +16,15 @@ pub mod ops;
 mod plot;
 mod progress;
 mod report;
-mod server;
+pub mod server;
+pub mod sinks;
+pub mod storm;
 mod system;
 
 pub use measure::Target;
+pub use plot::{parse_pi_counts, write_pi as write_pi_plot, write_storm as write_storm_plot};
 pub use report::Report;
-pub use server::{BenchServer, ECHO_MARKER};
+pub use server::BenchServer;
 
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::{Suite, X25519_MLKEM768};

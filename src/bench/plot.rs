@@ -244,6 +244,34 @@ fn per_aead(
     series
 }
 
+/// TLS 1.3's record overhead on TCP: a 5-byte header, 1 byte of content type and a 16-byte
+/// tag (RFC 8446 §5.2), against secchan's 21.
+const TLS13_RECORD_OVERHEAD: f64 = 22.0;
+
+/// The overhead curves: secchan's per AEAD, drawn once with both names when they are the same
+/// (both AEADs add a 16-byte tag, so they always are), and TLS 1.3's beside it.
+fn overhead_series(report: &Report) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for (name, pts) in per_aead(report, |r| r.overhead_pct) {
+        match series.iter_mut().find(|(_, p)| *p == pts) {
+            Some((n, _)) => *n = format!("{n}, {}", short(&name)),
+            None => series.push((format!("secchan {}", short(&name)), pts)),
+        }
+    }
+    let tls: Vec<(f64, f64)> = series
+        .first()
+        .map(|(_, pts)| {
+            pts.iter()
+                .map(|&(x, _)| (x, 100.0 * TLS13_RECORD_OVERHEAD / x))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !tls.is_empty() {
+        series.push(("TLS 1.3 (22 B/record)".into(), tls));
+    }
+    series
+}
+
 /// Writes the MQTT flood chart (`secchan bench --mqtt-flood`) into `dir`.
 #[cfg(feature = "mqtt")]
 pub fn write_flood(report: &super::flood::FloodReport, dir: &Path) -> std::io::Result<PathBuf> {
@@ -256,6 +284,147 @@ pub fn write_flood(report: &super::flood::FloodReport, dir: &Path) -> std::io::R
         series: report.curves(),
     };
     let path = dir.join("mqtt-flood.svg");
+    std::fs::write(&path, chart.to_svg())?;
+    Ok(path)
+}
+
+/// Writes the reconnect-storm chart (`secchan bench --storm`) into `dir`.
+pub fn write_storm(report: &super::storm::StormReport, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let chart = Chart {
+        title: "Devices back after a server restart",
+        x_label: "seconds from the restart",
+        y_label: "devices with a session again (%)",
+        log_x: false,
+        series: report.curves(),
+    };
+    let path = dir.join("reconnect-storm.svg");
+    std::fs::write(&path, chart.to_svg())?;
+    Ok(path)
+}
+
+/// One row of `scripts/aarch64.sh count`'s handshake table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PiCount {
+    /// QEMU CPU model (cortex-a72: Pi 4, cortex-a76: Pi 5).
+    pub cpu: String,
+    /// Suite.
+    pub suite: String,
+    /// AEAD.
+    pub aead: String,
+    /// Instructions on the device's side of one handshake.
+    pub device: u64,
+    /// Instructions on the server's side.
+    pub server: u64,
+}
+
+/// The handshake rows of `scripts/aarch64.sh count`'s output (`cpu suite aead device server`).
+pub fn parse_pi_counts(text: &str) -> Vec<PiCount> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [cpu, suite, aead, device, server] = f[..] else {
+                return None;
+            };
+            Some(PiCount {
+                cpu: cpu.to_string(),
+                suite: suite.to_string(),
+                aead: aead.to_string(),
+                device: device.parse().ok()?,
+                server: server.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The Pi each emulated CPU stands for, and the clock the time estimate assumes.
+fn pi_of(cpu: &str) -> Option<(&'static str, f64)> {
+    match cpu {
+        "cortex-a72" => Some(("Pi 4", 1.5e9)),
+        "cortex-a76" => Some(("Pi 5", 2.4e9)),
+        _ => None,
+    }
+}
+
+/// Writes `pi-handshake.svg` into `dir`: the device's instructions per handshake, hybrid
+/// beside classical, for each Pi (with the AEAD that Pi prefers: ChaCha20-Poly1305 on a Pi 4,
+/// which lacks AES instructions, AES-256-GCM on a Pi 5), labelled with the time at one
+/// instruction per cycle.
+pub fn write_pi(counts: &[PiCount], dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let mut bars: Vec<(String, f64)> = Vec::new();
+    for (cpu, aead) in [
+        ("cortex-a72", "ChaCha20-Poly1305"),
+        ("cortex-a76", "AES-256-GCM"),
+    ] {
+        let Some((pi, hz)) = pi_of(cpu) else { continue };
+        for suite in ["X25519MLKEM768", "X25519"] {
+            if let Some(c) = counts
+                .iter()
+                .find(|c| c.cpu == cpu && c.aead == aead && c.suite == suite)
+            {
+                let kind = if suite == "X25519" {
+                    "classical"
+                } else {
+                    "hybrid"
+                };
+                let ms = c.device as f64 / hz * 1e3;
+                bars.push((
+                    format!("{pi} {kind}: {:.2} M, ≈ {ms:.2} ms", c.device as f64 / 1e6),
+                    c.device as f64,
+                ));
+            }
+        }
+    }
+    let max = bars.iter().map(|b| b.1).fold(1.0, f64::max);
+    let (bar_h, gap, left, width) = (26.0, 10.0, 260.0, 460.0);
+    let height = TOP + BOTTOM + bars.len() as f64 * (bar_h + gap);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" font-family="sans-serif" font-size="12">
+<rect width="{W}" height="{height}" fill="white"/>
+<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>
+"#,
+        W / 2.0,
+        escape("Device instructions per handshake (emulated; time at 1 instruction/cycle)")
+    );
+    for (i, (label, v)) in bars.iter().enumerate() {
+        let y = TOP + i as f64 * (bar_h + gap);
+        let w = v / max * width;
+        let color = COLORS[i % 2];
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text><rect x="{left}" y="{y:.1}" width="{w:.1}" height="{bar_h}" fill="{color}"/>"#,
+            left - 8.0,
+            y + bar_h / 2.0 + 4.0,
+            escape(label)
+        );
+    }
+    svg.push_str("</svg>\n");
+    let path = dir.join("pi-handshake.svg");
+    std::fs::write(&path, svg)?;
+    Ok(path)
+}
+/// A cumulative curve: for each of the `sorted` values, the share (%) of `n` at or below it.
+pub fn cumulative(sorted: &[f64], n: usize) -> Vec<(f64, f64)> {
+    let n = n.max(1) as f64;
+    sorted
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (*t, 100.0 * (i + 1) as f64 / n))
+        .collect()
+}
+
+/// Writes the attack chart (`secchan bench --attack`) into `dir`.
+pub fn write_attack(report: &super::attack::AttackReport, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let chart = Chart {
+        title: "An honest device's handshakes under each attack (TCP, loopback)",
+        x_label: "handshake time (ms)",
+        y_label: "tries with a session within x (%)",
+        log_x: false,
+        series: report.curves(),
+    };
+    let path = dir.join("tcp-attacks.svg");
     std::fs::write(&path, chart.to_svg())?;
     Ok(path)
 }
@@ -282,7 +451,7 @@ pub fn write(report: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
                 x_label: "payload per message (bytes, log scale)",
                 y_label: "overhead (% of payload)",
                 log_x: true,
-                series: per_aead(report, |r| r.overhead_pct),
+                series: overhead_series(report),
             },
         ),
     ];
@@ -298,6 +467,31 @@ pub fn write(report: &Report, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pi_counts_are_read_from_the_script_s_table_and_charted() {
+        let table = "cpu         suite            aead                     device       server\n\
+cortex-a72  X25519MLKEM768   ChaCha20-Poly1305       1793646      1527405\n\
+cortex-a72  X25519           ChaCha20-Poly1305       1111548      1110020\n\
+cortex-a76  X25519MLKEM768   AES-256-GCM             1795443      1529085\n\
+cortex-a76  X25519           AES-256-GCM             1114531      1112473\n\
+\ncpu         aead                 seal 1 KiB   open 1 KiB\n";
+        let counts = parse_pi_counts(table);
+        assert_eq!(counts.len(), 4);
+        assert_eq!(counts[0].device, 1_793_646);
+        let dir = tempfile::tempdir().unwrap();
+        let svg = std::fs::read_to_string(write_pi(&counts, dir.path()).unwrap()).unwrap();
+        assert_eq!(svg.matches("<rect x=").count(), 4);
+        assert!(svg.contains("Pi 4 hybrid: 1.79 M, ≈ 1.20 ms"), "{svg}");
+        assert!(svg.contains("Pi 5 classical"), "{svg}");
+    }
+
+    #[test]
+    fn a_cumulative_curve_counts_against_every_try_not_only_the_successes() {
+        // Two successes of four tries: the curve ends at 50 %, not 100 %.
+        assert_eq!(cumulative(&[1.0, 3.0], 4), vec![(1.0, 25.0), (3.0, 50.0)]);
+        assert!(cumulative(&[], 0).is_empty());
+    }
 
     #[test]
     fn ticks_are_round_and_cover_the_maximum() {

@@ -76,9 +76,40 @@ pub struct BenchServer {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// A server identity and its ticket keys: what a restarted server keeps.
+#[derive(Clone)]
+pub struct ServerKeys {
+    /// The identity.
+    pub identity: Arc<IdentityKey>,
+    /// The ticket keys.
+    pub resumption: Arc<Resumption>,
+}
+
+impl ServerKeys {
+    /// A fresh identity and fresh ticket keys in memory (as `secchan server` has by default).
+    pub fn generate() -> Result<Self, BenchError> {
+        Ok(Self {
+            identity: Arc::new(IdentityKey::generate(&mut OsRandom)?),
+            resumption: Arc::new(
+                Resumption::random(
+                    DEFAULT_LIFETIME,
+                    std::time::SystemTime::now(),
+                    &mut OsRandom,
+                )
+                .map_err(|_| BenchError::Protocol("no ticket keys"))?,
+            ),
+        })
+    }
+}
+
 impl BenchServer {
     /// Starts the server on `threads` worker threads, accepting every suite and device.
     pub fn start(threads: usize) -> Result<Self, BenchError> {
+        Self::start_with(threads, ServerKeys::generate()?)
+    }
+
+    /// [`start`](Self::start) with `keys` (the same keys again: a restarted server).
+    pub fn start_with(threads: usize, keys: ServerKeys) -> Result<Self, BenchError> {
         let meter = Arc::new(ServerMeter::default());
         let park_meter = meter.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -87,19 +118,11 @@ impl BenchServer {
             .on_thread_park(move || park_meter.record_park())
             .enable_all()
             .build()?;
-        let identity = Arc::new(IdentityKey::generate(&mut OsRandom)?);
-        let fingerprint = identity.public().fingerprint();
-        let mut config = ServerConfig::new(identity, Arc::new(AllowAnyDevice));
+        let fingerprint = keys.identity.public().fingerprint();
+        let mut config = ServerConfig::new(keys.identity, Arc::new(AllowAnyDevice));
         config.mode = Mode::Any;
-        // As `secchan server` runs by default: tickets in every session, keys in memory.
-        config.resumption = Some(Arc::new(
-            Resumption::random(
-                DEFAULT_LIFETIME,
-                std::time::SystemTime::now(),
-                &mut OsRandom,
-            )
-            .map_err(|_| BenchError::Protocol("no ticket keys"))?,
-        ));
+        // As `secchan server` runs by default: tickets in every session.
+        config.resumption = Some(keys.resumption);
         let (listener, raw) = runtime.block_on(async {
             let listener =
                 Listener::bind("127.0.0.1:0", Arc::new(config), Timeouts::default()).await?;

@@ -96,6 +96,56 @@ pub struct BenchArgs {
     #[cfg(feature = "mqtt")]
     #[arg(long, value_name = "SECS", default_value_t = 10, requires = "mqtt_flood", value_parser = clap::value_parser!(u64).range(1..=3600))]
     flood_spread: u64,
+    /// Instead of the report: N devices reconnecting at once after a restart of the
+    /// in-process server, with full handshakes and then with resumption (docs/benchmarks.md,
+    /// "Reconnect storm"). Uses the first --suite and --aead.
+    #[arg(long, value_name = "N", conflicts_with_all = ["connect", "ops"], value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    storm: Option<u64>,
+    /// Instead of measuring: chart the Raspberry Pi instruction counts that
+    /// `scripts/aarch64.sh count` printed into FILE (needs --plot DIR; writes pi-handshake.svg).
+    #[arg(long, value_name = "FILE", requires = "plot")]
+    pi_counts: Option<PathBuf>,
+    /// Instead of the report: messages/s and send-to-acknowledgement time through the
+    /// server's delivery path into this sink (repeatable; postgres://..., mqtt://...), beside
+    /// JSON lines and no sink, in one run (docs/benchmarks.md, Sinks). Rows it writes stay.
+    #[arg(long = "sink", value_name = "URL")]
+    sinks: Vec<String>,
+    /// With --sink: the sink's password file (as for `secchan server`).
+    #[arg(long, value_name = "FILE", requires = "sinks")]
+    sink_password_file: Option<PathBuf>,
+    /// With --sink: devices sending at once, each this many messages.
+    #[arg(long, value_name = "N", default_value_t = 4000, requires = "sinks")]
+    sink_messages: u64,
+    /// Instead of the report: the TCP server (`secchan server`, its own process) under each
+    /// attack in turn (slowloris, idle sockets, a hello flood from 2 processes,
+    /// hello-then-hold) from 127.0.0.2 and up, while an honest device on 127.0.0.1 tries to
+    /// get through; and what a cookie costs the server (docs/benchmarks.md, "Under attack").
+    #[arg(long, conflicts_with_all = ["connect", "ops", "storm"])]
+    attack: bool,
+    /// The honest device's tries per attack [default: 100; with --quick 10].
+    #[arg(long, value_name = "N", requires = "attack", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    attack_tries: Option<u64>,
+    /// Internal: the raw TCP baseline of --attack's cookie cost.
+    #[arg(long, hide = true)]
+    raw_responder: bool,
+    /// Internal: be one attacker of --attack (what each of its connections does).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "KIND",
+        hide = true,
+        requires = "attack_target"
+    )]
+    attacker: Option<bench::attack::attacker::Kind>,
+    /// Internal: the server an --attacker attacks.
+    #[arg(long, value_name = "ADDR", hide = true)]
+    attack_target: Option<SocketAddr>,
+    /// Internal: the addresses an --attacker's connections come from (comma-separated).
+    #[arg(long, value_name = "ADDRS", hide = true, value_delimiter = ',')]
+    attack_sources: Vec<std::net::IpAddr>,
+    /// Internal: an --attacker's connections.
+    #[arg(long, value_name = "N", hide = true, default_value_t = 1)]
+    attack_conns: usize,
     /// Internal: open N sessions to --connect, print "ready", hold them until stdin has a line.
     #[arg(long, value_name = "N", hide = true, requires = "connect")]
     hold_sessions: Option<usize>,
@@ -210,9 +260,44 @@ pub fn run_ops(args: &BenchArgs, op: bench::ops::Op) -> Result<(), CliError> {
 /// Measures, prints the table, writes JSON and charts if asked (everything but `--ops`, which
 /// [`run_ops`] runs).
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    if !args.sinks.is_empty() {
+        return sinks(&args).await;
+    }
     #[cfg(feature = "mqtt")]
     if let (Some(url), false) = (&args.mqtt.mqtt, args.mqtt_flood.is_empty()) {
         return flood(&args, url).await;
+    }
+    if let Some(devices) = args.storm {
+        return storm(&args, devices as usize).await;
+    }
+    if let (Some(file), Some(dir)) = (&args.pi_counts, &args.plot) {
+        let text = std::fs::read_to_string(file).map_err(CliError::LocalIo)?;
+        let counts = bench::parse_pi_counts(&text);
+        if counts.is_empty() {
+            return Err(CliError::LocalIo(std::io::Error::other(format!(
+                "{}: no handshake rows of `scripts/aarch64.sh count` in it",
+                file.display()
+            ))));
+        }
+        let path = bench::write_pi_plot(&counts, dir).map_err(|source| CliError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        eprintln!("secchan bench: chart written to {}", path.display());
+        return Ok(());
+    }
+    if let (Some(kind), Some(target)) = (args.attacker, args.attack_target) {
+        return attacker(&args, kind, target).await;
+    }
+    if args.raw_responder {
+        let answered = tokio::task::spawn_blocking(bench::attack::raw::serve)
+            .await
+            .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
+        println!("{answered}");
+        return Ok(());
+    }
+    if args.attack {
+        return attack(&args).await;
     }
     let identity = Arc::new(match &args.key {
         Some(path) => load_secret(path)?,
@@ -270,6 +355,92 @@ fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<
     Ok(())
 }
 
+/// Writes `report` as JSON (`--json`) and its chart (`--plot`, by `plot`) if asked.
+fn write_outputs<R: serde::Serialize>(
+    args: &BenchArgs,
+    report: &R,
+    plot: impl FnOnce(&std::path::Path) -> std::io::Result<std::path::PathBuf>,
+) -> Result<(), CliError> {
+    if let Some(path) = &args.json {
+        write_json(path, report)?;
+    }
+    if let Some(dir) = &args.plot {
+        let file = plot(dir).map_err(|source| CliError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        eprintln!("secchan bench: chart written to {}", file.display());
+    }
+    Ok(())
+}
+
+/// `bench --attack`.
+async fn attack(args: &BenchArgs) -> Result<(), CliError> {
+    let bench = bench::attack::AttackBench {
+        tries: args
+            .attack_tries
+            .map_or(if args.quick { 10 } else { 100 }, |n| n as usize),
+        quick: args.quick,
+    };
+    // It starts processes and drives a runtime of its own: run it on a blocking thread.
+    let report = tokio::task::spawn_blocking(move || bench::attack::run(&bench))
+        .await
+        .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
+    print!("{}", report.markdown());
+    write_outputs(args, &report, |dir| report.write_plot(dir))
+}
+
+/// `bench --attacker KIND`: one attacker process of `bench --attack`; prints its counts.
+async fn attacker(
+    args: &BenchArgs,
+    kind: bench::attack::attacker::Kind,
+    target: SocketAddr,
+) -> Result<(), CliError> {
+    let (sources, conns) = (args.attack_sources.clone(), args.attack_conns);
+    let sources = if sources.is_empty() {
+        vec![std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)]
+    } else {
+        sources
+    };
+    let counts = tokio::task::spawn_blocking(move || {
+        bench::attack::attacker::run(kind, target, &sources, conns)
+    })
+    .await
+    .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
+    println!(
+        "{}",
+        serde_json::to_string(&counts).map_err(std::io::Error::other)?
+    );
+    Ok(())
+}
+
+/// `bench --storm N`.
+async fn storm(args: &BenchArgs, devices: usize) -> Result<(), CliError> {
+    let suite = args.suite.first().copied().unwrap_or(&X25519_MLKEM768);
+    let aead = args.aead.first().copied().unwrap_or(AeadId::Aes256Gcm);
+    let threads = args.server_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        |n| n as usize,
+    );
+    // It drives runtimes of its own: run it on a blocking thread.
+    let report =
+        tokio::task::spawn_blocking(move || bench::storm::run(devices, suite, aead, threads))
+            .await
+            .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
+    print!("{}", report.markdown());
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    if let Some(dir) = &args.plot {
+        let file = bench::write_storm_plot(&report, dir).map_err(|source| CliError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        eprintln!("secchan bench: chart written to {}", file.display());
+    }
+    Ok(())
+}
+
 /// `--mqtt-flood`: the flood benchmark alone.
 #[cfg(feature = "mqtt")]
 async fn flood(args: &BenchArgs, url: &str) -> Result<(), CliError> {
@@ -284,15 +455,26 @@ async fn flood(args: &BenchArgs, url: &str) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
     print!("{}", report.to_table());
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
+    write_outputs(args, &report, |dir| report.write_plot(dir))
+}
+
+/// `--sink`: the sink benchmark alone.
+async fn sinks(args: &BenchArgs) -> Result<(), CliError> {
+    let mut sinks = Vec::new();
+    for url in &args.sinks {
+        sinks.extend(super::sink::opener(url, args.sink_password_file.clone())?);
     }
-    if let Some(dir) = &args.plot {
-        let file = report.write_plot(dir).map_err(|source| CliError::Write {
-            path: dir.clone(),
-            source,
-        })?;
-        eprintln!("secchan bench: chart written to {}", file.display());
-    }
+    let bench = bench::sinks::SinkBench {
+        sinks,
+        devices: args.devices as usize,
+        messages: args.sink_messages,
+        round_trips: 200,
+        rounds: 3,
+    };
+    // It drives a runtime of its own: run it on a blocking thread.
+    let report = tokio::task::spawn_blocking(move || bench::sinks::run(bench))
+        .await
+        .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
+    print!("{report}");
     Ok(())
 }

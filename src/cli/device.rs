@@ -97,6 +97,13 @@ pub struct DeviceArgs {
     trust_server_for_peers: bool,
     #[command(flatten)]
     outbox: OutboxArgs,
+    /// Read options from FILE (TOML: the long options as keys, e.g. `listen = "0.0.0.0:4433"`);
+    /// an option on the command line replaces the file's.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (file, command line and defaults) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(flatten)]
     session: SessionArgs,
     #[command(flatten)]

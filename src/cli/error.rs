@@ -42,6 +42,9 @@ pub enum CliError {
         /// Its permission bits.
         mode: u32,
     },
+    /// `keygen --out -`.
+    #[error("--out -: a secret key is written to a file (mode 0600, with FILE.pub beside it), never to stdout; give a file name")]
+    KeyToStdout,
     /// keygen refused to overwrite a file.
     #[error("{0} already exists; choose another --out or delete it first (secchan never overwrites keys)")]
     Exists(PathBuf),
@@ -54,7 +57,7 @@ pub enum CliError {
         source: std::io::Error,
     },
     /// The authorized-devices file is unusable.
-    #[error("authorized-devices file {path}:{line}: {reason}; each line is `SHA256:<fingerprint> [name]` or the contents of a device's .pub file")]
+    #[error("authorized-devices file {path}{at}: {reason}; each line is `SHA256:<fingerprint> [name]` or the contents of a device's .pub file", path = path.display(), at = if *line > 0 { format!(":{line}") } else { String::new() })]
     AuthorizedDevices {
         /// The file.
         path: PathBuf,
@@ -78,7 +81,7 @@ pub enum CliError {
         file: String,
     },
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}; pick a free address and port")]
+    #[error("cannot listen on {addr}: {source}{hint}", hint = address_advice(addr, "--listen 0.0.0.0", "pick a free address and port"))]
     Bind {
         /// The address.
         addr: String,
@@ -86,7 +89,7 @@ pub enum CliError {
         source: std::io::Error,
     },
     /// The server could not be reached.
-    #[error("cannot connect to {addr}: {source}; check the address and that `secchan server` runs there")]
+    #[error("cannot connect to {addr}: {source}{hint}", hint = address_advice(addr, "--connect 192.0.2.10", "check the address and that `secchan server` runs there"))]
     Connect {
         /// The address.
         addr: String,
@@ -101,27 +104,21 @@ pub enum CliError {
         /// Its length.
         len: usize,
     },
-    /// The server did not answer the device's close in time.
-    #[error("the server did not confirm the close within {secs} s: the last messages may not have arrived; check the server's log, or allow longer with --close-timeout")]
-    CloseUnconfirmed {
-        /// The wait, in seconds.
-        secs: u64,
-    },
-    /// The server closed the session while input remained.
-    #[error("the server closed the session after {sent} lines, before the input ended; check the server's log")]
-    ServerClosed {
-        /// Lines sent before the close.
-        sent: usize,
-    },
     /// The state directory (`--state-dir`) or the device's spool (`--spool`) is unusable.
     #[error("{0}")]
     StateDir(crate::delivery::log::StoreError),
+    /// A `--config` file is unusable.
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
     /// A device stopped before every message was acknowledged.
     #[error("{0}{hint}", hint = device_advice(.0))]
     Device(crate::service::tcp_device::DeviceError),
     /// The server's output failed.
     #[error("{0}; the devices keep every message that was not acknowledged")]
     Output(crate::service::sink::SinkError),
+    /// `--sink` is unusable (the URL is never repeated: it may carry a password).
+    #[error("--sink: {0}")]
+    Sink(String),
     /// The broker password file could not be read.
     #[error("cannot read the MQTT password file {path}: {source}")]
     PasswordFile {
@@ -213,6 +210,8 @@ impl CliError {
             | Self::NoDevicePolicy
             | Self::Bind { .. }
             | Self::PasswordFile { .. }
+            | Self::Sink(_)
+            | Self::Config(_)
             | Self::Tickets { .. } => exit::USAGE,
             Self::Connect { .. } => exit::NETWORK,
             Self::Output(_) => exit::OUTPUT,
@@ -240,6 +239,21 @@ impl From<TransportError> for CliError {
     }
 }
 
+/// What to do about an address that could not be used: a bare port or host gets an example
+/// of HOST:PORT (`example` is the option and an example host), anything else `otherwise`.
+fn address_advice(addr: &str, example: &str, otherwise: &str) -> String {
+    if !addr.contains(':') {
+        let port = if addr.parse::<u16>().is_ok() {
+            addr
+        } else {
+            "4433"
+        };
+        format!("; give a host and a port, e.g. {example}:{port}")
+    } else {
+        format!("; {otherwise}")
+    }
+}
+
 /// What to do after a device stopped early.
 fn device_advice(e: &crate::service::tcp_device::DeviceError) -> String {
     use crate::service::tcp_device::DeviceError;
@@ -252,11 +266,14 @@ fn device_advice(e: &crate::service::tcp_device::DeviceError) -> String {
     }
 }
 
-/// What to do about an unusable key file: create a secret key, but never a `.pub` file (that is
-/// the public half `keygen` writes beside its secret key).
+/// What to do about an unusable key file: pass the secret half of a `.pub` file; create a key
+/// where none exists; and never suggest writing a key over a file that is something else.
 fn key_file_advice(path: &std::path::Path) -> String {
-    if path.extension().is_some_and(|e| e == "pub") {
-        "; a .pub file is the public key `secchan keygen --out FILE` writes as FILE.pub".into()
+    let stem = path.to_string_lossy();
+    if let Some(secret) = stem.strip_suffix(".pub") {
+        format!("; a .pub file is the public key `secchan keygen --out FILE` writes as FILE.pub: pass {secret}")
+    } else if path.exists() {
+        "; pass a secret key file written by `secchan keygen --out FILE`".into()
     } else {
         format!(
             "; create one with `secchan keygen --out {}`",

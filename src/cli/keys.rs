@@ -36,8 +36,22 @@ fn create_new(path: &Path, mode: u32) -> Result<std::fs::File, CliError> {
     })
 }
 
+/// Writes `bytes` to a new file at `path`, mode 0600 (never over an existing file).
+pub fn write_private_new(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let mut f = create_new(path, 0o600)?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|source| CliError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// `secchan keygen --out FILE`.
 pub fn keygen(out: &Path) -> Result<(), CliError> {
+    if out.as_os_str() == "-" {
+        return Err(CliError::KeyToStdout);
+    }
     let public_path = pub_path(out);
     if public_path.exists() {
         return Err(CliError::Exists(public_path));
@@ -61,12 +75,39 @@ pub fn keygen(out: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Loads a secret key file, refusing one that other users can read.
+/// Longest key file read: a key file is two short lines; anything longer is not one (and a
+/// device file or a FIFO must not be read without end).
+const MAX_KEY_FILE: u64 = 4096;
+
+/// Reads a key file's text, at most [`MAX_KEY_FILE`] bytes.
+fn read_key_text(path: &Path) -> Result<zeroize::Zeroizing<String>, CliError> {
+    use std::io::Read;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_KEY_FILE).read_to_string(&mut text))
+        .map_err(|e| CliError::KeyFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(text)
+}
+
+/// Loads a secret key file, refusing one that other users can read. The format is checked
+/// first: a file that is not a secret key (a .pub file, /etc/passwd) is named as such, and
+/// only a real secret key that others can read gets the chmod advice.
 pub fn load_secret(path: &Path) -> Result<IdentityKey, CliError> {
     let err = |reason: String| CliError::KeyFile {
         path: path.to_path_buf(),
         reason,
     };
+    let text = read_key_text(path)?;
+    let key = IdentityKey::from_file_text(&text).map_err(|e| {
+        if PublicIdentity::from_file_text(&text).is_ok() {
+            err("it is a public key, not a secret key".into())
+        } else {
+            err(e.to_string())
+        }
+    })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -79,20 +120,12 @@ pub fn load_secret(path: &Path) -> Result<IdentityKey, CliError> {
             });
         }
     }
-    let text =
-        zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
-    IdentityKey::from_file_text(&text).map_err(|e| err(e.to_string()))
+    Ok(key)
 }
 
 /// `secchan fingerprint FILE`: works on secret and public key files.
 pub fn fingerprint(path: &Path) -> Result<(), CliError> {
-    let text =
-        zeroize::Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|e| CliError::KeyFile {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?,
-        );
+    let text = read_key_text(path)?;
     let public = match PublicIdentity::from_file_text(&text) {
         Ok(p) => p,
         Err(_) => load_secret(path)?.public(),

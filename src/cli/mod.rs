@@ -1,7 +1,9 @@
 //! The `secchan` command line: argument parsing and wiring only. Every failure becomes one
 //! line on stderr saying what went wrong and what to do, and a non-zero exit.
 
+mod admission;
 mod bench;
+mod config;
 mod demo;
 mod device;
 mod downlink;
@@ -12,6 +14,8 @@ mod mqtt;
 mod outbox;
 mod registry;
 mod server;
+mod service;
+mod sink;
 mod sources;
 
 use crate::crypto::aead::AeadId;
@@ -21,7 +25,7 @@ use crate::record::replay::DEFAULT_WINDOW;
 use crate::record::KeyUpdatePolicy;
 use crate::session::SessionConfig;
 use crate::transport::Timeouts;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 pub use error::CliError;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +66,18 @@ enum Command {
     Registry(registry::RegistryCommand),
     /// Measure handshakes, records, throughput and memory (docs/benchmarks.md).
     Bench(bench::BenchArgs),
+    /// Print a shell completion script, e.g. `secchan completions bash > /etc/bash_completion.d/secchan`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the secchan(1) man page (roff), e.g. `secchan man > secchan.1`; with
+    /// --out-dir, write it and one page per subcommand there.
+    Man {
+        /// Write secchan.1 and secchan-SUBCOMMAND.1 into DIR.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// Suites a device may offer, by mode.
@@ -157,6 +173,14 @@ fn parse_aead(s: &str) -> Result<AeadId, String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,secchan=info"));
+    // The PostgreSQL driver logs every statement's parameters (the devices' messages) at
+    // debug level, so it is kept at warnings whatever RUST_LOG says; its pool's warnings
+    // about broken connections repeat what the server's own line about the sink says.
+    #[cfg(feature = "postgres")]
+    let filter = ["tokio_postgres=warn", "deadpool=error"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, |f, d| f.add_directive(d));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -171,7 +195,20 @@ fn usage_error_line(rendered: &str) -> String {
     let words: Vec<&str> = first.split_whitespace().collect();
     let text = words.join(" ");
     let text = text.strip_prefix("error: ").unwrap_or(&text);
-    format!("{text}; run with --help to see the options")
+    // clap's suggestions ("tip: a similar argument exists: '--connect'") are kept.
+    let tips: Vec<String> = rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tip: "))
+        .map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    if tips.is_empty() {
+        format!("{text}; run with --help to see the options")
+    } else {
+        format!(
+            "{text}; {}; run with --help to see the options",
+            tips.join("; ")
+        )
+    }
 }
 
 /// Runs `command` to completion on a multi-thread runtime.
@@ -191,8 +228,26 @@ fn on_runtime(
 
 /// Parses the command line, runs the command, and returns the process exit code.
 pub fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let args = match config::expand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("secchan: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let parsed = Cli::command()
+        .try_get_matches_from(args)
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let cli = match parsed {
+        Ok((cli, matches)) => {
+            if let Some((sub, m)) = matches.subcommand() {
+                if m.try_get_one::<bool>("print_config").ok().flatten() == Some(&true) {
+                    config::print(sub, m);
+                    return ExitCode::SUCCESS;
+                }
+            }
+            cli
+        }
         // --help and --version.
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -224,6 +279,8 @@ pub fn run() -> ExitCode {
         Command::Device(args) => on_runtime(device::run(args, false)),
         Command::Chat(args) => on_runtime(device::run(args, true)),
         Command::Demo => on_runtime(demo::run()),
+        Command::Completions { shell } => service::completions(shell),
+        Command::Man { out_dir } => service::man(out_dir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::from(error::exit::OK),
@@ -265,6 +322,12 @@ mod tests {
         assert!(
             range.ends_with("run with --help to see the options"),
             "{range}"
+        );
+        let typo = usage_error(&["secchan", "device", "--conect", "h:1"]);
+        assert!(!typo.contains('\n'), "{typo}");
+        assert!(
+            typo.contains("similar argument exists: '--connect'"),
+            "{typo}"
         );
     }
 }

@@ -203,6 +203,7 @@ pub(super) async fn serve(
         fingerprint = %config.identity.public().fingerprint(),
         "serving through the MQTT broker"
     );
+    let _watchdog = super::service::notify_ready();
     let s = mqtt_server::serve(server, intake, stop).await?;
     tracing::info!(
         sessions = s.sessions_established,

@@ -13,6 +13,9 @@ use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Tokens valid longer than this get a warning: a token is a bearer secret until it expires.
+const LONG_TOKEN: Duration = Duration::from_secs(7 * 86_400);
+
 /// `secchan registry` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
@@ -73,6 +76,10 @@ pub enum RegistryCommand {
         /// Name the enrolled device gets [default: dev- and 8 characters of the token id].
         #[arg(long)]
         name: Option<String>,
+        /// Write the token to FILE (created with mode 0600; never overwritten) instead of
+        /// stdout, ready for `secchan device --enroll-token-file FILE`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// List devices as a table, or as JSON.
     List {
@@ -393,6 +400,7 @@ pub fn run(command: RegistryCommand) -> Result<(), CliError> {
             group,
             expires,
             name,
+            out,
         } => {
             let group = label("group", &group).map_err(err(&target.file))?;
             let key = load_secret(&target.key)?;
@@ -414,11 +422,21 @@ pub fn run(command: RegistryCommand) -> Result<(), CliError> {
                 })
             })
             .map_err(err(&target.file))?;
-            println!("{}", token.to_text().as_str());
+            match &out {
+                Some(path) => super::keys::write_private_new(
+                    path,
+                    format!("{}\n", token.to_text().as_str()).as_bytes(),
+                )?,
+                None => println!("{}", token.to_text().as_str()),
+            }
+            let valid = humantime::format_duration(Duration::from_secs(until - now));
             eprintln!(
-                "one-time token for device {name} in group {group}, valid until {}: give it to the device in a file only it can read, as `secchan device --key DEVICE_KEY --enroll-token-file FILE ...`",
+                "one-time token for device {name} in group {group}, valid for {valid} (until {}): give it to the device in a file only it can read, as `secchan device --key DEVICE_KEY --enroll-token-file FILE ...`",
                 rfc3339(until)
             );
+            if expires > LONG_TOKEN {
+                tracing::warn!(valid = %valid, "a token is a bearer secret for as long as it is valid: prefer hours to weeks");
+            }
         }
         RegistryCommand::List {
             target,

@@ -12,7 +12,6 @@ use crate::handshake::ticket_file;
 use crate::handshake::{AllowAnyDevice, Authorizer, Mode};
 use crate::registry::{Groups, RegistryAuthorizer};
 use crate::service::hub::{Hub, RelayPolicy};
-use crate::service::sink::JsonLines;
 use crate::service::{intake, tcp_server};
 use crate::transport::tcp::Listener;
 use clap::Args;
@@ -34,8 +33,8 @@ pub struct ServerArgs {
     #[command(flatten)]
     mqtt: super::mqtt::MqttServerArgs,
     /// The server's secret key file (from `secchan keygen`).
-    #[arg(long, value_name = "FILE")]
-    key: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "init_sink")]
+    key: Option<PathBuf>,
     /// Which device suites to accept.
     #[arg(long, value_enum, default_value_t = ServerMode::Hybrid)]
     mode: ServerMode,
@@ -58,9 +57,9 @@ pub struct ServerArgs {
     /// sessions are closed within this time.
     #[arg(long, value_name = "SECS", default_value_t = 1, requires = "registry", value_parser = clap::value_parser!(u64).range(1..=3600))]
     registry_poll: u64,
-    /// Most devices served at once (sessions and handshakes in progress); connections beyond
-    /// it are dropped with a warning. Each takes a file descriptor: keep it below the
-    /// open-file limit (`ulimit -n`).
+    /// Most sessions at once (authenticated devices); handshakes in progress have their own
+    /// budget (--max-pending), and a device with no room is refused with busy. Each takes a
+    /// file descriptor: keep the two together below the open-file limit (`ulimit -n`).
     #[arg(long, default_value_t = 10_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_SESSIONS))]
     max_sessions: u32,
     /// Accept any device, including anonymous ones. Not recommended outside testing.
@@ -80,10 +79,21 @@ pub struct ServerArgs {
     /// `group` only within a registry group; `off` refuses every relay (no_relay).
     #[arg(long, value_enum, default_value_t = RelayArg::Off)]
     relay: RelayArg,
+    /// Read options from FILE (TOML: the long options as keys, e.g. `listen = "0.0.0.0:4433"`);
+    /// an option on the command line replaces the file's.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (file, command line and defaults) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(flatten)]
     session: SessionArgs,
     #[command(flatten)]
     tickets: TicketArgs,
+    #[command(flatten)]
+    sink: super::sink::SinkArgs,
+    #[command(flatten)]
+    admission: super::admission::AdmissionArgs,
 }
 
 /// `--relay`.
@@ -126,6 +136,9 @@ impl TicketArgs {
         }
         let lifetime = Duration::from_secs(u64::from(self.ticket_lifetime));
         let now = std::time::SystemTime::now();
+        if let (None, Some(dir)) = (&self.ticket_key_file, state_dir) {
+            crate::delivery::log::create_private_dir(dir).map_err(CliError::StateDir)?;
+        }
         let file = self
             .ticket_key_file
             .clone()
@@ -145,7 +158,7 @@ impl TicketArgs {
 
 /// Builds the server configuration from the command line, and the registry if one is used.
 fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<RegistryAuthorizer>>), CliError> {
-    let identity = Arc::new(load_secret(&args.key)?);
+    let identity = Arc::new(load_secret(args.key.as_deref().unwrap_or(Path::new("")))?);
     let mut registry = None;
     let authorizer: Arc<dyn Authorizer> = match (&args.authorized_devices, args.allow_any_device) {
         _ if args.registry.is_some() => {
@@ -232,6 +245,7 @@ async fn serve(
         fingerprint = %fingerprint,
         "listening"
     );
+    let _watchdog = super::service::notify_ready();
     let hub = Arc::new(Hub::new(match args.relay {
         RelayArg::Off => RelayPolicy::Off,
         RelayArg::Any => RelayPolicy::Any,
@@ -239,7 +253,8 @@ async fn serve(
     }));
     tokio::spawn(super::downlink::read(tokio::io::stdin(), hub.clone()));
     let options = tcp_server::ServerOptions {
-        max_sessions: args.max_sessions,
+        limits: args.admission.limits(args.max_sessions as usize),
+        hello_timeout: args.admission.hello_timeout(),
         drain_timeout: Duration::from_secs(args.drain_timeout),
         registry,
         hub,
@@ -250,16 +265,18 @@ async fn serve(
 
 /// Accepts devices until interrupted, printing one JSON line per message.
 pub async fn run(args: ServerArgs) -> Result<(), CliError> {
+    if args.sink.init_sink {
+        return args.sink.init().await;
+    }
     let (config, registry) = config(&args)?;
     let config = Arc::new(config);
     let _watch = registry
         .as_ref()
         .map(|r| r.watch(Duration::from_secs(args.registry_poll)));
     let (mut streams, mut state) = streams(&args)?;
-    let mut sink =
-        JsonLines::open(args.out.as_deref(), state.is_some()).map_err(CliError::Output)?;
+    let mut sink = args.sink.open(args.out.as_deref(), state.is_some()).await?;
     if let Some(state) = &mut state {
-        let found = intake::recover(&mut sink, &mut streams, state).map_err(CliError::Output)?;
+        let found = intake::recover(&mut *sink, &mut streams, state).map_err(CliError::Output)?;
         if found > 0 {
             tracing::info!(
                 messages = found,
@@ -267,7 +284,7 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
             );
         }
     }
-    let (intake, written) = intake::start(Box::new(sink), streams, state);
+    let (intake, written) = intake::start(sink, streams, state);
     // The output's failure stops the server too: nothing could be acknowledged any more.
     let output_failed = async {
         let _ = intake.session().0.closed().await;
@@ -277,6 +294,7 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
             () = shutdown_signal() => {}
             () = output_failed => {}
         }
+        super::service::notify_stopping();
     };
     let served = serve(&args, (config, registry), intake.clone(), stop).await;
     drop(intake);

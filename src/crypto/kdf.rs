@@ -60,11 +60,19 @@ impl Transcript {
 
 /// HMAC-SHA256(key, message) (RFC 2104), truncated to its first `N` bytes.
 pub fn hmac_sha256<const N: usize>(key: &[u8; HASH_LEN], message: &[u8]) -> [u8; N] {
+    hmac_sha256_parts(key, &[message])
+}
+
+/// HMAC-SHA256(key, the concatenation of `parts`), truncated to its first `N` bytes, without
+/// copying the parts together.
+pub fn hmac_sha256_parts<const N: usize>(key: &[u8; HASH_LEN], parts: &[&[u8]]) -> [u8; N] {
     use hmac::Mac;
     const { assert!(N <= HASH_LEN) };
     let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(message);
+    for part in parts {
+        mac.update(part);
+    }
     let full = mac.finalize().into_bytes();
     let mut out = [0u8; N];
     out.copy_from_slice(&full[..N]);

@@ -12,6 +12,7 @@
 //!   -> [`resume::ExpectResumeReply`] -> session; a server takes either first message with
 //!   [`server::accept_first`]. Tickets are sealed and checked by [`ticket::Resumption`].
 
+pub mod cookie;
 pub mod device;
 mod key_schedule;
 pub mod resume;

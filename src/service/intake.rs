@@ -255,11 +255,24 @@ impl Task {
             return Ok(());
         }
         let mut pause = RETRY_FIRST;
+        let mut failures = 0u64;
+        let started = Instant::now();
         loop {
             match self.sink.write(records).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(attempts = failures + 1, after = ?started.elapsed(), "output available again: writing and acknowledging");
+                    }
+                    return Ok(());
+                }
                 Err(e) if e.retryable => {
-                    warn_dropped!(self.throttle, error = %e, retry_in = ?pause, "output failed: trying again; devices keep their messages meanwhile");
+                    // One line when the output goes away; every later attempt at debug level.
+                    if failures == 0 {
+                        tracing::warn!(error = %e, "output unavailable: trying again with back-off (up to every {} s); nothing is acknowledged meanwhile and devices keep their messages", RETRY_MAX.as_secs());
+                    } else {
+                        tracing::debug!(error = %e, retry_in = ?pause, "output still unavailable");
+                    }
+                    failures += 1;
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(RETRY_MAX);
                 }
@@ -319,6 +332,7 @@ mod tests {
             stream: [5; 8],
             seq,
             data: Bytes::from_static(b"x"),
+            received: std::time::SystemTime::UNIX_EPOCH,
         }
     }
 

@@ -26,6 +26,7 @@ fn record(d: Delivery) -> (SinkRecord, u64) {
         stream: d.stream,
         seq: d.seq,
         data: d.data.into(),
+        received: std::time::SystemTime::now(),
     };
     (record, d.base)
 }

@@ -14,6 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::io::AsyncWriteExt;
 
 /// Where a session's messages come from, shared by all of them.
@@ -40,6 +41,8 @@ pub struct SinkRecord {
     pub seq: u64,
     /// The message.
     pub data: Bytes,
+    /// When the server received it.
+    pub received: SystemTime,
 }
 
 /// A sink failed.
@@ -114,9 +117,12 @@ pub fn json_line(record: &SinkRecord) -> String {
     serde_json::to_string(&line).unwrap_or_default()
 }
 
+/// Where [`JsonLines`] prints: stdout, or another writer (benchmarks).
+pub type LineWriter = Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
 /// JSON lines on stdout, and appended to a file if one is given.
 pub struct JsonLines {
-    stdout: tokio::io::Stdout,
+    stdout: LineWriter,
     file: Option<(PathBuf, std::fs::File)>,
     /// The file's length after the last write.
     file_len: u64,
@@ -138,6 +144,15 @@ impl JsonLines {
     /// Stdout, plus `path` opened for appending (mode 0600 when created). With `durable`,
     /// the file is fsync'd after every batch.
     pub fn open(path: Option<&Path>, durable: bool) -> Result<Self, SinkError> {
+        Self::open_with(Box::pin(tokio::io::stdout()), path, durable)
+    }
+
+    /// [`open`](Self::open), printing to `stdout` instead of the process's stdout.
+    pub fn open_with(
+        stdout: LineWriter,
+        path: Option<&Path>,
+        durable: bool,
+    ) -> Result<Self, SinkError> {
         let file = match path {
             None => None,
             Some(path) => {
@@ -162,7 +177,7 @@ impl JsonLines {
             None => 0,
         };
         Ok(Self {
-            stdout: tokio::io::stdout(),
+            stdout,
             file,
             file_len,
             durable,
@@ -295,6 +310,7 @@ mod tests {
             stream: [0xab; 8],
             seq: 7,
             data: Bytes::from_static(data),
+            received: SystemTime::UNIX_EPOCH,
         }
     }
 

@@ -3,6 +3,7 @@
 //! server acknowledges it (protocol.md §11).
 
 use super::device_end::{DeviceEnd, EndError};
+use crate::backoff::Backoff;
 use crate::delivery::{Envelope, Outbox, OutboxError, WhenFull, ENVELOPE_LEN};
 use crate::handshake::device::DeviceConfig;
 use crate::handshake::resume::Ticket;
@@ -166,7 +167,7 @@ fn retryable(e: &TransportError) -> bool {
         TransportError::Handshake(HandshakeError::PeerAlert(code))
         | TransportError::Session(crate::session::SessionError::PeerAlert(code)) => matches!(
             code,
-            AlertCode::Timeout | AlertCode::InternalError | AlertCode::GoingAway
+            AlertCode::Timeout | AlertCode::InternalError | AlertCode::GoingAway | AlertCode::Busy
         ),
         TransportError::Session(_) => true,
         _ => false,
@@ -246,14 +247,14 @@ impl TcpDevice {
     }
 
     async fn deliver(&mut self, source: &mut Source, run: &mut Run) -> Result<(), DeviceError> {
-        let mut backoff = BACKOFF_FIRST;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX, (0.5, 1.0));
         loop {
             if self.is_done(run) {
                 return Ok(());
             }
             let failure = match self.connect().await {
                 Ok(conn) => {
-                    backoff = BACKOFF_FIRST;
+                    backoff.reset();
                     self.report.sessions += 1;
                     self.report.resumed += u64::from(conn.is_resumed());
                     tracing::info!(server = %self.addr, resumed = conn.is_resumed(), unacknowledged = self.outbox.len(), "session established");
@@ -278,8 +279,7 @@ impl TcpDevice {
                     return Err(self.gave_up(failure, limit));
                 }
             }
-            let pause = jitter(backoff);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let pause = backoff.next_pause();
             tracing::warn!(server = %self.addr, error = %failure, retry_in = ?pause, unacknowledged = self.outbox.len(), "no session: reconnecting");
             self.offline(pause, source, run).await?;
         }
@@ -522,17 +522,6 @@ impl TcpDevice {
     }
 }
 
-/// `d` scaled by a random factor in [0.5, 1].
-fn jitter(d: Duration) -> Duration {
-    use crate::crypto::random::{OsRandom, Random};
-    let mut b = [0u8; 2];
-    let r = match OsRandom.fill(&mut b) {
-        Ok(()) => f64::from(u16::from_be_bytes(b)) / f64::from(u16::MAX),
-        Err(_) => 1.0,
-    };
-    d.mul_f64(0.5 + r / 2.0)
-}
-
 /// Writes `bytes` to `path` atomically, readable by the owner only.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -568,16 +557,5 @@ mod tests {
         assert!(!retryable(&TransportError::Handshake(
             HandshakeError::ServerAuthFailed
         )));
-    }
-
-    #[test]
-    fn jitter_stays_between_half_and_all() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_secs(10));
-            assert!(
-                j >= Duration::from_secs(5) && j <= Duration::from_secs(10),
-                "{j:?}"
-            );
-        }
     }
 }

@@ -1,19 +1,23 @@
 //! `secchan server` over TCP: the accept loop, one task per session feeding the
 //! [`intake`](super::intake), and the graceful drain on shutdown (protocol.md §11.4).
 
+use super::admission::{AdmissionStats, Limits};
 use super::hub::{Attached, Hub};
 use super::intake::{Intake, IntakeSession};
 use super::sink::{Origin, SinkRecord};
+pub use super::tcp_accept::DEFAULT_HELLO_TIMEOUT;
+use super::tcp_accept::{self, Shared};
 use crate::delivery::Envelope;
 use crate::handshake::server::PeerDevice;
 use crate::msgs::AlertCode;
 use crate::registry::RegistryAuthorizer;
+use crate::throttle::WARN_EVERY;
 use crate::transport::tcp::{Connection, Listener};
-use crate::transport::TransportError;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// Default for [`ServerOptions::drain_timeout`].
@@ -31,8 +35,11 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How a TCP server runs.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Most connections served at once (sessions and handshakes in progress).
-    pub max_sessions: u32,
+    /// Pending handshakes, sessions, per source and per device, and when cookies are asked
+    /// for (protocol.md §2.3).
+    pub limits: Limits,
+    /// How long a connection may take to deliver its whole first frame.
+    pub hello_timeout: Duration,
     /// On shutdown, how long sessions go on reading what their devices still send.
     pub drain_timeout: Duration,
     /// The registry, when devices are authorized by one: a session ends as soon as it stops
@@ -53,19 +60,88 @@ pub fn accept_backoff(e: &std::io::Error) -> Option<Duration> {
     }
 }
 
-/// Accepts devices until `shutdown` resolves, then stops accepting and drains every session:
-/// each reads on until its device closes or the drain deadline passes, has everything it
-/// read written and acknowledged, and then closes (`close_notify` to a device that closed,
-/// `going_away` to one that did not). Returns once every session has ended.
+/// [`TcpServer::run`] with a server made from `options`.
 pub async fn run(
     listener: Listener,
     intake: Intake,
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
-) {
+) -> AdmissionStats {
+    match TcpServer::new(options) {
+        Ok(server) => server.run(listener, intake, shutdown).await,
+        Err(e) => {
+            tracing::error!(error = %e, "no randomness for the cookie key: not accepting");
+            AdmissionStats::default()
+        }
+    }
+}
+
+/// What a server's admission has counted, readable while it runs (tests, and later metrics).
+#[derive(Clone)]
+pub struct Counters(Arc<Shared>);
+
+impl Counters {
+    /// The counters so far.
+    pub fn stats(&self) -> AdmissionStats {
+        self.0.stats()
+    }
+
+    /// Handshakes pending and sessions established now.
+    pub fn now(&self) -> (usize, usize) {
+        let a = self.0.admission();
+        (a.pending(), a.sessions())
+    }
+}
+
+/// A TCP server whose admission state exists before it accepts anything.
+pub struct TcpServer {
+    shared: Arc<Shared>,
+    options: ServerOptions,
+}
+
+impl TcpServer {
+    /// A server with `options` and a fresh cookie key.
+    pub fn new(options: ServerOptions) -> Result<Self, crate::crypto::CryptoError> {
+        let shared = Shared::new(options.limits.clone(), options.hello_timeout)?;
+        Ok(Self {
+            shared: Arc::new(shared),
+            options,
+        })
+    }
+
+    /// Its counters.
+    pub fn counters(&self) -> Counters {
+        Counters(self.shared.clone())
+    }
+
+    /// Accepts devices until `shutdown` resolves, then stops accepting and drains every
+    /// session: each reads on until its device closes or the drain deadline passes, has
+    /// everything it read written and acknowledged, and then closes (`close_notify` to a
+    /// device that closed, `going_away` to one that did not). Returns, once every session has
+    /// ended, what admission counted.
+    pub async fn run(
+        self,
+        listener: Listener,
+        intake: Intake,
+        shutdown: impl Future<Output = ()>,
+    ) -> AdmissionStats {
+        let Self { shared, options } = self;
+        accept_loop(listener, intake, options, shared, shutdown).await
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    intake: Intake,
+    options: ServerOptions,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> AdmissionStats {
     let (stop, stopped) = watch::channel(false);
-    let max = options.max_sessions;
-    let slots = Arc::new(Semaphore::new(max as usize));
+    let handshake_timeout = listener.timeouts().handshake;
+    let mut tasks = JoinSet::new();
+    let mut summary = tokio::time::interval(WARN_EVERY);
+    let mut last = shared.stats();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -81,34 +157,46 @@ pub async fn run(
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(peer = %incoming.peer_addr(), limit = max, "session limit reached: connection dropped");
-                    continue;
-                };
-                let intake = intake.clone();
+                let id = shared.connect(&incoming);
+                let (intake, shared_for_task) = (intake.clone(), shared.clone());
                 let registry = options.registry.clone();
                 let hub = options.hub.clone();
                 let stopped = stopped.clone();
                 let drain = options.drain_timeout;
-                tokio::spawn(async move {
-                    match incoming.handshake().await {
-                        Ok((conn, peer)) => {
-                            let group = match (&registry, &peer.identity) {
-                                (Some(r), Some(id)) => r.group_of(id),
-                                _ => None,
-                            };
-                            let attached = hub.attach(&peer.name, peer.identity.as_ref(), group);
-                            let name = peer.name.clone();
-                            let s = Served { intake, registry, hub: hub.clone(), attached: attached.clone() };
-                            serve(conn, peer, s, stopped, drain).await;
-                            hub.detach(&name, attached.id);
-                        }
-                        // Handshake failures were logged with the peer's address.
-                        Err(TransportError::Handshake(_) | TransportError::HandshakeTimeout(_)) => {}
-                        Err(e) => tracing::debug!(error = %e, "connection dropped during handshake"),
+                // A pending connection's task holds only the handshake's state: a session's
+                // (10 KB of it) is allocated once there is a session.
+                let fut = async move {
+                    let session = tcp_accept::handshake(incoming, id, shared_for_task, handshake_timeout).await;
+                    if let Some((conn, peer, _release)) = session {
+                        let group = match (&registry, &peer.identity) {
+                            (Some(r), Some(id)) => r.group_of(id),
+                            _ => None,
+                        };
+                        let attached = hub.attach(&peer.name, peer.identity.as_ref(), group);
+                        let name = peer.name.clone();
+                        let s = Served { intake, registry, hub: hub.clone(), attached: attached.clone() };
+                        Box::pin(serve(conn, peer, s, stopped, drain)).await;
+                        hub.detach(&name, attached.id);
                     }
-                    drop(slot);
-                });
+                };
+                let task = tasks.spawn(fut);
+                shared.set_handle(id, task);
+                // A finished task keeps its memory until it is reaped: reap every one that
+                // is done, so that connections given up in a flood do not pile up.
+                while tasks.try_join_next().is_some() {}
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = summary.tick() => {
+                let now = shared.stats();
+                if let Some(grew) = now.summary_since(&last) {
+                    let (pending, sessions) = {
+                        let mut a = shared.admission();
+                        a.sweep(std::time::Instant::now());
+                        (a.pending(), a.sessions())
+                    };
+                    tracing::warn!(pending, sessions, "in the last {} s: {grew}", WARN_EVERY.as_secs());
+                }
+                last = now;
             }
             () = &mut shutdown => {
                 tracing::info!(drain = ?options.drain_timeout, "shutting down: no new connections; draining every session");
@@ -119,15 +207,31 @@ pub async fn run(
     drop(listener);
     drop(intake);
     let _ = stop.send(true);
-    // Every session holds a slot until it ends. Handshakes in progress finish or time out,
-    // then drain at once.
+    // Handshakes in progress finish or time out, then drain at once.
     let grace = options.drain_timeout + WRITE_GRACE + Duration::from_secs(10);
-    if tokio::time::timeout(grace, slots.acquire_many(max))
-        .await
-        .is_err()
-    {
+    let all_ended = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all_ended).await.is_err() {
         tracing::warn!("some sessions did not end in time");
     }
+    let stats = shared.stats();
+    tracing::info!(
+        accepted = stats.accepted,
+        sessions = stats.sessions,
+        full_handshakes = stats.full_handshakes,
+        cookies_sent = stats.cookies_sent,
+        busy = stats.busy,
+        evicted = stats.evicted + stats.evicted_source,
+        hello_timeouts = stats.hello_timeouts,
+        handshake_timeouts = stats.handshake_timeouts,
+        handshake_failures = stats.handshake_failures,
+        devices_refused = stats.devices_refused,
+        sessions_refused = stats.sessions_refused,
+        sessions_replaced = stats.sessions_replaced,
+        peak_pending = stats.peak_pending,
+        peak_sessions = stats.peak_sessions,
+        "connections served"
+    );
+    stats
 }
 
 /// A session's reading half: where it is in its life.
@@ -345,6 +449,7 @@ async fn on_message(
         stream,
         seq,
         data: message.slice(range),
+        received: std::time::SystemTime::now(),
     };
     submit.submit(record, base).await?;
     r.outstanding += 1;

@@ -70,6 +70,9 @@ pub enum TransportError {
     /// unauthenticated. Not final: connect with a full handshake on a new connection.
     #[error("server refused the resumption ticket ({0}): connect with a full handshake")]
     TicketRefused(AlertCode),
+    /// The peer answered in another protocol.
+    #[error("the server answered as {0}, not as a secchan server: check the address and port")]
+    NotSecchan(&'static str),
     /// Messages sent in this session went unacknowledged for this long: the server is gone or
     /// stuck, and a new session is worth a try.
     #[error("the server acknowledged nothing for {0:?}")]

@@ -21,6 +21,17 @@ pub fn tempdir(name: &str) -> PathBuf {
     d
 }
 
+/// `secchan keygen --out PATH`; the fingerprint it printed.
+pub fn keygen(path: &Path) -> String {
+    let out = bin().arg("keygen").arg("--out").arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// One line on stderr, starting with "secchan: " and containing every needle, and a failure
 /// exit.
 pub fn assert_one_line_error(out: &Output, needles: &[&str]) {
@@ -92,4 +103,84 @@ pub fn run_device(dir: &Path, args: &[&str], stdin: impl AsRef<[u8]>) -> Output 
     let out = child.wait_with_output().unwrap();
     let _ = writer.join();
     out
+}
+
+/// A `secchan` process whose stderr goes to a file (its log, for tests that read what it
+/// said), killed when dropped.
+pub struct Logged {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Logged {
+    /// Spawns `command` with stdin, stdout and stderr as given by the caller, except stderr,
+    /// which goes to `log`.
+    pub fn spawn(mut command: Command, log: &Path) -> Self {
+        let child = command
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// What it logged so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many lines of the log contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.text().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until the log has a line containing `needle`; panics, showing the log, if the
+    /// process exits or `timeout` passes first.
+    pub fn wait_for(&mut self, needle: &str, timeout: std::time::Duration) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(line) = self.text().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "exited with {status} before logging {needle:?}:\n{}",
+                    self.text()
+                );
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no {needle:?} in {timeout:?}:\n{}",
+                self.text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a server's "listening" line and returns its address.
+    pub fn listening(&mut self) -> String {
+        let line = self.wait_for("listening", std::time::Duration::from_secs(30));
+        let rest = line
+            .split("addr=")
+            .nth(1)
+            .expect("listening line has addr=");
+        rest.split_whitespace().next().unwrap().to_string()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound and released: a test binds it again right away).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
 }

@@ -221,6 +221,35 @@ impl Mosquitto {
         }
     }
 
+    /// Starts a broker that keeps its sessions (and the messages queued for them) across a
+    /// [`stop`](Self::stop) and [`spawn`](Self::spawn).
+    pub fn start_persistent() -> Self {
+        let mut m = Self::configure(false);
+        let conf = std::fs::read_to_string(m.dir.join("mosquitto.conf")).unwrap();
+        let conf = conf.replace(
+            "persistence false\n",
+            &format!(
+                "persistence true\npersistence_location {}/\n",
+                m.dir.display()
+            ),
+        );
+        std::fs::write(m.dir.join("mosquitto.conf"), conf).unwrap();
+        // Mosquitto started as root writes its database as the mosquitto user.
+        let _ = Command::new("chmod").arg("0777").arg(&m.dir).status();
+        m.spawn();
+        m
+    }
+
+    /// Stops the broker with SIGTERM, so that a persistent one saves its sessions.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
     /// Kills the broker (like a crash: no clean disconnects).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -3,6 +3,7 @@
 //! to rumqttc's request queue, or to a bounded local queue, in order, while that one is full.
 
 use super::{Broker, MqttError, MAX_PACKET_SIZE};
+use crate::backoff::Backoff;
 use crate::msgs::FrameType;
 use crate::throttle::{warn_dropped, Throttle};
 use bytes::Bytes;
@@ -202,7 +203,8 @@ async fn run(
     broker: String,
 ) {
     let mut first = Some(first);
-    let mut backoff = MIN_BACKOFF;
+    // Each pause plus up to a quarter more, so many clients do not reconnect in lockstep.
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF, (1.0, 1.25));
     let mut connected = false;
     loop {
         let event = match eventloop.poll().await {
@@ -220,16 +222,15 @@ async fn run(
                         return;
                     }
                 } else {
-                    tracing::debug!(broker = %broker, error = %e, retry_in = ?backoff, "MQTT reconnect failed");
+                    tracing::debug!(broker = %broker, error = %e, "MQTT reconnect failed");
                 }
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(backoff.next_pause()).await;
                 continue;
             }
         };
         let forward = match event {
             Event::Incoming(Packet::ConnAck(_)) => {
-                backoff = MIN_BACKOFF;
+                backoff.reset();
                 if let Some(first) = first.take() {
                     let _ = first.send(Ok(()));
                 } else {
@@ -261,18 +262,6 @@ async fn run(
             }
         }
     }
-}
-
-/// `d` plus up to a quarter more, so many clients do not reconnect in lockstep.
-fn jitter(d: Duration) -> Duration {
-    use crate::crypto::random::{OsRandom, Random};
-    let mut b = [0u8; 1];
-    let extra = if OsRandom.fill(&mut b).is_ok() {
-        b[0]
-    } else {
-        0
-    };
-    d + d / 4 * u32::from(extra) / 255
 }
 
 impl Link {

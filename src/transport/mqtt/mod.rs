@@ -161,12 +161,12 @@ impl Broker {
 
     /// The rumqttc options secchan's own connections use (client id, credentials,
     /// keep-alive, clean start, packet size), for a bare MQTT client beside them.
-    pub(crate) fn client_options(&self) -> Result<rumqttc::v5::MqttOptions, MqttError> {
+    pub fn client_options(&self) -> Result<rumqttc::v5::MqttOptions, MqttError> {
         link::options(self, &self.client_id()?)
     }
 
     /// The client id to connect with: the one set, or a fresh random `secchan-<hex>`.
-    pub(crate) fn client_id(&self) -> Result<String, MqttError> {
+    pub fn client_id(&self) -> Result<String, MqttError> {
         match &self.client_id {
             Some(id) => Ok(id.clone()),
             None => Ok(format!(
@@ -302,7 +302,7 @@ pub enum MqttError {
 
 impl MqttError {
     /// Why a first connection to `broker` (host:port) failed.
-    pub(crate) fn connecting(broker: String, e: rumqttc::v5::ConnectionError) -> Self {
+    pub fn connecting(broker: String, e: rumqttc::v5::ConnectionError) -> Self {
         use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
         match e {
             rumqttc::v5::ConnectionError::ConnectionRefused(code) => Self::Refused {
@@ -335,7 +335,7 @@ fn may_be_record(frame: &[u8]) -> bool {
 }
 
 /// A random identifier of `N` bytes as lowercase hex.
-pub(crate) fn random_hex<const N: usize>() -> Result<String, crate::crypto::CryptoError> {
+pub fn random_hex<const N: usize>() -> Result<String, crate::crypto::CryptoError> {
     use crate::crypto::random::{OsRandom, Random};
     let mut b = [0u8; N];
     OsRandom.fill(&mut b)?;

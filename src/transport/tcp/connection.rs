@@ -54,6 +54,18 @@ pub struct Connection {
     /// Whether a peer's close is answered inside [`Connection::recv`] (the default) or left to
     /// the caller ([`Connection::defer_close_answer`]).
     pub(super) answer_close: bool,
+    /// The byte interface (`AsyncRead`): what is left of the message being read.
+    pub(super) unread: Bytes,
+}
+
+/// What a frame from the peer was.
+pub(super) enum Received {
+    /// An application message.
+    Message(Bytes),
+    /// Nothing for the application (a key update, a ticket).
+    Nothing,
+    /// The peer's authenticated close (answered, unless the answer is deferred).
+    Closed,
 }
 
 impl std::fmt::Debug for Connection {
@@ -160,7 +172,7 @@ impl Connection {
     }
 
     /// Moves the frames the session queued into the write buffer.
-    fn queue_output(&mut self) -> Result<(), TransportError> {
+    pub(super) fn queue_output(&mut self) -> Result<(), TransportError> {
         while let Some(frame) = self.session.poll_transmit() {
             self.stats.sent += (frame.len() + FRAME_PREFIX_LEN) as u64;
             FrameCodec.encode(&frame[..], self.io.write_buffer_mut())?;
@@ -241,40 +253,51 @@ impl Connection {
                     Ok(Ok(None)) => return Err(TransportError::Truncated),
                     Ok(Ok(Some(frame))) => frame,
                 };
-            let mut frame = frame;
-            let refusal_window = self.refusal_window.take();
-            if FrameType::of(&frame).ok() == Some(FrameType::Alert)
-                && refusal_window.is_some_and(|end| tokio::time::Instant::now() <= end)
-            {
-                let code = crate::msgs::decode_alert(&frame).map_err(HandshakeError::from)?;
-                return Err(TransportError::Refused(code));
-            }
-            let result = self.session.handle_frame(&mut frame, Instant::now());
-            let event = match result {
-                Ok(Event::Message(m)) => Some(m.len()),
-                Ok(Event::KeyUpdated) => None,
-                Ok(Event::Ticket) => {
-                    self.ticket = self.session.take_ticket(SystemTime::now());
-                    None
-                }
-                Ok(Event::Closed) => {
-                    if self.answer_close {
-                        self.session.close(AlertCode::CloseNotify);
-                        self.write_out().await?;
-                    }
+            match self.on_frame(frame) {
+                Ok(Received::Message(message)) => return Ok(Some(message)),
+                Ok(Received::Nothing) => {}
+                Ok(Received::Closed) => {
+                    self.write_out().await?;
                     return Ok(None);
                 }
                 Err(e) => {
                     self.write_last().await;
-                    return Err(e.into());
+                    return Err(e);
                 }
-            };
-            if let Some(len) = event {
+            }
+        }
+    }
+
+    /// What one frame from the peer is, for [`recv`](Self::recv) and the byte interface
+    /// (`AsyncRead`): the frames it makes the session send (a key update's, a close answer)
+    /// are left queued for the caller to write.
+    pub(super) fn on_frame(&mut self, mut frame: BytesMut) -> Result<Received, TransportError> {
+        let refusal_window = self.refusal_window.take();
+        if FrameType::of(&frame).ok() == Some(FrameType::Alert)
+            && refusal_window.is_some_and(|end| tokio::time::Instant::now() <= end)
+        {
+            let code = crate::msgs::decode_alert(&frame).map_err(HandshakeError::from)?;
+            return Err(TransportError::Refused(code));
+        }
+        match self.session.handle_frame(&mut frame, Instant::now())? {
+            Event::Message(m) => {
+                let len = m.len();
                 // The plaintext was opened in place, right behind the record header
                 // (protocol.md §7.1): hand it out without a copy.
                 frame.advance(HEADER_LEN);
                 frame.truncate(len);
-                return Ok(Some(frame.freeze()));
+                Ok(Received::Message(frame.freeze()))
+            }
+            Event::KeyUpdated => Ok(Received::Nothing),
+            Event::Ticket => {
+                self.ticket = self.session.take_ticket(SystemTime::now());
+                Ok(Received::Nothing)
+            }
+            Event::Closed => {
+                if self.answer_close {
+                    self.session.close(AlertCode::CloseNotify);
+                }
+                Ok(Received::Closed)
             }
         }
     }
