@@ -219,13 +219,46 @@ fn downlink_reaches_the_device_which_prints_and_acknowledges_it() {
     server.wait_for(ERR, "downlink line 3 not delivered: not a JSON object");
 }
 
+/// A TCP proxy to `to` that records every byte both ways; returns its address and the record.
+fn capture(to: &str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (to, record) = (to.to_string(), seen.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let server = TcpStream::connect(&to).unwrap();
+            for (mut from, mut into) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
+                        if n == 0 || into.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (addr, seen)
+}
+
 #[test]
 fn two_devices_exchange_messages_end_to_end_and_the_server_sees_no_plaintext() {
     let dir = fleet("relay");
     let (mut server, addr) = server(&dir, &["--authorized-devices", "devices", "--relay", "any"]);
     let mut b = listener(&dir, &addr, "b", &["a"]);
     server.wait_for(ERR, "session established device=b");
-    let out = send_to(&dir, &addr, "a", "b", "b", "secret-one\nsecret-two\n");
+    let (proxy, wire) = capture(&addr);
+    let out = send_to(&dir, &proxy, "a", "b", "b", "secret-one\nsecret-two\n");
     assert!(
         out.status.success(),
         "{}",
@@ -240,6 +273,12 @@ fn two_devices_exchange_messages_end_to_end_and_the_server_sees_no_plaintext() {
     assert!(
         !seen.contains("secret"),
         "the server printed plaintext: {seen}"
+    );
+    let wire = wire.lock().unwrap();
+    assert!(wire.len() > 2_500, "the capture holds the handshakes");
+    assert!(
+        !wire.windows(6).any(|w| w == b"secret"),
+        "plaintext on a's socket"
     );
 }
 

@@ -272,6 +272,7 @@ pub async fn run(args: DeviceArgs, chat: bool) -> Result<(), CliError> {
             tracing::info!(
                 messages = report.queued,
                 acknowledged = report.acknowledged,
+                acknowledged_end_to_end = report.peer_acknowledged,
                 sessions = report.sessions,
                 resumed = report.resumed,
                 "every message delivered and acknowledged"

@@ -85,6 +85,8 @@ pub struct DeviceEnd {
     chat: bool,
     out: Box<dyn Write + Send>,
     fatal: Option<EndError>,
+    /// Messages peers acknowledged end to end.
+    delivered: u64,
 }
 
 impl std::fmt::Debug for DeviceEnd {
@@ -109,6 +111,7 @@ impl DeviceEnd {
             chat: false,
             out,
             fatal: None,
+            delivered: 0,
         }
     }
 
@@ -301,6 +304,7 @@ impl DeviceEnd {
                     }
                 }
                 PeerEvent::Delivered { peer, count } => {
+                    self.delivered += count as u64;
                     tracing::debug!(peer, count, "acknowledged end to end")
                 }
                 PeerEvent::Failed {
@@ -352,6 +356,11 @@ impl DeviceEnd {
         let mut out = std::mem::take(&mut self.acks);
         out.extend(self.relay.due(now).unwrap_or_default());
         out
+    }
+
+    /// Messages peers acknowledged end to end.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
     }
 
     /// The counters of every end-to-end session, for display.

@@ -56,6 +56,8 @@ pub struct DeviceReport {
     pub queued: u64,
     /// Messages the server acknowledged.
     pub acknowledged: u64,
+    /// Messages peers acknowledged end to end (`--to`, chat).
+    pub peer_acknowledged: u64,
     /// Messages still unacknowledged when the device stopped.
     pub unacknowledged: usize,
     /// Messages dropped by a full outbox ([`WhenFull::DropOldest`]).
@@ -239,6 +241,7 @@ impl TcpDevice {
     fn finish_report(&mut self) -> DeviceReport {
         self.report.unacknowledged = self.outbox.len();
         self.report.dropped = self.outbox.dropped();
+        self.report.peer_acknowledged = self.end.delivered();
         self.report
     }
 
