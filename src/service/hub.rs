@@ -51,6 +51,9 @@ pub enum DownlinkError {
     /// Too long.
     #[error("a downlink message is at most {MAX_DOWNLINK} bytes; this one is {0}")]
     TooLarge(usize),
+    /// Anonymous devices share one name: none of them can be addressed.
+    #[error("anonymous devices cannot be addressed: give the device a key and authorize it")]
+    Anonymous,
 }
 
 /// A session's registration.
@@ -184,6 +187,9 @@ impl Hub {
             .get_mut(to)
             .filter(|d| d.session.is_some())
             .ok_or_else(|| DownlinkError::NotConnected(to.to_string()))?;
+        if device.key_hash.is_none() {
+            return Err(DownlinkError::Anonymous);
+        }
         push(device, Kind::Message, data).map_err(|_| DownlinkError::Full(to.to_string()))
     }
 

@@ -205,6 +205,11 @@ fn groups_unknown_and_offline_peers_are_refused() {
         "{e:?}"
     );
 
+    hub.attach("anonymous", None, None);
+    assert_eq!(
+        hub.downlink("anonymous", b"x".to_vec()),
+        Err(DownlinkError::Anonymous)
+    );
     hub.detach("b", 2);
     assert!(matches!(
         hub.downlink("b", b"x".to_vec()),
