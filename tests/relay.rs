@@ -418,3 +418,23 @@ fn chat_line_mode_addresses_peers_and_shows_the_cryptography() {
     drop(chat.stdin.take());
     assert!(chat.child.wait().unwrap().success());
 }
+
+#[cfg(feature = "mqtt")]
+#[test]
+fn end_to_end_sessions_over_mqtt_are_refused_rather_than_sent_to_the_server() {
+    let dir = fleet("relay-mqtt");
+    let server_fp = fingerprint(&dir, "server.key");
+    let args = [
+        "--mqtt",
+        "mqtt://127.0.0.1:1",
+        "--server-key",
+        &server_fp,
+        "--key",
+        "a.key",
+        "--to",
+        "b",
+    ];
+    let out = run_device(&dir, &args, "secret\n");
+    assert_eq!(out.status.code(), Some(2));
+    cli_support::assert_one_line_error(&out, &["--to", "TCP only"]);
+}

@@ -229,6 +229,9 @@ pub async fn run(args: DeviceArgs, chat: bool) -> Result<(), CliError> {
     let mut source = args.telemetry.open()?;
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {
+        if args.to.is_some() || chat {
+            return Err(CliError::RelayOverMqtt);
+        }
         let host = args.mqtt.broker.known_servers_host(url)?;
         let verifier = verifier(&args, server_from_token.as_ref(), &host)?;
         if args.server_key.is_none() && server_from_token.is_none() {
