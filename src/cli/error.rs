@@ -145,7 +145,7 @@ pub enum CliError {
         error: crate::registry::RegistryError,
     },
     /// End-to-end sessions were asked for over MQTT, which does not carry them yet.
-    #[error("--to and `secchan chat` work over TCP only for now (docs/relay.md): use --connect HOST:PORT")]
+    #[error("--to, --relay and `secchan chat` work over TCP only for now (docs/relay.md): use --connect HOST:PORT or --listen ADDR")]
     RelayOverMqtt,
     /// An enrollment token was given without a device key to enroll.
     #[error("--enroll-token needs a device identity: create one with `secchan keygen --out device.key` and pass --key device.key")]

@@ -231,6 +231,12 @@ async fn serve(
 ) -> Result<(), CliError> {
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {
+        if args.relay != RelayArg::Off {
+            return Err(CliError::RelayOverMqtt);
+        }
+        tracing::warn!(
+            "over MQTT the server sends no downlink yet (docs/relay.md): stdin is not read"
+        );
         let limits = (args.session.timeouts(), args.max_sessions as usize);
         return super::mqtt::serve(&args.mqtt, url, config, limits, intake, stop).await;
     }
