@@ -26,11 +26,9 @@ fn configs(suite: &'static Suite) -> (DeviceConfig, ServerConfig) {
     let device_key = Arc::new(IdentityKey::from_seed(&[2; 32]));
     let mut server = ServerConfig::new(server_key, Arc::new(AllowAnyDevice));
     server.mode = Mode::Any;
-    let device = DeviceConfig {
-        suite,
-        identity: Some(device_key),
-        ..DeviceConfig::default()
-    };
+    let device = DeviceConfig::default()
+        .with_suite(suite)
+        .with_identity(device_key);
     (device, server)
 }
 

@@ -1,13 +1,19 @@
-//! A minimal secchan device embedded in your own program.
+//! A secchan device embedded in your own program, speaking to `secchan server` and to
+//! `examples/server.rs`: readings go through the delivery layer, each kept until the server
+//! acknowledges it (the server's sink has it) and resent on a new session if the old one is
+//! lost.
 //!
 //! ```text
 //! cargo run --example device -- 127.0.0.1:4433 device.key SHA256:<server fingerprint>
 //! ```
-//! It sends three readings, prints the replies, and closes the session cleanly.
+//! It sends three simulated readings and exits once the server acknowledged all three.
 
 use secchan::crypto::identity::IdentityKey;
+use secchan::crypto::random::{OsRandom, Random};
+use secchan::delivery::Outbox;
 use secchan::handshake::device::DeviceConfig;
-use secchan::transport::tcp::connect;
+use secchan::service::tcp_device::{DeviceOptions, TcpDevice};
+use secchan::telemetry::{Source, TelemetrySpec};
 use secchan::transport::Timeouts;
 use secchan::trust::Pinned;
 use std::sync::Arc;
@@ -21,25 +27,47 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(2);
     };
     let identity = IdentityKey::from_file_text(&std::fs::read_to_string(key_file)?)?;
-    let config = DeviceConfig {
-        identity: Some(Arc::new(identity)),
-        ..DeviceConfig::default() // hybrid X25519 + ML-KEM-768
+    let config = DeviceConfig::default() // hybrid X25519 + ML-KEM-768
+        .with_identity(Arc::new(identity));
+    let options = DeviceOptions {
+        timeouts: Timeouts::default(),
+        keepalive: Duration::from_secs(30),
+        close_timeout: Duration::from_secs(5),
+        ack_timeout: Duration::from_secs(10),
+        reconnect: true,
+        give_up_after: Some(Duration::from_secs(30)),
+        ticket_file: None,
     };
-    let pin = Pinned(server_fingerprint.clone());
-    let mut conn = connect(server.as_str(), &config, &pin, Timeouts::default()).await?;
-    println!(
-        "connected: {} + {}",
-        conn.session().suite().name,
-        conn.session().aead()
+    // A fresh stream id per run (the server deduplicates by device, stream and sequence
+    // number); up to 1000 unacknowledged readings held in memory.
+    let mut stream = [0u8; 8];
+    OsRandom.fill(&mut stream)?;
+    let outbox = Outbox::new(stream, 1000);
+    let mut readings = Source::open(&TelemetrySpec::Sim, Some("10/s".parse()?), Some(3))?;
+    let device = TcpDevice::new(
+        server.clone(),
+        config,
+        Box::new(Pinned(server_fingerprint.clone())),
+        options,
+        outbox,
     );
-    for reading in ["21.5", "21.7", "21.6"] {
-        conn.send(format!("{{\"temperature_c\":{reading}}}").as_bytes())
-            .await?;
-        if let Some(reply) = conn.recv().await? {
-            println!("server: {}", String::from_utf8_lossy(&reply));
+    match device
+        .run(&mut readings, Box::pin(std::future::pending()))
+        .await
+    {
+        Ok(report) => {
+            println!(
+                "{} readings sent, {} acknowledged",
+                report.queued, report.acknowledged
+            );
+            Ok(())
+        }
+        Err((e, report)) => {
+            eprintln!(
+                "device stopped: {e} ({} unacknowledged)",
+                report.unacknowledged
+            );
+            std::process::exit(1);
         }
     }
-    // Sends our close and waits for the server's: everything sent was received.
-    conn.close(Duration::from_secs(5)).await?;
-    Ok(())
 }

@@ -3,6 +3,7 @@
 
 /// Why a message could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The message ended before a field was complete.
     #[error("message truncated: needed {needed} more bytes while reading {field}")]

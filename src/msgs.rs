@@ -23,6 +23,7 @@ pub const VERSION: u8 = 0x03;
 /// The first byte of every frame (protocol.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum FrameType {
     /// Device -> server, first handshake message.
     DeviceHello = 0x01,
@@ -239,6 +240,7 @@ impl<'a> ServerHello<'a> {
 /// Device authentication kinds inside DeviceFinish (protocol.md §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum DeviceAuthKind {
     /// No device identity.
     Anonymous = 0x00,
@@ -250,6 +252,7 @@ pub enum DeviceAuthKind {
 
 /// Plaintext of DeviceFinish's sealed payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeviceAuth {
     /// The device presents no identity.
     Anonymous,
@@ -355,6 +358,7 @@ pub fn decode_device_finish(frame: &[u8]) -> Result<&[u8], DecodeError> {
 /// Why a peer ended the handshake or the session (protocol.md §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum AlertCode {
     /// Orderly close: all data was delivered.
     CloseNotify = 0x00,

@@ -39,6 +39,7 @@ impl Default for SessionConfig {
 
 /// Which end of the session this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Role {
     /// The connecting side.
     Device,
@@ -48,6 +49,7 @@ pub enum Role {
 
 /// Failures of an established session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SessionError {
     /// A record failed a check (protocol.md §7.3).
     #[error(transparent)]
@@ -86,6 +88,7 @@ impl SessionError {
 
 /// What an incoming frame produced.
 #[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event<'a> {
     /// An application message, borrowed from the frame buffer.
     Message(&'a [u8]),

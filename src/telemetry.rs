@@ -12,6 +12,7 @@ pub const MAX_RATE: f64 = 100_000.0;
 
 /// Where telemetry comes from, as given to `--telemetry`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TelemetrySpec {
     /// Each line of stdin is one message, whatever its bytes (UTF-8 or not).
     Stdin,
@@ -72,6 +73,7 @@ impl std::str::FromStr for Rate {
 
 /// Why a telemetry source failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TelemetryError {
     /// The dataset could not be opened or read.
     #[error("cannot read telemetry dataset {path}: {source}")]

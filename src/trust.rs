@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Why a server's identity was not trusted.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TrustError {
     /// The server's key is not the pinned one.
     #[error("server key mismatch: expected {expected}, the server presented {got}")]

@@ -58,15 +58,13 @@ fn configs(mode: Mode) -> (DeviceConfig, ServerConfig) {
         Arc::new(AllowAnyDevice),
     );
     s.mode = mode;
-    let d = DeviceConfig {
-        suite: if mode == Mode::Classical {
+    let d = DeviceConfig::default()
+        .with_suite(if mode == Mode::Classical {
             &X25519_ONLY
         } else {
             &X25519_MLKEM768
-        },
-        identity: Some(Arc::new(IdentityKey::from_seed(&[2; 32]))),
-        ..DeviceConfig::default()
-    };
+        })
+        .with_identity(Arc::new(IdentityKey::from_seed(&[2; 32])));
     (d, s)
 }
 

@@ -213,6 +213,7 @@ impl HandIntake {
             Verdict::New => self.written.push(String::from_utf8(d.data).unwrap()),
             Verdict::Duplicate => self.duplicates += 1,
             Verdict::TooFarAhead => panic!("too far ahead: {}", d.seq),
+            other => panic!("unexpected verdict {other:?}"),
         }
         if !self.due.contains(&key) {
             self.due.push(key);

@@ -134,11 +134,9 @@ async fn serve(mut conn: Connection, id: PublicIdentity, reg: &RegistryAuthorize
 }
 
 fn config(device: &Arc<IdentityKey>, token: Option<EnrollmentToken>) -> DeviceConfig {
-    DeviceConfig {
-        identity: Some(device.clone()),
-        enrollment: token.map(|t| Arc::new(t.into_key())),
-        ..DeviceConfig::default()
-    }
+    DeviceConfig::default()
+        .with_identity(device.clone())
+        .with_enrollment(token.map(|t| Arc::new(t.into_key())))
 }
 
 /// Connects and exchanges one message; returns the open connection.
@@ -436,10 +434,7 @@ fn authorizers_without_enrollment_treat_a_token_as_absent() {
         "{err:?}"
     );
     // A token without a device identity is a configuration error, caught before any I/O.
-    let cfg = DeviceConfig {
-        enrollment: Some(token),
-        ..DeviceConfig::default()
-    };
+    let cfg = DeviceConfig::default().with_enrollment(token);
     assert_eq!(
         device::start(&cfg, &mut OsRandom).err(),
         Some(HandshakeError::EnrollmentWithoutIdentity)

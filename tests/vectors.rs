@@ -48,6 +48,7 @@ fn open(aead: AeadId, key: &[u8], nonce: [u8; 12], aad: &[u8], sealed: &[u8]) ->
     let alg = match aead {
         AeadId::Aes256Gcm => &ring::aead::AES_256_GCM,
         AeadId::ChaCha20Poly1305 => &ring::aead::CHACHA20_POLY1305,
+        other => panic!("no independent implementation of {other:?} here"),
     };
     let k = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, key).unwrap());
     let mut buf = sealed.to_vec();
@@ -119,12 +120,10 @@ fn generate(
         srand.push(rand_skem.clone());
     }
 
-    let dcfg = DeviceConfig {
-        suite,
-        aeads: vec![aead],
-        identity: device_identity.map(|s| Arc::new(IdentityKey::from_seed(&s))),
-        ..DeviceConfig::default()
-    };
+    let dcfg = DeviceConfig::default()
+        .with_suite(suite)
+        .with_aeads(vec![aead])
+        .with_identity(device_identity.map(|s| Arc::new(IdentityKey::from_seed(&s))));
     let mut scfg = ServerConfig::new(
         Arc::new(IdentityKey::from_seed(&server_seed)),
         Arc::new(AllowAnyDevice),
@@ -434,12 +433,10 @@ fn generate_resumption() -> BTreeMap<&'static str, String> {
         .unwrap(),
     )
     .unwrap();
-    let dcfg = DeviceConfig {
-        suite: &X25519_MLKEM768,
-        aeads: vec![AeadId::Aes256Gcm],
-        identity: Some(Arc::new(IdentityKey::from_seed(&device_seed))),
-        ..DeviceConfig::default()
-    };
+    let dcfg = DeviceConfig::default()
+        .with_suite(&X25519_MLKEM768)
+        .with_aeads(vec![AeadId::Aes256Gcm])
+        .with_identity(Arc::new(IdentityKey::from_seed(&device_seed)));
     let mut scfg = ServerConfig::new(
         Arc::new(IdentityKey::from_seed(&[0x5e; 32])),
         Arc::new(AllowAnyDevice),

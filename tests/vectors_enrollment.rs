@@ -86,13 +86,11 @@ fn generate() -> BTreeMap<&'static str, String> {
     let parsed = EnrollmentToken::parse(&token_text).unwrap();
     assert_eq!(parsed.id(), PublicIdentity(token_pub));
     assert_eq!(*parsed.server(), PublicIdentity(server_pub));
-    let dcfg = DeviceConfig {
-        suite: &X25519_ONLY,
-        aeads: vec![AeadId::ChaCha20Poly1305],
-        identity: Some(Arc::new(IdentityKey::from_seed(&DEVICE_SEED))),
-        enrollment: Some(Arc::new(parsed.into_key())),
-        ..DeviceConfig::default()
-    };
+    let dcfg = DeviceConfig::default()
+        .with_suite(&X25519_ONLY)
+        .with_aeads(vec![AeadId::ChaCha20Poly1305])
+        .with_identity(Arc::new(IdentityKey::from_seed(&DEVICE_SEED)))
+        .with_enrollment(Arc::new(parsed.into_key()));
     let recorder = Arc::new(Recorder::default());
     let mut scfg = ServerConfig::new(
         Arc::new(IdentityKey::from_seed(&SERVER_SEED)),

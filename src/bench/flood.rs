@@ -296,11 +296,9 @@ async fn honest(broker: &Broker, pin: Arc<Pinned>) -> Honest {
     let Ok(identity) = IdentityKey::generate(&mut OsRandom) else {
         return failed;
     };
-    let config = DeviceConfig {
-        suite: &X25519_MLKEM768,
-        identity: Some(Arc::new(identity)),
-        ..DeviceConfig::default()
-    };
+    let config = DeviceConfig::default()
+        .with_suite(&X25519_MLKEM768)
+        .with_identity(Arc::new(identity));
     let options = DeviceOptions {
         timeouts: Timeouts {
             handshake: DEVICE_HANDSHAKE,

@@ -38,12 +38,10 @@ pub struct Target {
 
 impl Target {
     fn config(&self, suite: &'static Suite, aead: AeadId) -> DeviceConfig {
-        DeviceConfig {
-            suite,
-            aeads: vec![aead],
-            identity: Some(self.identity.clone()),
-            ..DeviceConfig::default()
-        }
+        DeviceConfig::default()
+            .with_suite(suite)
+            .with_aeads(vec![aead])
+            .with_identity(self.identity.clone())
     }
 
     /// One handshake on a new TCP connection (TCP_NODELAY is set on both ends).

@@ -238,12 +238,10 @@ pub async fn run(
     let (server, outputs) = receiver
         .start_server(&client(&broker, "server"), config)
         .await?;
-    let device_config = DeviceConfig {
-        suite,
-        aeads: vec![aead],
-        identity: Some(target.identity.clone()),
-        ..DeviceConfig::default()
-    };
+    let device_config = DeviceConfig::default()
+        .with_suite(suite)
+        .with_aeads(vec![aead])
+        .with_identity(target.identity.clone());
     let device = MqttDevice::start(
         &client(&broker, "device"),
         device_config,

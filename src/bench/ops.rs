@@ -65,12 +65,10 @@ fn configs(suite: &'static Suite, aead: AeadId) -> (DeviceConfig, ServerConfig) 
         Arc::new(AllowAnyDevice),
     );
     server.mode = Mode::Any;
-    let device = DeviceConfig {
-        suite,
-        aeads: vec![aead],
-        identity: Some(Arc::new(IdentityKey::from_seed(&[2; 32]))),
-        ..DeviceConfig::default()
-    };
+    let device = DeviceConfig::default()
+        .with_suite(suite)
+        .with_aeads(vec![aead])
+        .with_identity(Arc::new(IdentityKey::from_seed(&[2; 32])));
     (device, server)
 }
 

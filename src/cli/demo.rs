@@ -69,11 +69,9 @@ async fn start_server(
 }
 
 fn device_config(suite: &'static Suite, identity: &Arc<IdentityKey>) -> DeviceConfig {
-    DeviceConfig {
-        suite,
-        identity: Some(identity.clone()),
-        ..DeviceConfig::default()
-    }
+    DeviceConfig::default()
+        .with_suite(suite)
+        .with_identity(identity.clone())
 }
 
 /// Median device-side handshake time (connect() to finish sent) over `n` handshakes.

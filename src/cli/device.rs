@@ -210,22 +210,20 @@ pub async fn run(args: DeviceArgs, chat: bool) -> Result<(), CliError> {
         None => None,
     };
     let server_from_token = token.as_ref().map(|t| Pinned(t.server().fingerprint()));
-    let config = DeviceConfig {
-        suite: args.suite.unwrap_or_else(|| args.mode.default_suite()),
-        aeads: if args.aead.is_empty() {
-            AeadId::default_preference()
-        } else {
-            args.aead.clone()
-        },
-        identity: args
-            .key
-            .as_deref()
-            .map(load_secret)
-            .transpose()?
-            .map(Arc::new),
-        enrollment: token.map(|t| Arc::new(t.into_key())),
-        session: args.session.session_config(),
-    };
+    let identity = args
+        .key
+        .as_deref()
+        .map(load_secret)
+        .transpose()?
+        .map(Arc::new);
+    let mut config = DeviceConfig::default()
+        .with_suite(args.suite.unwrap_or_else(|| args.mode.default_suite()))
+        .with_identity(identity)
+        .with_enrollment(token.map(|t| Arc::new(t.into_key())))
+        .with_session(args.session.session_config());
+    if !args.aead.is_empty() {
+        config = config.with_aeads(args.aead.clone());
+    }
     let mut source = args.telemetry.open()?;
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {

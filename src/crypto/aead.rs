@@ -44,6 +44,7 @@ pub const INTEGRITY_LIMIT_FAILURES: u64 = 1 << 36;
 /// Wire code of an AEAD (protocol.md §3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum AeadId {
     /// AES-256-GCM (NIST SP 800-38D).
     Aes256Gcm = 0x01,

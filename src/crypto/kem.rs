@@ -240,6 +240,7 @@ impl PqDecapsKey for Kyber768Decaps {
 /// Wire code of a key-exchange suite (protocol.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum SuiteId {
     /// X25519 + ML-KEM-768, the default.
     X25519MlKem768 = 0x01,

@@ -9,6 +9,7 @@ pub mod random;
 
 /// Failures of the cryptographic layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CryptoError {
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed")]

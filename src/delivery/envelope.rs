@@ -109,6 +109,7 @@ pub struct PeerInfo<'a> {
 
 /// A Data record's plaintext in the delivery protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Envelope<'a> {
     /// One message: device -> server telemetry, or server -> device downlink.
     Message {

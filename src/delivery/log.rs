@@ -18,6 +18,7 @@ pub const RECORD_OVERHEAD: u64 = 1 + 4 + 4;
 
 /// Why a log could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// A file operation failed.
     #[error("{path}: cannot {action}: {source}")]

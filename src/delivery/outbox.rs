@@ -13,6 +13,7 @@ pub const DEFAULT_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 /// What a full outbox does with a new message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum WhenFull {
     /// Refuse it: the source waits until acknowledgements make room (nothing is lost).
     #[default]
@@ -74,6 +75,7 @@ pub struct Outbox {
 
 /// Why an acknowledgement was ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AckError {
     /// It names another stream.
     #[error("acknowledgement for another stream")]
@@ -90,6 +92,7 @@ pub enum AckError {
 
 /// An outbox operation that failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OutboxError {
     /// The acknowledgement does not fit what was sent: it is ignored.
     #[error(transparent)]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 /// What the server does with an incoming message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verdict {
     /// First time seen: output it.
     New,

@@ -33,6 +33,7 @@ const COOKIE_LABEL: &[u8] = b"secchan v1 cookie\0";
 
 /// Why a cookie was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CookieError {
     /// Its key id names neither the current period nor the previous one.
     #[error("the cookie's key has been rotated out")]
@@ -160,6 +161,7 @@ pub fn encode_address(ip: IpAddr) -> ([u8; 17], usize) {
 
 /// What a cookie a first frame carried came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CookieCheck {
     /// A plain DeviceHello: no cookie.
     Absent,
@@ -171,6 +173,7 @@ pub enum CookieCheck {
 
 /// A server's first frame, seen by what it would cost to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum First<'a> {
     /// A DeviceHello, alone or inside a CookieHello: a full handshake, the expensive kind.
     /// `hello` is the DeviceHello frame (what the handshake reads and the transcript hashes).

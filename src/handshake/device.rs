@@ -17,8 +17,10 @@ use crate::session::{Role, Session, SessionConfig, SessionKeys};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// How a device connects.
+/// How a device connects: [`DeviceConfig::default`] (hybrid, anonymous), then the `with_`
+/// setters, e.g. `DeviceConfig::default().with_identity(key)`.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct DeviceConfig {
     /// The one suite offered.
     pub suite: &'static Suite,
@@ -43,6 +45,38 @@ impl Default for DeviceConfig {
             enrollment: None,
             session: SessionConfig::default(),
         }
+    }
+}
+
+impl DeviceConfig {
+    /// Offers `suite` (the one suite a device offers).
+    pub fn with_suite(mut self, suite: &'static Suite) -> Self {
+        self.suite = suite;
+        self
+    }
+
+    /// Offers `aeads`, most preferred first.
+    pub fn with_aeads(mut self, aeads: Vec<AeadId>) -> Self {
+        self.aeads = aeads;
+        self
+    }
+
+    /// Presents `identity` (a key, or `None` to connect anonymously).
+    pub fn with_identity(mut self, identity: impl Into<Option<Arc<IdentityKey>>>) -> Self {
+        self.identity = identity.into();
+        self
+    }
+
+    /// Asks to be enrolled with an enrollment token's key (needs an identity).
+    pub fn with_enrollment(mut self, token: impl Into<Option<Arc<IdentityKey>>>) -> Self {
+        self.enrollment = token.into();
+        self
+    }
+
+    /// Uses `session` for the record layer.
+    pub fn with_session(mut self, session: SessionConfig) -> Self {
+        self.session = session;
+        self
     }
 }
 

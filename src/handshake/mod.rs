@@ -37,6 +37,7 @@ pub const ENROLLMENT_PROOF_CONTEXT: &[u8] = b"secchan v1 enrollment proof\0";
 
 /// Which suites a server accepts, and which one a device offers (protocol.md §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Mode {
     /// Standard post-quantum hybrid suites only: X25519 + ML-KEM-768 (the default).
     #[default]
@@ -76,6 +77,7 @@ impl std::fmt::Display for Mode {
 
 /// Handshake failures. [`HandshakeError::alert`] names the alert sent to the peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// A handshake message was malformed.
     #[error("malformed handshake message: {0}")]

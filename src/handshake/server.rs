@@ -17,8 +17,10 @@ use crate::session::{Role, Session, SessionConfig, SessionKeys};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-/// How a server accepts devices.
+/// How a server accepts devices: [`ServerConfig::new`] (hybrid mode, both AEADs, no tickets),
+/// then the `with_` setters.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// The server's long-term identity.
     pub identity: Arc<IdentityKey>,
@@ -46,6 +48,30 @@ impl ServerConfig {
             session: SessionConfig::default(),
             resumption: None,
         }
+    }
+
+    /// Accepts the suites of `mode`.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Supports `aeads` (the device's preference order decides among them).
+    pub fn with_aeads(mut self, aeads: Vec<AeadId>) -> Self {
+        self.aeads = aeads;
+        self
+    }
+
+    /// Uses `session` for the record layer.
+    pub fn with_session(mut self, session: SessionConfig) -> Self {
+        self.session = session;
+        self
+    }
+
+    /// Issues and accepts resumption tickets under `resumption`.
+    pub fn with_resumption(mut self, resumption: Arc<Resumption>) -> Self {
+        self.resumption = Some(resumption);
+        self
     }
 }
 
@@ -82,6 +108,7 @@ fn refuse_missing_suite(e: DecodeError) -> HandshakeError {
 }
 
 /// What the server answers to a device's first message.
+#[non_exhaustive]
 pub enum FirstReply {
     /// A DeviceHello: send the ServerHello and wait for DeviceFinish.
     Full(Box<ExpectDeviceFinish>, Vec<u8>),

@@ -28,6 +28,7 @@ pub const TICKET_LEN: usize = 1 + CONTENTS_LEN + TAG_LEN;
 
 /// Why the server refused a ticket (alert `ticket_rejected`, protocol.md §6.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TicketRejection {
     /// The server issues no tickets (no [`Resumption`] configured).
     #[error("this server does not resume sessions")]
@@ -255,6 +256,7 @@ pub struct LifetimeError(pub u64);
 /// Why resumption state could not be set up: a lifetime out of range, the random generator,
 /// or the ticket key file (`ticket_file`).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TicketKeyError {
     /// The lifetime is out of range.
     #[error(transparent)]

@@ -47,6 +47,7 @@ pub const fn header_len(ordered: bool) -> usize {
 
 /// Why a record could not be sealed or opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// The record's framing was malformed.
     #[error("malformed record: {0}")]

@@ -13,6 +13,7 @@ pub const MAX_WINDOW: usize = 16384;
 
 /// Why a counter was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReplayError {
     /// The counter is inside the window and was already received.
     #[error("record {0} was already received (replay or duplicate delivery)")]

@@ -53,6 +53,7 @@ impl std::fmt::Debug for RegistryAuthorizer {
 
 /// What [`RegistryAuthorizer::recv`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Received {
     /// A message from the device.
     Message(bytes::Bytes),

@@ -20,6 +20,7 @@ pub const MAX_LABEL_LEN: usize = 64;
 
 /// Why one line is not a well-formed entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EntryError {
     /// The line is longer than [`MAX_LINE_LEN`].
     #[error("line longer than {MAX_LINE_LEN} bytes")]
@@ -46,6 +47,7 @@ pub fn valid_fingerprint(s: &str) -> bool {
 
 /// What an entry records.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Op {
     /// First entry only: the server key that signs the log.
     Init {

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 
 /// Registry failures.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryError {
     /// A file operation failed.
     #[error("cannot {action} {path}: {source}")]

@@ -17,6 +17,7 @@ pub const MAX_HEAD_LEN: usize = 256;
 
 /// Why a registry failed verification. Entries are numbered from 1, as lines are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum VerifyError {
     /// The log has no entry at all.
     #[error("the log is empty")]

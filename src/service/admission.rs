@@ -160,6 +160,7 @@ impl AdmissionStats {
 
 /// How a handshake the transport ran ended, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The first frame did not arrive in time.
     HelloTimeout,
@@ -173,6 +174,7 @@ pub enum Outcome {
 
 /// A device's first frame, by what answering it costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FirstKind {
     /// A DeviceHello (alone, or in a CookieHello with the cookie checked).
     Full(CookieCheck),
@@ -182,6 +184,7 @@ pub enum FirstKind {
 
 /// What to do with a first frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verdict {
     /// Run the handshake.
     Proceed,
@@ -193,6 +196,7 @@ pub enum Verdict {
 
 /// Why an authenticated device gets no session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Refusal {
     /// The server holds its most sessions.
     #[error("the server holds its most sessions")]

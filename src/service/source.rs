@@ -16,6 +16,7 @@ pub struct Prefix {
 
 /// Why a prefix could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PrefixError {
     /// Not an address.
     #[error("{0:?} is not an IP address (give e.g. 192.0.2.0/24 or 2001:db8::/48)")]

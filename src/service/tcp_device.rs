@@ -70,6 +70,7 @@ pub struct DeviceReport {
 
 /// Why a device stopped without every message acknowledged.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DeviceError {
     /// The server refused this device, or the device could not trust the server.
     #[error(transparent)]

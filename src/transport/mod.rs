@@ -41,6 +41,7 @@ impl Default for Timeouts {
 
 /// Transport failures: each is one clear reason a connection ended.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// A socket operation failed.
     #[error("network error: {0}")]

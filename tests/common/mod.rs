@@ -41,12 +41,10 @@ pub fn server_config(mode: Mode) -> ServerConfig {
 }
 
 pub fn device_config(suite: &'static Suite, aead: AeadId) -> DeviceConfig {
-    DeviceConfig {
-        suite,
-        aeads: vec![aead],
-        identity: Some(device_key()),
-        ..DeviceConfig::default()
-    }
+    DeviceConfig::default()
+        .with_suite(suite)
+        .with_aeads(vec![aead])
+        .with_identity(device_key())
 }
 
 /// What a server-side session produced: its messages, then how it ended.

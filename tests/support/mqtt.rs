@@ -61,11 +61,9 @@ impl Keys {
     }
 
     pub fn device_config(&self, i: usize, suite: &'static Suite) -> DeviceConfig {
-        DeviceConfig {
-            suite,
-            identity: Some(self.devices[i].clone()),
-            ..DeviceConfig::default()
-        }
+        DeviceConfig::default()
+            .with_suite(suite)
+            .with_identity(self.devices[i].clone())
     }
 
     pub fn pin(&self) -> Arc<Pinned> {
@@ -366,13 +364,12 @@ impl HandDevice {
             .await
             .unwrap();
         let mut incoming = forward(eventloop);
-        let config = DeviceConfig {
-            session: SessionConfig {
+        let config = keys
+            .device_config(0, &X25519_MLKEM768)
+            .with_session(SessionConfig {
                 ordered: false,
                 ..SessionConfig::default()
-            },
-            ..keys.device_config(0, &X25519_MLKEM768)
-        };
+            });
         let (expect, hello) = device::start(&config, &mut OsRandom).unwrap();
         client
             .publish(

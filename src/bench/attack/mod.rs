@@ -244,10 +244,7 @@ fn run_in(bench: &AttackBench, exe: &Path, dir: &Path) -> Result<AttackReport, B
         rt: tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
-        config: DeviceConfig {
-            identity: Some(honest),
-            ..DeviceConfig::default()
-        },
+        config: DeviceConfig::default().with_identity(honest),
         pin: Pinned(fingerprint),
     };
     let warmup = if bench.quick {

@@ -64,6 +64,7 @@ pub struct Broker {
 /// Which name of a device's broker connection its topics carry, so that the broker's ACL can
 /// confine it to them: Mosquitto's `%c` (client id) or `%u` (user name) pattern.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TopicLevel {
     /// The MQTT client id (`--mqtt-client-id`, or the random `secchan-<hex>`).
     #[default]
@@ -205,6 +206,7 @@ impl Broker {
 
 /// MQTT-specific failures.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MqttError {
     /// The broker URL is unusable.
     #[error("invalid MQTT broker URL {url:?}: {reason}")]

@@ -40,6 +40,7 @@ impl Default for Topics {
 
 /// A message's place in the layout, parsed from its topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Route<'a> {
     /// `P/{client}/hs/{session}`.
     Hello {
