@@ -229,7 +229,7 @@ impl CliError {
                     EndError::Refused { .. } => exit::REFUSED,
                     EndError::PeerFailed { .. } => exit::TRUST,
                     EndError::Output(_) => exit::OUTPUT,
-                    EndError::Peer(_) => exit::USAGE,
+                    _ => exit::USAGE,
                 }
             }
             _ => exit::FAILURE,

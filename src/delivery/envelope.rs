@@ -20,6 +20,7 @@ pub const MAX_ENTRY_LINE: usize = 1023;
 /// Kinds of delivery envelopes (the first byte of a record's plaintext).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Kind {
     /// A message: device -> server (telemetry) or server -> device (downlink).
     Message = 0x01,
@@ -49,6 +50,7 @@ impl Kind {
 /// Why a server does not relay to a peer (protocol.md §11.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Refusal {
     /// No device of that name is known to the server.
     UnknownPeer = 0x01,

@@ -13,6 +13,7 @@ pub const MAX_INBOX_STREAMS: usize = 8;
 
 /// What the receiver does with a sequenced envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Take {
     /// The next one in order: hand it out, then acknowledge.
     New,

@@ -5,6 +5,7 @@ use super::peer::{PeerStats, Phase};
 
 /// One typed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Typed<'a> {
     /// `@NAME message`: send end to end.
     Send(&'a str, &'a [u8]),

@@ -42,6 +42,7 @@ pub fn json_line(from: &str, fingerprint: &str, e2e: bool, data: &[u8]) -> Strin
 
 /// Why the device end stops.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EndError {
     /// The output could not be written.
     #[error("cannot write a received message to the output: {0}")]

@@ -30,6 +30,7 @@ pub const MAX_DOWNLINK: usize = crate::record::MAX_PAYLOAD - crate::delivery::EN
 
 /// Who may reach whom through the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RelayPolicy {
     /// The server relays nothing (every Relay is refused with `no_relay`).
     Off,
@@ -41,6 +42,7 @@ pub enum RelayPolicy {
 
 /// Why a downlink message was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DownlinkError {
     /// No device of that name has a session.
     #[error("no device named {0:?} has a session with this server: not delivered, not stored (send it again once the device is connected)")]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 /// Where a conversation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Phase {
     /// The inner handshake is under way (or awaited, on the responder).
     Handshaking,

@@ -56,6 +56,7 @@ pub const RELAY_CONTEXT: &[u8] = b"secchan v3 relay\0";
 
 /// What happened in the device's conversations, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PeerEvent {
     /// A session with a peer is up.
     Established {
@@ -102,6 +103,7 @@ pub enum PeerEvent {
 
 /// Why a message could not be queued for a peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PeerError {
     /// The name cannot be relayed to.
     #[error("{0:?} is not a peer name (1 to 64 bytes, no control characters)")]

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 /// What vouched for a peer's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Vouched {
     /// Its fingerprint was pinned for its name on this device.
     Pinned,
@@ -34,6 +35,7 @@ impl std::fmt::Display for Vouched {
 
 /// Why a peer's key is not trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PeerTrustError {
     /// The key is not the one pinned for the name.
     #[error("peer {peer} presented key {got}, but {expected} is pinned for it: the relay substituted the key, or the pin is stale")]
