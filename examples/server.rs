@@ -82,6 +82,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         hello_timeout: tcp_server::DEFAULT_HELLO_TIMEOUT,
         drain_timeout: Duration::from_secs(5),
         live: None,
+        // No downlink or relay in this example.
+        hub: std::sync::Arc::new(secchan::service::hub::Hub::new(
+            secchan::service::hub::RelayPolicy::Off,
+        )),
     };
     let stop = async move {
         tokio::select! {

@@ -21,8 +21,9 @@ pub use resume::{
     NewTicket, ResumeHello, ResumeServerHello, BINDER_LEN, CONFIRM_LEN, MAX_TICKET_LEN,
 };
 
-/// Protocol version byte carried by every handshake message and alert (protocol.md §1):
-/// version 2 added resumption, version 3 padded the anonymous DeviceFinish.
+/// Protocol version byte carried by every handshake message and alert (protocol.md §2):
+/// version 2 added resumption, version 3 padded the anonymous DeviceFinish and added downlink
+/// and the relay.
 pub const VERSION: u8 = 0x03;
 
 /// The first byte of every frame (protocol.md §2).

@@ -82,6 +82,9 @@ async fn start_with(limits: Limits, hello_timeout: Duration, config: ServerConfi
         hello_timeout,
         drain_timeout: Duration::from_secs(1),
         live: None,
+        hub: std::sync::Arc::new(secchan::service::hub::Hub::new(
+            secchan::service::hub::RelayPolicy::Off,
+        )),
     };
     let server = TcpServer::new(options).unwrap();
     let counters = server.counters();

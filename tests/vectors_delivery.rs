@@ -64,3 +64,70 @@ fn malformed_envelopes_are_rejected() {
     assert!(Envelope::decode(&[3; 17]).is_err(), "unknown kind");
     assert!(Envelope::decode(&[1; 10]).is_err(), "short");
 }
+
+/// protocol.md §11.9: the relay envelopes and the relay context.
+#[test]
+fn relay_envelopes_encode_as_protocol_md_says() {
+    use secchan::delivery::{PeerInfo, Refusal};
+    let fixed = |kind: u8, seq: u64, base: u64, rest: &[&[u8]]| {
+        let head = spaced(&[&[kind], &STREAM, &seq.to_be_bytes(), &base.to_be_bytes()]);
+        format!("{head} {}", spaced(rest))
+    };
+    let relay = Envelope::Relay {
+        stream: STREAM,
+        seq: 2,
+        base: 1,
+        peer: "b",
+        initiator: true,
+        frame: &[0x01, 0x02],
+    };
+    let relay_hex = fixed(3, 2, 1, &[&[1], &[1, b'b'], &[1, 2]]);
+    let info = Envelope::PeerInfo {
+        stream: STREAM,
+        seq: 0,
+        base: 0,
+        info: PeerInfo {
+            peer: "b",
+            you: "a",
+            fingerprint: [7; 32],
+            entries: vec!["1 2 3"],
+        },
+    };
+    let info_hex = fixed(
+        4,
+        0,
+        0,
+        &[&[1, b'b'], &[1, b'a'], &[7; 32], &[1], &[0, 5], b"1 2 3"],
+    );
+    let refused = Envelope::RelayRefused {
+        stream: STREAM,
+        seq: 1,
+        base: 0,
+        peer: "b",
+        reason: Refusal::Forbidden,
+    };
+    let refused_hex = fixed(5, 1, 0, &[&[1, b'b'], &[2]]);
+    for (envelope, want) in [
+        (&relay, &relay_hex),
+        (&info, &info_hex),
+        (&refused, &refused_hex),
+    ] {
+        let bytes = envelope.encode();
+        assert_eq!(hex::encode(&bytes), want.replace(' ', ""));
+        assert_eq!(&Envelope::decode(&bytes).unwrap(), envelope);
+    }
+    let context = secchan::service::peer::context("a", "b");
+    let context_hex = spaced(&[b"secchan v3 relay\0", &[1, b'a'], &[1, b'b']]);
+    assert_eq!(hex::encode(&context), context_hex.replace(' ', ""));
+    let spec =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/protocol.md")).unwrap();
+    let section = &spec[spec
+        .find("### 11.9 Relay vectors")
+        .expect("protocol.md §11.9")..];
+    for line in [&relay_hex, &info_hex, &refused_hex, &context_hex] {
+        assert!(
+            section.contains(line.as_str()),
+            "protocol.md §11.9 lacks\n  {line}"
+        );
+    }
+}

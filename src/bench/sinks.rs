@@ -208,6 +208,9 @@ async fn measure(
         hello_timeout: tcp_server::DEFAULT_HELLO_TIMEOUT,
         drain_timeout: Duration::from_secs(1),
         live: None,
+        hub: Arc::new(crate::service::hub::Hub::new(
+            crate::service::hub::RelayPolicy::Off,
+        )),
     };
     let server = tokio::spawn(tcp_server::run(listener, intake, options, async {
         let _ = stopped.await;

@@ -9,6 +9,8 @@ use crate::crypto::aead::AeadId;
 use crate::crypto::kem::{Suite, SuiteId};
 use crate::handshake::device::DeviceConfig;
 use crate::registry::{EnrollmentToken, RegistryError};
+use crate::service::device_end::{DeviceEnd, EndError};
+use crate::service::peer::{PeerError, PeerTrust, Peers};
 use crate::service::tcp_device::{DeviceError, DeviceOptions, TcpDevice};
 use crate::transport::TransportError;
 use crate::trust::{KnownServers, Pinned, ServerVerifier};
@@ -77,6 +79,22 @@ pub struct DeviceArgs {
     /// messages stay there for the next run); 0 never gives up.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     give_up_after: u64,
+    /// Send the input end to end to the device NAME, through the server's relay (needs
+    /// --key); without it, the input goes to the server, and messages from peers and the
+    /// server are still printed.
+    #[arg(long, value_name = "NAME")]
+    to: Option<String>,
+    /// Stay connected after the input ends, printing what arrives, until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    listen: bool,
+    /// Pin a peer's key: NAME=FINGERPRINT or NAME=FILE.pub (repeatable). An end-to-end
+    /// session with NAME is accepted only with this key.
+    #[arg(long, value_name = "NAME=KEY", value_parser = parse_peer_key)]
+    peer_key: Vec<(String, String)>,
+    /// Accept a peer whose key is not pinned if the server vouches for it: a compromised
+    /// server could then substitute the key. Not recommended outside testing.
+    #[arg(long)]
+    trust_server_for_peers: bool,
     #[command(flatten)]
     outbox: OutboxArgs,
     /// Read options from FILE (TOML: the long options as keys, e.g. `listen = "0.0.0.0:4433"`);
@@ -93,6 +111,36 @@ pub struct DeviceArgs {
     #[cfg(feature = "mqtt")]
     #[command(flatten)]
     mqtt: super::mqtt::MqttDeviceArgs,
+}
+
+fn parse_peer_key(s: &str) -> Result<(String, String), String> {
+    let (name, key) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: give NAME=FINGERPRINT or NAME=FILE.pub"))?;
+    if !crate::delivery::valid_peer_name(name) {
+        return Err(format!("{name:?} is not a device name"));
+    }
+    let fingerprint = server_fingerprint(key).map_err(|e| e.to_string())?;
+    Ok((name.to_string(), fingerprint))
+}
+
+/// The device's receiving side: its end-to-end sessions if it has a key.
+fn device_end(args: &DeviceArgs, config: &DeviceConfig, chat: bool) -> Result<DeviceEnd, CliError> {
+    let peers = config.identity.clone().map(|identity| {
+        let trust = PeerTrust {
+            pins: args.peer_key.iter().cloned().collect(),
+            authority: None,
+            accept_server_word: args.trust_server_for_peers,
+        };
+        Peers::new(identity, config.clone(), trust)
+    });
+    if (args.to.is_some() || chat) && peers.is_none() {
+        return Err(CliError::Device(DeviceError::End(EndError::Peer(
+            PeerError::Anonymous,
+        ))));
+    }
+    let end = DeviceEnd::new(peers, args.to.clone(), Box::new(std::io::stdout()));
+    Ok(if chat { end.chat() } else { end })
 }
 
 pub(super) fn parse_suite(s: &str) -> Result<&'static Suite, String> {
@@ -155,7 +203,7 @@ fn token_text(args: &DeviceArgs) -> Result<Option<Zeroizing<String>>, CliError> 
 }
 
 /// Connects, sends stdin line by line, prints what the server sends, closes cleanly at EOF.
-pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
+pub async fn run(args: DeviceArgs, chat: bool) -> Result<(), CliError> {
     let token = match token_text(&args)? {
         Some(_) if args.key.is_none() => return Err(CliError::EnrollWithoutKey),
         Some(text) => Some(EnrollmentToken::parse(&text).map_err(CliError::EnrollToken)?),
@@ -179,6 +227,9 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
     let mut source = args.telemetry.open()?;
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {
+        if args.to.is_some() || chat {
+            return Err(CliError::RelayOverMqtt);
+        }
         let host = args.mqtt.broker.known_servers_host(url)?;
         let verifier = verifier(&args, server_from_token.as_ref(), &host)?;
         if args.server_key.is_none() && server_from_token.is_none() {
@@ -214,12 +265,15 @@ pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
         give_up_after: (args.give_up_after > 0).then(|| Duration::from_secs(args.give_up_after)),
         ticket_file: args.outbox.ticket_file(),
     };
-    let device = TcpDevice::new(addr.clone(), config, verifier, options, outbox);
+    let end = device_end(&args, &config, chat)?;
+    let device =
+        TcpDevice::new(addr.clone(), config, verifier, options, outbox).receiving(end, args.listen);
     match device.run(&mut source, Box::pin(shutdown_signal())).await {
         Ok(report) => {
             tracing::info!(
                 messages = report.queued,
                 acknowledged = report.acknowledged,
+                acknowledged_end_to_end = report.peer_acknowledged,
                 sessions = report.sessions,
                 resumed = report.resumed,
                 "every message delivered and acknowledged"

@@ -144,6 +144,9 @@ pub enum CliError {
         /// What went wrong.
         error: crate::registry::RegistryError,
     },
+    /// End-to-end sessions were asked for over MQTT, which does not carry them yet.
+    #[error("--to, --relay and `secchan chat` work over TCP only for now (docs/relay.md): use --connect HOST:PORT or --listen ADDR")]
+    RelayOverMqtt,
     /// An enrollment token was given without a device key to enroll.
     #[error("--enroll-token needs a device identity: create one with `secchan keygen --out device.key` and pass --key device.key")]
     EnrollWithoutKey,
@@ -210,6 +213,7 @@ impl CliError {
             | Self::NoDevicePolicy
             | Self::Bind { .. }
             | Self::PasswordFile { .. }
+            | Self::RelayOverMqtt
             | Self::Sink(_)
             | Self::Config(_)
             | Self::Tickets { .. } => exit::USAGE,
@@ -219,6 +223,15 @@ impl CliError {
             Self::Device(DeviceError::Session(error)) => session_exit(error),
             Self::Device(DeviceError::GaveUp { .. }) => exit::NETWORK,
             Self::Device(DeviceError::Undelivered { .. }) => exit::UNDELIVERED,
+            Self::Device(DeviceError::End(e)) => {
+                use crate::service::device_end::EndError;
+                match e {
+                    EndError::Refused { .. } => exit::REFUSED,
+                    EndError::PeerFailed { .. } => exit::TRUST,
+                    EndError::Output(_) => exit::OUTPUT,
+                    _ => exit::USAGE,
+                }
+            }
             _ => exit::FAILURE,
         }
     }

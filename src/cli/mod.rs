@@ -6,6 +6,7 @@ mod bench;
 mod config;
 mod demo;
 mod device;
+mod downlink;
 mod error;
 mod keys;
 mod metrics;
@@ -56,6 +57,9 @@ enum Command {
     Server(server::ServerArgs),
     /// Connect to a server (TCP or MQTT) and send telemetry: stdin lines, a CSV dataset, or simulated readings.
     Device(device::DeviceArgs),
+    /// Talk to other devices end to end through the server, in line mode: type `@NAME
+    /// message`; `/crypto` prints each session's cryptography (docs/relay.md).
+    Chat(device::DeviceArgs),
     /// Run a server and a device in this process on loopback and show what happens.
     Demo,
     /// Manage the fleet registry: who may connect, in which group (docs/registry.md).
@@ -273,7 +277,8 @@ pub fn run() -> ExitCode {
             None => on_runtime(bench::run(args)),
         },
         Command::Server(args) => on_runtime(server::run(args)),
-        Command::Device(args) => on_runtime(device::run(args)),
+        Command::Device(args) => on_runtime(device::run(args, false)),
+        Command::Chat(args) => on_runtime(device::run(args, true)),
         Command::Demo => on_runtime(demo::run()),
         Command::Completions { shell } => service::completions(shell),
         Command::Man { out_dir } => service::man(out_dir.as_deref()),

@@ -11,6 +11,7 @@ use crate::handshake::ticket::Resumption;
 use crate::handshake::ticket_file;
 use crate::handshake::{AllowAnyDevice, Authorizer, Mode};
 use crate::registry::{Groups, RegistryAuthorizer};
+use crate::service::hub::{Hub, RelayPolicy};
 use crate::service::live::{DevicesFile, Live};
 use crate::service::{intake, tcp_server};
 use crate::transport::tcp::Listener;
@@ -81,6 +82,10 @@ pub struct ServerArgs {
     /// session is closed (everything read is written and acknowledged first).
     #[arg(long, value_name = "SECS", default_value_t = tcp_server::DEFAULT_DRAIN.as_secs(), value_parser = clap::value_parser!(u64).range(0..=3600))]
     drain_timeout: u64,
+    /// Relay device-to-device sessions: `any` between any two authenticated devices,
+    /// `group` only within a registry group; `off` refuses every relay (no_relay).
+    #[arg(long, value_enum, default_value_t = RelayArg::Off)]
+    relay: RelayArg,
     /// Read options from FILE (TOML: the long options as keys, e.g. `listen = "0.0.0.0:4433"`);
     /// an option on the command line replaces the file's.
     #[arg(long, value_name = "FILE")]
@@ -96,6 +101,14 @@ pub struct ServerArgs {
     sink: super::sink::SinkArgs,
     #[command(flatten)]
     admission: super::admission::AdmissionArgs,
+}
+
+/// `--relay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RelayArg {
+    Off,
+    Any,
+    Group,
 }
 
 /// Upper bound of `--max-sessions`: far above what one process can hold open, far below what
@@ -239,6 +252,12 @@ async fn serve(
 ) -> Result<(), CliError> {
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {
+        if args.relay != RelayArg::Off {
+            return Err(CliError::RelayOverMqtt);
+        }
+        tracing::warn!(
+            "over MQTT the server sends no downlink yet (docs/relay.md): stdin is not read"
+        );
         let limits = (args.session.timeouts(), args.max_sessions as usize);
         let _metrics = metrics(args, &intake, None).await?;
         return super::mqtt::serve(&args.mqtt, url, config, limits, intake, stop).await;
@@ -255,11 +274,18 @@ async fn serve(
         "listening"
     );
     let _watchdog = super::service::notify_ready();
+    let hub = Arc::new(Hub::new(match args.relay {
+        RelayArg::Off => RelayPolicy::Off,
+        RelayArg::Any => RelayPolicy::Any,
+        RelayArg::Group => RelayPolicy::SameGroup,
+    }));
+    tokio::spawn(super::downlink::read(tokio::io::stdin(), hub.clone()));
     let options = tcp_server::ServerOptions {
         limits: args.admission.limits(args.max_sessions as usize),
         hello_timeout: args.admission.hello_timeout(),
         drain_timeout: Duration::from_secs(args.drain_timeout),
         live,
+        hub,
     };
     let server = tcp_server::TcpServer::new(options)
         .map_err(|e| CliError::LocalIo(std::io::Error::other(e.to_string())))?;

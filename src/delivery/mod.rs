@@ -10,15 +10,22 @@
 //! - [`Envelope`]: the wire format of messages and acknowledgements.
 //! - [`Outbox`]: the sender's buffer of unacknowledged messages.
 //! - [`Streams`]: the receiver's duplicate filter.
+//! - [`Inbox`]: a receiver that takes each stream strictly in order (server -> device
+//!   envelopes, relayed frames).
 
 mod envelope;
+mod inbox;
 pub mod log;
 mod outbox;
 pub mod spool;
 pub mod state;
 mod streams;
 
-pub use envelope::{Envelope, ACK_LEN, ENVELOPE_LEN};
+pub use envelope::{
+    peer_info_body, refusal_body, relay_body, valid_peer_name, Envelope, Kind, PeerInfo, Refusal,
+    ACK_LEN, ENVELOPE_LEN, MAX_PEER_NAME,
+};
+pub use inbox::{Inbox, Take, MAX_INBOX_STREAMS};
 pub use outbox::{AckError, Limits, Outbox, OutboxError, WhenFull, DEFAULT_BUFFER_BYTES};
 pub use streams::{StreamKey, Streams, Verdict, DEFAULT_MAX_OUT_OF_ORDER, MAX_STREAMS_PER_DEVICE};
 

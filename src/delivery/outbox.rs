@@ -1,8 +1,9 @@
 //! The sender's outbox: every message in sequence order until the receiver acknowledges it,
 //! in memory or, with a [`Spool`], on disk as well.
 
+use super::envelope::{sequenced, Kind};
 use super::spool::{Recovered, Spool, SpoolError};
-use super::{Envelope, StreamId, MAX_IN_FLIGHT};
+use super::{StreamId, MAX_IN_FLIGHT};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::Instant;
@@ -47,6 +48,8 @@ impl Limits {
 #[derive(Debug)]
 struct Pending {
     seq: u64,
+    /// The envelope kind it is sent as (a Message, or a relay envelope).
+    kind: Kind,
     data: Vec<u8>,
     /// When it was last sent, if it was since the last [`Outbox::resend_all`].
     sent_at: Option<Instant>,
@@ -100,6 +103,9 @@ pub enum OutboxError {
     /// The outbox is full ([`WhenFull::Block`]): the message is handed back.
     #[error("the outbox is full")]
     Full(Vec<u8>),
+    /// A spool keeps Message envelopes only: this outbox cannot take another kind.
+    #[error("a spooled outbox holds messages only")]
+    Unspoolable,
 }
 
 impl Outbox {
@@ -145,6 +151,7 @@ impl Outbox {
             outbox.bytes += data.len();
             outbox.pending.push_back(Pending {
                 seq,
+                kind: Kind::Message,
                 data,
                 sent_at: None,
             });
@@ -198,6 +205,18 @@ impl Outbox {
     /// full outbox hands it back ([`WhenFull::Block`]) or first drops its oldest messages
     /// ([`WhenFull::DropOldest`]).
     pub fn push(&mut self, data: Vec<u8>) -> Result<u64, OutboxError> {
+        self.push_kind(Kind::Message, data)
+    }
+
+    /// Like [`push`](Self::push), for an envelope of another sequenced kind whose body
+    /// (everything after the sequence header) is `body`. Not on a spooled outbox.
+    pub fn push_kind(&mut self, kind: Kind, data: Vec<u8>) -> Result<u64, OutboxError> {
+        if kind != Kind::Message && self.spool.is_some() {
+            return Err(OutboxError::Unspoolable);
+        }
+        if kind == Kind::Ack {
+            return Err(OutboxError::Unspoolable);
+        }
         if self.is_full() {
             match self.limits.when_full {
                 WhenFull::Block => return Err(OutboxError::Full(data)),
@@ -212,6 +231,7 @@ impl Outbox {
         self.bytes += data.len();
         self.pending.push_back(Pending {
             seq,
+            kind,
             data,
             sent_at: None,
         });
@@ -310,13 +330,7 @@ impl Outbox {
             .range_mut(self.sent..end)
             .map(|p| {
                 p.sent_at = Some(now);
-                Envelope::Message {
-                    stream,
-                    seq: p.seq,
-                    base,
-                    data: &p.data,
-                }
-                .encode()
+                sequenced(p.kind, stream, p.seq, base, &p.data)
             })
             .collect();
         self.sent = end;
@@ -332,6 +346,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::Envelope;
 
     const A: StreamId = [1; 8];
 

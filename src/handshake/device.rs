@@ -150,6 +150,18 @@ impl ExpectServerHello {
     /// frames (MQTT, docs/mqtt.md §4) drops the bad one and tries the next. Once a ServerHello
     /// is accepted, the caller drops this state: its ephemeral keys serve one session only.
     pub fn read_server_hello(&self, frame: &[u8]) -> Result<ServerAuthenticated, HandshakeError> {
+        self.read_server_hello_bound(&[], frame)
+    }
+
+    /// Like [`read_server_hello`](Self::read_server_hello), for a handshake bound to
+    /// `context`: it enters the transcript right after DeviceHello (protocol.md §11.7: a
+    /// device-to-device session binds both peers' names this way). Both ends must use the same
+    /// context, or the server's authentication does not verify.
+    pub fn read_server_hello_bound(
+        &self,
+        context: &[u8],
+        frame: &[u8],
+    ) -> Result<ServerAuthenticated, HandshakeError> {
         match FrameType::of(frame)? {
             FrameType::ServerHello => {}
             FrameType::Alert => return Err(HandshakeError::PeerAlert(decode_alert(frame)?)),
@@ -180,6 +192,7 @@ impl ExpectServerHello {
             .get(..hello.prefix_len())
             .ok_or(HandshakeError::ServerAuthFailed)?;
         let mut transcript = self.transcript.clone();
+        transcript.update(context);
         transcript.update(prefix);
         let th1 = transcript.current();
         let hs = handshake_secret(&CombinerInput {

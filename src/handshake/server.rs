@@ -144,6 +144,18 @@ pub fn accept_hello(
     frame: &[u8],
     rng: &mut dyn Random,
 ) -> Result<(ExpectDeviceFinish, Vec<u8>), HandshakeError> {
+    accept_hello_bound(config, &[], frame, rng)
+}
+
+/// Like [`accept_hello`], for a handshake bound to `context`, which enters the transcript
+/// right after DeviceHello
+/// ([`read_server_hello_bound`](super::device::ExpectServerHello::read_server_hello_bound)).
+pub fn accept_hello_bound(
+    config: &ServerConfig,
+    context: &[u8],
+    frame: &[u8],
+    rng: &mut dyn Random,
+) -> Result<(ExpectDeviceFinish, Vec<u8>), HandshakeError> {
     match FrameType::of(frame)? {
         FrameType::DeviceHello => {}
         other => return Err(HandshakeError::UnexpectedMessage(other)),
@@ -180,6 +192,7 @@ pub fn accept_hello(
     // 6. TH1 = H(DeviceHello || ServerHello without sealed_auth).
     let mut transcript = Transcript::default();
     transcript.update(frame);
+    transcript.update(context);
     transcript.update(&reply);
     let th1 = transcript.current();
     let hs = handshake_secret(&CombinerInput {

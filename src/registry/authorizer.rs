@@ -209,6 +209,11 @@ impl RegistryAuthorizer {
         })
     }
 
+    /// The group `device` is enrolled in, if it is.
+    pub fn group_of(&self, device: &PublicIdentity) -> Option<String> {
+        self.read(|f| f.device(&device.fingerprint()).map(|d| d.group.clone()))
+    }
+
     /// Resolves with the alert once the registry no longer authorizes `device`.
     pub async fn until_refused(&self, device: &PublicIdentity) -> AlertCode {
         let mut changes = self.changed.subscribe();

@@ -24,6 +24,12 @@ pub trait Live: Authorizer + std::fmt::Debug {
 
     /// Re-reads the list now (SIGHUP) if its file changed; logs what happened.
     fn reload(&self);
+
+    /// The registry group `device` belongs to, where the list has groups.
+    fn group_of(&self, device: &PublicIdentity) -> Option<String> {
+        let _ = device;
+        None
+    }
 }
 
 impl Live for RegistryAuthorizer {
@@ -36,6 +42,10 @@ impl Live for RegistryAuthorizer {
 
     fn reload(&self) {
         self.reload_logged();
+    }
+
+    fn group_of(&self, device: &PublicIdentity) -> Option<String> {
+        RegistryAuthorizer::group_of(self, device)
     }
 }
 

@@ -2,6 +2,7 @@
 //! with a ticket where it can), and delivers every message of its [`Outbox`] until the
 //! server acknowledges it (protocol.md §11).
 
+use super::device_end::{DeviceEnd, EndError};
 use crate::backoff::Backoff;
 use crate::delivery::{Envelope, Outbox, OutboxError, WhenFull, ENVELOPE_LEN};
 use crate::handshake::device::DeviceConfig;
@@ -55,6 +56,8 @@ pub struct DeviceReport {
     pub queued: u64,
     /// Messages the server acknowledged.
     pub acknowledged: u64,
+    /// Messages peers acknowledged end to end (`--to`, chat).
+    pub peer_acknowledged: u64,
     /// Messages still unacknowledged when the device stopped.
     pub unacknowledged: usize,
     /// Messages dropped by a full outbox ([`WhenFull::DropOldest`]).
@@ -94,6 +97,9 @@ pub enum DeviceError {
     /// The telemetry source failed.
     #[error(transparent)]
     Source(#[from] TelemetryError),
+    /// The receiving side or an end-to-end session failed.
+    #[error(transparent)]
+    End(#[from] EndError),
     /// A message is too long to be sent.
     #[error("message {number} is {len} bytes; a message is at most {max} bytes: split it", max = MAX_MESSAGE)]
     MessageTooLarge {
@@ -112,6 +118,8 @@ struct Run {
     shutdown: Shutdown,
     /// Whether the source may still produce messages.
     input_open: bool,
+    /// Whether the device stays up after its input ends, receiving (until a stop signal).
+    listening: bool,
     /// After a stop signal: when the device stops whatever is unacknowledged.
     stop_by: Option<Instant>,
 }
@@ -131,6 +139,9 @@ pub struct TcpDevice {
     verifier: Box<dyn ServerVerifier>,
     options: DeviceOptions,
     outbox: Outbox,
+    /// Downlink, relay and end-to-end sessions.
+    end: DeviceEnd,
+    listen: bool,
     ticket: Option<Ticket>,
     report: DeviceReport,
     /// The last time the device made progress: a session with nothing outstanding, or an
@@ -192,10 +203,20 @@ impl TcpDevice {
             verifier,
             options,
             outbox,
+            end: DeviceEnd::new(None, None, Box::new(std::io::stdout())),
+            listen: false,
             ticket,
             report: DeviceReport::default(),
             progress: Instant::now(),
         }
+    }
+
+    /// Receives through `end` (downlink and end-to-end sessions; its `--to` peer takes the
+    /// input instead of the server), and with `listen` stays up after the input ends.
+    pub fn receiving(mut self, end: DeviceEnd, listen: bool) -> Self {
+        self.end = end;
+        self.listen = listen;
+        self
     }
 
     /// Reads `source` into the outbox and delivers it, until the source ends and everything
@@ -209,6 +230,7 @@ impl TcpDevice {
         let mut run = Run {
             shutdown,
             input_open: true,
+            listening: self.listen,
             stop_by: None,
         };
         match self.deliver(source, &mut run).await {
@@ -220,11 +242,12 @@ impl TcpDevice {
     fn finish_report(&mut self) -> DeviceReport {
         self.report.unacknowledged = self.outbox.len();
         self.report.dropped = self.outbox.dropped();
+        self.report.peer_acknowledged = self.end.delivered();
         self.report
     }
 
     fn is_done(&self, run: &Run) -> bool {
-        !run.input_open && self.outbox.is_empty()
+        !run.input_open && !run.listening && self.outbox.is_empty() && !self.end.busy()
     }
 
     async fn deliver(&mut self, source: &mut Source, run: &mut Run) -> Result<(), DeviceError> {
@@ -326,11 +349,15 @@ impl TcpDevice {
         run: &mut Run,
     ) -> Result<End, DeviceError> {
         self.outbox.resend_all();
+        let server = conn.session().peer_identity().map(|k| k.fingerprint());
+        self.end.on_session(server.unwrap_or_default());
         let keepalive = self.options.keepalive;
         let mut keepalive_at = Instant::now() + keepalive;
         let mut close_by: Option<Instant> = None;
         loop {
-            let due = self.outbox.due(std::time::Instant::now())?;
+            let now = std::time::Instant::now();
+            let mut due = self.end.due(now);
+            due.extend(self.outbox.due(now)?);
             if !due.is_empty() {
                 let sent = due.iter().try_for_each(|m| conn.queue(m));
                 if let Err(e) = sent {
@@ -346,12 +373,20 @@ impl TcpDevice {
                 let _ = conn.send_close().await;
                 close_by = Some(Instant::now() + self.options.close_timeout);
             }
-            let accepting =
-                run.input_open && (!self.outbox.is_full() || self.outbox_drops_oldest());
+            let accepting = self.accepting(run);
             let stop_at = run.stop_by.unwrap_or_else(far_future);
-            let ack_due = self.outbox.oldest_sent().map_or_else(far_future, |t| {
+            let oldest = match (self.outbox.oldest_sent(), self.end.oldest_sent()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let ack_due = oldest.map_or_else(far_future, |t| {
                 Instant::from_std(t) + self.options.ack_timeout
             });
+            let tick_at = if self.end.busy() {
+                Instant::now() + Duration::from_secs(1)
+            } else {
+                far_future()
+            };
             tokio::select! {
                 biased;
                 received = conn.recv() => {
@@ -364,6 +399,7 @@ impl TcpDevice {
                     }
                 }
                 line = source.next(), if accepting => self.take(line?, run)?,
+                () = tokio::time::sleep_until(tick_at) => self.end.tick(std::time::Instant::now())?,
                 () = tokio::time::sleep_until(keepalive_at), if close_by.is_none() => {
                     if let Err(e) = conn.update_keys().await {
                         return Ok(End::Lost(e));
@@ -398,8 +434,7 @@ impl TcpDevice {
             if self.is_done(run) {
                 return Ok(());
             }
-            let accepting =
-                run.input_open && (!self.outbox.is_full() || self.outbox_drops_oldest());
+            let accepting = self.accepting(run);
             let stop_at = run.stop_by.unwrap_or_else(far_future);
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return Ok(()),
@@ -412,13 +447,20 @@ impl TcpDevice {
         }
     }
 
-    fn outbox_drops_oldest(&self) -> bool {
-        self.outbox.when_full() == WhenFull::DropOldest
+    /// Whether the source may be read: it is open and there is room for its next line.
+    fn accepting(&self, run: &Run) -> bool {
+        run.input_open
+            && if self.end.takes_input() {
+                self.end.has_room()
+            } else {
+                !self.outbox.is_full() || self.outbox.when_full() == WhenFull::DropOldest
+            }
     }
 
     fn interrupted(&mut self, run: &mut Run) {
         tracing::info!(wait = ?self.options.close_timeout, unacknowledged = self.outbox.len(), "interrupted: no more input; waiting for the last acknowledgements");
         run.input_open = false;
+        run.listening = false;
         run.stop_by = Some(Instant::now() + self.options.close_timeout);
     }
 
@@ -435,31 +477,38 @@ impl TcpDevice {
                 len: line.len(),
             });
         }
+        if self.end.takes_input() {
+            return Ok(self.end.on_input(line, std::time::Instant::now())?);
+        }
         match self.outbox.push(line) {
             Ok(_) => Ok(()),
             Err(OutboxError::Spool(e)) => Err(e.into()),
             // The source is read only while there is room.
-            Err(OutboxError::Full(_) | OutboxError::Ack(_)) => Ok(()),
+            Err(OutboxError::Full(_) | OutboxError::Ack(_) | OutboxError::Unspoolable) => Ok(()),
         }
     }
 
-    /// A message from the server: an acknowledgement.
+    /// A message from the server: an acknowledgement of the outbox, or for the device end.
     fn on_message(&mut self, message: &[u8]) -> Result<(), DeviceError> {
-        match Envelope::decode(message) {
-            Ok(Envelope::Ack { stream, next }) => match self.outbox.ack(stream, next) {
-                Ok(n) => {
-                    self.report.acknowledged += n as u64;
-                    if n > 0 {
-                        self.progress = Instant::now();
-                    }
-                }
-                Err(OutboxError::Spool(e)) => return Err(e.into()),
-                Err(e) => tracing::warn!(error = %e, "acknowledgement ignored"),
-            },
-            Ok(Envelope::Message { .. }) => {
-                tracing::warn!("the server sent a message; this device takes none: dropped");
+        let envelope = match Envelope::decode(message) {
+            Ok(e) => self.end.on_envelope(e, std::time::Instant::now())?,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed message from the server: dropped");
+                return Ok(());
             }
-            Err(e) => tracing::warn!(error = %e, "malformed message from the server: dropped"),
+        };
+        let Some(Envelope::Ack { stream, next }) = envelope else {
+            return Ok(());
+        };
+        match self.outbox.ack(stream, next) {
+            Ok(n) => {
+                self.report.acknowledged += n as u64;
+                if n > 0 {
+                    self.progress = Instant::now();
+                }
+            }
+            Err(OutboxError::Spool(e)) => return Err(e.into()),
+            Err(e) => tracing::warn!(error = %e, "acknowledgement ignored"),
         }
         Ok(())
     }

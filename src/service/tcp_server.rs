@@ -2,6 +2,7 @@
 //! [`intake`](super::intake), and the graceful drain on shutdown (protocol.md §11.4).
 
 use super::admission::{AdmissionStats, Limits};
+use super::hub::{Attached, Hub};
 use super::intake::{Intake, IntakeSession};
 use super::live::Live;
 use super::sink::{Origin, SinkRecord};
@@ -44,6 +45,8 @@ pub struct ServerOptions {
     /// The device list, when it can change while sessions run (a registry, a reloaded
     /// authorized-devices file): a session ends as soon as the list stops accepting its device.
     pub live: Option<Arc<dyn Live>>,
+    /// What the server sends its devices: downlink messages and relayed frames.
+    pub hub: Arc<Hub>,
 }
 
 /// How long to wait before the next accept after `e`.
@@ -163,6 +166,7 @@ async fn accept_loop(
                 let id = shared.connect(&incoming);
                 let (intake, shared_for_task) = (intake.clone(), shared.clone());
                 let live = options.live.clone();
+                let hub = options.hub.clone();
                 let stopped = stopped.clone();
                 let drain = options.drain_timeout;
                 // A pending connection's task holds only the handshake's state: a session's
@@ -170,7 +174,15 @@ async fn accept_loop(
                 let fut = async move {
                     let session = tcp_accept::handshake(incoming, id, shared_for_task, handshake_timeout).await;
                     if let Some((conn, peer, _release)) = session {
-                        Box::pin(serve(conn, peer, intake, live, stopped, drain)).await;
+                        let group = match (&live, &peer.identity) {
+                            (Some(r), Some(id)) => r.group_of(id),
+                            _ => None,
+                        };
+                        let attached = hub.attach(&peer.name, peer.identity.as_ref(), group);
+                        let name = peer.name.clone();
+                        let s = Served { intake, live, hub: hub.clone(), attached: attached.clone() };
+                        Box::pin(serve(conn, peer, s, stopped, drain)).await;
+                        hub.detach(&name, attached.id);
                     }
                 };
                 let task = tasks.spawn(fut);
@@ -240,15 +252,28 @@ struct Reading {
     drain_until: Option<Instant>,
 }
 
+/// What a session serves its device with.
+struct Served {
+    intake: Intake,
+    live: Option<Arc<dyn Live>>,
+    hub: Arc<Hub>,
+    attached: Attached,
+}
+
 /// Serves one device until it closes, the device list stops accepting it, or the drain ends.
 async fn serve(
     mut conn: Connection,
     peer: PeerDevice,
-    intake: Intake,
-    live: Option<Arc<dyn Live>>,
+    served: Served,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let Served {
+        intake,
+        live,
+        hub,
+        attached,
+    } = served;
     let addr = conn.peer_addr();
     tracing::info!(
         device = %peer.name,
@@ -300,6 +325,17 @@ async fn serve(
                     return;
                 }
             }
+            () = attached.wake.notified() => {
+                for envelope in hub.due(&peer.name, std::time::Instant::now()) {
+                    if let Err(e) = conn.queue(&envelope) {
+                        tracing::debug!(device = %peer.name, error = %e, "cannot send: session closed");
+                    }
+                }
+                if let Err(e) = conn.flush().await {
+                    tracing::warn!(device = %peer.name, peer = %addr, error = %e, "session ended with an error");
+                    return;
+                }
+            }
             () = submit.closed() => {
                 tracing::error!(device = %peer.name, peer = %addr, "the output failed: closing the session, the device keeps what is not acknowledged");
                 let _ = conn.send_close_with(AlertCode::InternalError).await;
@@ -312,7 +348,7 @@ async fn serve(
             }
             received = conn.recv(), if r.open => match received {
                 Ok(Some(message)) => {
-                    if let Err(e) = on_message(&submit, &origin, message, &mut r).await {
+                    if let Err(e) = on_message((&submit, &hub, &mut conn), &origin, message, &mut r).await {
                         tracing::warn!(device = %peer.name, peer = %addr, error = %e, "closing the session");
                         let _ = conn.send_close_with(e.alert()).await;
                         return conn.linger().await;
@@ -352,7 +388,7 @@ async fn serve(
 enum MessageError {
     #[error("the device sent a malformed delivery message: {0}")]
     Malformed(crate::codec::DecodeError),
-    #[error("the device sent an acknowledgement, but the server sends no messages to it")]
+    #[error("the device sent an envelope only a server sends")]
     Unexpected,
     #[error(transparent)]
     Intake(#[from] super::intake::IntakeClosed),
@@ -368,13 +404,15 @@ impl MessageError {
     }
 }
 
-/// Hands one message from the device to the intake.
+/// Handles one envelope from the device: a Message goes to the intake, an Ack and a Relay to
+/// the hub.
 async fn on_message(
-    submit: &IntakeSession,
+    (submit, hub, conn): (&IntakeSession, &Hub, &mut Connection),
     origin: &Arc<Origin>,
     message: bytes::Bytes,
     r: &mut Reading,
 ) -> Result<(), MessageError> {
+    let name = &origin.device.name;
     let (stream, seq, base, range) = match Envelope::decode(&message) {
         Ok(Envelope::Message {
             stream,
@@ -385,7 +423,31 @@ async fn on_message(
             let start = message.len() - data.len();
             (stream, seq, base, start..message.len())
         }
-        Ok(Envelope::Ack { .. }) => return Err(MessageError::Unexpected),
+        Ok(Envelope::Ack { stream, next }) => {
+            match hub.on_ack(name, stream, next) {
+                Ok(n) if n > 0 => tracing::debug!(device = %name, next, "downlink acknowledged"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(device = %name, error = %e, "acknowledgement ignored"),
+            }
+            return Ok(());
+        }
+        Ok(Envelope::Relay {
+            stream,
+            seq,
+            base,
+            peer,
+            initiator,
+            frame,
+        }) => {
+            if let Some(next) = hub.relay(name, (stream, seq, base), peer, initiator, frame) {
+                let ack = Envelope::Ack { stream, next }.encode();
+                if conn.queue(&ack).is_ok() {
+                    let _ = conn.flush().await;
+                }
+            }
+            return Ok(());
+        }
+        Ok(_) => return Err(MessageError::Unexpected),
         Err(e) => return Err(MessageError::Malformed(e)),
     };
     let record = SinkRecord {

@@ -384,7 +384,7 @@ impl MqttServer {
                         let delivery = self.accept(sid, open, (stream, seq, base), data);
                         self.ready.push_back(delivery);
                     }
-                    Ok(Envelope::Ack { .. }) | Err(_) => {
+                    Ok(_) | Err(_) => {
                         self.stats.malformed += 1;
                         tracing::warn!(session = %sid, device = %open.peer.name, "device sent something other than a message: dropped");
                     }

@@ -1,0 +1,231 @@
+//! The hub and two device ends joined as a server's sessions join them, sans IO: what the
+//! relay guarantees above every transport, and what a server that tampers cannot hide.
+
+use super::*;
+use crate::crypto::identity::IdentityKey;
+use crate::delivery::Envelope;
+use crate::handshake::device::DeviceConfig;
+use crate::service::device_end::{DeviceEnd, EndError};
+use crate::service::peer::{PeerTrust, Peers};
+use std::io::Write;
+
+/// A shared buffer standing in for a device's stdout.
+#[derive(Clone, Default)]
+struct Out(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Out {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Out {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+struct Dev {
+    name: &'static str,
+    end: DeviceEnd,
+    out: Out,
+}
+
+fn key(seed: u8) -> Arc<IdentityKey> {
+    Arc::new(IdentityKey::from_seed(&[seed; 32]))
+}
+
+/// Device `name` (key seed `seed`) pinning `pins`, sending to `to`, attached to `hub`.
+fn device(hub: &Hub, name: &'static str, seed: u8, pins: &[(&str, u8)], to: Option<&str>) -> Dev {
+    let trust = PeerTrust {
+        pins: pins
+            .iter()
+            .map(|(n, s)| (n.to_string(), key(*s).public().fingerprint()))
+            .collect(),
+        ..PeerTrust::default()
+    };
+    let peers = Peers::new(key(seed), DeviceConfig::default(), trust);
+    let out = Out::default();
+    let mut end = DeviceEnd::new(Some(peers), to.map(Into::into), Box::new(out.clone()));
+    end.on_session("SHA256:server".into());
+    let group = Some(if name == "c" { "office" } else { "greenhouse" }.to_string());
+    hub.attach(name, Some(&key(seed).public()), group);
+    Dev { name, end, out }
+}
+
+/// Moves envelopes both ways until nothing moves, passing everything the hub sends to a
+/// device through `tamper`. Returns the first error a device end stopped with.
+fn run(
+    hub: &Hub,
+    devs: &mut [&mut Dev],
+    tamper: &mut dyn FnMut(&str, &mut Vec<u8>),
+) -> Option<EndError> {
+    let now = Instant::now();
+    for _ in 0..200 {
+        let mut moved = false;
+        for d in devs.iter_mut() {
+            for bytes in d.end.due(now) {
+                moved = true;
+                match Envelope::decode(&bytes).unwrap() {
+                    Envelope::Ack { stream, next } => {
+                        hub.on_ack(d.name, stream, next).unwrap();
+                    }
+                    Envelope::Relay {
+                        stream,
+                        seq,
+                        base,
+                        peer,
+                        initiator,
+                        frame,
+                    } => {
+                        if let Some(next) =
+                            hub.relay(d.name, (stream, seq, base), peer, initiator, frame)
+                        {
+                            let ack = Envelope::Ack { stream, next }.encode();
+                            d.end
+                                .on_envelope(Envelope::decode(&ack).unwrap(), now)
+                                .unwrap();
+                        }
+                    }
+                    other => panic!("a device sent {other:?}"),
+                }
+            }
+            for mut bytes in hub.due(d.name, now) {
+                moved = true;
+                tamper(d.name, &mut bytes);
+                if let Err(e) = d.end.on_envelope(Envelope::decode(&bytes).unwrap(), now) {
+                    return Some(e);
+                }
+            }
+        }
+        if !moved {
+            return None;
+        }
+    }
+    None
+}
+
+#[test]
+fn downlink_and_relayed_messages_arrive_once_in_order() {
+    let hub = Hub::new(RelayPolicy::Any);
+    let mut a = device(&hub, "a", 0xa1, &[("b", 0xb2)], Some("b"));
+    let mut b = device(&hub, "b", 0xb2, &[("a", 0xa1)], None);
+    hub.downlink("b", b"led on".to_vec()).unwrap();
+    a.end.send_to_peer(b"one".to_vec(), Instant::now()).unwrap();
+    a.end.send_to_peer(b"two".to_vec(), Instant::now()).unwrap();
+    assert!(run(&hub, &mut [&mut a, &mut b], &mut |_, _| {}).is_none());
+    let lines: Vec<serde_json::Value> = b
+        .out
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(
+        (&lines[0]["from"], &lines[0]["e2e"]),
+        (&"server".into(), &false.into())
+    );
+    assert_eq!(
+        (&lines[1]["data"], &lines[1]["e2e"]),
+        (&"one".into(), &true.into())
+    );
+    assert_eq!(lines[2]["data"], "two");
+    assert!(!a.end.busy(), "b acknowledged both end to end");
+    // A new session resends what the hub holds unacknowledged: nothing is left.
+    hub.attach("b", Some(&key(0xb2).public()), Some("greenhouse".into()));
+    assert!(hub.due("b", Instant::now()).is_empty());
+}
+
+#[test]
+fn a_server_that_alters_a_relayed_byte_is_detected() {
+    let hub = Hub::new(RelayPolicy::Any);
+    let mut a = device(&hub, "a", 0xa1, &[("b", 0xb2)], Some("b"));
+    let mut b = device(&hub, "b", 0xb2, &[("a", 0xa1)], None);
+    a.end
+        .send_to_peer(b"open the valve".to_vec(), Instant::now())
+        .unwrap();
+    // Every relayed frame to b after the handshake has its last byte flipped.
+    let mut relayed = 0;
+    let mut flip = |to: &str, bytes: &mut Vec<u8>| {
+        if to == "b" && bytes[0] == Kind::Relay as u8 {
+            relayed += 1;
+            if relayed > 2 {
+                *bytes.last_mut().unwrap() ^= 1;
+            }
+        }
+    };
+    assert!(run(&hub, &mut [&mut a, &mut b], &mut flip).is_none());
+    assert!(!b.out.text().contains("valve"), "{}", b.out.text());
+    assert!(a.end.busy(), "nothing was acknowledged end to end");
+    let stats = &b.end.stats()[0];
+    assert_eq!(stats.rejected, 1);
+    assert!(
+        stats
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("tampered"),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn groups_unknown_and_offline_peers_are_refused() {
+    let hub = Hub::new(RelayPolicy::SameGroup);
+    let mut c = device(&hub, "c", 0xc3, &[("b", 0xb2)], Some("b"));
+    let mut b = device(&hub, "b", 0xb2, &[], None);
+    c.end.send_to_peer(b"x".to_vec(), Instant::now()).unwrap();
+    let e = run(&hub, &mut [&mut c, &mut b], &mut |_, _| {});
+    assert!(
+        matches!(
+            e,
+            Some(EndError::Refused {
+                code: "forbidden",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+
+    let mut a = device(&hub, "a", 0xa1, &[], Some("nobody"));
+    a.end.send_to_peer(b"x".to_vec(), Instant::now()).unwrap();
+    let e = run(&hub, &mut [&mut a], &mut |_, _| {});
+    assert!(
+        matches!(
+            e,
+            Some(EndError::Refused {
+                code: "unknown_peer",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+
+    hub.attach("anonymous", None, None);
+    assert_eq!(
+        hub.downlink("anonymous", b"x".to_vec()),
+        Err(DownlinkError::Anonymous)
+    );
+    hub.detach("b", 2);
+    assert!(matches!(
+        hub.downlink("b", b"x".to_vec()),
+        Err(DownlinkError::NotConnected(_))
+    ));
+    let mut a = device(&hub, "a", 0xa1, &[], Some("b"));
+    a.end.send_to_peer(b"x".to_vec(), Instant::now()).unwrap();
+    let e = run(&hub, &mut [&mut a], &mut |_, _| {});
+    assert!(
+        matches!(
+            e,
+            Some(EndError::Refused {
+                code: "offline",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+}

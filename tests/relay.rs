@@ -1,0 +1,440 @@
+//! The real `secchan server` and `secchan device` over loopback: downlink from the server's
+//! stdin to a device's stdout, and device-to-device sessions relayed by the server
+//! (protocol.md §11.6–§11.8, docs/relay.md).
+
+mod cli_support;
+
+use cli_support::{bin, run_device, tempdir};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+/// A process whose stdout and stderr lines arrive on a channel, killed when dropped.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<(bool, String)>,
+    seen: Vec<(bool, String)>,
+}
+
+const OUT: bool = true;
+const ERR: bool = false;
+
+impl Proc {
+    fn spawn(dir: &Path, args: &[&str]) -> Self {
+        let mut child = bin()
+            .env("RUST_LOG", "info,secchan::service::tcp_server=debug")
+            .current_dir(dir)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (is_out, pipe) in [
+            (OUT, Box::new(out) as Box<dyn std::io::Read + Send>),
+            (ERR, Box::new(err)),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send((is_out, line)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line (on stdout if `out`, else stderr) containing `needle`.
+    fn wait_for(&mut self, out: bool, needle: &str) -> String {
+        if let Some((_, l)) = self
+            .seen
+            .iter()
+            .find(|(o, l)| *o == out && l.contains(needle))
+        {
+            return l.clone();
+        }
+        loop {
+            let (o, line) = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no line with {needle:?}; saw {:#?}", self.seen));
+            self.seen.push((o, line.clone()));
+            if o == out && line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Every line so far, after a moment for the last ones to arrive.
+    fn all(&mut self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        self.seen
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fingerprint(dir: &Path, key: &str) -> String {
+    let out = bin()
+        .current_dir(dir)
+        .args(["fingerprint", key])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A directory with keys for the server and devices a, b, c, and an authorized-devices file
+/// naming them.
+fn fleet(name: &str) -> std::path::PathBuf {
+    let dir = tempdir(name);
+    for k in ["server", "a", "b", "c"] {
+        let st = bin()
+            .current_dir(&dir)
+            .args(["keygen", "--out", &format!("{k}.key")])
+            .output()
+            .unwrap();
+        assert!(st.status.success());
+    }
+    let list: String = ["a", "b", "c"]
+        .iter()
+        .map(|d| format!("{} {d}\n", fingerprint(&dir, &format!("{d}.key"))))
+        .collect();
+    std::fs::write(dir.join("devices"), list).unwrap();
+    dir
+}
+
+fn server(dir: &Path, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["server", "--listen", "127.0.0.1:0", "--key", "server.key"];
+    args.extend_from_slice(extra);
+    let mut p = Proc::spawn(dir, &args);
+    let line = p.wait_for(ERR, "listening");
+    let addr = line.split("addr=").nth(1).unwrap();
+    let addr = addr.split_whitespace().next().unwrap().to_string();
+    (p, addr)
+}
+
+/// Device `name` that stays connected, pinning the keys of `pins`.
+fn listener(dir: &Path, addr: &str, name: &str, pins: &[&str]) -> Proc {
+    let server_fp = fingerprint(dir, "server.key");
+    let key = format!("{name}.key");
+    let mut args = vec![
+        "device".to_string(),
+        "--connect".into(),
+        addr.into(),
+        "--server-key".into(),
+        server_fp,
+        "--key".into(),
+        key,
+        "--listen".into(),
+    ];
+    for p in pins {
+        args.push("--peer-key".into());
+        args.push(format!("{p}={}", fingerprint(dir, &format!("{p}.key"))));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::spawn(dir, &args)
+}
+
+/// `secchan device --key FROM.key --to TO` with `--peer-key TO=PIN.key`, fed `input`.
+fn send_to(
+    dir: &Path,
+    addr: &str,
+    from: &str,
+    to: &str,
+    pin: &str,
+    input: &str,
+) -> std::process::Output {
+    let server_fp = fingerprint(dir, "server.key");
+    let pin = format!("{to}={}", fingerprint(dir, &format!("{pin}.key")));
+    let key = format!("{from}.key");
+    let args = [
+        "--connect",
+        addr,
+        "--server-key",
+        &server_fp,
+        "--key",
+        &key,
+        "--to",
+        to,
+        "--peer-key",
+        &pin,
+        "--give-up-after",
+        "20",
+    ];
+    run_device(dir, &args, input)
+}
+
+#[test]
+fn downlink_reaches_the_device_which_prints_and_acknowledges_it() {
+    let dir = fleet("downlink");
+    let (mut server, addr) = server(&dir, &["--authorized-devices", "devices"]);
+    let mut b = listener(&dir, &addr, "b", &[]);
+    server.wait_for(ERR, "session established device=b");
+    server.send(r#"{"to":"b","data":"led on"}"#);
+    server.send(r#"{"to":"nobody","data":"x"}"#);
+    server.send("not json");
+    let line = b.wait_for(OUT, "led on");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["from"], "server");
+    assert_eq!(v["e2e"], false);
+    assert_eq!(v["data"], "led on");
+    assert_eq!(v["fingerprint"], fingerprint(&dir, "server.key"));
+    server.wait_for(ERR, "downlink acknowledged device=b");
+    let refused = server.wait_for(ERR, "downlink line 2 not delivered");
+    assert!(refused.contains("\"nobody\" has a session") && refused.contains("not stored"));
+    server.wait_for(ERR, "downlink line 3 not delivered: not a JSON object");
+}
+
+/// A TCP proxy to `to` that records every byte both ways; returns its address and the record.
+fn capture(to: &str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (to, record) = (to.to_string(), seen.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let server = TcpStream::connect(&to).unwrap();
+            for (mut from, mut into) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
+                        if n == 0 || into.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn two_devices_exchange_messages_end_to_end_and_the_server_sees_no_plaintext() {
+    let dir = fleet("relay");
+    let (mut server, addr) = server(&dir, &["--authorized-devices", "devices", "--relay", "any"]);
+    let mut b = listener(&dir, &addr, "b", &["a"]);
+    server.wait_for(ERR, "session established device=b");
+    let (proxy, wire) = capture(&addr);
+    let out = send_to(&dir, &proxy, "a", "b", "b", "secret-one\nsecret-two\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let one: serde_json::Value = serde_json::from_str(&b.wait_for(OUT, "secret-one")).unwrap();
+    assert_eq!(one["from"], "a");
+    assert_eq!(one["e2e"], true);
+    assert_eq!(one["fingerprint"], fingerprint(&dir, "a.key"));
+    b.wait_for(OUT, "secret-two");
+    let seen = server.all();
+    assert!(
+        !seen.contains("secret"),
+        "the server printed plaintext: {seen}"
+    );
+    let wire = wire.lock().unwrap();
+    assert!(wire.len() > 2_500, "the capture holds the handshakes");
+    assert!(
+        !wire.windows(6).any(|w| w == b"secret"),
+        "plaintext on a's socket"
+    );
+}
+
+#[test]
+fn a_peer_key_other_than_the_pinned_one_is_refused() {
+    let dir = fleet("substituted");
+    let (mut server, addr) = server(&dir, &["--authorized-devices", "devices", "--relay", "any"]);
+    let _b = listener(&dir, &addr, "b", &["a"]);
+    server.wait_for(ERR, "session established device=b");
+    // a expects c's key under the name b.
+    let out = send_to(&dir, &addr, "a", "b", "c", "hello\n");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("secchan: ") && last.contains("substituted"),
+        "{last}"
+    );
+}
+
+#[test]
+fn unknown_peers_and_a_server_without_relay_are_refused_with_a_reason() {
+    let dir = fleet("unknown");
+    let (_server, addr) = server(&dir, &["--authorized-devices", "devices", "--relay", "any"]);
+    let out = send_to(&dir, &addr, "a", "nobody", "b", "hello\n");
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(unknown_peer)"));
+    let (mut server, addr) = server(&dir, &["--authorized-devices", "devices"]);
+    let _b = listener(&dir, &addr, "b", &["a"]);
+    server.wait_for(ERR, "session established device=b");
+    let out = send_to(&dir, &addr, "a", "b", "b", "hello\n");
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(no_relay)"));
+}
+
+#[test]
+fn registry_groups_decide_who_may_reach_whom() {
+    let dir = fleet("groups");
+    let registry = |args: &[&str]| {
+        let out = bin()
+            .current_dir(&dir)
+            .arg("registry")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    registry(&["init", "--key", "server.key", "fleet.reg"]);
+    for (d, g) in [("a", "greenhouse"), ("b", "greenhouse"), ("c", "office")] {
+        let public = format!("{d}.key.pub");
+        registry(&[
+            "enroll",
+            "--key",
+            "server.key",
+            "--device",
+            &public,
+            "--name",
+            d,
+            "--group",
+            g,
+            "fleet.reg",
+        ]);
+    }
+    let (mut server, addr) = server(&dir, &["--registry", "fleet.reg", "--relay", "group"]);
+    let mut b = listener(&dir, &addr, "b", &["a", "c"]);
+    server.wait_for(ERR, "session established device=b");
+    let out = send_to(&dir, &addr, "c", "b", "b", "from the office\n");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(forbidden)"));
+    let out = send_to(&dir, &addr, "a", "b", "b", "from the greenhouse\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.wait_for(OUT, "from the greenhouse");
+    assert!(!b.all().contains("from the office"));
+}
+
+#[test]
+fn chat_line_mode_addresses_peers_and_shows_the_cryptography() {
+    let dir = fleet("chat");
+    let (mut server, addr) = server(&dir, &["--authorized-devices", "devices", "--relay", "any"]);
+    let mut b = listener(&dir, &addr, "b", &["a"]);
+    server.wait_for(ERR, "session established device=b");
+    let server_fp = fingerprint(&dir, "server.key");
+    let pin = format!("b={}", fingerprint(&dir, "b.key"));
+    let mut chat = Proc::spawn(
+        &dir,
+        &[
+            "chat",
+            "--connect",
+            &addr,
+            "--server-key",
+            &server_fp,
+            "--key",
+            "a.key",
+            "--peer-key",
+            &pin,
+        ],
+    );
+    chat.send("hello?");
+    chat.wait_for(OUT, "type @NAME MESSAGE");
+    chat.send("@b hi from the chat");
+    let up = chat.wait_for(OUT, "* end-to-end session with b");
+    assert!(up.contains("pinned fingerprint"), "{up}");
+    b.wait_for(OUT, "hi from the chat");
+    chat.send("/crypto");
+    let pane = chat.wait_for(OUT, "* b: open");
+    for needle in [
+        "suite X25519MLKEM768",
+        "AEAD ",
+        &fingerprint(&dir, "b.key"),
+        &fingerprint(&dir, "a.key"),
+        "via the server's relay",
+        "records rejected 0",
+        "handshake ",
+    ] {
+        assert!(pane.contains(needle), "{needle:?} not in {pane}");
+    }
+    chat.send("@nobody x");
+    chat.wait_for(OUT, "(unknown_peer)");
+    drop(chat.stdin.take());
+    assert!(chat.child.wait().unwrap().success());
+}
+
+#[cfg(feature = "mqtt")]
+#[test]
+fn end_to_end_sessions_over_mqtt_are_refused_rather_than_sent_to_the_server() {
+    let dir = fleet("relay-mqtt");
+    let server_fp = fingerprint(&dir, "server.key");
+    let args = [
+        "--mqtt",
+        "mqtt://127.0.0.1:1",
+        "--server-key",
+        &server_fp,
+        "--key",
+        "a.key",
+        "--to",
+        "b",
+    ];
+    let out = run_device(&dir, &args, "secret\n");
+    assert_eq!(out.status.code(), Some(2));
+    cli_support::assert_one_line_error(&out, &["--to", "TCP only"]);
+}
