@@ -18,6 +18,7 @@ mod server;
 mod service;
 mod sink;
 mod sources;
+mod status;
 
 use crate::crypto::aead::AeadId;
 use crate::crypto::kem::{Suite, X25519_MLKEM768, X25519_ONLY};
@@ -60,6 +61,8 @@ enum Command {
     /// Talk to other devices end to end through the server, in line mode: type `@NAME
     /// message`; `/crypto` prints each session's cryptography (docs/relay.md).
     Chat(device::DeviceArgs),
+    /// Show the sessions of the server running on this machine (its --control-socket).
+    Status(status::StatusArgs),
     /// Run a server and a device in this process on loopback and show what happens.
     Demo,
     /// Manage the fleet registry: who may connect, in which group (docs/registry.md).
@@ -279,6 +282,7 @@ pub fn run() -> ExitCode {
         Command::Server(args) => on_runtime(server::run(args)),
         Command::Device(args) => on_runtime(device::run(args, false)),
         Command::Chat(args) => on_runtime(device::run(args, true)),
+        Command::Status(args) => status::run(args),
         Command::Demo => on_runtime(demo::run()),
         Command::Completions { shell } => service::completions(shell),
         Command::Man { out_dir } => service::man(out_dir.as_deref()),

@@ -64,6 +64,10 @@ pub struct ServerArgs {
     /// written and duplicates; totals only, no device names.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// The control socket `secchan status` reads (mode 0600) [default: under systemd,
+    /// $RUNTIME_DIRECTORY/secchan-server.sock; otherwise none].
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
     /// Most sessions at once (authenticated devices); handshakes in progress have their own
     /// budget (--max-pending), and a device with no room is refused with busy. Each takes a
     /// file descriptor: keep the two together below the open-file limit (`ulimit -n`).
@@ -290,6 +294,18 @@ async fn serve(
     let server = tcp_server::TcpServer::new(options)
         .map_err(|e| CliError::LocalIo(std::io::Error::other(e.to_string())))?;
     let _metrics = metrics(args, &intake, Some(server.counters())).await?;
+    let _control = match args
+        .control_socket
+        .clone()
+        .or_else(super::status::default_path)
+    {
+        Some(path) => Some(AbortOnDrop(super::status::serve(
+            &path,
+            server.sessions(),
+            server.counters(),
+        )?)),
+        None => None,
+    };
     server.run(listener, intake, stop).await;
     Ok(())
 }

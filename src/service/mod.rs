@@ -32,6 +32,7 @@ pub mod sink_mqtt;
 #[cfg(feature = "postgres")]
 pub mod sink_postgres;
 pub mod source;
+pub mod status;
 mod tcp_accept;
 pub mod tcp_device;
 pub mod tcp_server;

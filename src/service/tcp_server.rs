@@ -103,6 +103,7 @@ impl Counters {
 pub struct TcpServer {
     shared: Arc<Shared>,
     options: ServerOptions,
+    sessions: super::status::Sessions,
 }
 
 impl TcpServer {
@@ -112,7 +113,13 @@ impl TcpServer {
         Ok(Self {
             shared: Arc::new(shared),
             options,
+            sessions: Default::default(),
         })
+    }
+
+    /// Its live sessions (`secchan status`).
+    pub fn sessions(&self) -> super::status::Sessions {
+        self.sessions.clone()
     }
 
     /// Its counters.
@@ -131,15 +138,19 @@ impl TcpServer {
         intake: Intake,
         shutdown: impl Future<Output = ()>,
     ) -> AdmissionStats {
-        let Self { shared, options } = self;
-        accept_loop(listener, intake, options, shared, shutdown).await
+        let Self {
+            shared,
+            options,
+            sessions,
+        } = self;
+        accept_loop(listener, intake, (options, sessions), shared, shutdown).await
     }
 }
 
 async fn accept_loop(
     listener: Listener,
     intake: Intake,
-    options: ServerOptions,
+    (options, sessions): (ServerOptions, super::status::Sessions),
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) -> AdmissionStats {
@@ -167,6 +178,7 @@ async fn accept_loop(
                 let (intake, shared_for_task) = (intake.clone(), shared.clone());
                 let live = options.live.clone();
                 let hub = options.hub.clone();
+                let sessions = sessions.clone();
                 let stopped = stopped.clone();
                 let drain = options.drain_timeout;
                 // A pending connection's task holds only the handshake's state: a session's
@@ -180,7 +192,7 @@ async fn accept_loop(
                         };
                         let attached = hub.attach(&peer.name, peer.identity.as_ref(), group);
                         let name = peer.name.clone();
-                        let s = Served { intake, live, hub: hub.clone(), attached: attached.clone() };
+                        let s = Served { intake, live, hub: hub.clone(), attached: attached.clone(), sessions };
                         Box::pin(serve(conn, peer, s, stopped, drain)).await;
                         hub.detach(&name, attached.id);
                     }
@@ -258,6 +270,7 @@ struct Served {
     live: Option<Arc<dyn Live>>,
     hub: Arc<Hub>,
     attached: Attached,
+    sessions: super::status::Sessions,
 }
 
 /// Serves one device until it closes, the device list stops accepting it, or the drain ends.
@@ -273,6 +286,7 @@ async fn serve(
         live,
         hub,
         attached,
+        sessions,
     } = served;
     let addr = conn.peer_addr();
     tracing::info!(
@@ -282,6 +296,13 @@ async fn serve(
         aead = conn.session().aead().name(),
         resumed = conn.is_resumed(),
         "session established"
+    );
+    let listed = sessions.start(
+        peer.name.clone(),
+        peer.identity.map(|i| i.fingerprint()),
+        addr.to_string(),
+        (conn.session().suite().name, conn.session().aead().name()),
+        conn.is_resumed(),
     );
     // The device's close is answered only once everything it sent is acknowledged.
     conn.defer_close_answer();
@@ -348,6 +369,7 @@ async fn serve(
             }
             received = conn.recv(), if r.open => match received {
                 Ok(Some(message)) => {
+                    listed.seen(message.len());
                     if let Err(e) = on_message((&submit, &hub, &mut conn), &origin, message, &mut r).await {
                         tracing::warn!(device = %peer.name, peer = %addr, error = %e, "closing the session");
                         let _ = conn.send_close_with(e.alert()).await;
