@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-60}
 shift || true
-all=(handshake_flow resume_flow cookie_flow admission delivery mqtt_delivery registry_log
+all=(handshake_flow resume_flow cookie_flow admission delivery mqtt_delivery relay registry_log
   handshake_messages record_open registry_parsers registry_verify)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
@@ -27,6 +27,7 @@ declare -A must=(
   [admission]="proceed cookie busy established replaced evicted"
   [delivery]="written ack all_delivered"
   [mqtt_delivery]="established record written ack all_delivered"
+  [relay]="relayed ack e2e_established e2e_message downlink refused all_delivered"
   [registry_log]="verified device_accepted"
 )
 

@@ -4,7 +4,7 @@
 //! [`Peers`] in Relay envelopes of a relay stream of its own.
 
 use super::peer::{PeerError, PeerEvent, Peers};
-use crate::crypto::random::OsRandom;
+use crate::crypto::random::{OsRandom, Random};
 use crate::delivery::{Envelope, Inbox, Kind, Outbox, Take};
 use base64::Engine as _;
 use std::io::Write;
@@ -88,6 +88,8 @@ pub struct DeviceEnd {
     fatal: Option<EndError>,
     /// Messages peers acknowledged end to end.
     delivered: u64,
+    /// Randomness for the end-to-end handshakes.
+    rng: Box<dyn Random + Send>,
 }
 
 impl std::fmt::Debug for DeviceEnd {
@@ -113,7 +115,15 @@ impl DeviceEnd {
             out,
             fatal: None,
             delivered: 0,
+            rng: Box::new(OsRandom),
         }
+    }
+
+    /// Draws the end-to-end handshakes' randomness from `rng` instead of the operating
+    /// system's generator (deterministic runs: tests and fuzzing).
+    pub fn with_random(mut self, rng: Box<dyn Random + Send>) -> Self {
+        self.rng = rng;
+        self
     }
 
     /// In chat line mode ([`super::chat`]).
@@ -135,7 +145,7 @@ impl DeviceEnd {
         match super::chat::parse(&line) {
             super::chat::Typed::Send(peer, data) => {
                 let peers = self.peers.as_mut().ok_or(PeerError::Anonymous)?;
-                if let Err(e) = peers.send(peer, data.to_vec(), &mut OsRandom, now) {
+                if let Err(e) = peers.send(peer, data.to_vec(), self.rng.as_mut(), now) {
                     self.say(&format!("* not sent: {e}"))?;
                 }
                 self.pump();
@@ -195,7 +205,7 @@ impl DeviceEnd {
     pub fn send_to_peer(&mut self, data: Vec<u8>, now: Instant) -> Result<(), EndError> {
         let to = self.to.clone().unwrap_or_default();
         let peers = self.peers.as_mut().ok_or(PeerError::Anonymous)?;
-        peers.send(&to, data, &mut OsRandom, now)?;
+        peers.send(&to, data, self.rng.as_mut(), now)?;
         self.pump();
         Ok(())
     }
@@ -259,7 +269,7 @@ impl DeviceEnd {
                 ..
             } => {
                 let mut frame = frame.to_vec();
-                peers.on_relay(peer, initiator, &mut frame, &mut OsRandom, now);
+                peers.on_relay(peer, initiator, &mut frame, self.rng.as_mut(), now);
             }
             Envelope::PeerInfo { info, .. } => peers.on_peer_info(&info),
             Envelope::RelayRefused { peer, reason, .. } => peers.on_refused(peer, reason),
@@ -346,7 +356,7 @@ impl DeviceEnd {
     /// Handshake timeouts and restarts of the conversations.
     pub fn tick(&mut self, now: Instant) -> Result<(), EndError> {
         if let Some(peers) = self.peers.as_mut() {
-            peers.tick(&mut OsRandom, now);
+            peers.tick(self.rng.as_mut(), now);
         }
         self.pump();
         self.events()

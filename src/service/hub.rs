@@ -10,8 +10,8 @@
 use crate::crypto::identity::PublicIdentity;
 use crate::crypto::kdf::sha256;
 use crate::delivery::{
-    peer_info_body, refusal_body, relay_body, Inbox, Kind, Limits, Outbox, OutboxError, PeerInfo,
-    Refusal, StreamId, Take, WhenFull,
+    peer_info_body, refusal_body, relay_body, valid_peer_name, Inbox, Kind, Limits, Outbox,
+    OutboxError, PeerInfo, Refusal, StreamId, Take, WhenFull,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -240,6 +240,11 @@ impl Hub {
             Take::New => {}
         }
         let next = sender.relay_in.ack(stream);
+        if !valid_peer_name(peer) {
+            // Only a caller of this API can name one: a decoded envelope's name is valid.
+            tracing::debug!("relay to a name that cannot be a peer's: dropped");
+            return Some(next);
+        }
         if let Err(reason) = self.decide(&state, from, peer) {
             tracing::info!(from, peer, reason = reason.name(), "relay refused");
             if let Some(sender) = state.devices.get_mut(from) {
@@ -284,7 +289,8 @@ impl Hub {
             return Err(Refusal::NoRelay);
         }
         let sender = state.devices.get(from).ok_or(Refusal::Forbidden)?;
-        if sender.key_hash.is_none() {
+        // A sender whose name no envelope can carry (e.g. a long name in the device list).
+        if sender.key_hash.is_none() || !valid_peer_name(from) {
             return Err(Refusal::Forbidden);
         }
         let target = state.devices.get(peer).ok_or(Refusal::UnknownPeer)?;

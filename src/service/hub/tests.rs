@@ -229,3 +229,37 @@ fn groups_unknown_and_offline_peers_are_refused() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_sender_whose_name_no_envelope_carries_is_refused_and_a_bad_peer_name_dropped() {
+    const LONG: &str = "a-device-list-name-longer-than-the-sixty-four-bytes-a-peer-name-may-be";
+    let hub = Hub::new(RelayPolicy::Any);
+    let mut long = device(&hub, LONG, 0xa1, &[("b", 0xb2)], Some("b"));
+    let mut b = device(&hub, "b", 0xb2, &[], None);
+    long.end
+        .send_to_peer(b"x".to_vec(), Instant::now())
+        .unwrap();
+    let e = run(&hub, &mut [&mut long, &mut b], &mut |_, _| {});
+    assert!(
+        matches!(
+            e,
+            Some(EndError::Refused {
+                code: "forbidden",
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    // Through the API only (decoding refuses such names): acknowledged, nothing forwarded.
+    let stream = [7; 8];
+    for (seq, peer) in [(0, ""), (1, "bad\nname"), (2, LONG)] {
+        assert_eq!(
+            hub.relay("b", (stream, seq, 0), peer, true, b"\x01"),
+            Some(seq + 1)
+        );
+    }
+    assert!(hub
+        .due(LONG, Instant::now())
+        .iter()
+        .all(|e| !matches!(Envelope::decode(e), Ok(Envelope::Relay { .. }))));
+}
