@@ -1,12 +1,15 @@
 //! `secchan server --metrics ADDR`: a scrape after a device delivered its messages shows them
-//! written, the session established and the handshake counted; no device name is in it; any
-//! other path is 404.
+//! written, the session established, the handshake counted and both timed; no device name is
+//! in it; any other path is 404. A record replayed into a live session is counted by reason.
 
 mod cli_support;
+mod common;
 
 use cli_support::{bin, free_port, keygen, run_device, tempdir, Logged};
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 fn get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -27,9 +30,9 @@ fn sample(scrape: &str, name: &str) -> u64 {
         .unwrap()
 }
 
-#[test]
-fn a_scrape_shows_a_delivered_session_and_names_no_device() {
-    let dir = tempdir("metrics");
+/// A server with --metrics for the device key in `dir` (named greenhouse-7): the process,
+/// its device address, its metrics address and its fingerprint.
+fn metrics_server(dir: &Path) -> (Logged, String, String, String) {
     let server_fp = keygen(&dir.join("server.key"));
     let device_fp = keygen(&dir.join("device.key"));
     std::fs::write(dir.join("devices"), format!("{device_fp} greenhouse-7\n")).unwrap();
@@ -43,7 +46,14 @@ fn a_scrape_shows_a_delivered_session_and_names_no_device() {
         .stdout(Stdio::null());
     let mut server = Logged::spawn(c, &dir.join("server.log"));
     let addr = server.listening();
-    server.wait_for("metrics at /metrics", std::time::Duration::from_secs(30));
+    server.wait_for("metrics at /metrics", Duration::from_secs(30));
+    (server, addr, metrics, server_fp)
+}
+
+#[test]
+fn a_scrape_shows_a_delivered_session_and_names_no_device() {
+    let dir = tempdir("metrics");
+    let (_server, addr, metrics, server_fp) = metrics_server(&dir);
 
     let before = get(&metrics, "/metrics");
     assert!(before.starts_with("HTTP/1.1 200"), "{before}");
@@ -75,6 +85,30 @@ fn a_scrape_shows_a_delivered_session_and_names_no_device() {
     assert_eq!(sample(&after, "secchan_sessions_established_total"), 1);
     assert_eq!(sample(&after, "secchan_handshakes_full_total"), 1);
     assert_eq!(sample(&after, "secchan_messages_duplicate_total"), 0);
+    assert_eq!(sample(&after, "secchan_duplicate_keys_total"), 0);
+    // Each message written is timed once, the handshake once under its kind.
+    assert_eq!(sample(&after, "secchan_delivery_write_seconds_count"), 3);
+    assert_eq!(
+        sample(
+            &after,
+            "secchan_handshake_duration_seconds_count{kind=\"full\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "secchan_handshake_duration_seconds_count{kind=\"resumed\"}"
+        ),
+        0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "secchan_records_rejected_total{reason=\"replayed\"}"
+        ),
+        0
+    );
     assert!(
         !after.contains("greenhouse-7") && !after.contains("SHA256:"),
         "{after}"
@@ -82,4 +116,59 @@ fn a_scrape_shows_a_delivered_session_and_names_no_device() {
 
     let other = get(&metrics, "/");
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_replayed_into_a_live_session_is_counted_as_replayed() {
+    let dir = tempdir("metrics-replay");
+    let (_server, addr, metrics, server_fp) = metrics_server(&dir);
+    // Device to server, frames 0 and 1 are the handshake: the first record goes twice.
+    let proxy = common::start_mitm(addr.parse().unwrap(), |up, i, frame| {
+        if up && i == 2 {
+            vec![frame.clone(), frame]
+        } else {
+            vec![frame]
+        }
+    })
+    .await;
+    let device_dir = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_device(
+            &device_dir,
+            &[
+                "--connect",
+                &proxy.to_string(),
+                "--server-key",
+                &server_fp,
+                "--key",
+                "device.key",
+            ],
+            "one\ntwo\n",
+        )
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the replay ended the session: {stderr}"
+    );
+    let replayed = "secchan_records_rejected_total{reason=\"replayed\"}";
+    let start = Instant::now();
+    let scrape = loop {
+        let m = metrics.clone();
+        let scrape = tokio::task::spawn_blocking(move || get(&m, "/metrics"))
+            .await
+            .unwrap();
+        if sample(&scrape, replayed) > 0 {
+            break scrape;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{scrape}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(sample(&scrape, replayed), 1, "{scrape}");
+    for reason in ["too_old", "out_of_order", "forged", "unknown_epoch"] {
+        let name = format!("secchan_records_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&scrape, &name), 0, "{scrape}");
+    }
 }

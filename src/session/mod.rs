@@ -12,7 +12,7 @@ use crate::handshake::resume::Ticket;
 use crate::handshake::ticket::Resumption;
 use crate::msgs::{AlertCode, FrameType, NewTicket};
 use crate::record::replay::DEFAULT_WINDOW;
-use crate::record::{KeyUpdatePolicy, Opener, RecordError, Sealer};
+use crate::record::{KeyUpdatePolicy, Opener, RecordError, Rejected, Sealer};
 use std::collections::VecDeque;
 use std::time::{Instant, SystemTime};
 
@@ -153,6 +153,10 @@ pub struct Session {
     psk: Option<Secret>,
     resumed: bool,
     pending_ticket: Option<PendingTicket>,
+    /// Records refused for their freshness or authenticity.
+    rejected: Rejected,
+    /// When either direction's current key was installed.
+    keys_since: Instant,
 }
 
 impl std::fmt::Debug for Session {
@@ -189,6 +193,8 @@ impl Session {
             psk: Some(keys.psk),
             resumed: keys.resumed,
             pending_ticket: None,
+            rejected: Rejected::default(),
+            keys_since: now,
         }
     }
 
@@ -254,6 +260,24 @@ impl Session {
         self.sealer.next_counter()
     }
 
+    /// The records refused so far because they were replayed, too old for the replay window,
+    /// out of order, forged, or of an unknown key epoch. On an ordered transport the first
+    /// one ends the session; on an unordered one each is dropped and the session goes on.
+    pub fn rejected(&self) -> Rejected {
+        self.rejected
+    }
+
+    /// Key updates so far, both directions: this side's, and the peer's it followed.
+    pub fn key_updates(&self) -> u64 {
+        self.sealer.generation() + self.opener.generation()
+    }
+
+    /// When the newer of the two directions' current keys was installed: at the session's
+    /// start, or at the last key update either side made.
+    pub fn keys_installed(&self) -> Instant {
+        self.keys_since
+    }
+
     // ----- output -----
 
     /// Seals `data` as one record and queues it, preceded by a KeyUpdate record if the policy
@@ -280,6 +304,7 @@ impl Session {
         let mut out = Vec::new();
         self.sealer.seal(FrameType::KeyUpdate, &[], &mut out)?;
         self.sealer.update_key(now);
+        self.keys_since = now;
         self.transmit.push_back(out);
         tracing::debug!(role = ?self.role, "sending key updated");
         Ok(())
@@ -377,7 +402,7 @@ impl Session {
     pub fn handle_frame<'a>(
         &mut self,
         frame: &'a mut [u8],
-        _now: Instant,
+        now: Instant,
     ) -> Result<Event<'a>, SessionError> {
         if matches!(
             self.state,
@@ -385,9 +410,17 @@ impl Session {
         ) {
             return Err(self.closed_error());
         }
-        match self.open_frame(frame) {
+        let generation = self.opener.generation();
+        let opened = self.open_frame(frame);
+        if self.opener.generation() != generation {
+            self.keys_since = now;
+        }
+        match opened {
             Ok(ev) => Ok(ev),
             Err(e) => {
+                if let SessionError::Record(r) = &e {
+                    self.rejected.count(r);
+                }
                 if self.is_fatal(&e) {
                     self.close(e.alert());
                     self.state = State::Failed(e.clone());
@@ -471,4 +504,4 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
