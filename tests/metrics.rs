@@ -1,6 +1,7 @@
 //! `secchan server --metrics ADDR`: a scrape after a device delivered its messages shows them
-//! written, the session established, the handshake counted and both timed; no device name is
-//! in it; any other path is 404. A record replayed into a live session is counted by reason.
+//! written, the session established, the handshake counted and both timed (a resumed session
+//! under its own kind); no device name is in it; any other path is 404. A record replayed,
+//! forged or dropped in a live session is counted under its reason.
 
 mod cli_support;
 mod common;
@@ -59,18 +60,18 @@ fn a_scrape_shows_a_delivered_session_and_names_no_device() {
     assert!(before.starts_with("HTTP/1.1 200"), "{before}");
     assert_eq!(sample(&before, "secchan_messages_written_total"), 0);
 
-    let out = run_device(
-        &dir,
-        &[
-            "--connect",
-            &addr,
-            "--server-key",
-            &server_fp,
-            "--key",
-            "device.key",
-        ],
-        "one\ntwo\nthree\n",
-    );
+    // With a spool the device keeps its ticket: its second run resumes.
+    let device_args = [
+        "--connect",
+        &addr,
+        "--server-key",
+        &server_fp,
+        "--key",
+        "device.key",
+        "--spool",
+        "spool",
+    ];
+    let out = run_device(&dir, &device_args, "one\ntwo\nthree\n");
     assert!(
         out.status.success(),
         "{}",
@@ -114,61 +115,98 @@ fn a_scrape_shows_a_delivered_session_and_names_no_device() {
         "{after}"
     );
 
+    let out = run_device(&dir, &device_args, "four\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed = get(&metrics, "/metrics");
+    assert_eq!(
+        sample(
+            &resumed,
+            "secchan_handshake_duration_seconds_count{kind=\"resumed\"}"
+        ),
+        1,
+        "{resumed}"
+    );
+    assert_eq!(sample(&resumed, "secchan_delivery_write_seconds_count"), 4);
+
     let other = get(&metrics, "/");
     assert!(other.starts_with("HTTP/1.1 404"), "{other}");
 }
 
+/// What the proxy does to the device's first record: send it twice, flip a bit of its tag,
+/// or drop it (so that the next one arrives out of order).
+type Tamper = fn(Vec<u8>) -> Vec<Vec<u8>>;
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_record_replayed_into_a_live_session_is_counted_as_replayed() {
+async fn records_replayed_forged_or_dropped_in_a_live_session_are_counted_by_reason() {
     let dir = tempdir("metrics-replay");
     let (_server, addr, metrics, server_fp) = metrics_server(&dir);
-    // Device to server, frames 0 and 1 are the handshake: the first record goes twice.
-    let proxy = common::start_mitm(addr.parse().unwrap(), |up, i, frame| {
-        if up && i == 2 {
-            vec![frame.clone(), frame]
-        } else {
-            vec![frame]
-        }
-    })
-    .await;
-    let device_dir = dir.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        run_device(
-            &device_dir,
-            &[
-                "--connect",
-                &proxy.to_string(),
-                "--server-key",
-                &server_fp,
-                "--key",
-                "device.key",
-            ],
-            "one\ntwo\n",
-        )
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "the replay ended the session: {stderr}"
-    );
-    let replayed = "secchan_records_rejected_total{reason=\"replayed\"}";
-    let start = Instant::now();
-    let scrape = loop {
-        let m = metrics.clone();
-        let scrape = tokio::task::spawn_blocking(move || get(&m, "/metrics"))
-            .await
-            .unwrap();
-        if sample(&scrape, replayed) > 0 {
-            break scrape;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{scrape}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(sample(&scrape, replayed), 1, "{scrape}");
-    for reason in ["too_old", "out_of_order", "forged", "unknown_epoch"] {
-        let name = format!("secchan_records_rejected_total{{reason=\"{reason}\"}}");
-        assert_eq!(sample(&scrape, &name), 0, "{scrape}");
+    let cases: [(&str, Tamper); 3] = [
+        ("replayed", |f| vec![f.clone(), f]),
+        ("forged", |mut f| {
+            *f.last_mut().unwrap() ^= 1;
+            vec![f]
+        }),
+        ("out_of_order", |_| vec![]),
+    ];
+    let rejected = |reason: &str| format!("secchan_records_rejected_total{{reason=\"{reason}\"}}");
+    let mut scrape = String::new();
+    for (reason, tamper) in cases {
+        // Device to server, frames 0 and 1 are the handshake, 2 is the first record.
+        let proxy = common::start_mitm(addr.parse().unwrap(), move |up, i, frame| {
+            if up && i == 2 {
+                tamper(frame)
+            } else {
+                vec![frame]
+            }
+        })
+        .await;
+        let (device_dir, server_fp) = (dir.clone(), server_fp.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            run_device(
+                &device_dir,
+                &[
+                    "--connect",
+                    &proxy.to_string(),
+                    "--server-key",
+                    &server_fp,
+                    "--key",
+                    "device.key",
+                ],
+                "one\ntwo\n",
+            )
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{reason} ended the session: {stderr}"
+        );
+        // The server counts the record as its session ends, right after its Close went out.
+        let start = Instant::now();
+        scrape = loop {
+            let m = metrics.clone();
+            let scrape = tokio::task::spawn_blocking(move || get(&m, "/metrics"))
+                .await
+                .unwrap();
+            if sample(&scrape, &rejected(reason)) > 0 {
+                break scrape;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{reason}: {scrape}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+    }
+    for reason in ["replayed", "forged", "out_of_order"] {
+        assert_eq!(sample(&scrape, &rejected(reason)), 1, "{scrape}");
+    }
+    for reason in ["too_old", "unknown_epoch"] {
+        assert_eq!(sample(&scrape, &rejected(reason)), 0, "{scrape}");
     }
 }
