@@ -86,6 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         hub: std::sync::Arc::new(secchan::service::hub::Hub::new(
             secchan::service::hub::RelayPolicy::Off,
         )),
+        latency: None,
     };
     let stop = async move {
         tokio::select! {

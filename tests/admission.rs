@@ -85,6 +85,7 @@ async fn start_with(limits: Limits, hello_timeout: Duration, config: ServerConfi
         hub: std::sync::Arc::new(secchan::service::hub::Hub::new(
             secchan::service::hub::RelayPolicy::Off,
         )),
+        latency: None,
     };
     let server = TcpServer::new(options).unwrap();
     let counters = server.counters();

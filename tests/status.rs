@@ -1,6 +1,7 @@
 //! `secchan status` against a live server's control socket: the session of a connected device
-//! with its name, fingerprint, suite and message count; the socket is mode 0600; a second
-//! server refuses a socket in use; no server is one clear error.
+//! with its name, fingerprint, suite, message count, key updates and key age, and no record
+//! rejected; the socket is mode 0600; a second server refuses a socket in use; no server is
+//! one clear error.
 
 mod cli_support;
 
@@ -38,6 +39,9 @@ fn status_lists_a_live_session_from_an_owner_only_socket() {
         &addr,
         "--server-key",
         &server_fp,
+        // A new sending key before every record but the first.
+        "--rekey-records",
+        "1",
         "--key",
     ])
     .arg(dir.join("device.key"))
@@ -78,12 +82,28 @@ fn status_lists_a_live_session_from_an_owner_only_socket() {
     assert_eq!(s["suite"], "X25519MLKEM768");
     // Two 3-byte lines, each in a 25-byte Message envelope header.
     assert_eq!(s["bytes"], 56);
+    // The device's key changed before its second message at the latest.
+    assert!(s["key_updates"].as_u64().unwrap() >= 1, "{doc}");
+    let installed = s["keys_installed"].as_u64().unwrap();
+    assert!(installed >= s["established"].as_u64().unwrap(), "{doc}");
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(installed <= unix_now, "{doc}");
+    assert_eq!(s["rejected"]["replayed"], 0, "{doc}");
+    assert_eq!(s["rejected"]["forged"], 0, "{doc}");
+    assert_eq!(doc["rejected"]["replayed"], 0, "{doc}");
     let text = status(false);
-    assert!(text.starts_with("1 sessions"), "{text}");
+    assert!(
+        text.starts_with("1 sessions, 0 handshakes pending, 0 records rejected"),
+        "{text}"
+    );
     assert!(
         text.contains("greenhouse-3") && text.contains(&device_fp),
         "{text}"
     );
+    assert!(text.contains(" key updates, 0 records rejected"), "{text}");
 
     // A second server on the same socket is refused with one line.
     let mut c2 = bin();

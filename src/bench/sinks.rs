@@ -211,6 +211,7 @@ async fn measure(
         hub: Arc::new(crate::service::hub::Hub::new(
             crate::service::hub::RelayPolicy::Off,
         )),
+        latency: None,
     };
     let server = tokio::spawn(tcp_server::run(listener, intake, options, async {
         let _ = stopped.await;

@@ -1,15 +1,21 @@
-//! `secchan server --metrics ADDR`: the server's counters as Prometheus text (OpenMetrics) at
-//! `http://ADDR/metrics`. Only totals: no device name, fingerprint or address is in them, so
-//! a scrape reveals the fleet's activity, not who is in it. Bind it to loopback or a network
-//! the scraper is on.
+//! `secchan server --metrics ADDR`: the server's counters and latency histograms as
+//! Prometheus text (OpenMetrics) at `http://ADDR/metrics`. Only totals: no device name,
+//! fingerprint or address is in them, so a scrape reveals the fleet's activity, not who is in
+//! it. Bind it to loopback or a network the scraper is on.
+
+mod timings;
+
+pub use timings::Timings;
 
 use crate::service::admission::AdmissionStats;
 use crate::service::intake::Intake;
+use crate::service::status::Sessions;
 use crate::service::tcp_server::Counters;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +34,7 @@ const MAX_REQUEST: usize = 4096;
 struct Server {
     intake: Intake,
     counters: Option<Counters>,
+    sessions: Option<Sessions>,
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
@@ -61,6 +68,17 @@ impl Collector for Server {
             "Messages dropped unacknowledged, too far ahead of their stream.",
             d.too_far_ahead,
         )?;
+        if let Some(sessions) = &self.sessions {
+            let mut family = e.encode_descriptor(
+                "secchan_records_rejected",
+                "Records dropped in established sessions, by reason: replayed, too_old (for the replay window), out_of_order, forged (failed authentication), unknown_epoch.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in sessions.rejected().by_reason() {
+                ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+            }
+        }
         let Some(counters) = &self.counters else {
             return Ok(());
         };
@@ -139,6 +157,11 @@ impl Collector for Server {
                 "Sessions closed for a newer one of the same device identity.",
                 a.sessions_replaced,
             ),
+            (
+                "secchan_duplicate_keys",
+                "Sessions of a device identity that already had one from another address.",
+                a.duplicate_keys,
+            ),
         ] {
             counter(&mut e, name, help, v)?;
         }
@@ -147,19 +170,34 @@ impl Collector for Server {
 }
 
 /// The registry one scrape encodes.
-fn registry(intake: Intake, counters: Option<Counters>) -> Registry {
+fn registry(
+    intake: Intake,
+    counters: Option<Counters>,
+    sessions: Option<Sessions>,
+    timings: Option<&Timings>,
+) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Server { intake, counters }));
+    registry.register_collector(Box::new(Server {
+        intake,
+        counters,
+        sessions,
+    }));
+    if let Some(t) = timings {
+        t.register(&mut registry);
+    }
     registry
 }
 
-/// Serves `/metrics` on `listener` until the task is aborted.
+/// Serves `/metrics` on `listener` until the task is aborted: the intake's counters, the TCP
+/// server's admission `counters` and its `sessions`' rejected records, and the `timings`.
 pub fn serve(
     listener: TcpListener,
     intake: Intake,
     counters: Option<Counters>,
+    sessions: Option<Sessions>,
+    timings: Option<&Timings>,
 ) -> tokio::task::JoinHandle<()> {
-    let registry = Arc::new(registry(intake, counters));
+    let registry = Arc::new(registry(intake, counters, sessions, timings));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     tokio::spawn(async move {
         loop {

@@ -1,6 +1,7 @@
 //! `secchan server`.
 
 use super::keys::{load_authorized, load_secret};
+use super::metrics::Timings;
 use super::{CliError, ServerMode, SessionArgs};
 use crate::crypto::kem::SuiteId;
 use crate::crypto::random::OsRandom;
@@ -12,6 +13,7 @@ use crate::handshake::ticket_file;
 use crate::handshake::{AllowAnyDevice, Authorizer, Mode};
 use crate::registry::{Groups, RegistryAuthorizer};
 use crate::service::hub::{Hub, RelayPolicy};
+use crate::service::latency::Latency;
 use crate::service::live::{DevicesFile, Live};
 use crate::service::{intake, tcp_server};
 use crate::transport::tcp::Listener;
@@ -247,11 +249,12 @@ fn streams(args: &ServerArgs) -> Result<(Streams, Option<StateDir>), CliError> {
     Ok((streams, Some(state)))
 }
 
-/// Serves devices over the transport the arguments name until `stop` resolves.
+/// Serves devices over the transport the arguments name until `stop` resolves, timing them
+/// in `timings` (with --metrics).
 async fn serve(
     args: &ServerArgs,
     (config, live): (Arc<ServerConfig>, Option<Arc<dyn Live>>),
-    intake: intake::Intake,
+    (intake, timings): (intake::Intake, Option<Arc<Timings>>),
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
     #[cfg(feature = "mqtt")]
@@ -263,7 +266,7 @@ async fn serve(
             "over MQTT the server sends no downlink yet (docs/relay.md): stdin is not read"
         );
         let limits = (args.session.timeouts(), args.max_sessions as usize);
-        let _metrics = metrics(args, &intake, None).await?;
+        let _metrics = metrics(args, &intake, None, timings.as_deref()).await?;
         return super::mqtt::serve(&args.mqtt, url, config, limits, intake, stop).await;
     }
     let fingerprint = config.identity.public().fingerprint();
@@ -290,10 +293,11 @@ async fn serve(
         drain_timeout: Duration::from_secs(args.drain_timeout),
         live,
         hub,
+        latency: timings.clone().map(|t| t as Arc<dyn Latency>),
     };
     let server = tcp_server::TcpServer::new(options)
         .map_err(|e| CliError::LocalIo(std::io::Error::other(e.to_string())))?;
-    let _metrics = metrics(args, &intake, Some(server.counters())).await?;
+    let _metrics = metrics(args, &intake, Some(&server), timings.as_deref()).await?;
     let _control = match args
         .control_socket
         .clone()
@@ -310,11 +314,13 @@ async fn serve(
     Ok(())
 }
 
-/// Starts `--metrics`, if asked for; the task ends when the returned guard is dropped.
+/// Starts `--metrics`, if asked for, with the TCP `server`'s counters and sessions; the task
+/// ends when the returned guard is dropped.
 async fn metrics(
     args: &ServerArgs,
     intake: &intake::Intake,
-    counters: Option<tcp_server::Counters>,
+    server: Option<&tcp_server::TcpServer>,
+    timings: Option<&Timings>,
 ) -> Result<Option<AbortOnDrop>, CliError> {
     let Some(addr) = &args.metrics else {
         return Ok(None);
@@ -329,7 +335,9 @@ async fn metrics(
     Ok(Some(AbortOnDrop(super::metrics::serve(
         listener,
         intake.clone(),
-        counters,
+        server.map(tcp_server::TcpServer::counters),
+        server.map(tcp_server::TcpServer::sessions),
+        timings,
     ))))
 }
 
@@ -374,7 +382,9 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
             );
         }
     }
-    let (intake, written) = intake::start(sink, streams, state);
+    let timings = args.metrics.is_some().then(|| Arc::new(Timings::new()));
+    let latency = timings.clone().map(|t| t as Arc<dyn Latency>);
+    let (intake, written) = intake::start_observed(sink, streams, state, latency);
     // The output's failure stops the server too: nothing could be acknowledged any more.
     let output_failed = async {
         let _ = intake.session().0.closed().await;
@@ -386,7 +396,7 @@ pub async fn run(args: ServerArgs) -> Result<(), CliError> {
         }
         super::service::notify_stopping();
     };
-    let served = serve(&args, (config, live), intake.clone(), stop).await;
+    let served = serve(&args, (config, live), (intake.clone(), timings), stop).await;
     drop(intake);
     let written = written.await;
     served?;

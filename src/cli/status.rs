@@ -51,6 +51,7 @@ fn document(sessions: &Sessions, counters: &Counters) -> String {
         "sessions": sessions.list(),
         "pending_handshakes": pending,
         "admission": counters.stats(),
+        "rejected": sessions.rejected(),
     })
     .to_string()
 }
@@ -117,14 +118,15 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
         .map_or(0, |d| d.as_secs());
     let sessions = v["sessions"].as_array().cloned().unwrap_or_default();
     println!(
-        "{} sessions, {} handshakes pending",
+        "{} sessions, {} handshakes pending, {} records rejected",
         sessions.len(),
-        v["pending_handshakes"]
+        v["pending_handshakes"],
+        rejected(&v["rejected"]),
     );
     for s in sessions {
         let age = |k: &str| now.saturating_sub(s[k].as_u64().unwrap_or(now));
         println!(
-            "{}\n  fingerprint {}\n  peer {}  {} + {}{}\n  up {} s, last message {} s ago, {} messages, {} bytes",
+            "{}\n  fingerprint {}\n  peer {}  {} + {}{}\n  up {} s, last message {} s ago, {} messages, {} bytes\n  keys {} s old, {} key updates, {} records rejected",
             s["device"].as_str().unwrap_or("?"),
             s["fingerprint"].as_str().unwrap_or("(anonymous)"),
             s["peer"].as_str().unwrap_or("?"),
@@ -135,7 +137,26 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
             age("last_seen"),
             s["messages"],
             s["bytes"],
+            age("keys_installed"),
+            s["key_updates"],
+            rejected(&s["rejected"]),
         );
     }
     Ok(())
+}
+
+/// A count of rejected records by reason, as text: "0", or "3 (replayed 2, forged 1)".
+fn rejected(by_reason: &serde_json::Value) -> String {
+    let nonzero: Vec<(&String, u64)> = by_reason
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, n)| Some((k, n.as_u64()?)).filter(|(_, n)| *n > 0))
+        .collect();
+    let total: u64 = nonzero.iter().map(|(_, n)| n).sum();
+    if nonzero.is_empty() {
+        return total.to_string();
+    }
+    let parts: Vec<String> = nonzero.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!("{total} ({})", parts.join(", "))
 }

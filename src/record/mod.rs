@@ -7,9 +7,11 @@
 //! even when KeyUpdate records are lost or reordered (protocol.md §7.5).
 
 mod opener;
+mod rejected;
 pub mod replay;
 
 pub use opener::{reconstruct_counter, Opened, Opener, MAX_GENERATIONS_AHEAD};
+pub use rejected::Rejected;
 
 use crate::codec::DecodeError;
 use crate::crypto::aead::{AeadId, AeadKey, KEY_LEN, NONCE_LEN, SOFT_LIMIT_RECORDS, TAG_LEN};

@@ -4,11 +4,13 @@
 //! batches, records the new state (fsync), and only then tells each session how far each of
 //! its streams is acknowledged.
 
+use super::latency::Latency;
 use super::sink::{Sink, SinkError, SinkRecord};
 use crate::delivery::state::StateDir;
 use crate::delivery::{StreamKey, Streams, Verdict};
 use crate::throttle::{warn_dropped, Throttle};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -48,6 +50,8 @@ struct Submission {
     record: SinkRecord,
     /// The device's base: every message below it counts as written.
     base: u64,
+    /// When it reached the intake.
+    arrived: Instant,
 }
 
 /// The intake stopped: the sink failed for good.
@@ -69,6 +73,7 @@ impl IntakeSession {
                 acks: self.acks.clone(),
                 record,
                 base,
+                arrived: Instant::now(),
             })
             .await
             .map_err(|_| IntakeClosed)
@@ -126,6 +131,8 @@ struct Task {
     throttle: Throttle,
     /// `stats`, for [`Intake::stats`], after each batch.
     shared: std::sync::Arc<std::sync::Mutex<IntakeStats>>,
+    /// Told how long each message written took.
+    latency: Option<Arc<dyn Latency>>,
 }
 
 /// Counts, at start, the messages the sink held beyond the state's last checkpoint: written
@@ -156,17 +163,27 @@ pub fn recover(
     Ok(found.len())
 }
 
+/// What [`start`] returns: the handle, and the task with its final counters.
+pub type Started = (
+    Intake,
+    tokio::task::JoinHandle<Result<IntakeStats, SinkError>>,
+);
+
 /// Starts the intake: `streams` is the duplicate filter (restored from `state` if given).
 /// The task ends when every [`Intake`] and [`IntakeSession`] is dropped and the queue is
 /// empty, or with the sink's error if it fails for good.
-pub fn start(
+pub fn start(sink: Box<dyn Sink>, streams: Streams, state: Option<StateDir>) -> Started {
+    start_observed(sink, streams, state, None)
+}
+
+/// [`start`], telling `latency` how long each message took from its submission to its being
+/// written and acknowledged.
+pub fn start_observed(
     sink: Box<dyn Sink>,
     streams: Streams,
     state: Option<StateDir>,
-) -> (
-    Intake,
-    tokio::task::JoinHandle<Result<IntakeStats, SinkError>>,
-) {
+    latency: Option<Arc<dyn Latency>>,
+) -> Started {
     let (queue, rx) = mpsc::channel(QUEUE);
     let task = Task {
         sink,
@@ -175,6 +192,7 @@ pub fn start(
         stats: IntakeStats::default(),
         throttle: Throttle::default(),
         shared: Default::default(),
+        latency,
     };
     let stats = task.shared.clone();
     let handle = tokio::spawn(task.run(rx));
@@ -203,6 +221,7 @@ impl Task {
     async fn handle(&mut self, batch: &mut [Submission]) -> Result<(), SinkError> {
         let now = Instant::now();
         let mut fresh = Vec::with_capacity(batch.len());
+        let mut arrived = Vec::with_capacity(batch.len());
         // Per session: its sender, how many it submitted, and the streams touched.
         let mut touched: HashMap<u64, (mpsc::UnboundedSender<AckUpdate>, usize, Vec<StreamKey>)> =
             HashMap::new();
@@ -212,7 +231,10 @@ impl Task {
                 s.record.stream,
             );
             match self.streams.accept(&key, s.record.seq, s.base, now) {
-                Verdict::New => fresh.push(s.record.clone()),
+                Verdict::New => {
+                    fresh.push(s.record.clone());
+                    arrived.push(s.arrived);
+                }
                 Verdict::Duplicate => self.stats.duplicates += 1,
                 Verdict::TooFarAhead => {
                     self.stats.too_far_ahead += 1;
@@ -243,6 +265,13 @@ impl Task {
                     source: std::io::Error::other(e.to_string()),
                     retryable: false,
                 });
+            }
+        }
+        // Timed before the acknowledgements go out: whoever sees one sees its time counted.
+        if let Some(latency) = &self.latency {
+            let done = Instant::now();
+            for a in arrived {
+                latency.written(done.saturating_duration_since(a));
             }
         }
         for (tx, handled, keys) in touched.into_values() {
@@ -375,5 +404,39 @@ mod tests {
         drop((intake, session));
         let stats = task.await.unwrap().unwrap();
         assert_eq!((stats.written, stats.duplicates), (3, 2));
+    }
+
+    /// Counts the writes it is told of.
+    #[derive(Debug, Default)]
+    struct Writes(Mutex<usize>);
+
+    impl Latency for Writes {
+        fn handshake(&self, _: bool, _: Duration) {}
+        fn written(&self, _: Duration) {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+
+    #[tokio::test]
+    async fn each_message_written_is_timed_once_and_duplicates_are_not() {
+        let writes = Arc::new(Writes::default());
+        let streams = Streams::new(10, 100, Duration::from_secs(60));
+        let (intake, task) = start_observed(
+            Box::new(Memory::default()),
+            streams,
+            None,
+            Some(writes.clone()),
+        );
+        let (session, mut acks) = intake.session();
+        for seq in [0, 1, 1, 2] {
+            session.submit(record(seq), 0).await.unwrap();
+        }
+        let mut handled = 0;
+        while handled < 4 {
+            handled += acks.recv().await.unwrap().handled;
+        }
+        drop((intake, session));
+        task.await.unwrap().unwrap();
+        assert_eq!(*writes.0.lock().unwrap(), 3);
     }
 }

@@ -6,6 +6,7 @@
 //! - `sink_mqtt`: republishing each message to a local MQTT broker (feature `mqtt`).
 //! - [`intake`]: the server half of delivery, for every transport: duplicate filter, sink,
 //!   state directory, acknowledgements.
+//! - [`latency`]: how long handshakes and writes take, for whoever watches (the metrics).
 //! - [`hub`]: the server's streams to its devices (downlink, relayed frames) and the relay
 //!   decision.
 //! - [`chat`]: `secchan chat`'s line mode: typed commands and the lines it prints.
@@ -22,6 +23,7 @@ pub mod chat;
 pub mod device_end;
 pub mod hub;
 pub mod intake;
+pub mod latency;
 pub mod live;
 #[cfg(feature = "mqtt")]
 pub mod mqtt_server;

@@ -1,11 +1,13 @@
 //! What `secchan status` shows: the server's live sessions, kept as they start, carry messages
 //! and end. Sans IO: the TCP server updates it, the control socket (src/cli) reads it.
 
+use crate::record::Rejected;
+use crate::session::Session;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// One live session.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -31,6 +33,14 @@ pub struct SessionStatus {
     pub messages: u64,
     /// Their bytes, envelope headers included (protocol.md §11.1).
     pub bytes: u64,
+    /// Records refused because they were replayed, too old, out of order, forged or of an
+    /// unknown key epoch. Over TCP the first one ends the session.
+    pub rejected: Rejected,
+    /// Key updates so far, both directions.
+    pub key_updates: u64,
+    /// When the current keys were installed (Unix seconds): at establishment, or at the last
+    /// key update either side made.
+    pub keys_installed: u64,
 }
 
 fn unix_now() -> u64 {
@@ -44,6 +54,8 @@ fn unix_now() -> u64 {
 pub struct Sessions {
     table: Arc<Mutex<HashMap<u64, SessionStatus>>>,
     next: Arc<AtomicU64>,
+    /// What the sessions that ended had rejected; locked inside `table`'s lock.
+    ended: Arc<Mutex<Rejected>>,
 }
 
 /// A session's entry: updated by [`seen`](Entry::seen), removed when dropped.
@@ -51,6 +63,9 @@ pub struct Sessions {
 pub struct Entry {
     sessions: Sessions,
     id: u64,
+    /// What [`update`](Entry::update) last took: key updates and records rejected, so that an
+    /// unchanged session costs no lock of the shared table.
+    taken: (AtomicU64, AtomicU64),
 }
 
 impl Sessions {
@@ -78,11 +93,15 @@ impl Sessions {
                 last_seen: now,
                 messages: 0,
                 bytes: 0,
+                rejected: Rejected::default(),
+                key_updates: 0,
+                keys_installed: now,
             },
         );
         Entry {
             sessions: self.clone(),
             id,
+            taken: Default::default(),
         }
     }
 
@@ -94,9 +113,23 @@ impl Sessions {
         v.into_iter().map(|(_, s)| s).collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SessionStatus>> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    /// The records every session so far rejected, live or ended, by reason.
+    pub fn rejected(&self) -> Rejected {
+        let table = self.lock();
+        let mut sum = *lock(&self.ended);
+        for s in table.values() {
+            sum += s.rejected;
+        }
+        sum
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SessionStatus>> {
+        lock(&self.table)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Entry {
@@ -108,11 +141,32 @@ impl Entry {
             s.last_seen = unix_now();
         }
     }
+
+    /// Takes the session's rejected records and key updates.
+    pub fn update(&self, session: &Session) {
+        let (updates, rejected) = (session.key_updates(), session.rejected().total());
+        let same_keys = self.taken.0.swap(updates, Ordering::Relaxed) == updates;
+        let same_rejected = self.taken.1.swap(rejected, Ordering::Relaxed) == rejected;
+        if same_keys && same_rejected {
+            return;
+        }
+        if let Some(s) = self.sessions.lock().get_mut(&self.id) {
+            s.rejected = session.rejected();
+            if s.key_updates != session.key_updates() {
+                s.key_updates = session.key_updates();
+                let age = Instant::now().saturating_duration_since(session.keys_installed());
+                s.keys_installed = unix_now().saturating_sub(age.as_secs()).max(s.established);
+            }
+        }
+    }
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        self.sessions.lock().remove(&self.id);
+        let mut table = self.sessions.lock();
+        if let Some(s) = table.remove(&self.id) {
+            *lock(&self.sessions.ended) += s.rejected;
+        }
     }
 }
 
@@ -150,5 +204,39 @@ mod tests {
         assert_eq!(s.list().len(), 1);
         drop(b);
         assert!(s.list().is_empty());
+    }
+
+    #[test]
+    fn an_entry_takes_its_sessions_rejections_and_key_updates_and_the_total_keeps_them() {
+        use crate::msgs::FrameType;
+        use crate::session::tests::{data, session_over};
+        let s = Sessions::default();
+        let entry = s.start(
+            "a".into(),
+            None,
+            "mqtt".into(),
+            ("X25519", "AES-256-GCM"),
+            false,
+        );
+        let (mut session, mut peer) = session_over(false, Instant::now());
+        let first = data(&mut peer, b"one");
+        session
+            .handle_frame(&mut first.clone(), Instant::now())
+            .unwrap();
+        assert!(session
+            .handle_frame(&mut first.clone(), Instant::now())
+            .is_err());
+        let mut update = Vec::new();
+        peer.seal(FrameType::KeyUpdate, &[], &mut update).unwrap();
+        session.handle_frame(&mut update, Instant::now()).unwrap();
+        entry.update(&session);
+        let listed = &s.list()[0];
+        assert_eq!((listed.rejected.replayed, listed.rejected.total()), (1, 1));
+        assert_eq!(listed.key_updates, 1);
+        assert!(listed.keys_installed >= listed.established);
+        assert_eq!(s.rejected().replayed, 1);
+        drop(entry);
+        assert!(s.list().is_empty());
+        assert_eq!(s.rejected().replayed, 1, "an ended session's count stays");
     }
 }

@@ -4,6 +4,7 @@
 //! stranger can trigger here is counted in [`AdmissionStats`] and logged at a limited rate.
 
 use super::admission::{Admission, AdmissionStats, FirstKind, Limits, Outcome, Verdict};
+use super::latency::Latency;
 use crate::crypto::random::OsRandom;
 use crate::handshake::cookie::{self, CookieJar, First};
 use crate::handshake::server::PeerDevice;
@@ -37,6 +38,7 @@ pub struct Shared {
     jar: CookieJar,
     hello_timeout: Duration,
     throttles: Mutex<Throttles>,
+    latency: Option<Arc<dyn Latency>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -44,10 +46,12 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Admission under `limits`, a fresh random cookie key, and `hello_timeout`.
+    /// Admission under `limits`, a fresh random cookie key, and `hello_timeout`; each
+    /// handshake's time to `latency`.
     pub fn new(
         limits: Limits,
         hello_timeout: Duration,
+        latency: Option<Arc<dyn Latency>>,
     ) -> Result<Self, crate::crypto::CryptoError> {
         let now = Instant::now();
         Ok(Self {
@@ -55,6 +59,7 @@ impl Shared {
             jar: CookieJar::random(&mut OsRandom, now)?,
             hello_timeout,
             throttles: Mutex::default(),
+            latency,
         })
     }
 
@@ -181,6 +186,9 @@ pub async fn handshake(
             }
             for task in replaced {
                 task.abort();
+            }
+            if let Some(latency) = &shared.latency {
+                latency.handshake(conn.is_resumed(), now.elapsed());
             }
             Some((conn, peer, release))
         }

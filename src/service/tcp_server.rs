@@ -47,6 +47,8 @@ pub struct ServerOptions {
     pub live: Option<Arc<dyn Live>>,
     /// What the server sends its devices: downlink messages and relayed frames.
     pub hub: Arc<Hub>,
+    /// Told how long each handshake took, from the connection's first frame to the session.
+    pub latency: Option<Arc<dyn super::latency::Latency>>,
 }
 
 /// How long to wait before the next accept after `e`.
@@ -109,7 +111,11 @@ pub struct TcpServer {
 impl TcpServer {
     /// A server with `options` and a fresh cookie key.
     pub fn new(options: ServerOptions) -> Result<Self, crate::crypto::CryptoError> {
-        let shared = Shared::new(options.limits.clone(), options.hello_timeout)?;
+        let shared = Shared::new(
+            options.limits.clone(),
+            options.hello_timeout,
+            options.latency.clone(),
+        )?;
         Ok(Self {
             shared: Arc::new(shared),
             options,
@@ -329,6 +335,8 @@ async fn serve(
     };
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     while r.open || r.outstanding > 0 {
+        // This side's key updates (acknowledgements may rotate its key), for `secchan status`.
+        listed.update(conn.session());
         let drain_at = r.drain_until.unwrap_or(far);
         let write_deadline = r.drain_until.map_or(far, |d| d + WRITE_GRACE);
         tokio::select! {
@@ -369,6 +377,7 @@ async fn serve(
             }
             received = conn.recv(), if r.open => match received {
                 Ok(Some(message)) => {
+                    listed.update(conn.session());
                     listed.seen(message.len());
                     if let Err(e) = on_message((&submit, &hub, &mut conn), &origin, message, &mut r).await {
                         tracing::warn!(device = %peer.name, peer = %addr, error = %e, "closing the session");
@@ -381,6 +390,7 @@ async fn serve(
                     r.device_closed = true;
                 }
                 Err(e) => {
+                    listed.update(conn.session());
                     tracing::warn!(device = %peer.name, peer = %addr, error = %e, "session ended with an error");
                     return conn.linger().await;
                 }
