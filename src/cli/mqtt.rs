@@ -264,6 +264,8 @@ pub(super) async fn run_device(
                 stopping();
                 break;
             }
+            // A refusal ends the device even while its source is quiet.
+            () = device.stopped() => break,
         };
         if line.len() > limit {
             return Err(CliError::MessageTooLarge {
