@@ -4,28 +4,8 @@
 
 mod cli_support;
 
-use cli_support::{bin, free_port, keygen, run_device, tempdir, Logged};
-use std::io::{Read, Write};
+use cli_support::{bin, free_port, http_get as get, keygen, run_device, sample, tempdir, Logged};
 use std::process::Stdio;
-
-fn get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// The value of the sample `name` in a scrape.
-fn sample(scrape: &str, name: &str) -> u64 {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {scrape}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn a_scrape_shows_a_delivered_session_and_names_no_device() {

@@ -30,7 +30,12 @@ struct Server {
     counters: Option<Counters>,
 }
 
-fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+pub(super) fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> std::fmt::Result {
     let c = ConstCounter::new(v);
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
@@ -38,6 +43,20 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fm
 fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: usize) -> std::fmt::Result {
     let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// The gauges of every transport: handshakes pending and sessions established now.
+pub(super) fn now(
+    e: &mut DescriptorEncoder,
+    (pending, sessions): (usize, usize),
+) -> std::fmt::Result {
+    gauge(e, "secchan_sessions", "Sessions established now.", sessions)?;
+    gauge(
+        e,
+        "secchan_handshakes_pending",
+        "Handshakes in progress now.",
+        pending,
+    )
 }
 
 impl Collector for Server {
@@ -64,19 +83,7 @@ impl Collector for Server {
         let Some(counters) = &self.counters else {
             return Ok(());
         };
-        let (pending, sessions) = counters.now();
-        gauge(
-            &mut e,
-            "secchan_sessions",
-            "Sessions established now.",
-            sessions,
-        )?;
-        gauge(
-            &mut e,
-            "secchan_handshakes_pending",
-            "Handshakes in progress now.",
-            pending,
-        )?;
+        now(&mut e, counters.now())?;
         let a: AdmissionStats = counters.stats();
         for (name, help, v) in [
             (
@@ -147,19 +154,28 @@ impl Collector for Server {
 }
 
 /// The registry one scrape encodes.
-fn registry(intake: Intake, counters: Option<Counters>) -> Registry {
+fn registry(
+    intake: Intake,
+    counters: Option<Counters>,
+    transport: Option<Box<dyn Collector>>,
+) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Server { intake, counters }));
+    if let Some(c) = transport {
+        registry.register_collector(c);
+    }
     registry
 }
 
-/// Serves `/metrics` on `listener` until the task is aborted.
+/// Serves `/metrics` on `listener` until the task is aborted: the intake's counters, the TCP
+/// server's `counters`, and what `transport` collects (another transport's server).
 pub fn serve(
     listener: TcpListener,
     intake: Intake,
     counters: Option<Counters>,
+    transport: Option<Box<dyn Collector>>,
 ) -> tokio::task::JoinHandle<()> {
-    let registry = Arc::new(registry(intake, counters));
+    let registry = Arc::new(registry(intake, counters, transport));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     tokio::spawn(async move {
         loop {

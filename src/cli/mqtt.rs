@@ -178,15 +178,13 @@ pub(super) fn check_first_use(
     Ok(())
 }
 
-/// Runs a server instance on the broker until Ctrl-C or SIGTERM.
-pub(super) async fn serve(
+/// Starts a server instance on the broker.
+pub(super) async fn start(
     args: &MqttServerArgs,
     url: &str,
     config: Arc<ServerConfig>,
     (timeouts, max_sessions): (Timeouts, usize),
-    intake: Intake,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<(), CliError> {
+) -> Result<MqttServer, CliError> {
     let broker = args.broker.broker(url)?;
     let options = ServerOptions {
         share_group: args.mqtt_share_group.clone(),
@@ -203,6 +201,15 @@ pub(super) async fn serve(
         fingerprint = %config.identity.public().fingerprint(),
         "serving through the MQTT broker"
     );
+    Ok(server)
+}
+
+/// Runs a server instance until `stop` resolves (Ctrl-C or SIGTERM).
+pub(super) async fn serve(
+    server: MqttServer,
+    intake: Intake,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), CliError> {
     let _watchdog = super::service::notify_ready();
     let s = mqtt_server::serve(server, intake, stop).await?;
     tracing::info!(

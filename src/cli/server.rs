@@ -263,8 +263,10 @@ async fn serve(
             "over MQTT the server sends no downlink yet (docs/relay.md): stdin is not read"
         );
         let limits = (args.session.timeouts(), args.max_sessions as usize);
-        let _metrics = metrics(args, &intake, None).await?;
-        return super::mqtt::serve(&args.mqtt, url, config, limits, intake, stop).await;
+        let server = super::mqtt::start(&args.mqtt, url, config, limits).await?;
+        let counters = super::status::Counters::Mqtt(server.counters());
+        let _operations = operations(args, &intake, server.listed(), counters).await?;
+        return super::mqtt::serve(server, intake, stop).await;
     }
     let fingerprint = config.identity.public().fingerprint();
     let addr = args.listen.clone().unwrap_or_default();
@@ -293,28 +295,39 @@ async fn serve(
     };
     let server = tcp_server::TcpServer::new(options)
         .map_err(|e| CliError::LocalIo(std::io::Error::other(e.to_string())))?;
-    let _metrics = metrics(args, &intake, Some(server.counters())).await?;
-    let _control = match args
+    let counters = super::status::Counters::Tcp(server.counters());
+    let _operations = operations(args, &intake, server.sessions(), counters).await?;
+    server.run(listener, intake, stop).await;
+    Ok(())
+}
+
+/// Starts `--metrics` and the control socket, if asked for, on the server's sessions and
+/// counters; the tasks end when the returned guards are dropped.
+async fn operations(
+    args: &ServerArgs,
+    intake: &intake::Intake,
+    sessions: crate::service::status::Sessions,
+    counters: super::status::Counters,
+) -> Result<[Option<AbortOnDrop>; 2], CliError> {
+    let metrics = metrics(args, intake, &counters).await?;
+    let control = match args
         .control_socket
         .clone()
         .or_else(super::status::default_path)
     {
         Some(path) => Some(AbortOnDrop(super::status::serve(
-            &path,
-            server.sessions(),
-            server.counters(),
+            &path, sessions, counters,
         )?)),
         None => None,
     };
-    server.run(listener, intake, stop).await;
-    Ok(())
+    Ok([metrics, control])
 }
 
 /// Starts `--metrics`, if asked for; the task ends when the returned guard is dropped.
 async fn metrics(
     args: &ServerArgs,
     intake: &intake::Intake,
-    counters: Option<tcp_server::Counters>,
+    counters: &super::status::Counters,
 ) -> Result<Option<AbortOnDrop>, CliError> {
     let Some(addr) = &args.metrics else {
         return Ok(None);
@@ -326,10 +339,19 @@ async fn metrics(
             source,
         })?;
     tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
+    let (tcp, transport): (_, Option<Box<dyn prometheus_client::collector::Collector>>) =
+        match counters {
+            super::status::Counters::Tcp(c) => (Some(c.clone()), None),
+            #[cfg(feature = "mqtt")]
+            super::status::Counters::Mqtt(c) => {
+                (None, Some(Box::new(super::metrics_mqtt::Mqtt(c.clone()))))
+            }
+        };
     Ok(Some(AbortOnDrop(super::metrics::serve(
         listener,
         intake.clone(),
-        counters,
+        tcp,
+        transport,
     ))))
 }
 

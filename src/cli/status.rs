@@ -7,7 +7,7 @@
 
 use super::error::CliError;
 use crate::service::status::Sessions;
-use crate::service::tcp_server::Counters;
+use crate::service::tcp_server;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -44,13 +44,36 @@ fn local_io(path: &Path, what: &str, e: std::io::Error) -> CliError {
     ))
 }
 
+/// The counters a server shows beside its sessions: its transport's own.
+#[derive(Debug, Clone)]
+pub enum Counters {
+    /// The TCP server's admission.
+    Tcp(tcp_server::Counters),
+    /// The MQTT server instance's.
+    #[cfg(feature = "mqtt")]
+    Mqtt(crate::transport::mqtt::Counters),
+}
+
+impl Counters {
+    /// The transport's name (the document's `transport`), handshakes pending now, and the
+    /// counters as JSON (its `admission`).
+    fn now(&self) -> (&'static str, usize, serde_json::Value) {
+        match self {
+            Self::Tcp(c) => ("tcp", c.now().0, serde_json::json!(c.stats())),
+            #[cfg(feature = "mqtt")]
+            Self::Mqtt(c) => ("mqtt", c.now().0, serde_json::json!(c.stats())),
+        }
+    }
+}
+
 /// The document a connection to the control socket gets.
 fn document(sessions: &Sessions, counters: &Counters) -> String {
-    let (pending, _) = counters.now();
+    let (transport, pending, admission) = counters.now();
     serde_json::json!({
+        "transport": transport,
         "sessions": sessions.list(),
         "pending_handshakes": pending,
-        "admission": counters.stats(),
+        "admission": admission,
     })
     .to_string()
 }
@@ -117,9 +140,10 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
         .map_or(0, |d| d.as_secs());
     let sessions = v["sessions"].as_array().cloned().unwrap_or_default();
     println!(
-        "{} sessions, {} handshakes pending",
+        "{} sessions, {} handshakes pending ({})",
         sessions.len(),
-        v["pending_handshakes"]
+        v["pending_handshakes"],
+        v["transport"].as_str().unwrap_or("?")
     );
     for s in sessions {
         let age = |k: &str| now.saturating_sub(s[k].as_u64().unwrap_or(now));

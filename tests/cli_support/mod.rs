@@ -191,7 +191,7 @@ pub fn free_port() -> u16 {
 /// discarded.
 pub struct Device {
     pub proc: Logged,
-    input: ChildStdin,
+    input: Option<ChildStdin>,
 }
 
 impl Device {
@@ -206,13 +206,22 @@ impl Device {
             .stdout(Stdio::null());
         let mut proc = Logged::spawn(c, &dir.join(format!("{name}.log")));
         let input = proc.child.stdin.take().unwrap();
-        Self { proc, input }
+        Self {
+            proc,
+            input: Some(input),
+        }
+    }
+
+    /// Closes its stdin: the end of its input.
+    pub fn close(&mut self) {
+        self.input = None;
     }
 
     /// Sends one line.
     pub fn send(&mut self, line: &str) {
-        writeln!(self.input, "{line}").unwrap();
-        self.input.flush().unwrap();
+        let input = self.input.as_mut().expect("input closed");
+        writeln!(input, "{line}").unwrap();
+        input.flush().unwrap();
     }
 }
 
@@ -255,4 +264,41 @@ pub fn hangup(child: &Child) {
         .unwrap()
         .success();
     assert!(ok);
+}
+
+/// `GET path` from the HTTP server at `addr`: the whole response.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of the sample `name` in a metrics scrape.
+pub fn sample(scrape: &str, name: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {scrape}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// What `secchan status --control-socket SOCKET` prints (with `--json` if `json`).
+pub fn status(socket: &Path, json: bool) -> String {
+    let mut c = bin();
+    c.arg("status").arg("--control-socket").arg(socket);
+    if json {
+        c.arg("--json");
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
