@@ -1,16 +1,16 @@
 //! Operating `secchan server --mqtt` through a real Mosquitto: a reload of the
 //! authorized-devices file closes the sessions of removed devices with `revoked` (and refuses
 //! them after) while other devices go on, and a file that does not parse leaves the list in
-//! force; `secchan status` lists the MQTT sessions and the instance's counters from the
+//! force; a revocation in the fleet registry does the same; `secchan status` lists the MQTT sessions and the instance's counters from the
 //! systemd default socket; `--metrics` serves them beside the intake's.
 #![cfg(feature = "mqtt")]
 
 mod cli_support;
 mod support;
 
-use cli_support::reload::{keys, sighup_scenario};
+use cli_support::reload::{keys, removal, sighup_scenario};
 use cli_support::{
-    bin, free_port, http_get, keygen, run_device, sample, status, tempdir, Device, Logged,
+    bin, free_port, hangup, http_get, keygen, run_device, sample, status, tempdir, Device, Logged,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,13 +19,11 @@ use support::mosquitto::Mosquitto;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// `secchan server --mqtt` with the key and device list of `dir`, writing to `dir`/out.jsonl.
+/// `secchan server --mqtt` with the key of `dir`, writing to `dir`/out.jsonl.
 fn command(m: &Mosquitto, dir: &Path, extra: &[&str]) -> Command {
     let mut c = bin();
     c.args(["server", "--mqtt", &m.url(), "--key"])
         .arg(dir.join("server.key"))
-        .arg("--authorized-devices")
-        .arg(dir.join("devices"))
         .arg("--out")
         .arg(dir.join("out.jsonl"))
         .args(extra)
@@ -41,9 +39,16 @@ fn start(command: Command, dir: &Path) -> Logged {
     server
 }
 
-/// [`command`], started.
+/// [`command`] with the device list `dir`/devices.
+fn listed(m: &Mosquitto, dir: &Path, extra: &[&str]) -> Command {
+    let mut c = command(m, dir, extra);
+    c.arg("--authorized-devices").arg(dir.join("devices"));
+    c
+}
+
+/// [`listed`], started.
 fn server(m: &Mosquitto, dir: &Path, extra: &[&str]) -> Logged {
-    start(command(m, dir, extra), dir)
+    start(listed(m, dir, extra), dir)
 }
 
 fn device(m: &Mosquitto, dir: &Path, server_fp: &str, name: &str) -> Device {
@@ -59,6 +64,52 @@ fn sighup_closes_the_mqtt_sessions_of_removed_devices_only_and_keeps_the_list_wh
     sighup_scenario(&dir, &mut server, &devices, |name| {
         device(&m, &dir, &server_fp, name)
     });
+    server.wait_for("no longer authorized", PATIENCE);
+}
+
+/// Runs `secchan ARGS` in `dir`; it must succeed.
+fn run_ok(dir: &Path, args: &str) {
+    let out = bin()
+        .current_dir(dir)
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_registry_revocation_closes_the_mqtt_session_of_that_device_only() {
+    let dir = tempdir("mqtt-registry");
+    let m = Mosquitto::start();
+    let server_fp = keygen(&dir.join("server.key"));
+    keygen(&dir.join("a.key"));
+    keygen(&dir.join("c.key"));
+    run_ok(&dir, "registry init --key server.key fleet.reg");
+    for n in ["a", "c"] {
+        run_ok(
+            &dir,
+            &format!("registry enroll --key server.key fleet.reg --device {n}.key.pub --name sensor-{n} --group greenhouse"),
+        );
+    }
+    let registry = dir.join("fleet.reg");
+    let registry = registry.to_str().unwrap();
+    // Checked only on SIGHUP within the test's time: the signal is what is tested.
+    let c = command(
+        &m,
+        &dir,
+        &["--registry", registry, "--registry-poll", "3600"],
+    );
+    let mut server = start(c, &dir);
+    let remove = || {
+        run_ok(&dir, "registry revoke --key server.key fleet.reg sensor-a");
+        hangup(&server.child);
+    };
+    let device = |name: &str| device(&m, &dir, &server_fp, name);
+    removal(&dir, &device, remove, "revoked");
     server.wait_for("no longer authorized", PATIENCE);
 }
 
@@ -91,7 +142,7 @@ fn status_lists_the_mqtt_sessions_and_the_instance_counters() {
     // Where a server started by systemd (RuntimeDirectory=secchan) has it without
     // --control-socket.
     let socket = dir.join("secchan-server.sock");
-    let mut c = command(&m, &dir, &[]);
+    let mut c = listed(&m, &dir, &[]);
     c.env("RUNTIME_DIRECTORY", &dir);
     let mut server = start(c, &dir);
     server.wait_for("control socket", PATIENCE);

@@ -1,4 +1,4 @@
-//! The live-reload scenario both transports are tested with (tests/reload.rs over TCP,
+//! The live-reload scenarios both transports are tested with (tests/reload.rs over TCP,
 //! tests/mqtt_ops.rs over MQTT).
 
 use super::{hangup, keygen, wait_exit, wait_for_line, Device, Logged};
@@ -15,19 +15,17 @@ pub fn keys(dir: &Path) -> (String, [String; 3]) {
     (server, devices)
 }
 
-/// With `server` serving the list of [`keys`] (checked only on SIGHUP within the test's time:
-/// the signal is what is tested) and writing to `dir`/out.jsonl, and `device(name)` starting
-/// that device against it: a device taken off the list has its live session closed with
-/// `revoked` (exit 4) and is refused when it comes back, a device left on it goes on, an added
-/// one is admitted, and a file that does not parse leaves the list in force.
-pub fn sighup_scenario(
+/// With a server writing to `dir`/out.jsonl and `device(name)` starting that device against
+/// it: devices a and c deliver; `remove` takes a off the server's list; a's live session is
+/// then closed with `revoked` (exit 4), c's goes on, and a, coming back, is refused (exit 4,
+/// its log saying `refusal`). Returns c, still connected.
+pub fn removal(
     dir: &Path,
-    server: &mut Logged,
-    [_, b, c]: &[String; 3],
-    device: impl Fn(&str) -> Device,
-) {
-    let (devices, out) = (dir.join("devices"), dir.join("out.jsonl"));
-    let patience = Duration::from_secs(30);
+    device: &impl Fn(&str) -> Device,
+    remove: impl FnOnce(),
+    refusal: &str,
+) -> Device {
+    let out = dir.join("out.jsonl");
     let mut dev_a = device("a");
     let mut dev_c = device("c");
     dev_a.send("a-1");
@@ -35,10 +33,7 @@ pub fn sighup_scenario(
     wait_for_line(&out, "a-1");
     wait_for_line(&out, "c-1");
 
-    // b added, a removed.
-    std::fs::write(&devices, format!("{b} sensor-b\n{c} sensor-c\n")).unwrap();
-    hangup(&server.child);
-    server.wait_for("authorized devices reloaded", patience);
+    remove();
     let status = wait_exit(&mut dev_a.proc.child);
     assert_eq!(status.code(), Some(4), "{}", dev_a.proc.text());
     assert!(
@@ -50,22 +45,39 @@ pub fn sighup_scenario(
     dev_c.send("c-2");
     wait_for_line(&out, "c-2");
     assert!(dev_c.proc.child.try_wait().unwrap().is_none());
-    let mut dev_b = device("b");
-    dev_b.send("b-1");
-    wait_for_line(&out, "b-1");
-    // a, coming back, is refused.
     let mut again = device("a");
     again.send("a-2");
     let status = wait_exit(&mut again.proc.child);
     assert_eq!(status.code(), Some(4), "{}", again.proc.text());
-    assert!(
-        again
-            .proc
-            .text()
-            .contains("not on the server's authorized list"),
-        "{}",
-        again.proc.text()
-    );
+    assert!(again.proc.text().contains(refusal), "{}", again.proc.text());
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert!(!written.contains("a-2"), "{written}");
+    dev_c
+}
+
+/// With `server` serving the list of [`keys`] (checked only on SIGHUP within the test's time:
+/// the signal is what is tested): [`removal`] by rewriting the file and SIGHUP, an added
+/// device admitted, and a file that does not parse leaving the list in force.
+pub fn sighup_scenario(
+    dir: &Path,
+    server: &mut Logged,
+    [_, b, c]: &[String; 3],
+    device: impl Fn(&str) -> Device,
+) {
+    let devices = dir.join("devices");
+    let out = dir.join("out.jsonl");
+    let patience = Duration::from_secs(30);
+    // b added, a removed.
+    let remove = || {
+        std::fs::write(&devices, format!("{b} sensor-b\n{c} sensor-c\n")).unwrap();
+        hangup(&server.child);
+        server.wait_for("authorized devices reloaded", patience);
+    };
+    let not_listed = "not on the server's authorized list";
+    let mut dev_c = removal(dir, &device, remove, not_listed);
+    let mut dev_b = device("b");
+    dev_b.send("b-1");
+    wait_for_line(&out, "b-1");
 
     // A broken file: the list in force stays, and the server says why.
     std::fs::write(&devices, "this is not a device list\n").unwrap();
@@ -79,6 +91,4 @@ pub fn sighup_scenario(
         server.child.try_wait().unwrap().is_none(),
         "SIGHUP ended the server"
     );
-    let written = std::fs::read_to_string(&out).unwrap();
-    assert!(!written.contains("a-2"), "{written}");
 }
