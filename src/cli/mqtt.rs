@@ -219,6 +219,8 @@ pub(super) async fn serve(
         rejected_records = s.rejected_records,
         malformed = s.malformed,
         rejected_handshake_messages = s.rejected_handshake_messages,
+        devices_refused = s.devices_refused,
+        timed_out_handshakes = s.handshake_timeouts,
         evicted_handshakes = s.evicted_handshakes,
         refused_hellos = s.refused_hellos,
         dropped_publishes = s.dropped_publishes,
