@@ -6,30 +6,10 @@
 mod cli_support;
 mod common;
 
-use cli_support::{bin, free_port, keygen, run_device, tempdir, Logged};
-use std::io::{Read, Write};
+use cli_support::{bin, free_port, http_get as get, keygen, run_device, sample, tempdir, Logged};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// The value of the sample `name` in a scrape.
-fn sample(scrape: &str, name: &str) -> u64 {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {scrape}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 /// A server with --metrics for the device key in `dir` (named greenhouse-7): the process,
 /// its device address, its metrics address and its fingerprint.

@@ -52,20 +52,7 @@ fn status_lists_a_live_session_from_an_owner_only_socket() {
     writeln!(input, "one\ntwo").unwrap();
     input.flush().unwrap();
 
-    let status = |json: bool| {
-        let mut c = bin();
-        c.arg("status").arg("--control-socket").arg(&socket);
-        if json {
-            c.arg("--json");
-        }
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let status = |json: bool| cli_support::status(&socket, json);
     // Wait until both messages are counted.
     let start = Instant::now();
     let doc = loop {
@@ -76,6 +63,7 @@ fn status_lists_a_live_session_from_an_owner_only_socket() {
         assert!(start.elapsed() < Duration::from_secs(30), "{doc}");
         std::thread::sleep(Duration::from_millis(50));
     };
+    assert_eq!(doc["transport"], "tcp");
     let s = &doc["sessions"][0];
     assert_eq!(s["device"], "greenhouse-3");
     assert_eq!(s["fingerprint"], device_fp.as_str());

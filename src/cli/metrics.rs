@@ -37,7 +37,12 @@ struct Server {
     sessions: Option<Sessions>,
 }
 
-fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+pub(super) fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> std::fmt::Result {
     let c = ConstCounter::new(v);
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
@@ -45,6 +50,20 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fm
 fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: usize) -> std::fmt::Result {
     let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// The gauges of every transport: handshakes pending and sessions established now.
+pub(super) fn now(
+    e: &mut DescriptorEncoder,
+    (pending, sessions): (usize, usize),
+) -> std::fmt::Result {
+    gauge(e, "secchan_sessions", "Sessions established now.", sessions)?;
+    gauge(
+        e,
+        "secchan_handshakes_pending",
+        "Handshakes in progress now.",
+        pending,
+    )
 }
 
 impl Collector for Server {
@@ -82,19 +101,7 @@ impl Collector for Server {
         let Some(counters) = &self.counters else {
             return Ok(());
         };
-        let (pending, sessions) = counters.now();
-        gauge(
-            &mut e,
-            "secchan_sessions",
-            "Sessions established now.",
-            sessions,
-        )?;
-        gauge(
-            &mut e,
-            "secchan_handshakes_pending",
-            "Handshakes in progress now.",
-            pending,
-        )?;
+        now(&mut e, counters.now())?;
         let a: AdmissionStats = counters.stats();
         for (name, help, v) in [
             (
@@ -175,6 +182,7 @@ fn registry(
     counters: Option<Counters>,
     sessions: Option<Sessions>,
     timings: Option<&Timings>,
+    transport: Option<Box<dyn Collector>>,
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Server {
@@ -185,19 +193,24 @@ fn registry(
     if let Some(t) = timings {
         t.register(&mut registry);
     }
+    if let Some(c) = transport {
+        registry.register_collector(c);
+    }
     registry
 }
 
 /// Serves `/metrics` on `listener` until the task is aborted: the intake's counters, the TCP
-/// server's admission `counters` and its `sessions`' rejected records, and the `timings`.
+/// server's admission `counters` and its `sessions`' rejected records, the `timings`, and what
+/// `transport` collects (another transport's server).
 pub fn serve(
     listener: TcpListener,
     intake: Intake,
     counters: Option<Counters>,
     sessions: Option<Sessions>,
     timings: Option<&Timings>,
+    transport: Option<Box<dyn Collector>>,
 ) -> tokio::task::JoinHandle<()> {
-    let registry = Arc::new(registry(intake, counters, sessions, timings));
+    let registry = Arc::new(registry(intake, counters, sessions, timings, transport));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     tokio::spawn(async move {
         loop {

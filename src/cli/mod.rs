@@ -11,6 +11,8 @@ mod error;
 mod keys;
 mod metrics;
 #[cfg(feature = "mqtt")]
+mod metrics_mqtt;
+#[cfg(feature = "mqtt")]
 mod mqtt;
 mod outbox;
 mod registry;

@@ -178,15 +178,13 @@ pub(super) fn check_first_use(
     Ok(())
 }
 
-/// Runs a server instance on the broker until Ctrl-C or SIGTERM.
-pub(super) async fn serve(
+/// Starts a server instance on the broker.
+pub(super) async fn start(
     args: &MqttServerArgs,
     url: &str,
     config: Arc<ServerConfig>,
     (timeouts, max_sessions): (Timeouts, usize),
-    intake: Intake,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<(), CliError> {
+) -> Result<MqttServer, CliError> {
     let broker = args.broker.broker(url)?;
     let options = ServerOptions {
         share_group: args.mqtt_share_group.clone(),
@@ -203,6 +201,15 @@ pub(super) async fn serve(
         fingerprint = %config.identity.public().fingerprint(),
         "serving through the MQTT broker"
     );
+    Ok(server)
+}
+
+/// Runs a server instance until `stop` resolves (Ctrl-C or SIGTERM).
+pub(super) async fn serve(
+    server: MqttServer,
+    intake: Intake,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), CliError> {
     let _watchdog = super::service::notify_ready();
     let s = mqtt_server::serve(server, intake, stop).await?;
     tracing::info!(
@@ -212,6 +219,8 @@ pub(super) async fn serve(
         rejected_records = s.rejected_records,
         malformed = s.malformed,
         rejected_handshake_messages = s.rejected_handshake_messages,
+        devices_refused = s.devices_refused,
+        timed_out_handshakes = s.handshake_timeouts,
         evicted_handshakes = s.evicted_handshakes,
         refused_hellos = s.refused_hellos,
         dropped_publishes = s.dropped_publishes,
@@ -264,6 +273,8 @@ pub(super) async fn run_device(
                 stopping();
                 break;
             }
+            // A refusal ends the device even while its source is quiet.
+            () = device.stopped() => break,
         };
         if line.len() > limit {
             return Err(CliError::MessageTooLarge {

@@ -266,8 +266,11 @@ async fn serve(
             "over MQTT the server sends no downlink yet (docs/relay.md): stdin is not read"
         );
         let limits = (args.session.timeouts(), args.max_sessions as usize);
-        let _metrics = metrics(args, &intake, None, timings.as_deref()).await?;
-        return super::mqtt::serve(&args.mqtt, url, config, limits, intake, stop).await;
+        let server = super::mqtt::start(&args.mqtt, url, config, limits).await?;
+        let counters = super::status::Counters::Mqtt(server.counters());
+        let listed = (server.listed(), counters);
+        let _operations = operations(args, &intake, listed, timings.as_deref()).await?;
+        return super::mqtt::serve(server, intake, stop).await;
     }
     let fingerprint = config.identity.public().fingerprint();
     let addr = args.listen.clone().unwrap_or_default();
@@ -297,29 +300,41 @@ async fn serve(
     };
     let server = tcp_server::TcpServer::new(options)
         .map_err(|e| CliError::LocalIo(std::io::Error::other(e.to_string())))?;
-    let _metrics = metrics(args, &intake, Some(&server), timings.as_deref()).await?;
-    let _control = match args
+    let counters = super::status::Counters::Tcp(server.counters());
+    let listed = (server.sessions(), counters);
+    let _operations = operations(args, &intake, listed, timings.as_deref()).await?;
+    server.run(listener, intake, stop).await;
+    Ok(())
+}
+
+/// Starts `--metrics` and the control socket, if asked for, on the server's sessions and
+/// counters (and the `timings`); the tasks end when the returned guards are dropped.
+async fn operations(
+    args: &ServerArgs,
+    intake: &intake::Intake,
+    (sessions, counters): (crate::service::status::Sessions, super::status::Counters),
+    timings: Option<&Timings>,
+) -> Result<[Option<AbortOnDrop>; 2], CliError> {
+    let metrics = metrics(args, intake, (&sessions, &counters), timings).await?;
+    let control = match args
         .control_socket
         .clone()
         .or_else(super::status::default_path)
     {
         Some(path) => Some(AbortOnDrop(super::status::serve(
-            &path,
-            server.sessions(),
-            server.counters(),
+            &path, sessions, counters,
         )?)),
         None => None,
     };
-    server.run(listener, intake, stop).await;
-    Ok(())
+    Ok([metrics, control])
 }
 
-/// Starts `--metrics`, if asked for, with the TCP `server`'s counters and sessions; the task
-/// ends when the returned guard is dropped.
+/// Starts `--metrics`, if asked for, with the server's counters (and, over TCP, its sessions'
+/// rejected records) and the `timings`; the task ends when the returned guard is dropped.
 async fn metrics(
     args: &ServerArgs,
     intake: &intake::Intake,
-    server: Option<&tcp_server::TcpServer>,
+    (sessions, counters): (&crate::service::status::Sessions, &super::status::Counters),
     timings: Option<&Timings>,
 ) -> Result<Option<AbortOnDrop>, CliError> {
     let Some(addr) = &args.metrics else {
@@ -332,12 +347,27 @@ async fn metrics(
             source,
         })?;
     tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
+    // The TCP sessions' rejected records; an MQTT instance counts its own.
+    let (tcp, tcp_sessions, transport): (
+        _,
+        _,
+        Option<Box<dyn prometheus_client::collector::Collector>>,
+    ) = match counters {
+        super::status::Counters::Tcp(c) => (Some(c.clone()), Some(sessions.clone()), None),
+        #[cfg(feature = "mqtt")]
+        super::status::Counters::Mqtt(c) => (
+            None,
+            None,
+            Some(Box::new(super::metrics_mqtt::Mqtt(c.clone()))),
+        ),
+    };
     Ok(Some(AbortOnDrop(super::metrics::serve(
         listener,
         intake.clone(),
-        server.map(tcp_server::TcpServer::counters),
-        server.map(tcp_server::TcpServer::sessions),
+        tcp,
+        tcp_sessions,
         timings,
+        transport,
     ))))
 }
 

@@ -7,7 +7,7 @@
 
 use super::error::CliError;
 use crate::service::status::Sessions;
-use crate::service::tcp_server::Counters;
+use crate::service::tcp_server;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -44,16 +44,43 @@ fn local_io(path: &Path, what: &str, e: std::io::Error) -> CliError {
     ))
 }
 
+/// The counters a server shows beside its sessions: its transport's own.
+#[derive(Debug, Clone)]
+pub enum Counters {
+    /// The TCP server's admission.
+    Tcp(tcp_server::Counters),
+    /// The MQTT server instance's.
+    #[cfg(feature = "mqtt")]
+    Mqtt(crate::transport::mqtt::Counters),
+}
+
+impl Counters {
+    /// The transport's name (the document's `transport`), handshakes pending now, and the
+    /// counters as JSON (its `admission`).
+    fn now(&self) -> (&'static str, usize, serde_json::Value) {
+        match self {
+            Self::Tcp(c) => ("tcp", c.now().0, serde_json::json!(c.stats())),
+            #[cfg(feature = "mqtt")]
+            Self::Mqtt(c) => ("mqtt", c.now().0, serde_json::json!(c.stats())),
+        }
+    }
+}
+
 /// The document a connection to the control socket gets.
 fn document(sessions: &Sessions, counters: &Counters) -> String {
-    let (pending, _) = counters.now();
-    serde_json::json!({
+    let (transport, pending, admission) = counters.now();
+    let mut doc = serde_json::json!({
+        "transport": transport,
         "sessions": sessions.list(),
         "pending_handshakes": pending,
-        "admission": counters.stats(),
-        "rejected": sessions.rejected(),
-    })
-    .to_string()
+        "admission": admission,
+    });
+    // Over TCP, the records its sessions rejected, by reason, ended sessions included (an
+    // MQTT instance counts them among its own counters).
+    if let Counters::Tcp(_) = counters {
+        doc["rejected"] = serde_json::json!(sessions.rejected());
+    }
+    doc.to_string()
 }
 
 /// Serves the control socket at `path` until the returned task is aborted; the socket file is
@@ -118,10 +145,14 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
         .map_or(0, |d| d.as_secs());
     let sessions = v["sessions"].as_array().cloned().unwrap_or_default();
     println!(
-        "{} sessions, {} handshakes pending, {} records rejected",
+        "{} sessions, {} handshakes pending{} ({})",
         sessions.len(),
         v["pending_handshakes"],
-        rejected(&v["rejected"]),
+        match &v["rejected"] {
+            serde_json::Value::Null => String::new(),
+            r => format!(", {} records rejected", rejected(r)),
+        },
+        v["transport"].as_str().unwrap_or("?")
     );
     for s in sessions {
         let age = |k: &str| now.saturating_sub(s[k].as_u64().unwrap_or(now));

@@ -135,6 +135,14 @@ impl Authorizer for DevicesFile {
     fn authorize(&self, device: Option<&PublicIdentity>) -> Result<String, AlertCode> {
         self.devices().authorize(device)
     }
+
+    fn still_authorized(&self, device: &PublicIdentity) -> Result<(), AlertCode> {
+        // Taken off the list: to the device, as to a registry's, it is revoked.
+        self.devices()
+            .authorize(Some(device))
+            .map(|_| ())
+            .map_err(|_| AlertCode::Revoked)
+    }
 }
 
 impl Live for DevicesFile {
@@ -145,9 +153,8 @@ impl Live for DevicesFile {
         Box::pin(async move {
             let mut changes = self.changed.subscribe();
             loop {
-                if self.authorize(Some(device)).is_err() {
-                    // Taken off the list: to the device, as to a registry's, it is revoked.
-                    return AlertCode::Revoked;
+                if let Err(code) = self.still_authorized(device) {
+                    return code;
                 }
                 // The sender lives as long as `self`.
                 let _ = changes.changed().await;
@@ -231,6 +238,8 @@ mod tests {
         assert_eq!(file.reload_now(), Ok(true));
         assert_eq!(file.authorize(Some(&b)).unwrap(), "b");
         assert_eq!((&mut a_refused).await, AlertCode::Revoked);
+        assert_eq!(file.still_authorized(&a), Err(AlertCode::Revoked));
+        assert_eq!(file.still_authorized(&b), Ok(()));
         // A file that does not parse: b stays admitted.
         std::fs::write(&path, "garbage-without-a-name\n").unwrap();
         assert!(file.reload_now().is_err());

@@ -17,7 +17,7 @@ const WRITE_GRACE: Duration = Duration::from_secs(5);
 fn record(d: Delivery) -> (SinkRecord, u64) {
     let origin = Origin {
         device: d.device,
-        peer: format!("mqtt:{}/{}", d.client, d.session),
+        peer: crate::transport::mqtt::peer(&d.client, &d.session),
         suite: d.suite,
         aead: d.aead.name(),
     };

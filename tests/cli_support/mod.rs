@@ -2,9 +2,11 @@
 //! on a free loopback port, a device process fed from stdin, and the one-line error check.
 #![allow(dead_code)]
 
+pub mod reload;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 
 /// `secchan` with info logs on stderr.
 pub fn bin() -> Command {
@@ -183,4 +185,120 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free loopback port")
+}
+
+/// A `secchan device` with its stdin open (the session stays up while it is), its stdout
+/// discarded.
+pub struct Device {
+    pub proc: Logged,
+    input: Option<ChildStdin>,
+}
+
+impl Device {
+    /// `secchan device ARGS --key DIR/NAME.key`, logging to DIR/NAME.log.
+    pub fn spawn(dir: &Path, args: &[&str], name: &str) -> Self {
+        let mut c = bin();
+        c.arg("device")
+            .args(args)
+            .arg("--key")
+            .arg(dir.join(format!("{name}.key")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        let mut proc = Logged::spawn(c, &dir.join(format!("{name}.log")));
+        let input = proc.child.stdin.take().unwrap();
+        Self {
+            proc,
+            input: Some(input),
+        }
+    }
+
+    /// Closes its stdin: the end of its input.
+    pub fn close(&mut self) {
+        self.input = None;
+    }
+
+    /// Sends one line.
+    pub fn send(&mut self, line: &str) {
+        let input = self.input.as_mut().expect("input closed");
+        writeln!(input, "{line}").unwrap();
+        input.flush().unwrap();
+    }
+}
+
+/// Waits until `path` has a line containing `needle`.
+pub fn wait_for_line(path: &Path, needle: &str) {
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no {needle:?} in {}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child` to exit.
+pub fn wait_exit(child: &mut Child) -> ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGHUP to `child`.
+pub fn hangup(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// `GET path` from the HTTP server at `addr`: the whole response.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of the sample `name` in a metrics scrape.
+pub fn sample(scrape: &str, name: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {scrape}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// What `secchan status --control-socket SOCKET` prints (with `--json` if `json`).
+pub fn status(socket: &Path, json: bool) -> String {
+    let mut c = bin();
+    c.arg("status").arg("--control-socket").arg(socket);
+    if json {
+        c.arg("--json");
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -56,7 +56,7 @@ pub(crate) enum LinkEvent {
 }
 
 /// Bytes of MQTT payload moved (topics and MQTT headers not counted).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PayloadBytes {
     /// Published.
     pub sent: u64,

@@ -17,7 +17,7 @@ mod tls;
 pub mod topics;
 
 pub use device::{DeviceOptions, DeviceStats, MqttDevice, DEFAULT_HANDSHAKE_ATTEMPTS};
-pub use server::{Delivery, MqttServer, ServerOptions, ServerStats};
+pub use server::{Counters, Delivery, MqttServer, ServerOptions, ServerStats};
 pub use tls::{ClientCert, TlsOptions};
 pub use topics::Topics;
 
@@ -328,6 +328,12 @@ impl MqttError {
             },
         }
     }
+}
+
+/// What names a device's session where a TCP session has the device's address (the output's
+/// `peer`, `secchan status`): `mqtt:{client}/{session}`.
+pub fn peer(client: &str, session: &str) -> String {
+    format!("mqtt:{client}/{session}")
 }
 
 /// Whether unauthenticated bytes can be a record at all. Anything else is dropped before it

@@ -210,6 +210,14 @@ impl MqttDevice {
         *self.stats.borrow()
     }
 
+    /// Resolves once the device stopped on its own (refused in an authenticated close,
+    /// handshakes that kept failing), while it waits for messages to send:
+    /// [`finish`](Self::finish) then returns why. Cancel-safe.
+    pub async fn stopped(&mut self) {
+        // The task holds the sender until it ends.
+        while self.stats.changed().await.is_ok() {}
+    }
+
     /// Waits up to `wait` until every message is acknowledged, then closes the session.
     pub async fn finish(mut self, wait: Duration) -> Result<DeviceStats, TransportError> {
         self.input = None;

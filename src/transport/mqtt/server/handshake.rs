@@ -148,10 +148,21 @@ impl MqttServer {
                             aead = session.aead().name(),
                             "session established"
                         );
+                        let listed = self.listed.start(
+                            peer.name.clone(),
+                            peer.identity.map(|i| i.fingerprint()),
+                            {
+                                let (client, sid) = split(&key);
+                                crate::transport::mqtt::peer(client, sid)
+                            },
+                            (session.suite().name, session.aead().name()),
+                            false,
+                        );
                         let open = Open {
                             session,
                             peer,
                             last_input: now,
+                            listed,
                         };
                         self.open.insert(key, Box::new(open));
                     }
@@ -161,6 +172,7 @@ impl MqttServer {
                         self.end_pending(&key);
                         self.stats.handshake_failures += 1;
                         if let HandshakeError::DeviceRefused { device, code } = &e {
+                            self.stats.devices_refused += 1;
                             tracing::warn!(session = %key, device = %device, reason = %code, "device refused");
                             session.close(*code);
                         }

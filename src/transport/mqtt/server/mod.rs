@@ -12,7 +12,7 @@ mod admission;
 mod handshake;
 mod types;
 
-pub use types::{Delivery, ServerOptions, ServerStats};
+pub use types::{Counters, Delivery, ServerOptions, ServerStats};
 
 use super::link::{Link, LinkEvent, PayloadBytes};
 use super::topics::{self, Route, Topics};
@@ -24,6 +24,7 @@ use crate::handshake::HandshakeError;
 use crate::msgs::{AlertCode, FrameType};
 use crate::record::replay::ReplayWindow;
 use crate::record::RecordError;
+use crate::service::status::{Entry, Sessions};
 use crate::session::{Event, Session, SessionError};
 use crate::throttle::{later, warn_dropped, Throttle};
 use crate::transport::TransportError;
@@ -59,6 +60,8 @@ struct Open {
     session: Session,
     peer: PeerDevice,
     last_input: Instant,
+    /// Its line in `secchan status`, removed with it.
+    listed: Entry,
 }
 
 struct Pending {
@@ -86,6 +89,10 @@ pub struct MqttServer {
     carriers: HashMap<StreamKey, String>,
     ready: VecDeque<Delivery>,
     stats: ServerStats,
+    /// What other tasks read of `stats` and the tables.
+    counters: Counters,
+    /// The established sessions, for `secchan status`.
+    listed: Sessions,
     next_sweep: Instant,
     throttle: Throttle,
 }
@@ -144,6 +151,8 @@ impl MqttServer {
             carriers: HashMap::new(),
             ready: VecDeque::new(),
             stats: ServerStats::default(),
+            counters: Counters::default(),
+            listed: Sessions::default(),
             next_sweep: later(Instant::now(), SWEEP),
             throttle: Throttle::default(),
         };
@@ -201,10 +210,23 @@ impl MqttServer {
         self.pending.len() + self.open.len()
     }
 
+    /// Its established sessions as they change (`secchan status`), each named by
+    /// [`peer`](super::peer).
+    pub fn listed(&self) -> Sessions {
+        self.listed.clone()
+    }
+
+    /// Its counters as they change, readable from other tasks.
+    pub fn counters(&self) -> Counters {
+        self.counters.clone()
+    }
+
     /// The next message a device sent, duplicates included; cancel-safe. Nothing is
     /// acknowledged until [`acknowledge`](Self::acknowledge) says so.
     pub async fn next(&mut self) -> Result<Delivery, TransportError> {
         loop {
+            self.counters
+                .set(self.pending.len(), self.open.len(), self.stats());
             if let Some(d) = self.ready.pop_front() {
                 return Ok(d);
             }
@@ -366,6 +388,7 @@ impl MqttServer {
         match open.session.handle_frame(frame, now) {
             Ok(Event::Message(plaintext)) => {
                 open.last_input = now;
+                open.listed.seen(plaintext.len());
                 if let Some(code) = open
                     .peer
                     .identity
@@ -451,9 +474,11 @@ impl MqttServer {
         let idle = self.options.timeouts.idle;
         let order = &mut self.pending_order;
         let throttle = &mut self.throttle;
+        let stats = &mut self.stats;
         self.pending.retain(|key, p| {
             let live = p.deadline > now;
             if !live {
+                stats.handshake_timeouts += 1;
                 order.remove(split(key).0, p.order);
                 warn_dropped!(throttle, session = %key, "handshake timed out");
             }

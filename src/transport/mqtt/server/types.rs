@@ -6,6 +6,7 @@ use crate::crypto::aead::AeadId;
 use crate::delivery::StreamId;
 use crate::handshake::server::PeerDevice;
 use crate::transport::Timeouts;
+use std::sync::{Arc, Mutex};
 
 /// How a server instance runs.
 #[derive(Debug, Clone)]
@@ -61,13 +62,17 @@ pub struct Delivery {
 }
 
 /// Counters of a server instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ServerStats {
     /// Sessions established.
     pub sessions_established: u64,
     /// Handshakes that failed: hellos refused with an alert, devices refused after their
     /// DeviceFinish.
     pub handshake_failures: u64,
+    /// Of those, devices the authorizer refused (not on the list, revoked, another group).
+    pub devices_refused: u64,
+    /// Handshakes answered but not finished within the handshake timeout.
+    pub handshake_timeouts: u64,
     /// DeviceFinish frames that did not verify and plaintext alerts for a pending handshake:
     /// dropped, the handshake goes on (anyone may publish them).
     pub rejected_handshake_messages: u64,
@@ -97,4 +102,30 @@ pub struct ServerStats {
     pub dropped_publishes: u64,
     /// Payload bytes moved through the broker.
     pub bytes: PayloadBytes,
+}
+
+/// What a running instance has counted, readable from other tasks (`secchan status`, the
+/// metrics); it is as current as the instance's last look at its connections.
+#[derive(Debug, Clone, Default)]
+pub struct Counters(Arc<Mutex<(usize, usize, ServerStats)>>);
+
+impl Counters {
+    fn get(&self) -> (usize, usize, ServerStats) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ServerStats {
+        self.get().2
+    }
+
+    /// Handshakes pending and sessions established now.
+    pub fn now(&self) -> (usize, usize) {
+        let (pending, open, _) = self.get();
+        (pending, open)
+    }
+
+    pub(super) fn set(&self, pending: usize, open: usize, stats: ServerStats) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (pending, open, stats);
+    }
 }
