@@ -123,23 +123,26 @@ pub struct Round {
 }
 
 /// What answering a hello with a cookie costs the server.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct CookieCost {
-    /// Hellos answered with a cookie during the round (the server always under load).
+    /// Hellos answered with a cookie during the rounds (the server always under load).
     pub cookies: u64,
-    /// Server CPU seconds during the round.
+    /// Server CPU seconds during the rounds.
     pub server_cpu_s: f64,
-    /// Server CPU per hello answered, microseconds: accepting the connection, reading the
-    /// hello, the cookie, the reply and the close.
+    /// Server CPU per hello answered, microseconds, the median of the rounds: accepting the
+    /// connection, reading the hello, the cookie, the reply and the close.
     pub us_per_hello: f64,
     /// The cookie itself (one HMAC over the address and the hello) in memory, microseconds.
     pub us_per_cookie_in_memory: f64,
     /// The raw TCP baseline: connections answered by a server doing the same I/O and nothing
     /// else, against the same attacker for as long.
     pub raw_connections: u64,
-    /// Its CPU per connection, microseconds.
+    /// Its CPU per connection, microseconds (the median of the rounds).
     pub raw_us_per_connection: f64,
-    /// What secchan adds per hello answered with a cookie: `us_per_hello` less the baseline.
+    /// What secchan adds per hello answered with a cookie, in each pair of rounds: secchan's
+    /// CPU per hello less the baseline's per connection.
+    pub pairs_beyond_tcp: Vec<f64>,
+    /// Their median.
     pub us_beyond_tcp: f64,
 }
 
@@ -289,7 +292,8 @@ fn run_in(bench: &AttackBench, exe: &Path, dir: &Path) -> Result<AttackReport, B
     } else {
         Duration::from_secs(5)
     };
-    let cookie = cookie_cost(exe, dir, &base, window)?;
+    let pairs = if bench.quick { 1 } else { COOKIE_PAIRS };
+    let cookie = cookie_cost(exe, dir, &base, window, pairs)?;
     Ok(AttackReport { rounds, cookie })
 }
 
@@ -423,24 +427,52 @@ fn one(
     })
 }
 
+/// Measurement pairs of the cookie cost (secchan, then the raw baseline), alternated so that
+/// a change in the machine's load falls on both sides; the report gives their medians.
+const COOKIE_PAIRS: usize = 3;
+
 /// The server always under load (`--cookie-pending 0`) and one attacker sending hellos that
-/// never follow their cookies, for `window`: server CPU per hello answered.
+/// never follow their cookies, for `window`, then the same attacker against the raw TCP
+/// baseline for as long, `pairs` times: server CPU per hello answered, beyond the baseline's.
 fn cookie_cost(
     exe: &Path,
     dir: &Path,
     base: &[String],
     window: Duration,
+    pairs: usize,
 ) -> Result<CookieCost, BenchError> {
     let on = DEFENCES_ON.map(String::from);
     let args = [base, &on, &["--cookie-pending".into(), "0".into()]].concat();
-    let server = ServerProc::start(exe, dir, &args)?;
-    let cpu_before = server.cpu_s();
-    let attacker = AttackerProc::start(exe, Kind::CookieOnly, server.addr, &sources(2, 1), 32)?;
-    std::thread::sleep(window);
-    attacker.stop()?;
-    let server_cpu_s = server.cpu_s() - cpu_before;
-    let counted = server.stop()?;
-    let cookies = counted.get("cookies_sent").copied().unwrap_or(0);
+    let mut c = CookieCost::default();
+    let (mut secchan_us, mut raw_us, mut beyond) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..pairs.max(1) {
+        let server = ServerProc::start(exe, dir, &args)?;
+        let cpu_before = server.cpu_s();
+        let attacker =
+            AttackerProc::start(exe, Kind::CookieOnly, server.addr, &sources(2, 1), 32)?;
+        std::thread::sleep(window);
+        attacker.stop()?;
+        let cpu = server.cpu_s() - cpu_before;
+        let counted = server.stop()?;
+        let cookies = counted.get("cookies_sent").copied().unwrap_or(0);
+        let raw = RawProc::start(exe)?;
+        let raw_before = raw.cpu_s();
+        let attacker = AttackerProc::start(exe, Kind::CookieOnly, raw.addr, &sources(2, 1), 32)?;
+        std::thread::sleep(window);
+        attacker.stop()?;
+        let raw_cpu = raw.cpu_s() - raw_before;
+        let raw_connections = raw.stop()?;
+        let (s, r) = (
+            cpu * 1e6 / (cookies.max(1) as f64),
+            raw_cpu * 1e6 / (raw_connections.max(1) as f64),
+        );
+        c.cookies += cookies;
+        c.server_cpu_s += cpu;
+        c.raw_connections += raw_connections;
+        secchan_us.push(s);
+        raw_us.push(r);
+        beyond.push(s - r);
+    }
     // The cookie alone, in memory: one HMAC over the address and a hybrid hello.
     let jar = CookieJar::random(&mut OsRandom, Instant::now())?;
     let (_, hello) = device::start(&DeviceConfig::default(), &mut OsRandom)?;
@@ -450,24 +482,11 @@ fn cookie_cost(
     for _ in 0..n {
         std::hint::black_box(jar.reply(source, std::hint::black_box(&hello), Instant::now()));
     }
-    let in_memory = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
-    // The same attacker against the raw TCP baseline.
-    let raw = RawProc::start(exe)?;
-    let raw_before = raw.cpu_s();
-    let attacker = AttackerProc::start(exe, Kind::CookieOnly, raw.addr, &sources(2, 1), 32)?;
-    std::thread::sleep(window);
-    attacker.stop()?;
-    let raw_cpu_s = raw.cpu_s() - raw_before;
-    let raw_connections = raw.stop()?;
-    let us_per_hello = server_cpu_s * 1e6 / (cookies.max(1) as f64);
-    let raw_us_per_connection = raw_cpu_s * 1e6 / (raw_connections.max(1) as f64);
-    Ok(CookieCost {
-        cookies,
-        server_cpu_s,
-        us_per_hello,
-        us_per_cookie_in_memory: in_memory,
-        raw_connections,
-        raw_us_per_connection,
-        us_beyond_tcp: us_per_hello - raw_us_per_connection,
-    })
+    c.us_per_cookie_in_memory = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    let median = |v: &mut Vec<f64>| Percentiles::of(v).median;
+    c.us_per_hello = median(&mut secchan_us);
+    c.raw_us_per_connection = median(&mut raw_us);
+    c.pairs_beyond_tcp = beyond.clone();
+    c.us_beyond_tcp = median(&mut beyond);
+    Ok(c)
 }

@@ -59,13 +59,22 @@ impl AttackReport {
         let c = &self.cookie;
         let _ = writeln!(
             s,
-            "\nCookie cost: {} hellos answered with a cookie in {:.2} s of server CPU: {:.1} µs each with the TCP connection's own cost, against {:.1} µs per connection for a raw TCP server doing the same I/O ({} connections): {:.1} µs beyond TCP, of which the cookie itself (in memory) is {:.2} µs.",
+            "\nCookie cost ({}): {} hellos answered with a cookie in {:.2} s of server CPU: {:.1} µs each with the TCP connection's own cost, against {:.1} µs per connection for a raw TCP server doing the same I/O ({} connections): {:.1} µs beyond TCP (pairs: {}), of which the cookie itself (in memory) is {:.2} µs.",
+            match c.pairs_beyond_tcp.len() {
+                1 => "one pair of rounds".to_string(),
+                n => format!("{n} alternating pairs of rounds, medians"),
+            },
             c.cookies,
             c.server_cpu_s,
             c.us_per_hello,
             c.raw_us_per_connection,
             c.raw_connections,
             c.us_beyond_tcp,
+            c.pairs_beyond_tcp
+                .iter()
+                .map(|d| format!("{d:.1}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             c.us_per_cookie_in_memory
         );
         s
