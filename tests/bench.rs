@@ -267,3 +267,37 @@ fn reconnect_storm_brings_every_device_back_both_ways() {
     let svg = std::fs::read_to_string(dir.join("reconnect-storm.svg")).unwrap();
     assert!(svg.contains("resumption") && svg.contains("full handshake"));
 }
+
+#[test]
+fn relay_run_measures_both_paths_through_real_processes() {
+    let dir = tempdir("bench-relay");
+    let report = dir.join("relay.json");
+    let out = secchan(&[
+        "bench",
+        "--relay",
+        "--quick",
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("relayed, end to end"), "{stdout}");
+    let v = json(&report);
+    assert_eq!(v["round_trips"], 20);
+    assert_eq!(v["burst"], 2000);
+    for path in ["direct", "relayed"] {
+        let f = &v[path];
+        for k in ["p50_ms", "p99_ms", "rate", "bytes_in"] {
+            assert!(f[k].as_f64().unwrap() > 0.0, "{path}.{k}: {f}");
+        }
+    }
+    // A relayed message carries the inner record and the relay envelope beside the data.
+    assert!(
+        v["relayed"]["bytes_in"].as_f64().unwrap() > v["direct"]["bytes_in"].as_f64().unwrap(),
+        "{v}"
+    );
+}

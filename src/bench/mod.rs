@@ -15,6 +15,7 @@ pub mod mqtt;
 pub mod ops;
 mod plot;
 mod progress;
+pub mod relay;
 mod report;
 pub mod server;
 pub mod sinks;

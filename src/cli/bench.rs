@@ -122,6 +122,12 @@ pub struct BenchArgs {
     /// get through; and what a cookie costs the server (docs/benchmarks.md, "Under attack").
     #[arg(long, conflicts_with_all = ["connect", "ops", "storm"])]
     attack: bool,
+    /// Instead of the report: the relay beside a direct message, with `secchan server
+    /// --relay any` and three `secchan device` processes: latency one message at a time and
+    /// messages/s in a burst, device to device end to end through the server beside device to
+    /// server, and the server's bytes and CPU per message (docs/benchmarks.md, "Relay").
+    #[arg(long = "relay", conflicts_with_all = ["connect", "ops", "storm", "attack"])]
+    relay_bench: bool,
     /// The honest device's tries per attack [default: 100; with --quick 10].
     #[arg(long, value_name = "N", requires = "attack", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     attack_tries: Option<u64>,
@@ -296,6 +302,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         println!("{answered}");
         return Ok(());
     }
+    if args.relay_bench {
+        return relay(&args).await;
+    }
     if args.attack {
         return attack(&args).await;
     }
@@ -388,6 +397,30 @@ async fn attack(args: &BenchArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
     print!("{}", report.markdown());
     write_outputs(args, &report, |dir| report.write_plot(dir))
+}
+
+/// `bench --relay`.
+async fn relay(args: &BenchArgs) -> Result<(), CliError> {
+    let bench = if args.quick {
+        bench::relay::RelayBench {
+            round_trips: 20,
+            burst: 2000,
+        }
+    } else {
+        bench::relay::RelayBench {
+            round_trips: 500,
+            burst: 20_000,
+        }
+    };
+    // It starts processes and waits on their pipes: run it on a blocking thread.
+    let report = tokio::task::spawn_blocking(move || bench::relay::run(bench))
+        .await
+        .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;
+    print!("{}", report.markdown());
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    Ok(())
 }
 
 /// `bench --attacker KIND`: one attacker process of `bench --attack`; prints its counts.

@@ -12,7 +12,7 @@
 //! attacks, a round without attackers gives the baseline every ratio is measured against.
 
 pub mod attacker;
-mod procs;
+pub(crate) mod procs;
 pub mod raw;
 mod report;
 
@@ -298,7 +298,7 @@ fn run_in(bench: &AttackBench, exe: &Path, dir: &Path) -> Result<AttackReport, B
 }
 
 /// `secchan keygen --out PATH`; the key's fingerprint.
-fn keygen(exe: &Path, path: &Path) -> Result<String, BenchError> {
+pub(crate) fn keygen(exe: &Path, path: &Path) -> Result<String, BenchError> {
     let out = std::process::Command::new(exe)
         .args(["keygen", "--out"])
         .arg(path)
@@ -448,8 +448,7 @@ fn cookie_cost(
     for _ in 0..pairs.max(1) {
         let server = ServerProc::start(exe, dir, &args)?;
         let cpu_before = server.cpu_s();
-        let attacker =
-            AttackerProc::start(exe, Kind::CookieOnly, server.addr, &sources(2, 1), 32)?;
+        let attacker = AttackerProc::start(exe, Kind::CookieOnly, server.addr, &sources(2, 1), 32)?;
         std::thread::sleep(window);
         attacker.stop()?;
         let cpu = server.cpu_s() - cpu_before;

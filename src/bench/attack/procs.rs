@@ -30,7 +30,7 @@ fn helper_failed(what: &str) -> BenchError {
 }
 
 /// Sends SIGTERM to `pid` (what a service manager sends).
-fn terminate(pid: u32) -> Result<(), BenchError> {
+pub(crate) fn terminate(pid: u32) -> Result<(), BenchError> {
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()?;
