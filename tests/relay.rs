@@ -319,38 +319,49 @@ fn unknown_peers_and_a_server_without_relay_are_refused_with_a_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("(no_relay)"));
 }
 
+/// `secchan registry ARGS` in `dir`, which must succeed.
+fn registry(dir: &Path, args: &[&str]) {
+    let out = bin()
+        .current_dir(dir)
+        .arg("registry")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Creates `fleet.reg` signed by `key` and enrolls the devices in their groups.
+fn enroll_fleet(dir: &Path, key: &str, devices: &[(&str, &str)]) {
+    registry(dir, &["init", "--key", key, "fleet.reg"]);
+    for (d, g) in devices {
+        let public = format!("{d}.key.pub");
+        registry(
+            dir,
+            &[
+                "enroll",
+                "--key",
+                key,
+                "--device",
+                &public,
+                "--name",
+                d,
+                "--group",
+                g,
+                "fleet.reg",
+            ],
+        );
+    }
+}
+
 #[test]
 fn registry_groups_decide_who_may_reach_whom() {
     let dir = fleet("groups");
-    let registry = |args: &[&str]| {
-        let out = bin()
-            .current_dir(&dir)
-            .arg("registry")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    registry(&["init", "--key", "server.key", "fleet.reg"]);
-    for (d, g) in [("a", "greenhouse"), ("b", "greenhouse"), ("c", "office")] {
-        let public = format!("{d}.key.pub");
-        registry(&[
-            "enroll",
-            "--key",
-            "server.key",
-            "--device",
-            &public,
-            "--name",
-            d,
-            "--group",
-            g,
-            "fleet.reg",
-        ]);
-    }
+    let fleet = [("a", "greenhouse"), ("b", "greenhouse"), ("c", "office")];
+    enroll_fleet(&dir, "server.key", &fleet);
     let (mut server, addr) = server(&dir, &["--registry", "fleet.reg", "--relay", "group"]);
     let mut b = listener(&dir, &addr, "b", &["a", "c"]);
     server.wait_for(ERR, "session established device=b");
@@ -417,6 +428,135 @@ fn chat_line_mode_addresses_peers_and_shows_the_cryptography() {
     chat.wait_for(OUT, "(unknown_peer)");
     drop(chat.stdin.take());
     assert!(chat.child.wait().unwrap().success());
+}
+
+/// `secchan chat` as device `name`, trusting its peers through `trust`.
+fn chat(dir: &Path, addr: &str, name: &str, trust: &[&str]) -> Proc {
+    let server_fp = fingerprint(dir, "server.key");
+    let key = format!("{name}.key");
+    let mut args = vec![
+        "chat",
+        "--connect",
+        addr,
+        "--server-key",
+        &server_fp,
+        "--key",
+        &key,
+    ];
+    args.extend_from_slice(trust);
+    Proc::spawn(dir, &args)
+}
+
+/// A fleet whose registry is signed by the offline key `authority.key`, enrolling a and b.
+fn authority_fleet(name: &str) -> std::path::PathBuf {
+    let dir = fleet(name);
+    cli_support::keygen(&dir.join("authority.key"));
+    let fleet = [("a", "greenhouse"), ("b", "greenhouse")];
+    enroll_fleet(&dir, "authority.key", &fleet);
+    dir
+}
+
+#[test]
+fn devices_vouched_for_by_an_offline_registry_authority_talk_end_to_end_without_pins() {
+    let dir = authority_fleet("authority");
+    let registry = [
+        "--registry",
+        "fleet.reg",
+        "--registry-authority",
+        "authority.key.pub",
+        "--relay",
+        "any",
+    ];
+    let (mut server, addr) = server(&dir, &registry);
+    let trust = ["--peer-authority", "authority.key.pub"];
+    let mut b = chat(&dir, &addr, "b", &trust);
+    server.wait_for(ERR, "session established device=b");
+    let mut a = chat(&dir, &addr, "a", &trust);
+    server.wait_for(ERR, "session established device=a");
+    a.send("@b hello, vouched for");
+    let up = a.wait_for(OUT, "* end-to-end session with b");
+    assert!(
+        up.contains(&fingerprint(&dir, "b.key"))
+            && up.contains("registry authority (group greenhouse)"),
+        "{up}"
+    );
+    b.wait_for(OUT, "<a> hello, vouched for");
+    let up = b.wait_for(OUT, "* end-to-end session with a");
+    assert!(up.contains("registry authority (group greenhouse)"), "{up}");
+    b.send("@a hello back");
+    a.wait_for(OUT, "<b> hello back");
+    for p in [&mut a, &mut b] {
+        drop(p.stdin.take());
+        assert!(p.child.wait().unwrap().success());
+    }
+    let seen = server.all();
+    assert!(
+        !seen.contains("hello"),
+        "the server printed plaintext: {seen}"
+    );
+}
+
+#[test]
+fn entries_not_signed_by_the_pinned_authority_are_refused() {
+    let dir = fleet("not-authority");
+    cli_support::keygen(&dir.join("authority.key"));
+    // Today's registry, signed by the server's own online key.
+    enroll_fleet(&dir, "server.key", &[("a", "g"), ("b", "g")]);
+    let out = bin()
+        .current_dir(&dir)
+        .args(["server", "--listen", "127.0.0.1:0", "--key", "server.key"])
+        .args([
+            "--registry",
+            "fleet.reg",
+            "--registry-authority",
+            "authority.key.pub",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    cli_support::assert_one_line_error(&out, &["the log belongs to server", "not to"]);
+    let (mut server, addr) = server(&dir, &["--registry", "fleet.reg", "--relay", "any"]);
+    let server_fp = fingerprint(&dir, "server.key");
+    let args = [
+        "--key",
+        "b.key",
+        "--listen",
+        "--peer-authority",
+        "authority.key.pub",
+    ];
+    let mut connect = vec!["device", "--connect", &addr, "--server-key", &server_fp];
+    connect.extend_from_slice(&args);
+    let _b = Proc::spawn(&dir, &connect);
+    server.wait_for(ERR, "session established device=b");
+    let args = [
+        "--connect",
+        &addr,
+        "--server-key",
+        &server_fp,
+        "--key",
+        "a.key",
+        "--to",
+        "b",
+        "--peer-authority",
+        "authority.key.pub",
+        "--give-up-after",
+        "20",
+    ];
+    let out = run_device(&dir, &args, "hello\n");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("secchan: ")
+            && last.contains("do not vouch for key")
+            && last.contains("signed by another key than the pinned registry authority"),
+        "{last}"
+    );
 }
 
 #[cfg(feature = "mqtt")]

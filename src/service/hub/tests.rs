@@ -53,7 +53,7 @@ fn device(hub: &Hub, name: &'static str, seed: u8, pins: &[(&str, u8)], to: Opti
     let mut end = DeviceEnd::new(Some(peers), to.map(Into::into), Box::new(out.clone()));
     end.on_session("SHA256:server".into());
     let group = Some(if name == "c" { "office" } else { "greenhouse" }.to_string());
-    hub.attach(name, Some(&key(seed).public()), group);
+    hub.attach(name, Some(&key(seed).public()), group, Vec::new());
     Dev { name, end, out }
 }
 
@@ -136,7 +136,12 @@ fn downlink_and_relayed_messages_arrive_once_in_order() {
     assert_eq!(lines[2]["data"], "two");
     assert!(!a.end.busy(), "b acknowledged both end to end");
     // A new session resends what the hub holds unacknowledged: nothing is left.
-    hub.attach("b", Some(&key(0xb2).public()), Some("greenhouse".into()));
+    hub.attach(
+        "b",
+        Some(&key(0xb2).public()),
+        Some("greenhouse".into()),
+        Vec::new(),
+    );
     assert!(hub.due("b", Instant::now()).is_empty());
 }
 
@@ -205,7 +210,7 @@ fn groups_unknown_and_offline_peers_are_refused() {
         "{e:?}"
     );
 
-    hub.attach("anonymous", None, None);
+    hub.attach("anonymous", None, None, Vec::new());
     assert_eq!(
         hub.downlink("anonymous", b"x".to_vec()),
         Err(DownlinkError::Anonymous)
