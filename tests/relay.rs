@@ -520,6 +520,10 @@ fn entries_not_signed_by_the_pinned_authority_are_refused() {
             "signed by another key than the pinned registry authority",
         ],
     );
+    // Pinning the server's own key as the authority is refused before anything is sent.
+    let server_as_authority = ["--peer-authority".to_string(), "server.key.pub".to_string()];
+    let out = send_trusting(&dir, &addr, ("a", "b"), &server_as_authority, "hello\n");
+    assert_trust_refused(&out, &["--peer-authority names the server's own key"]);
 }
 
 #[cfg(feature = "mqtt")]

@@ -135,6 +135,11 @@ fn parse_authority(s: &str) -> Result<String, String> {
 
 /// The device's receiving side: its end-to-end sessions if it has a key.
 fn device_end(args: &DeviceArgs, config: &DeviceConfig, chat: bool) -> Result<DeviceEnd, CliError> {
+    if let (Some(authority), Some(server)) = (&args.peer_authority, &args.server_key) {
+        if server_fingerprint(server)? == *authority {
+            return Err(CliError::AuthorityIsServer);
+        }
+    }
     let peers = config.identity.clone().map(|identity| {
         let trust = PeerTrust {
             pins: args.peer_key.iter().cloned().collect(),

@@ -93,7 +93,17 @@ impl RegistryAuthorizer {
             }
             .into());
         }
-        Self::open_signed(path, key, &signer, groups)
+        let opened = Self::open_signed(path, key, &signer, groups)?;
+        let now = unix_now();
+        let pending = opened.read(|f| {
+            f.tokens()
+                .filter(|(_, t)| t.used_by.is_none() && t.expires >= now)
+                .count()
+        });
+        if pending > 0 {
+            tracing::warn!(registry = %path.display(), tokens = pending, "the registry holds unused enrollment tokens, which this server refuses: it cannot sign their enrollment into a registry signed by an offline authority");
+        }
+        Ok(opened)
     }
 
     fn open_signed(

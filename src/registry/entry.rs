@@ -205,6 +205,19 @@ impl Entry {
     }
 }
 
+/// Entry `seq` (time 1, no chain) recording `op`, signed by `key`, as a line without its
+/// newline: what the device-side checks of PeerInfo lines are tested with.
+#[cfg(test)]
+pub(crate) fn test_line(seq: u64, key: &IdentityKey, op: Op) -> String {
+    let entry = Entry {
+        seq,
+        time: 1,
+        prev: [0; HASH_LEN],
+        op,
+    };
+    entry.sign(key).trim_end().to_string()
+}
+
 /// SHA-256 of a full line, newline included: the next entry's PREV.
 pub fn line_hash(line_with_newline: &[u8]) -> [u8; HASH_LEN] {
     sha256(line_with_newline)

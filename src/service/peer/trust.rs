@@ -204,16 +204,7 @@ mod tests {
     use super::*;
     use crate::crypto::identity::IdentityKey;
 
-    /// Entry `seq` recording `op`, signed by `key`, as a line without its newline.
-    fn line(seq: u64, key: &IdentityKey, op: Op) -> String {
-        let entry = Entry {
-            seq,
-            time: 1,
-            prev: [0; 32],
-            op,
-        };
-        entry.sign(key).trim_end().to_string()
-    }
+    use crate::registry::entry::test_line as line;
 
     fn init(key: &IdentityKey) -> String {
         line(
