@@ -309,7 +309,7 @@ fn alert_advice(code: AlertCode) -> &'static str {
             "; this server does not serve the device's group: connect to the server for its group, or ask the operator to move the device"
         }
         AlertCode::EnrollmentRefused => {
-            "; the token is not one this server issued (check --connect and the token), ask the operator for a new one"
+            "; the token is not one this server issued (check --connect and the token), or the server's registry is signed by an offline authority and takes no tokens: ask the operator for a new token or an enrollment by key"
         }
         AlertCode::TokenUsed | AlertCode::TokenExpired => {
             "; tokens are single-use and short-lived: ask the server's operator for a new one (`secchan registry token`)"
