@@ -71,13 +71,14 @@ impl RegistryAuthorizer {
     /// valid group names; a group no device or token of the registry belongs to is served
     /// with a warning (a typo would refuse every device).
     pub fn open(path: &Path, key: Arc<IdentityKey>, groups: Groups) -> Result<Self, RegistryError> {
-        let signer = key.public();
-        Self::open_signed(path, key, &signer, groups)
+        let stamp = Stamp::of(path);
+        let verified = file::load(path, Some(&key.public()))?;
+        Self::serve(path, key, verified, stamp, groups)
     }
 
     /// Like [`open`](Self::open), for a registry signed by an offline authority whose key
-    /// has the fingerprint `authority` (docs/registry.md §7.1): its entry 1 must name that
-    /// key, which verifies every entry. The server cannot append to it, so it refuses token
+    /// has the fingerprint `authority` (docs/registry.md §10): its entry 1 must name that key,
+    /// which verifies every entry. The server cannot append to it, so it refuses token
     /// enrollments with `enrollment_refused`.
     pub fn open_with_authority(
         path: &Path,
@@ -85,7 +86,9 @@ impl RegistryAuthorizer {
         authority: &str,
         groups: Groups,
     ) -> Result<Self, RegistryError> {
-        let signer = file::load(path, None)?.server();
+        let stamp = Stamp::of(path);
+        let verified = file::load(path, None)?;
+        let signer = verified.server();
         if signer.fingerprint() != authority {
             return Err(VerifyError::WrongServer {
                 expected: authority.to_string(),
@@ -93,23 +96,25 @@ impl RegistryAuthorizer {
             }
             .into());
         }
-        let opened = Self::open_signed(path, key, &signer, groups)?;
         let now = unix_now();
-        let pending = opened.read(|f| {
-            f.tokens()
-                .filter(|(_, t)| t.used_by.is_none() && t.expires >= now)
-                .count()
-        });
+        let pending = verified
+            .fleet
+            .tokens()
+            .filter(|(_, t)| t.used_by.is_none() && t.expires >= now)
+            .count();
         if pending > 0 {
             tracing::warn!(registry = %path.display(), tokens = pending, "the registry holds unused enrollment tokens, which this server refuses: it cannot sign their enrollment into a registry signed by an offline authority");
         }
-        Ok(opened)
+        Self::serve(path, key, verified, stamp, groups)
     }
 
-    fn open_signed(
+    /// Serves `verified`, read from `path` when its files had `stamp`, signed by the key its
+    /// entry 1 names.
+    fn serve(
         path: &Path,
         key: Arc<IdentityKey>,
-        signer: &PublicIdentity,
+        verified: Verified,
+        stamp: Stamp,
         groups: Groups,
     ) -> Result<Self, RegistryError> {
         if let Some(bad) = groups.names().find(|g| !valid_label(g)) {
@@ -118,8 +123,6 @@ impl RegistryAuthorizer {
                 value: bad.to_string(),
             });
         }
-        let stamp = Stamp::of(path);
-        let verified = file::load(path, Some(signer))?;
         for group in groups.names() {
             let fleet = &verified.fleet;
             let used = fleet.devices().any(|d| d.group == group)
@@ -131,7 +134,7 @@ impl RegistryAuthorizer {
         Ok(Self {
             path: path.to_path_buf(),
             key,
-            signer: *signer,
+            signer: verified.server(),
             groups,
             state: RwLock::new(Loaded {
                 verified: Arc::new(verified),
