@@ -338,3 +338,83 @@ fn registry_of_another_server_is_refused() {
         RegistryError::Verify(VerifyError::WrongServer { .. })
     ));
 }
+
+#[test]
+fn a_registry_signed_by_an_offline_authority_is_served_and_vouches_for_its_devices() {
+    use secchan::handshake::Authorizer;
+    use secchan::msgs::AlertCode;
+    use secchan::service::peer::{PeerTrust, Vouched};
+    // `server_key()` signs this registry as the authority; the server has a key of its own.
+    let path = five_entries("authority");
+    let authority = server_key().public().fingerprint();
+    let online = Arc::new(device(20));
+    assert!(matches!(
+        RegistryAuthorizer::open(&path, online.clone(), Groups::all()).unwrap_err(),
+        RegistryError::Verify(VerifyError::WrongServer { .. })
+    ));
+    let other = device(21).public().fingerprint();
+    assert!(matches!(
+        RegistryAuthorizer::open_with_authority(&path, online.clone(), &other, Groups::all())
+            .unwrap_err(),
+        RegistryError::Verify(VerifyError::WrongServer { .. })
+    ));
+    let server =
+        RegistryAuthorizer::open_with_authority(&path, online, &authority, Groups::all()).unwrap();
+    assert_eq!(
+        server.authorize(Some(&device(1).public())),
+        Ok("sensor-1".into())
+    );
+    // Entry 1 and the enrollment; nothing for a revoked or unknown device.
+    let d1 = device(1).public();
+    assert_eq!(server.vouching_lines(&d1).len(), 2);
+    assert!(server.vouching_lines(&device(2).public()).is_empty());
+    assert!(server.vouching_lines(&device(9).public()).is_empty());
+    // Renamed twice and regrouped: entry 1, the enrollment, the last rename, the regroup.
+    for op in [
+        Op::Rename {
+            device: d1.fingerprint(),
+            name: "old".into(),
+        },
+        Op::Rename {
+            device: d1.fingerprint(),
+            name: "door".into(),
+        },
+        Op::Regroup {
+            device: d1.fingerprint(),
+            group: "ward".into(),
+        },
+    ] {
+        file::append(&path, &server_key(), T0 + 20, |_| Ok(op.clone())).unwrap();
+    }
+    assert!(server.reload().unwrap());
+    let vouching = server.vouching_lines(&d1);
+    assert_eq!(vouching.len(), 4);
+    let trust = PeerTrust {
+        authority: Some(authority),
+        ..PeerTrust::default()
+    };
+    let info = secchan::delivery::PeerInfo {
+        peer: "door",
+        you: "a",
+        fingerprint: secchan::crypto::kdf::sha256(&d1.0),
+        entries: vouching.iter().map(String::as_str).collect(),
+    };
+    assert_eq!(
+        trust.check("door", &d1, Some(&info)),
+        Ok(Vouched::Registry {
+            group: "ward".into()
+        })
+    );
+    // The server cannot sign an enrollment into the authority's log: tokens are refused.
+    let token = device(30);
+    issue_token(&path, &token, "ward", u64::MAX / 2);
+    assert!(server.reload().unwrap());
+    let before = server.len();
+    assert_eq!(
+        server.enroll(&device(31).public(), &token.public()),
+        Err(AlertCode::EnrollmentRefused)
+    );
+    assert!(!server.reload().unwrap());
+    assert_eq!(server.len(), before);
+    assert_eq!(lines(&path).len(), before);
+}

@@ -485,3 +485,46 @@ fn zero_touch_enrollment_with_a_token_then_reuse_is_refused() {
     );
     assert_one_line_error(&out, &["cannot read missing.txt"]);
 }
+
+#[test]
+fn a_server_on_a_registry_signed_by_an_offline_authority_accepts_its_devices_and_refuses_tokens() {
+    let dir = tempdir("registry-cli-authority");
+    let server_fp = ok(cmd(&dir, "keygen --out server.key")).trim().to_string();
+    for key in ["authority", "dev", "new"] {
+        ok(cmd(&dir, &format!("keygen --out {key}.key")));
+    }
+    ok(cmd(
+        &dir,
+        "registry init --authority-key authority.key fleet.reg",
+    ));
+    ok(cmd(&dir, "registry enroll --authority-key authority.key fleet.reg --device dev.key.pub --name sensor-1 --group greenhouse"));
+    let token = ok(cmd(
+        &dir,
+        "registry token --authority-key authority.key fleet.reg --group greenhouse --expires 10m",
+    ));
+    // Without --registry-authority the server expects its own key to sign the registry.
+    let out = cmd(
+        &dir,
+        "server --listen 127.0.0.1:0 --key server.key --registry fleet.reg",
+    );
+    assert_one_line_error(&out, &["the log belongs to server", "not to"]);
+    let server = start_server(&dir, &["--registry-authority", "authority.key.pub"]);
+    let connect = ["--connect", &server.addr, "--server-key", &server_fp];
+    let out = device(
+        &dir,
+        &[&connect[..], &["--key", "dev.key"]].concat(),
+        "reading\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_token = ["--key", "new.key", "--enroll-token", token.trim()];
+    let out = device(&dir, &[&connect[..], &by_token].concat(), "x\n");
+    assert_eq!(out.status.code(), Some(4));
+    assert_one_line_error(&out, &["server refused the session", "offline authority"]);
+    // Nothing was appended: the server cannot sign into the authority's registry.
+    let out = ok(cmd(&dir, "registry verify fleet.reg"));
+    assert!(out.contains("3 entries"), "{out}");
+}

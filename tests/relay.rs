@@ -147,26 +147,47 @@ fn server(dir: &Path, extra: &[&str]) -> (Proc, String) {
     (p, addr)
 }
 
+/// `--peer-key NAME=FINGERPRINT` for each of `pins`, naming the peer NAME by the key of
+/// `NAME.key` (or, for `(NAME, KEY)`, of `KEY.key`).
+fn pin_args(dir: &Path, pins: &[(&str, &str)]) -> Vec<String> {
+    pins.iter()
+        .flat_map(|(name, key)| {
+            let fp = fingerprint(dir, &format!("{key}.key"));
+            ["--peer-key".to_string(), format!("{name}={fp}")]
+        })
+        .collect()
+}
+
 /// Device `name` that stays connected, pinning the keys of `pins`.
 fn listener(dir: &Path, addr: &str, name: &str, pins: &[&str]) -> Proc {
-    let server_fp = fingerprint(dir, "server.key");
-    let key = format!("{name}.key");
-    let mut args = vec![
-        "device".to_string(),
-        "--connect".into(),
-        addr.into(),
-        "--server-key".into(),
-        server_fp,
-        "--key".into(),
-        key,
-        "--listen".into(),
-    ];
-    for p in pins {
-        args.push("--peer-key".into());
-        args.push(format!("{p}={}", fingerprint(dir, &format!("{p}.key"))));
-    }
+    let pins: Vec<(&str, &str)> = pins.iter().map(|p| (*p, *p)).collect();
+    listener_trusting(dir, addr, name, &pin_args(dir, &pins))
+}
+
+/// Device `name` that stays connected, trusting its peers through the options `trust`.
+fn listener_trusting(dir: &Path, addr: &str, name: &str, trust: &[String]) -> Proc {
+    let mut extra = vec!["--listen".to_string()];
+    extra.extend_from_slice(trust);
+    connected(dir, addr, "device", name, &extra)
+}
+
+/// `secchan COMMAND` (`device` or `chat`) as device `name`, connected to `addr`, with `extra`.
+fn connected(dir: &Path, addr: &str, command: &str, name: &str, extra: &[String]) -> Proc {
+    let mut args = vec![command.to_string()];
+    args.extend(session_args(dir, addr, name));
+    args.extend_from_slice(extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Proc::spawn(dir, &args)
+}
+
+/// `--connect ADDR --server-key SERVER --key NAME.key`.
+fn session_args(dir: &Path, addr: &str, name: &str) -> Vec<String> {
+    let server_fp = fingerprint(dir, "server.key");
+    ["--connect", addr, "--server-key", &server_fp, "--key"]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("{name}.key")])
+        .collect()
 }
 
 /// `secchan device --key FROM.key --to TO` with `--peer-key TO=PIN.key`, fed `input`.
@@ -178,24 +199,33 @@ fn send_to(
     pin: &str,
     input: &str,
 ) -> std::process::Output {
-    let server_fp = fingerprint(dir, "server.key");
-    let pin = format!("{to}={}", fingerprint(dir, &format!("{pin}.key")));
-    let key = format!("{from}.key");
-    let args = [
-        "--connect",
-        addr,
-        "--server-key",
-        &server_fp,
-        "--key",
-        &key,
-        "--to",
-        to,
-        "--peer-key",
-        &pin,
-        "--give-up-after",
-        "20",
-    ];
+    send_trusting(dir, addr, (from, to), &pin_args(dir, &[(to, pin)]), input)
+}
+
+/// `secchan device --key FROM.key --to TO` trusting its peer through `trust`, fed `input`.
+fn send_trusting(
+    dir: &Path,
+    addr: &str,
+    (from, to): (&str, &str),
+    trust: &[String],
+    input: &str,
+) -> std::process::Output {
+    let mut args = session_args(dir, addr, from);
+    args.extend(["--to", to, "--give-up-after", "20"].map(String::from));
+    args.extend_from_slice(trust);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run_device(dir, &args, input)
+}
+
+/// The sender exited 3 (trust) with one last line naming every needle.
+fn assert_trust_refused(out: &std::process::Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("secchan: "), "{last}");
+    for needle in needles {
+        assert!(last.contains(needle), "{needle:?} not in {last}");
+    }
 }
 
 #[test]
@@ -290,18 +320,7 @@ fn a_peer_key_other_than_the_pinned_one_is_refused() {
     server.wait_for(ERR, "session established device=b");
     // a expects c's key under the name b.
     let out = send_to(&dir, &addr, "a", "b", "c", "hello\n");
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().last().unwrap();
-    assert!(
-        last.starts_with("secchan: ") && last.contains("substituted"),
-        "{last}"
-    );
+    assert_trust_refused(&out, &["substituted"]);
 }
 
 #[test]
@@ -319,38 +338,49 @@ fn unknown_peers_and_a_server_without_relay_are_refused_with_a_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("(no_relay)"));
 }
 
+/// `secchan registry ARGS` in `dir`, which must succeed.
+fn registry(dir: &Path, args: &[&str]) {
+    let out = bin()
+        .current_dir(dir)
+        .arg("registry")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Creates `fleet.reg` signed by `key` and enrolls the devices in their groups.
+fn enroll_fleet(dir: &Path, key: &str, devices: &[(&str, &str)]) {
+    registry(dir, &["init", "--key", key, "fleet.reg"]);
+    for (d, g) in devices {
+        let public = format!("{d}.key.pub");
+        registry(
+            dir,
+            &[
+                "enroll",
+                "--key",
+                key,
+                "--device",
+                &public,
+                "--name",
+                d,
+                "--group",
+                g,
+                "fleet.reg",
+            ],
+        );
+    }
+}
+
 #[test]
 fn registry_groups_decide_who_may_reach_whom() {
     let dir = fleet("groups");
-    let registry = |args: &[&str]| {
-        let out = bin()
-            .current_dir(&dir)
-            .arg("registry")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    registry(&["init", "--key", "server.key", "fleet.reg"]);
-    for (d, g) in [("a", "greenhouse"), ("b", "greenhouse"), ("c", "office")] {
-        let public = format!("{d}.key.pub");
-        registry(&[
-            "enroll",
-            "--key",
-            "server.key",
-            "--device",
-            &public,
-            "--name",
-            d,
-            "--group",
-            g,
-            "fleet.reg",
-        ]);
-    }
+    let fleet = [("a", "greenhouse"), ("b", "greenhouse"), ("c", "office")];
+    enroll_fleet(&dir, "server.key", &fleet);
     let (mut server, addr) = server(&dir, &["--registry", "fleet.reg", "--relay", "group"]);
     let mut b = listener(&dir, &addr, "b", &["a", "c"]);
     server.wait_for(ERR, "session established device=b");
@@ -378,22 +408,7 @@ fn chat_line_mode_addresses_peers_and_shows_the_cryptography() {
     let (mut server, addr) = server(&dir, &["--authorized-devices", "devices", "--relay", "any"]);
     let mut b = listener(&dir, &addr, "b", &["a"]);
     server.wait_for(ERR, "session established device=b");
-    let server_fp = fingerprint(&dir, "server.key");
-    let pin = format!("b={}", fingerprint(&dir, "b.key"));
-    let mut chat = Proc::spawn(
-        &dir,
-        &[
-            "chat",
-            "--connect",
-            &addr,
-            "--server-key",
-            &server_fp,
-            "--key",
-            "a.key",
-            "--peer-key",
-            &pin,
-        ],
-    );
+    let mut chat = connected(&dir, &addr, "chat", "a", &pin_args(&dir, &[("b", "b")]));
     chat.send("hello?");
     chat.wait_for(OUT, "type @NAME MESSAGE");
     chat.send("@b hi from the chat");
@@ -417,6 +432,98 @@ fn chat_line_mode_addresses_peers_and_shows_the_cryptography() {
     chat.wait_for(OUT, "(unknown_peer)");
     drop(chat.stdin.take());
     assert!(chat.child.wait().unwrap().success());
+}
+
+/// A fleet whose registry is signed by the offline key `authority.key`, enrolling a and b.
+fn authority_fleet(name: &str) -> std::path::PathBuf {
+    let dir = fleet(name);
+    cli_support::keygen(&dir.join("authority.key"));
+    let fleet = [("a", "greenhouse"), ("b", "greenhouse")];
+    enroll_fleet(&dir, "authority.key", &fleet);
+    dir
+}
+
+#[test]
+fn devices_vouched_for_by_an_offline_registry_authority_talk_end_to_end_without_pins() {
+    let dir = authority_fleet("authority");
+    let registry = [
+        "--registry",
+        "fleet.reg",
+        "--registry-authority",
+        "authority.key.pub",
+        "--relay",
+        "any",
+    ];
+    let (mut server, addr) = server(&dir, &registry);
+    let trust = [
+        "--peer-authority".to_string(),
+        "authority.key.pub".to_string(),
+    ];
+    let mut b = connected(&dir, &addr, "chat", "b", &trust);
+    server.wait_for(ERR, "session established device=b");
+    let mut a = connected(&dir, &addr, "chat", "a", &trust);
+    server.wait_for(ERR, "session established device=a");
+    a.send("@b hello, vouched for");
+    let up = a.wait_for(OUT, "* end-to-end session with b");
+    assert!(
+        up.contains(&fingerprint(&dir, "b.key"))
+            && up.contains("registry authority (group greenhouse)"),
+        "{up}"
+    );
+    b.wait_for(OUT, "<a> hello, vouched for");
+    let up = b.wait_for(OUT, "* end-to-end session with a");
+    assert!(up.contains("registry authority (group greenhouse)"), "{up}");
+    b.send("@a hello back");
+    a.wait_for(OUT, "<b> hello back");
+    for p in [&mut a, &mut b] {
+        drop(p.stdin.take());
+        assert!(p.child.wait().unwrap().success());
+    }
+    let seen = server.all();
+    assert!(
+        !seen.contains("hello"),
+        "the server printed plaintext: {seen}"
+    );
+}
+
+#[test]
+fn entries_not_signed_by_the_pinned_authority_are_refused() {
+    let dir = fleet("not-authority");
+    cli_support::keygen(&dir.join("authority.key"));
+    // Today's registry, signed by the server's own online key.
+    enroll_fleet(&dir, "server.key", &[("a", "g"), ("b", "g")]);
+    let out = bin()
+        .current_dir(&dir)
+        .args(["server", "--listen", "127.0.0.1:0", "--key", "server.key"])
+        .args([
+            "--registry",
+            "fleet.reg",
+            "--registry-authority",
+            "authority.key.pub",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    cli_support::assert_one_line_error(&out, &["the log belongs to server", "not to"]);
+    let (mut server, addr) = server(&dir, &["--registry", "fleet.reg", "--relay", "any"]);
+    let trust = [
+        "--peer-authority".to_string(),
+        "authority.key.pub".to_string(),
+    ];
+    let _b = listener_trusting(&dir, &addr, "b", &trust);
+    server.wait_for(ERR, "session established device=b");
+    let out = send_trusting(&dir, &addr, ("a", "b"), &trust, "hello\n");
+    assert_trust_refused(
+        &out,
+        &[
+            "the registry entries the server gave for peer b do not vouch for key",
+            "signed by another key than the pinned registry authority",
+        ],
+    );
+    // Pinning the server's own key as the authority is refused before anything is sent.
+    let server_as_authority = ["--peer-authority".to_string(), "server.key.pub".to_string()];
+    let out = send_trusting(&dir, &addr, ("a", "b"), &server_as_authority, "hello\n");
+    assert_trust_refused(&out, &["--peer-authority names the server's own key"]);
 }
 
 #[cfg(feature = "mqtt")]

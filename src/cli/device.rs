@@ -91,6 +91,11 @@ pub struct DeviceArgs {
     /// session with NAME is accepted only with this key.
     #[arg(long, value_name = "NAME=KEY", value_parser = parse_peer_key)]
     peer_key: Vec<(String, String)>,
+    /// Accept a peer whose key is not pinned if the fleet registry's entries the server sends
+    /// for it are signed by this registry authority (FINGERPRINT or FILE.pub of the offline
+    /// key that signs the registry; docs/registry.md §10), and name it so and not revoked.
+    #[arg(long, value_name = "FINGERPRINT|FILE.pub", value_parser = parse_authority)]
+    peer_authority: Option<String>,
     /// Accept a peer whose key is not pinned if the server vouches for it: a compromised
     /// server could then substitute the key. Not recommended outside testing.
     #[arg(long)]
@@ -124,12 +129,21 @@ fn parse_peer_key(s: &str) -> Result<(String, String), String> {
     Ok((name.to_string(), fingerprint))
 }
 
+fn parse_authority(s: &str) -> Result<String, String> {
+    server_fingerprint(s).map_err(|e| e.to_string())
+}
+
 /// The device's receiving side: its end-to-end sessions if it has a key.
 fn device_end(args: &DeviceArgs, config: &DeviceConfig, chat: bool) -> Result<DeviceEnd, CliError> {
+    if let (Some(authority), Some(server)) = (&args.peer_authority, &args.server_key) {
+        if server_fingerprint(server)? == *authority {
+            return Err(CliError::AuthorityIsServer);
+        }
+    }
     let peers = config.identity.clone().map(|identity| {
         let trust = PeerTrust {
             pins: args.peer_key.iter().cloned().collect(),
-            authority: None,
+            authority: args.peer_authority.clone(),
             accept_server_word: args.trust_server_for_peers,
         };
         Peers::new(identity, config.clone(), trust)

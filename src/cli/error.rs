@@ -147,7 +147,10 @@ pub enum CliError {
     /// End-to-end sessions were asked for over MQTT, which does not carry them yet.
     #[error("--to, --relay and `secchan chat` work over TCP only for now (docs/relay.md): use --connect HOST:PORT or --listen ADDR")]
     RelayOverMqtt,
-    /// An enrollment token was given without a device key to enroll.
+    /// `--peer-authority` is the server's own key, so it would vouch for nothing.
+    #[error("--peer-authority names the server's own key: peers would be trusted on the server's word; pin the offline key that signs the registry (docs/registry.md §10)")]
+    AuthorityIsServer,
+    /// `--enroll-token` without `--key`.
     #[error("--enroll-token needs a device identity: create one with `secchan keygen --out device.key` and pass --key device.key")]
     EnrollWithoutKey,
     /// The --enroll-token value is not a token.
@@ -208,6 +211,7 @@ impl CliError {
             | Self::KeyPermissions { .. }
             | Self::NoTrustAnchor
             | Self::EnrollWithoutKey
+            | Self::AuthorityIsServer
             | Self::EnrollToken(_) => exit::TRUST,
             Self::AuthorizedDevices { .. }
             | Self::NoDevicePolicy
@@ -305,7 +309,7 @@ fn alert_advice(code: AlertCode) -> &'static str {
             "; this server does not serve the device's group: connect to the server for its group, or ask the operator to move the device"
         }
         AlertCode::EnrollmentRefused => {
-            "; the token is not one this server issued (check --connect and the token), ask the operator for a new one"
+            "; the token is not one this server issued (check --connect and the token), or the server's registry is signed by an offline authority and takes no tokens: ask the operator for a new token or an enrollment by key"
         }
         AlertCode::TokenUsed | AlertCode::TokenExpired => {
             "; tokens are single-use and short-lived: ask the server's operator for a new one (`secchan registry token`)"

@@ -19,7 +19,7 @@ const LONG_TOKEN: Duration = Duration::from_secs(7 * 86_400);
 /// `secchan registry` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
-    /// Create a registry signed by the server's key.
+    /// Create a registry signed by the server's key, or by an offline authority key.
     Init {
         #[command(flatten)]
         target: Signed,
@@ -112,11 +112,12 @@ pub enum RegistryCommand {
     },
 }
 
-/// A registry and the server key that signs what is appended.
+/// A registry and the key that signs what is appended.
 #[derive(Debug, Args)]
 pub struct Signed {
-    /// The server's secret key file.
-    #[arg(long, value_name = "SERVER_KEY")]
+    /// The secret key file that signs the registry: the server's, or a registry authority's
+    /// kept offline (`secchan keygen`; the server then runs with --registry-authority).
+    #[arg(long, visible_alias = "authority-key", value_name = "KEY")]
     key: PathBuf,
     /// The registry file.
     file: PathBuf,

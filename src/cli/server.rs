@@ -56,6 +56,12 @@ pub struct ServerArgs {
     /// not extend it (a rollback to an older copy of both files).
     #[arg(long, value_name = "FILE", requires = "registry")]
     registry_anchor: Option<PathBuf>,
+    /// With --registry: the registry is signed by this offline authority key (FINGERPRINT or
+    /// FILE.pub; `secchan registry init --key AUTHORITY_KEY`), not by the server's key. The
+    /// server verifies it with that key, cannot append to it (token enrollments are refused
+    /// with enrollment_refused), and sends each device's signed entries to its relay peers.
+    #[arg(long, value_name = "FINGERPRINT|FILE.pub", requires = "registry")]
+    registry_authority: Option<String>,
     /// Seconds between checks of the registry or the authorized-devices file for changes
     /// (SIGHUP checks at once); sessions of revoked or removed devices are closed within this
     /// time.
@@ -177,15 +183,26 @@ fn config(args: &ServerArgs) -> Result<(ServerConfig, Option<Arc<dyn Live>>), Cl
         _ if args.registry.is_some() => {
             let path = args.registry.clone().unwrap_or_default();
             let groups = Groups::only(args.groups.iter().cloned());
-            let r = RegistryAuthorizer::open(&path, identity.clone(), groups)
-                .and_then(|r| match &args.registry_anchor {
-                    Some(anchor) => r.anchored(anchor),
-                    None => Ok(r),
-                })
-                .map_err(|error| CliError::Registry {
-                    path: path.clone(),
-                    error,
-                })?;
+            let r = match &args.registry_authority {
+                Some(authority) => {
+                    let authority = super::keys::server_fingerprint(authority)?;
+                    RegistryAuthorizer::open_with_authority(
+                        &path,
+                        identity.clone(),
+                        &authority,
+                        groups,
+                    )
+                }
+                None => RegistryAuthorizer::open(&path, identity.clone(), groups),
+            }
+            .and_then(|r| match &args.registry_anchor {
+                Some(anchor) => r.anchored(anchor),
+                None => Ok(r),
+            })
+            .map_err(|error| CliError::Registry {
+                path: path.clone(),
+                error,
+            })?;
             tracing::info!(registry = %path.display(), entries = r.len(), "registry verified");
             let r = Arc::new(r);
             live = Some(r.clone());

@@ -5,7 +5,7 @@
 use super::entry::{valid_label, Op};
 use super::file::{self, Stamp};
 use super::fleet::{Fleet, Groups};
-use super::verify::Verified;
+use super::verify::{Verified, VerifyError};
 use super::{unix_now, RegistryError};
 use crate::crypto::identity::{IdentityKey, PublicIdentity};
 use crate::handshake::Authorizer;
@@ -31,6 +31,8 @@ struct Loaded {
 pub struct RegistryAuthorizer {
     path: PathBuf,
     key: Arc<IdentityKey>,
+    /// The key that signs the registry: the server's own, or an offline authority's.
+    signer: PublicIdentity,
     groups: Groups,
     state: RwLock<Loaded>,
     /// Held while the registry is re-read or appended to, so that a slower re-read never
@@ -69,14 +71,58 @@ impl RegistryAuthorizer {
     /// valid group names; a group no device or token of the registry belongs to is served
     /// with a warning (a typo would refuse every device).
     pub fn open(path: &Path, key: Arc<IdentityKey>, groups: Groups) -> Result<Self, RegistryError> {
+        let stamp = Stamp::of(path);
+        let verified = file::load(path, Some(&key.public()))?;
+        Self::serve(path, key, verified, stamp, groups)
+    }
+
+    /// Like [`open`](Self::open), for a registry signed by an offline authority whose key
+    /// has the fingerprint `authority` (docs/registry.md §10): its entry 1 must name that key,
+    /// which verifies every entry. The server cannot append to it, so it refuses token
+    /// enrollments with `enrollment_refused`.
+    pub fn open_with_authority(
+        path: &Path,
+        key: Arc<IdentityKey>,
+        authority: &str,
+        groups: Groups,
+    ) -> Result<Self, RegistryError> {
+        let stamp = Stamp::of(path);
+        let verified = file::load(path, None)?;
+        let signer = verified.server();
+        if signer.fingerprint() != authority {
+            return Err(VerifyError::WrongServer {
+                expected: authority.to_string(),
+                found: signer.fingerprint(),
+            }
+            .into());
+        }
+        let now = unix_now();
+        let pending = verified
+            .fleet
+            .tokens()
+            .filter(|(_, t)| t.used_by.is_none() && t.expires >= now)
+            .count();
+        if pending > 0 {
+            tracing::warn!(registry = %path.display(), tokens = pending, "the registry holds unused enrollment tokens, which this server refuses: it cannot sign their enrollment into a registry signed by an offline authority");
+        }
+        Self::serve(path, key, verified, stamp, groups)
+    }
+
+    /// Serves `verified`, read from `path` when its files had `stamp`, signed by the key its
+    /// entry 1 names.
+    fn serve(
+        path: &Path,
+        key: Arc<IdentityKey>,
+        verified: Verified,
+        stamp: Stamp,
+        groups: Groups,
+    ) -> Result<Self, RegistryError> {
         if let Some(bad) = groups.names().find(|g| !valid_label(g)) {
             return Err(RegistryError::Label {
                 what: "group",
                 value: bad.to_string(),
             });
         }
-        let stamp = Stamp::of(path);
-        let verified = file::load(path, Some(&key.public()))?;
         for group in groups.names() {
             let fleet = &verified.fleet;
             let used = fleet.devices().any(|d| d.group == group)
@@ -88,6 +134,7 @@ impl RegistryAuthorizer {
         Ok(Self {
             path: path.to_path_buf(),
             key,
+            signer: verified.server(),
             groups,
             state: RwLock::new(Loaded {
                 verified: Arc::new(verified),
@@ -179,7 +226,7 @@ impl RegistryAuthorizer {
             state.verified.clone()
         };
         // Only the new entries' signatures are checked; the old ones must be unchanged.
-        let new = file::load_extending(&self.path, Some(&self.key.public()), Some(&known))?;
+        let new = file::load_extending(&self.path, Some(&self.signer), Some(&known))?;
         if new.entries.len() == known.entries.len() {
             return Ok(false);
         }
@@ -207,6 +254,13 @@ impl RegistryAuthorizer {
             f.check(&device.fingerprint(), &self.groups)
                 .map(|d| d.name.clone())
         })
+    }
+
+    /// The signed registry lines that vouch for `device` (protocol.md §11.7), for the
+    /// PeerInfo its peers receive. They are sent whatever key signs the registry: a device
+    /// that pins an authority refuses lines signed by any other key, the server's included.
+    pub fn vouching_lines(&self, device: &PublicIdentity) -> Vec<String> {
+        self.snapshot().vouching_lines(&device.fingerprint())
     }
 
     /// The group `device` is enrolled in, if it is.
@@ -271,6 +325,10 @@ impl Authorizer for RegistryAuthorizer {
             known => return known,
         }
         let fingerprint = device.fingerprint();
+        if self.signer != self.key.public() {
+            tracing::warn!(device = %fingerprint, "token enrollment refused: the registry is signed by an offline authority, so the server cannot record an enrollment; enroll the device with `secchan registry enroll --key AUTHORITY_KEY`");
+            return Err(AlertCode::EnrollmentRefused);
+        }
         let now = unix_now();
         // Checks 6-9 of docs/registry.md §5.4 on the state in memory first: anyone can make a
         // valid proof with a token key of its own, and such a stranger must not make the

@@ -154,9 +154,13 @@ impl Entry {
 
     /// The full line, newline included, signed by `key`.
     pub fn sign(&self, key: &IdentityKey) -> String {
-        let body = self.body();
-        let sig = key.sign(ENTRY_SIGNATURE_CONTEXT, body.as_bytes());
-        format!("{body} sig={}\n", STANDARD_NO_PAD.encode(sig))
+        let sig = key.sign(ENTRY_SIGNATURE_CONTEXT, self.body().as_bytes());
+        format!("{}\n", self.line(&sig))
+    }
+
+    /// The line carrying `sig`, without its newline.
+    pub fn line(&self, sig: &[u8; SIGNATURE_LEN]) -> String {
+        format!("{} sig={}", self.body(), STANDARD_NO_PAD.encode(sig))
     }
 
     /// Parses one line (without its newline) into the entry and its signature. Only the
@@ -199,6 +203,19 @@ impl Entry {
         }
         Ok((entry, sig))
     }
+}
+
+/// Entry `seq` (time 1, no chain) recording `op`, signed by `key`, as a line without its
+/// newline: what the device-side checks of PeerInfo lines are tested with.
+#[cfg(test)]
+pub(crate) fn test_line(seq: u64, key: &IdentityKey, op: Op) -> String {
+    let entry = Entry {
+        seq,
+        time: 1,
+        prev: [0; HASH_LEN],
+        op,
+    };
+    entry.sign(key).trim_end().to_string()
 }
 
 /// SHA-256 of a full line, newline included: the next entry's PREV.

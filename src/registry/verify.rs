@@ -205,6 +205,8 @@ pub struct Verified {
     pub entries: Vec<Entry>,
     /// The hash of each entry's line, in order.
     pub hashes: Vec<[u8; HASH_LEN]>,
+    /// Each entry's signature, in order.
+    pub sigs: Vec<[u8; SIGNATURE_LEN]>,
     /// Entries the head file records; the rest (at most one) was appended by a writer that
     /// stopped before updating the head (it is signed, so it is kept).
     pub head_count: u64,
@@ -235,6 +237,31 @@ impl Verified {
                 .and_then(|i| self.hashes.get(i))
                 .is_some_and(|h| *h == earlier.hash),
         }
+    }
+
+    /// The signed lines (without their newline) that vouch for the device `fingerprint`
+    /// (protocol.md §11.7): entry 1 (`init`, naming the signing key), its enrollment, and its
+    /// last rename and last regroup, if any; nothing if it is not enrolled or is revoked.
+    /// At most four lines, each shorter than [`MAX_LINE_LEN`].
+    pub fn vouching_lines(&self, fingerprint: &str) -> Vec<String> {
+        let (mut enrolled, mut renamed, mut regrouped) = (None, None, None);
+        for (i, e) in self.entries.iter().enumerate() {
+            match &e.op {
+                Op::Enroll { device, .. } if device == fingerprint => enrolled = Some(i),
+                Op::Rename { device, .. } if device == fingerprint => renamed = Some(i),
+                Op::Regroup { device, .. } if device == fingerprint => regrouped = Some(i),
+                Op::Revoke { device } if device == fingerprint => return Vec::new(),
+                _ => {}
+            }
+        }
+        if enrolled.is_none() {
+            return Vec::new();
+        }
+        [Some(0), enrolled, renamed, regrouped]
+            .into_iter()
+            .flatten()
+            .filter_map(|i| Some(self.entries.get(i)?.line(self.sigs.get(i)?)))
+            .collect()
     }
 
     /// The server key that signs it.
@@ -327,6 +354,7 @@ pub fn verify_extending(
     let mut fleet = Fleet::default();
     let mut entries = Vec::new();
     let mut hashes: Vec<[u8; HASH_LEN]> = Vec::new();
+    let mut sigs = Vec::new();
     let mut server = expected.copied();
     let mut offset = 0;
     let unchanged = known
@@ -336,6 +364,7 @@ pub fn verify_extending(
         fleet = k.fleet.clone();
         entries.clone_from(&k.entries);
         hashes.clone_from(&k.hashes);
+        sigs.clone_from(&k.sigs);
         offset = len;
     }
     // A malformed last line that the head may not record: possibly an append whose line
@@ -396,6 +425,7 @@ pub fn verify_extending(
             .apply(&entry)
             .map_err(|reason| VerifyError::Invalid { entry: seq, reason })?;
         hashes.push(line_hash(line));
+        sigs.push(sig);
         entries.push(entry);
     }
     let present = entries.len() as u64;
@@ -445,6 +475,7 @@ pub fn verify_extending(
         fleet,
         entries,
         hashes,
+        sigs,
         head_count: head.count,
     })
 }

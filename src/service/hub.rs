@@ -71,6 +71,8 @@ struct Device {
     /// SHA-256 of its public key; `None` for an anonymous device.
     key_hash: Option<[u8; 32]>,
     group: Option<String>,
+    /// The signed registry lines that vouch for its key, sent to its peers (§11.7).
+    entries: Vec<String>,
     outbox: Outbox,
     /// The device's relay streams (§11.6).
     relay_in: Inbox,
@@ -122,12 +124,15 @@ impl Hub {
     }
 
     /// Registers the session of device `name` (replacing an earlier one of the same name):
-    /// what it held unacknowledged is sent again.
+    /// what it held unacknowledged is sent again. `entries` are the signed registry lines
+    /// that vouch for its key (at most [`MAX_PEER_ENTRIES`](crate::delivery::MAX_PEER_ENTRIES)
+    /// are sent), given to its peers in PeerInfo.
     pub fn attach(
         &self,
         name: &str,
         identity: Option<&PublicIdentity>,
         group: Option<String>,
+        entries: Vec<String>,
     ) -> Attached {
         let mut state = self.lock();
         state.next_id += 1;
@@ -152,6 +157,7 @@ impl Hub {
             .or_insert_with(|| Device {
                 key_hash,
                 group: group.clone(),
+                entries: Vec::new(),
                 outbox: new_outbox(),
                 relay_in: Inbox::new(),
                 session: None,
@@ -163,6 +169,7 @@ impl Hub {
             device.key_hash = key_hash;
         }
         device.group = group;
+        device.entries = entries;
         device.outbox.resend_all();
         device.session = Some(attached.clone());
         attached.wake.notify_one();
@@ -255,14 +262,17 @@ impl Hub {
         if initiator && frame.first() == Some(&(crate::msgs::FrameType::DeviceHello as u8)) {
             // A new inner session: each side learns who the other is first (§11.7).
             for (to, about) in [(peer, from), (from, peer)] {
-                let Some(hash) = state.devices.get(about).and_then(|d| d.key_hash) else {
+                let Some(about_device) = state.devices.get(about) else {
+                    continue;
+                };
+                let Some(hash) = about_device.key_hash else {
                     continue;
                 };
                 let body = peer_info_body(&PeerInfo {
                     peer: about,
                     you: to,
                     fingerprint: hash,
-                    entries: Vec::new(),
+                    entries: about_device.entries.iter().map(String::as_str).collect(),
                 });
                 if let Some(d) = state.devices.get_mut(to) {
                     let _ = push(d, Kind::PeerInfo, body);

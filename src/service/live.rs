@@ -30,6 +30,12 @@ pub trait Live: Authorizer + std::fmt::Debug {
         let _ = device;
         None
     }
+
+    /// The signed registry lines that vouch for `device`, for its peers (protocol.md §11.7).
+    fn vouching_lines(&self, device: &PublicIdentity) -> Vec<String> {
+        let _ = device;
+        Vec::new()
+    }
 }
 
 impl Live for RegistryAuthorizer {
@@ -42,6 +48,10 @@ impl Live for RegistryAuthorizer {
 
     fn reload(&self) {
         self.reload_logged();
+    }
+
+    fn vouching_lines(&self, device: &PublicIdentity) -> Vec<String> {
+        RegistryAuthorizer::vouching_lines(self, device)
     }
 
     fn group_of(&self, device: &PublicIdentity) -> Option<String> {

@@ -192,11 +192,11 @@ async fn accept_loop(
                 let fut = async move {
                     let session = tcp_accept::handshake(incoming, id, shared_for_task, handshake_timeout).await;
                     if let Some((conn, peer, _release)) = session {
-                        let group = match (&live, &peer.identity) {
-                            (Some(r), Some(id)) => r.group_of(id),
-                            _ => None,
+                        let (group, entries) = match (&live, &peer.identity) {
+                            (Some(r), Some(id)) => (r.group_of(id), r.vouching_lines(id)),
+                            _ => (None, Vec::new()),
                         };
-                        let attached = hub.attach(&peer.name, peer.identity.as_ref(), group);
+                        let attached = hub.attach(&peer.name, peer.identity.as_ref(), group, entries);
                         let name = peer.name.clone();
                         let s = Served { intake, live, hub: hub.clone(), attached: attached.clone(), sessions };
                         Box::pin(serve(conn, peer, s, stopped, drain)).await;

@@ -53,7 +53,7 @@ fn device(hub: &Hub, name: &'static str, seed: u8, pins: &[(&str, u8)], to: Opti
     let mut end = DeviceEnd::new(Some(peers), to.map(Into::into), Box::new(out.clone()));
     end.on_session("SHA256:server".into());
     let group = Some(if name == "c" { "office" } else { "greenhouse" }.to_string());
-    hub.attach(name, Some(&key(seed).public()), group);
+    hub.attach(name, Some(&key(seed).public()), group, Vec::new());
     Dev { name, end, out }
 }
 
@@ -136,7 +136,12 @@ fn downlink_and_relayed_messages_arrive_once_in_order() {
     assert_eq!(lines[2]["data"], "two");
     assert!(!a.end.busy(), "b acknowledged both end to end");
     // A new session resends what the hub holds unacknowledged: nothing is left.
-    hub.attach("b", Some(&key(0xb2).public()), Some("greenhouse".into()));
+    hub.attach(
+        "b",
+        Some(&key(0xb2).public()),
+        Some("greenhouse".into()),
+        Vec::new(),
+    );
     assert!(hub.due("b", Instant::now()).is_empty());
 }
 
@@ -205,7 +210,7 @@ fn groups_unknown_and_offline_peers_are_refused() {
         "{e:?}"
     );
 
-    hub.attach("anonymous", None, None);
+    hub.attach("anonymous", None, None, Vec::new());
     assert_eq!(
         hub.downlink("anonymous", b"x".to_vec()),
         Err(DownlinkError::Anonymous)
@@ -262,4 +267,72 @@ fn a_sender_whose_name_no_envelope_carries_is_refused_and_a_bad_peer_name_droppe
         .due(LONG, Instant::now())
         .iter()
         .all(|e| !matches!(Envelope::decode(e), Ok(Envelope::Relay { .. }))));
+}
+
+/// Entry 1 and the enrollment of device `seed` as `name`, signed by `signer`.
+fn signed_lines(signer: &IdentityKey, seed: u8, name: &str) -> Vec<String> {
+    use crate::registry::entry::{test_line, Op};
+    let ops = [
+        Op::Init {
+            server: signer.public(),
+        },
+        Op::Enroll {
+            device: key(seed).public().fingerprint(),
+            name: name.into(),
+            group: "greenhouse".into(),
+            token: None,
+        },
+    ];
+    ops.into_iter()
+        .zip(1..)
+        .map(|(op, seq)| test_line(seq, signer, op))
+        .collect()
+}
+
+/// Devices a and b pinning the authority `authority` and no key, attached with the lines
+/// `signer` signed for them; a sends b one message. Returns b's output and why a's session
+/// with b failed, if it did.
+fn vouched_exchange(authority: &IdentityKey, signer: &IdentityKey) -> (String, Option<String>) {
+    let hub = Hub::new(RelayPolicy::Any);
+    let mut devs = [("a", 0xa1, Some("b")), ("b", 0xb2, None)].map(|(name, seed, to)| {
+        let trust = PeerTrust {
+            authority: Some(authority.public().fingerprint()),
+            ..PeerTrust::default()
+        };
+        let peers = Peers::new(key(seed), DeviceConfig::default(), trust);
+        let out = Out::default();
+        let mut end = DeviceEnd::new(Some(peers), to.map(Into::into), Box::new(out.clone()));
+        end.on_session("SHA256:server".into());
+        let lines = signed_lines(signer, seed, name);
+        hub.attach(name, Some(&key(seed).public()), None, lines);
+        Dev { name, end, out }
+    });
+    let [a, b] = &mut devs;
+    a.end
+        .send_to_peer(b"vouched".to_vec(), Instant::now())
+        .unwrap();
+    assert!(run(&hub, &mut [a, b], &mut |_, _| {}).is_none());
+    let error = devs[0]
+        .end
+        .stats()
+        .first()
+        .and_then(|s| s.last_error.clone());
+    (devs[1].out.text(), error)
+}
+
+#[test]
+fn the_hub_relays_the_registry_lines_that_let_devices_trust_each_other_without_pins() {
+    let authority = IdentityKey::from_seed(&[0xaa; 32]);
+    let (out, error) = vouched_exchange(&authority, &authority);
+    assert!(error.is_none(), "{error:?}");
+    assert!(out.contains(r#""data":"vouched""#), "{out}");
+    // The same lines signed by the server's key vouch for nothing.
+    let server = IdentityKey::from_seed(&[0x5e; 32]);
+    let (out, error) = vouched_exchange(&authority, &server);
+    assert!(!out.contains("vouched"), "{out}");
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("signed by another key than the pinned registry authority"),
+        "{error}"
+    );
 }

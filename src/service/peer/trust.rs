@@ -68,7 +68,7 @@ pub enum PeerTrustError {
         got: String,
     },
     /// Nothing this device trusts vouches for the peer.
-    #[error("nothing vouches for peer {peer}'s key {got}: pin it (--peer-key {peer}=FINGERPRINT)")]
+    #[error("nothing vouches for peer {peer}'s key {got}: pin it (--peer-key {peer}=FINGERPRINT), or pin the registry authority that enrolled it (--peer-authority)")]
     NoAnchor {
         /// The peer's name.
         peer: String,
@@ -82,8 +82,9 @@ pub enum PeerTrustError {
 pub struct PeerTrust {
     /// Fingerprints pinned by peer name.
     pub pins: HashMap<String, String>,
-    /// The registry authority's key, whose signed entries vouch for peers.
-    pub authority: Option<PublicIdentity>,
+    /// The fingerprint of the registry authority's key, whose signed entries vouch for
+    /// peers (the key itself comes in entry 1, which the server sends with them).
+    pub authority: Option<String>,
     /// Whether the server's word is enough for a peer that neither a pin nor the authority
     /// covers.
     pub accept_server_word: bool,
@@ -138,20 +139,35 @@ impl PeerTrust {
     }
 }
 
-/// The group `fingerprint` is in under the name `peer`, if the entries, each signed by
-/// `authority`, enroll it and leave it so named (renames and regroups applied in order, no
-/// revocation among them).
+/// The group `fingerprint` is in under the name `peer`, if the entries, each signed by the
+/// registry authority whose key has the fingerprint `authority` (entry 1, `init`, among them
+/// names that key), enroll it and leave it so named (renames and regroups applied in order,
+/// no revocation among them).
 fn vouch(
-    authority: &PublicIdentity,
+    authority: &str,
     peer: &str,
     fingerprint: &str,
     lines: &[&str],
 ) -> Result<String, &'static str> {
-    let mut entries = Vec::with_capacity(lines.len());
+    let mut parsed = Vec::with_capacity(lines.len());
     for line in lines {
-        let (entry, sig) = Entry::parse(line).map_err(|_| "an entry is malformed")?;
-        authority
-            .verify(ENTRY_SIGNATURE_CONTEXT, entry.body().as_bytes(), &sig)
+        parsed.push(Entry::parse(line).map_err(|_| "an entry is malformed")?);
+    }
+    let key = parsed
+        .iter()
+        .find_map(|(e, _)| match &e.op {
+            Op::Init { server } if e.seq == 1 => Some(*server),
+            _ => None,
+        })
+        .ok_or("entry 1 of the registry, naming its signing key, is missing")?;
+    if key.fingerprint() != authority {
+        return Err(
+            "they come from a registry signed by another key than the pinned registry authority",
+        );
+    }
+    let mut entries = Vec::with_capacity(parsed.len());
+    for (entry, sig) in parsed {
+        key.verify(ENTRY_SIGNATURE_CONTEXT, entry.body().as_bytes(), &sig)
             .map_err(|_| "an entry is not signed by the registry authority")?;
         entries.push(entry);
     }
@@ -159,6 +175,7 @@ fn vouch(
     let mut state: Option<(String, String)> = None;
     for e in &entries {
         match &e.op {
+            Op::Init { .. } if e.seq == 1 => {}
             Op::Enroll {
                 device,
                 name,
@@ -187,80 +204,211 @@ mod tests {
     use super::*;
     use crate::crypto::identity::IdentityKey;
 
-    fn enroll(seq: u64, key: &IdentityKey, fp: &str, name: &str) -> String {
-        let line = Entry {
-            seq,
-            time: 1,
-            prev: [0; 32],
-            op: Op::Enroll {
-                device: fp.into(),
-                name: name.into(),
-                group: "g".into(),
-                token: None,
+    use crate::registry::entry::test_line as line;
+
+    fn init(key: &IdentityKey) -> String {
+        line(
+            1,
+            key,
+            Op::Init {
+                server: key.public(),
             },
-        }
-        .sign(key);
-        line.trim_end().to_string()
+        )
     }
 
-    #[test]
-    fn registry_entries_vouch_only_when_signed_by_the_authority_for_that_name() {
+    fn enroll(seq: u64, key: &IdentityKey, fp: &str, name: &str) -> String {
+        let op = Op::Enroll {
+            device: fp.into(),
+            name: name.into(),
+            group: "g".into(),
+            token: None,
+        };
+        line(seq, key, op)
+    }
+
+    fn info<'a>(b: &PublicIdentity, lines: &'a [String]) -> PeerInfo<'a> {
+        PeerInfo {
+            peer: "b",
+            you: "a",
+            fingerprint: sha256(&b.0),
+            entries: lines.iter().map(String::as_str).collect(),
+        }
+    }
+
+    fn refused(result: Result<Vouched, PeerTrustError>) -> &'static str {
+        match result {
+            Err(PeerTrustError::Registry { why, .. }) => why,
+            other => panic!("not refused by the registry check: {other:?}"),
+        }
+    }
+
+    struct Fleet {
+        authority: IdentityKey,
+        b: PublicIdentity,
+        trust: PeerTrust,
+    }
+
+    fn fleet() -> Fleet {
         let authority = IdentityKey::from_seed(&[1; 32]);
-        let server = IdentityKey::from_seed(&[2; 32]);
-        let b = IdentityKey::from_seed(&[3; 32]).public();
         let trust = PeerTrust {
-            authority: Some(authority.public()),
+            authority: Some(authority.public().fingerprint()),
             ..PeerTrust::default()
         };
-        fn info<'a>(b: &PublicIdentity, lines: Vec<&'a str>) -> PeerInfo<'a> {
-            PeerInfo {
-                peer: "b",
-                you: "a",
-                fingerprint: sha256(&b.0),
-                entries: lines,
-            }
+        Fleet {
+            authority,
+            b: IdentityKey::from_seed(&[3; 32]).public(),
+            trust,
         }
-        let good = enroll(2, &authority, &b.fingerprint(), "b");
-        assert_eq!(
-            trust.check("b", &b, Some(&info(&b, vec![&good]))),
-            Ok(Vouched::Registry { group: "g".into() })
-        );
-        let minted = enroll(2, &server, &b.fingerprint(), "b");
-        assert!(matches!(
-            trust.check("b", &b, Some(&info(&b, vec![&minted]))),
-            Err(PeerTrustError::Registry { .. })
-        ));
-        assert!(trust.check("c", &b, Some(&info(&b, vec![&good]))).is_err());
-        let other = IdentityKey::from_seed(&[4; 32]).public();
-        assert!(trust
-            .check("b", &other, Some(&info(&b, vec![&good])))
-            .is_err());
-        assert!(trust.check("b", &b, None).is_err());
     }
 
     #[test]
-    fn a_pin_decides_and_the_server_word_needs_consent() {
-        let b = IdentityKey::from_seed(&[3; 32]).public();
+    fn authority_signed_entries_vouch_for_the_key_under_its_last_name_and_group() {
+        let f = fleet();
+        let fp = f.b.fingerprint();
+        let lines = [
+            init(&f.authority),
+            enroll(2, &f.authority, &fp, "old"),
+            line(
+                5,
+                &f.authority,
+                Op::Rename {
+                    device: fp.clone(),
+                    name: "b".into(),
+                },
+            ),
+            line(
+                7,
+                &f.authority,
+                Op::Regroup {
+                    device: fp.clone(),
+                    group: "office".into(),
+                },
+            ),
+        ];
+        assert_eq!(
+            f.trust.check("b", &f.b, Some(&info(&f.b, &lines))),
+            Ok(Vouched::Registry {
+                group: "office".into()
+            })
+        );
+        // The old name no longer names it; the entries may come in any order.
+        assert_eq!(
+            refused(f.trust.check("old", &f.b, Some(&info(&f.b, &lines)))),
+            "the entries name the key differently"
+        );
+        let reversed: Vec<String> = lines.iter().rev().cloned().collect();
+        assert!(f
+            .trust
+            .check("b", &f.b, Some(&info(&f.b, &reversed)))
+            .is_ok());
+    }
+
+    #[test]
+    fn entries_signed_by_the_server_or_another_key_are_refused() {
+        let f = fleet();
+        let server = IdentityKey::from_seed(&[2; 32]);
+        let fp = f.b.fingerprint();
+        // A registry signed by the server's own key, as today's servers keep it.
+        let minted = [init(&server), enroll(2, &server, &fp, "b")];
+        assert_eq!(
+            refused(f.trust.check("b", &f.b, Some(&info(&f.b, &minted)))),
+            "they come from a registry signed by another key than the pinned registry authority"
+        );
+        // The authority's genuine entry 1 beside an enrollment the server signed.
+        let mixed = [init(&f.authority), enroll(2, &server, &fp, "b")];
+        assert_eq!(
+            refused(f.trust.check("b", &f.b, Some(&info(&f.b, &mixed)))),
+            "an entry is not signed by the registry authority"
+        );
+        // Without entry 1 the device does not know the authority's key.
+        let bare = [enroll(2, &f.authority, &fp, "b")];
+        assert_eq!(
+            refused(f.trust.check("b", &f.b, Some(&info(&f.b, &bare)))),
+            "entry 1 of the registry, naming its signing key, is missing"
+        );
+        assert_eq!(
+            refused(f.trust.check("b", &f.b, None)),
+            "entry 1 of the registry, naming its signing key, is missing"
+        );
+        let edited = [
+            init(&f.authority),
+            enroll(2, &f.authority, &fp, "b").replace("group=g", "group=h"),
+        ];
+        assert_eq!(
+            refused(f.trust.check("b", &f.b, Some(&info(&f.b, &edited)))),
+            "an entry is not signed by the registry authority"
+        );
+    }
+
+    #[test]
+    fn a_revoked_peer_is_refused() {
+        let f = fleet();
+        let fp = f.b.fingerprint();
+        let lines = [
+            init(&f.authority),
+            enroll(2, &f.authority, &fp, "b"),
+            line(3, &f.authority, Op::Revoke { device: fp.clone() }),
+        ];
+        assert_eq!(
+            refused(f.trust.check("b", &f.b, Some(&info(&f.b, &lines)))),
+            "the key is revoked"
+        );
+    }
+
+    #[test]
+    fn a_substituted_key_is_refused() {
+        let f = fleet();
+        let lines = [
+            init(&f.authority),
+            enroll(2, &f.authority, &f.b.fingerprint(), "b"),
+        ];
+        // The server relays another key's handshake under b's name, with b's genuine
+        // entries...
         let other = IdentityKey::from_seed(&[4; 32]).public();
-        let mut trust = PeerTrust::default();
-        trust.pins.insert("b".into(), b.fingerprint());
-        assert_eq!(trust.check("b", &b, None), Ok(Vouched::Pinned));
+        assert_eq!(
+            refused(f.trust.check("b", &other, Some(&info(&other, &lines)))),
+            "an entry concerns another key"
+        );
+        // ...or with no entry of its own.
+        let only_init = [init(&f.authority)];
+        assert_eq!(
+            refused(f.trust.check("b", &other, Some(&info(&other, &only_init)))),
+            "no entry enrolls the key"
+        );
+    }
+
+    #[test]
+    fn a_pin_decides_before_the_authority_and_the_server_word_needs_consent() {
+        let f = fleet();
+        let other = IdentityKey::from_seed(&[4; 32]).public();
+        let lines = [
+            init(&f.authority),
+            enroll(2, &f.authority, &other.fingerprint(), "b"),
+        ];
+        let mut trust = f.trust.clone();
+        trust.pins.insert("b".into(), f.b.fingerprint());
+        assert_eq!(trust.check("b", &f.b, None), Ok(Vouched::Pinned));
+        // Entries vouching for another key do not override the pin.
         assert!(matches!(
-            trust.check("b", &other, None),
+            trust.check("b", &other, Some(&info(&other, &lines))),
             Err(PeerTrustError::Mismatch { .. })
         ));
-        let info = PeerInfo {
+        let mut trust = PeerTrust::default();
+        let server_word = PeerInfo {
             peer: "c",
             you: "a",
             fingerprint: sha256(&other.0),
             entries: vec![],
         };
         assert!(matches!(
-            trust.check("c", &other, Some(&info)),
+            trust.check("c", &other, Some(&server_word)),
             Err(PeerTrustError::NoAnchor { .. })
         ));
         trust.accept_server_word = true;
-        assert_eq!(trust.check("c", &other, Some(&info)), Ok(Vouched::Server));
-        assert!(trust.check("c", &b, Some(&info)).is_err());
+        assert_eq!(
+            trust.check("c", &other, Some(&server_word)),
+            Ok(Vouched::Server)
+        );
+        assert!(trust.check("c", &f.b, Some(&server_word)).is_err());
     }
 }
