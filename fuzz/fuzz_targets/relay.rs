@@ -175,7 +175,7 @@ impl World {
         d.down.clear();
         d.session = self
             .hub
-            .attach(NAMES[i], Some(&key(i).public()), group(i))
+            .attach(NAMES[i], Some(&key(i).public()), group(i), Vec::new())
             .id;
         d.end.on_session("SHA256:server".into());
     }
