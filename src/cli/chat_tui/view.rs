@@ -1,0 +1,165 @@
+//! What `secchan chat`'s terminal UI shows, drawn from a [`View`] alone (no terminal, no
+//! session): the conversation, the input line, and the cryptography of the selected peer.
+
+use crate::service::chat_log::{ChatLog, Entry};
+use crate::service::peer::PeerStats;
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph, Wrap};
+use ratatui::Frame;
+
+/// Everything one frame shows.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// The conversation and the sessions' counters.
+    pub log: &'a ChatLog,
+    /// The line being typed.
+    pub input: &'a str,
+    /// The peer whose cryptography is shown.
+    pub selected: Option<&'a str>,
+}
+
+/// Width of the cryptography pane: a fingerprint (50 characters) and its indent fit.
+const CRYPTO_WIDTH: u16 = 56;
+
+/// Draws `view` over the whole frame.
+pub fn render(frame: &mut Frame<'_>, view: &View<'_>) {
+    let [left, right] = Layout::horizontal([Constraint::Min(30), Constraint::Length(CRYPTO_WIDTH)])
+        .areas(frame.area());
+    let [history, input] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(3)]).areas(left);
+    let lines = history_lines(view.log);
+    // The newest lines at the bottom: skip what does not fit (borders take two rows).
+    let shown = usize::from(history.height.saturating_sub(2));
+    let skip = lines.len().saturating_sub(shown);
+    frame.render_widget(
+        Paragraph::new(lines.into_iter().skip(skip).collect::<Vec<_>>())
+            .block(Block::bordered().title(" secchan chat ")),
+        history,
+    );
+    frame.render_widget(
+        Paragraph::new(view.input).block(
+            Block::bordered().title(" @NAME message, Tab completes, Up/Down picks, Esc quits "),
+        ),
+        input,
+    );
+    let cursor = u16::try_from(view.input.chars().count()).unwrap_or(u16::MAX);
+    frame.set_cursor_position((
+        input.x.saturating_add(1).saturating_add(cursor),
+        input.y.saturating_add(1),
+    ));
+    let stats = view
+        .selected
+        .and_then(|p| view.log.stats.iter().find(|s| s.peer == p));
+    let title = format!(" cryptography: {} ", view.selected.unwrap_or("no peer yet"));
+    frame.render_widget(
+        Paragraph::new(crypto_lines(&view.log.me, stats))
+            .wrap(Wrap { trim: false })
+            .block(Block::bordered().title(title)),
+        right,
+    );
+}
+
+/// The conversation, one line per entry.
+pub fn history_lines(log: &ChatLog) -> Vec<Line<'static>> {
+    let dim = Style::default().fg(Color::DarkGray);
+    log.entries
+        .iter()
+        .map(|e| match e {
+            Entry::From {
+                peer,
+                e2e: true,
+                text,
+                ..
+            } => Line::from(vec![
+                Span::styled(format!("<{peer}> "), Style::default().fg(Color::Cyan)),
+                Span::raw(text.clone()),
+            ]),
+            Entry::From { peer, text, .. } => Line::from(vec![
+                Span::styled(format!("<{peer}> "), Style::default().fg(Color::Yellow)),
+                Span::raw(text.clone()),
+                Span::styled("  [via the server]", dim),
+            ]),
+            Entry::To { peer, text } => Line::from(vec![
+                Span::styled(format!("-> {peer}: "), Style::default().fg(Color::Green)),
+                Span::raw(text.clone()),
+            ]),
+            Entry::System(text) => Line::styled(text.clone(), dim),
+        })
+        .collect()
+}
+
+/// The cryptography pane's lines for a peer's session, or why there is none.
+pub fn crypto_lines(me: &str, stats: Option<&PeerStats>) -> Vec<Line<'static>> {
+    let Some(s) = stats else {
+        return vec![
+            Line::raw("No end-to-end session yet."),
+            Line::raw("Type @NAME message to start one."),
+            Line::raw(""),
+            Line::raw("Our key"),
+            Line::raw(format!("  {me}")),
+        ];
+    };
+    let bold = Style::default().add_modifier(Modifier::BOLD);
+    let row = |label: &str, value: String| {
+        Line::from(vec![
+            Span::styled(format!("{label:<18}"), bold),
+            Span::raw(value),
+        ])
+    };
+    let phase = s.phase.name();
+    let role = if s.initiator {
+        "we started it"
+    } else {
+        "it started"
+    };
+    let mut lines = vec![
+        row("Phase", format!("{phase} ({role})")),
+        row("Path", "end to end, via the server's relay".to_string()),
+        row("Suite", s.suite.unwrap_or("-").to_string()),
+        row("AEAD", s.aead.unwrap_or("-").to_string()),
+        Line::styled("Peer key", bold),
+        Line::raw(format!(
+            "  {}",
+            s.fingerprint.as_deref().unwrap_or("not yet proven")
+        )),
+        row(
+            "Vouched by",
+            s.vouched
+                .as_ref()
+                .map_or("not yet".to_string(), ToString::to_string),
+        ),
+        Line::styled("Our key", bold),
+        Line::raw(format!("  {me}")),
+        row(
+            "Records",
+            format!("{} sent, {} received", s.records_sent, s.records_received),
+        ),
+        row(
+            "Key updates",
+            format!("{} received", s.key_updates_received),
+        ),
+        row(
+            "Rejected",
+            format!("{} (replay window, tamper)", s.rejected),
+        ),
+        row(
+            "Handshake",
+            match s.handshake_time {
+                Some(t) => format!("{} B in {} ms", s.handshake_bytes, t.as_millis()),
+                None => format!("{} B", s.handshake_bytes),
+            },
+        ),
+        row("Sessions", s.sessions.to_string()),
+        row("Undelivered", s.undelivered.to_string()),
+    ];
+    if let Some(e) = &s.last_error {
+        lines.push(row("Last error", e.clone()));
+    }
+    lines
+}
+
+#[cfg(test)]
+#[path = "view_tests.rs"]
+mod tests;
