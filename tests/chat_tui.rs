@@ -58,6 +58,38 @@ impl Drop for Tmux {
     }
 }
 
+/// `secchan chat ARGS` in `dir`, in a 120x40 tmux window; when it ends, its exit code goes
+/// to `dir`/code and the window stays a minute, for its last screen to be read.
+fn chat(dir: &Path, args: &str) -> Tmux {
+    let script = format!(
+        "'{bin}' chat {args}\necho $? > code\nsleep 60\n",
+        bin = env!("CARGO_BIN_EXE_secchan"),
+    );
+    std::fs::write(dir.join("chat.sh"), script).unwrap();
+    let tmux = Tmux {
+        socket: format!(
+            "secchan-test-{}-{}",
+            std::process::id(),
+            dir.file_name().unwrap().to_string_lossy()
+        ),
+    };
+    let started = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        "-s",
+        "chat",
+        "-c",
+        dir.to_str().unwrap(),
+        "sh chat.sh",
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    tmux
+}
+
 fn tmux_installed() -> bool {
     Command::new("tmux")
         .arg("-V")
@@ -109,29 +141,10 @@ fn the_terminal_ui_sends_with_tab_completion_shows_the_reply_and_the_cryptograph
         ],
     );
     server.wait_for(ERR, "session established device=b");
-    let script = format!(
-        "'{bin}' chat --connect {addr} --server-key {server_fp} --key a.key --peer-key b={b_fp}\n\
-         echo $? > code\n",
-        bin = env!("CARGO_BIN_EXE_secchan"),
+    let tmux = chat(
+        &dir,
+        &format!("--connect {addr} --server-key {server_fp} --key a.key --peer-key b={b_fp}"),
     );
-    std::fs::write(dir.join("chat.sh"), script).unwrap();
-    let tmux = Tmux {
-        socket: format!("secchan-test-{}", std::process::id()),
-    };
-    let started = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-x",
-        "120",
-        "-y",
-        "40",
-        "-s",
-        "chat",
-        "-c",
-        dir.to_str().unwrap(),
-        "sh chat.sh",
-    ]);
-    assert!(started.status.success(), "{started:?}");
     tmux.wait_for(&[
         "secchan chat",
         "* connected to the server",
@@ -159,4 +172,25 @@ fn the_terminal_ui_sends_with_tab_completion_shows_the_reply_and_the_cryptograph
     }
     tmux.keys(&["C-u", "/quit", "Enter"]);
     assert_eq!(exit_code(&dir), "0", "the chat's exit code");
+}
+
+#[test]
+fn a_failing_chat_restores_the_terminal_and_exits_with_line_modes_code() {
+    if !tmux_installed() {
+        eprintln!("SKIPPED: tmux is not installed (bash scripts/test.sh installs it)");
+        return;
+    }
+    let dir = fleet("chat-tui-fail");
+    let (_server, addr) = server(&dir, &["--authorized-devices", "devices", "--relay", "any"]);
+    // Device a's key pinned as the server's: the server's key is refused.
+    let wrong = fingerprint(&dir, "a.key");
+    let tmux = chat(
+        &dir,
+        &format!("--connect {addr} --server-key {wrong} --key a.key"),
+    );
+    // 3: the server's key is not the pinned one, as in line mode.
+    assert_eq!(exit_code(&dir), "3", "the chat's exit code");
+    // The terminal is back from the UI's screen, with the error line on it.
+    let screen = tmux.wait_for(&["secchan: "]);
+    assert!(!screen.contains("cryptography"), "{screen}");
 }

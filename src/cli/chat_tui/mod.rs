@@ -178,8 +178,7 @@ impl Finish {
 /// Runs the UI on this thread until the user quits or the device stops; the terminal is
 /// restored on every way out (ratatui's panic hook restores it on a panic).
 fn run(ui: Ui) -> std::io::Result<()> {
-    let mut terminal = ratatui::try_init()?;
-    let result = event_loop(&mut terminal, &ui);
+    let result = ratatui::try_init().and_then(|mut terminal| event_loop(&mut terminal, &ui));
     ratatui::restore();
     // However the loop ended, the device stops.
     let _ = ui.quit.send(());
