@@ -29,13 +29,20 @@ pub fn render(frame: &mut Frame<'_>, view: &View<'_>) {
         .areas(frame.area());
     let [history, input] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(3)]).areas(left);
-    let lines = history_lines(view.log);
-    // The newest lines at the bottom: skip what does not fit (borders take two rows).
-    let shown = usize::from(history.height.saturating_sub(2));
-    let skip = lines.len().saturating_sub(shown);
+    // The newest lines at the bottom, folded to the width (borders take two rows and columns).
+    let rows = usize::from(history.height.saturating_sub(2));
+    let width = usize::from(history.width.saturating_sub(2));
+    let mut shown = Vec::new();
+    for line in history_lines(view.log).into_iter().rev() {
+        if shown.len() >= rows {
+            break;
+        }
+        shown.extend(fold(line, width).into_iter().rev());
+    }
+    shown.truncate(rows);
+    shown.reverse();
     frame.render_widget(
-        Paragraph::new(lines.into_iter().skip(skip).collect::<Vec<_>>())
-            .block(Block::bordered().title(" secchan chat ")),
+        Paragraph::new(shown).block(Block::bordered().title(" secchan chat ")),
         history,
     );
     frame.render_widget(
@@ -88,6 +95,35 @@ pub fn history_lines(log: &ChatLog) -> Vec<Line<'static>> {
             Entry::System(text) => Line::styled(text.clone(), dim),
         })
         .collect()
+}
+
+/// `line` cut into rows of at most `width` columns, each part keeping its style.
+fn fold(line: Line<'static>, width: usize) -> Vec<Line<'static>> {
+    if width == 0 || line.width() <= width {
+        return vec![line];
+    }
+    let mut rows = vec![Line::default()];
+    let mut used = 0;
+    for span in line.spans {
+        let mut part = String::new();
+        for c in span.content.chars() {
+            let w = Span::raw(&*c.encode_utf8(&mut [0; 4])).width();
+            if used + w > width && used > 0 {
+                let done = std::mem::take(&mut part);
+                if let Some(row) = rows.last_mut() {
+                    row.spans.push(Span::styled(done, span.style));
+                }
+                rows.push(Line::default());
+                used = 0;
+            }
+            part.push(c);
+            used += w;
+        }
+        if let Some(row) = rows.last_mut() {
+            row.spans.push(Span::styled(part, span.style));
+        }
+    }
+    rows
 }
 
 /// The cryptography pane's lines for a peer's session, or why there is none.

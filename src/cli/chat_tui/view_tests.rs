@@ -147,3 +147,30 @@ fn the_history_keeps_the_newest_lines_on_screen() {
     assert!(!has(&rows, "* line 0 "));
     assert!(!has(&rows, "hello bob"));
 }
+
+#[test]
+fn long_history_lines_fold_onto_the_next_rows_whole() {
+    let mut long = log();
+    let text = format!("{}END", "x".repeat(150));
+    long.push(Entry::From {
+        peer: "bob".into(),
+        fingerprint: BOB.into(),
+        e2e: true,
+        text,
+    });
+    let rows = screen(&long, "", Some("bob"));
+    let joined: String = rows
+        .iter()
+        .filter(|r| r.contains('x'))
+        .map(|r| {
+            r.split('│')
+                .nth(1)
+                .unwrap_or_default()
+                .trim_end()
+                .to_string()
+        })
+        .collect();
+    assert!(joined.starts_with("<bob> xxx"), "{joined}");
+    assert!(joined.ends_with("xEND"), "{joined}");
+    assert_eq!(joined.matches('x').count(), 150, "{joined}");
+}
