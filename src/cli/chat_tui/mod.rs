@@ -42,11 +42,16 @@ enum Action {
     Quit,
 }
 
-/// The line being typed and the peer picked with Up/Down.
+/// Rows PageUp and PageDown scroll the conversation by.
+const PAGE: usize = 10;
+
+/// The line being typed, the peer picked with Up/Down and how far the conversation is
+/// scrolled back.
 #[derive(Debug, Default)]
 struct Input {
     text: String,
     picked: Option<String>,
+    scroll: usize,
 }
 
 impl Input {
@@ -66,7 +71,13 @@ impl Input {
                 }
             }
             KeyCode::Up | KeyCode::Down => self.pick(key.code == KeyCode::Down, peers),
+            // At most the whole history back (the view stops at its oldest row).
+            KeyCode::PageUp => {
+                self.scroll = (self.scroll + PAGE).min(crate::service::chat_log::HISTORY * 4)
+            }
+            KeyCode::PageDown => self.scroll = self.scroll.saturating_sub(PAGE),
             KeyCode::Enter => {
+                self.scroll = 0;
                 let line = std::mem::take(&mut self.text);
                 if line.trim() == "/quit" {
                     return Action::Quit;
@@ -201,6 +212,7 @@ fn event_loop(terminal: &mut ratatui::DefaultTerminal, ui: &Ui) -> std::io::Resu
             log: &log,
             input: &input.text,
             selected: input.selected(&peers, last),
+            scroll: input.scroll,
         };
         terminal.draw(|f| view::render(f, &view))?;
         if !event::poll(REDRAW)? {
@@ -260,6 +272,19 @@ mod tests {
             Action::Submit("@carol hi".into())
         );
         assert_eq!(input.text, "@carol ");
+    }
+
+    #[test]
+    fn page_up_scrolls_back_page_down_and_enter_return() {
+        let mut input = Input::default();
+        input.on_key(key(KeyCode::PageUp), &[], &[]);
+        input.on_key(key(KeyCode::PageUp), &[], &[]);
+        assert_eq!(input.scroll, 2 * PAGE);
+        input.on_key(key(KeyCode::PageDown), &[], &[]);
+        assert_eq!(input.scroll, PAGE);
+        typed(&mut input, "@b hi", &[]);
+        input.on_key(key(KeyCode::Enter), &[], &[]);
+        assert_eq!(input.scroll, 0);
     }
 
     #[test]

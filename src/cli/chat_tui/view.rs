@@ -18,6 +18,8 @@ pub struct View<'a> {
     pub input: &'a str,
     /// The peer whose cryptography is shown.
     pub selected: Option<&'a str>,
+    /// Rows the conversation is scrolled back from its newest line.
+    pub scroll: usize,
 }
 
 /// Width of the cryptography pane: a fingerprint (50 characters) and its indent fit.
@@ -34,15 +36,23 @@ pub fn render(frame: &mut Frame<'_>, view: &View<'_>) {
     let width = usize::from(history.width.saturating_sub(2));
     let mut shown = Vec::new();
     for line in history_lines(view.log).into_iter().rev() {
-        if shown.len() >= rows {
+        if shown.len() >= rows.saturating_add(view.scroll) {
             break;
         }
         shown.extend(fold(line, width).into_iter().rev());
     }
+    // Scrolled back no further than the oldest row at the top.
+    let back = view.scroll.min(shown.len().saturating_sub(rows));
+    shown.drain(..back);
     shown.truncate(rows);
     shown.reverse();
+    let title = if back > 0 {
+        format!(" secchan chat: {back} rows back, PageDown returns ")
+    } else {
+        " secchan chat ".to_string()
+    };
     frame.render_widget(
-        Paragraph::new(shown).block(Block::bordered().title(" secchan chat ")),
+        Paragraph::new(shown).block(Block::bordered().title(title)),
         history,
     );
     frame.render_widget(

@@ -61,11 +61,16 @@ fn log() -> ChatLog {
 
 /// The screen, row by row, for a view of `log` with `selected`.
 fn screen(log: &ChatLog, input: &str, selected: Option<&str>) -> Vec<String> {
+    scrolled(log, input, selected, 0)
+}
+
+fn scrolled(log: &ChatLog, input: &str, selected: Option<&str>, scroll: usize) -> Vec<String> {
     let mut terminal = Terminal::new(TestBackend::new(120, 30)).unwrap();
     let view = View {
         log,
         input,
         selected,
+        scroll,
     };
     terminal.draw(|f| render(f, &view)).unwrap();
     let buffer = terminal.backend().buffer();
@@ -173,4 +178,20 @@ fn long_history_lines_fold_onto_the_next_rows_whole() {
     assert!(joined.starts_with("<bob> xxx"), "{joined}");
     assert!(joined.ends_with("xEND"), "{joined}");
     assert_eq!(joined.matches('x').count(), 150, "{joined}");
+}
+
+#[test]
+fn scrolling_back_shows_older_lines_and_stops_at_the_oldest() {
+    let mut long = log();
+    for i in 0..100 {
+        long.push(Entry::System(format!("* line {i}")));
+    }
+    // 25 rows of conversation on a 30-row screen: 10 rows back, line 89 is at the bottom.
+    let rows = scrolled(&long, "", Some("bob"), 10);
+    assert!(has(&rows, "* line 89 "));
+    assert!(!has(&rows, "* line 90 "));
+    assert!(has(&rows, "10 rows back, PageDown returns"));
+    let rows = scrolled(&long, "", Some("bob"), 10_000);
+    assert!(has(&rows, "* connected to the server"));
+    assert!(has(&rows, "rows back"));
 }
