@@ -5,13 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto systemd postgresql haproxy)
+packages=(mosquitto systemd postgresql haproxy tmux)
 # mosquitto: the MQTT integration tests start a real broker on a loopback port.
 # systemd: tests/systemd.rs checks dist/systemd/*.service with systemd-analyze (nothing is
 # started as a service).
 # postgresql: tests/sink_postgres.rs and tests/scale_out.rs create a throwaway cluster (initdb,
 #   pg_ctl) on a loopback port; as root they run it as the postgres user the package creates.
 # haproxy: tests/scale_out.rs puts two server instances behind it.
+# tmux: tests/chat_tui.rs types into `secchan chat`'s terminal UI and reads its screen.
 
 missing=()
 for p in "${packages[@]}"; do

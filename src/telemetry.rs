@@ -109,6 +109,8 @@ enum Kind {
         rows: csv::StringRecordsIntoIter<std::fs::File>,
     },
     Sim,
+    /// Lines another task hands over (`secchan chat`'s terminal UI).
+    Channel(tokio::sync::mpsc::Receiver<Vec<u8>>),
 }
 
 /// A telemetry source: call [`next`](Self::next) until it returns `None`.
@@ -164,6 +166,16 @@ impl Source {
         })
     }
 
+    /// A source of the lines sent into `lines`, unpaced, ending when every sender is dropped.
+    pub fn channel(lines: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        Self {
+            kind: Kind::Channel(lines),
+            pace: None,
+            limit: None,
+            produced: 0,
+        }
+    }
+
     /// Messages produced so far.
     pub fn produced(&self) -> u64 {
         self.produced
@@ -193,6 +205,7 @@ impl Source {
                 }
             },
             Kind::Sim => Some(sim_reading(self.produced, unix_ms()).into_bytes()),
+            Kind::Channel(lines) => lines.recv().await,
         };
         if item.is_some() {
             self.produced += 1;

@@ -133,6 +133,47 @@ fn parse_authority(s: &str) -> Result<String, String> {
     server_fingerprint(s).map_err(|e| e.to_string())
 }
 
+/// How the device shows what arrives: `secchan device`'s JSON lines, or `secchan chat`'s
+/// text lines or full-screen terminal UI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chat {
+    /// `secchan device`.
+    Off,
+    /// `secchan chat --line`, or without a terminal.
+    Line,
+    /// `secchan chat` on a terminal.
+    Screen,
+}
+
+/// Options of `secchan chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Line mode, for scripts and screen readers: type `@NAME message`, one event printed per
+    /// line. Without a terminal on stdin and stdout, line mode is the default.
+    #[arg(long)]
+    line: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+impl ChatArgs {
+    /// How this chat shows itself: the terminal UI only on a terminal.
+    pub fn mode(&self) -> Chat {
+        use std::io::IsTerminal;
+        if self.line || !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+            Chat::Line
+        } else {
+            Chat::Screen
+        }
+    }
+
+    /// Runs the chat.
+    pub async fn run(self) -> Result<(), CliError> {
+        let mode = self.mode();
+        run(self.device, mode).await
+    }
+}
+
 /// The device's receiving side: its end-to-end sessions if it has a key.
 fn device_end(args: &DeviceArgs, config: &DeviceConfig, chat: bool) -> Result<DeviceEnd, CliError> {
     if let (Some(authority), Some(server)) = (&args.peer_authority, &args.server_key) {
@@ -217,7 +258,8 @@ fn token_text(args: &DeviceArgs) -> Result<Option<Zeroizing<String>>, CliError> 
 }
 
 /// Connects, sends stdin line by line, prints what the server sends, closes cleanly at EOF.
-pub async fn run(args: DeviceArgs, chat: bool) -> Result<(), CliError> {
+pub async fn run(args: DeviceArgs, mode: Chat) -> Result<(), CliError> {
+    let chat = mode != Chat::Off;
     let token = match token_text(&args)? {
         Some(_) if args.key.is_none() => return Err(CliError::EnrollWithoutKey),
         Some(text) => Some(EnrollmentToken::parse(&text).map_err(CliError::EnrollToken)?),
@@ -279,10 +321,30 @@ pub async fn run(args: DeviceArgs, chat: bool) -> Result<(), CliError> {
         give_up_after: (args.give_up_after > 0).then(|| Duration::from_secs(args.give_up_after)),
         ticket_file: args.outbox.ticket_file(),
     };
-    let end = device_end(&args, &config, chat)?;
+    let mut end = device_end(&args, &config, chat)?;
+    let mut stop: crate::service::tcp_device::Shutdown = Box::pin(shutdown_signal());
+    let mut finish = None;
+    if mode == Chat::Screen {
+        let ui = super::chat_tui::start(args.peer_key.iter().map(|(n, _)| n.clone()).collect());
+        source = ui.source;
+        end = end.chat_log(ui.log);
+        let quit = ui.stop;
+        stop = Box::pin(async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                _ = quit => {}
+            }
+        });
+        finish = Some(ui.finish);
+    }
     let device =
         TcpDevice::new(addr.clone(), config, verifier, options, outbox).receiving(end, args.listen);
-    match device.run(&mut source, Box::pin(shutdown_signal())).await {
+    let result = device.run(&mut source, stop).await;
+    let drawn = match finish {
+        Some(f) => f.wait().await,
+        None => Ok(()),
+    };
+    match result {
         Ok(report) => {
             tracing::info!(
                 messages = report.queued,
@@ -292,7 +354,7 @@ pub async fn run(args: DeviceArgs, chat: bool) -> Result<(), CliError> {
                 resumed = report.resumed,
                 "every message delivered and acknowledged"
             );
-            Ok(())
+            drawn.map_err(CliError::Terminal)
         }
         Err((e, report)) => {
             tracing::debug!(?report, "device stopped");

@@ -113,6 +113,9 @@ pub enum CliError {
     /// A device stopped before every message was acknowledged.
     #[error("{0}{hint}", hint = device_advice(.0))]
     Device(crate::service::tcp_device::DeviceError),
+    /// `secchan chat` could not draw on the terminal.
+    #[error("cannot draw on the terminal: {0}; run `secchan chat --line` for line mode")]
+    Terminal(std::io::Error),
     /// The server's output failed.
     #[error("{0}; the devices keep every message that was not acknowledged")]
     Output(crate::service::sink::SinkError),
@@ -222,7 +225,7 @@ impl CliError {
             | Self::Config(_)
             | Self::Tickets { .. } => exit::USAGE,
             Self::Connect { .. } => exit::NETWORK,
-            Self::Output(_) => exit::OUTPUT,
+            Self::Output(_) | Self::Terminal(_) => exit::OUTPUT,
             Self::Session { error } => session_exit(error),
             Self::Device(DeviceError::Session(error)) => session_exit(error),
             Self::Device(DeviceError::GaveUp { .. }) => exit::NETWORK,

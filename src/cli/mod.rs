@@ -3,6 +3,7 @@
 
 mod admission;
 mod bench;
+mod chat_tui;
 mod config;
 mod demo;
 mod device;
@@ -60,9 +61,10 @@ enum Command {
     Server(server::ServerArgs),
     /// Connect to a server (TCP or MQTT) and send telemetry: stdin lines, a CSV dataset, or simulated readings.
     Device(device::DeviceArgs),
-    /// Talk to other devices end to end through the server, in line mode: type `@NAME
-    /// message`; `/crypto` prints each session's cryptography (docs/relay.md).
-    Chat(device::DeviceArgs),
+    /// Talk to other devices end to end through the server: a full-screen terminal UI (the
+    /// conversation, `@NAME message` with Tab completion, each session's cryptography), or
+    /// line mode with --line or without a terminal (docs/relay.md).
+    Chat(device::ChatArgs),
     /// Show the sessions of the server running on this machine (its --control-socket).
     Status(status::StatusArgs),
     /// Run a server and a device in this process on loopback and show what happens.
@@ -176,7 +178,9 @@ fn parse_aead(s: &str) -> Result<AeadId, String> {
         .ok_or_else(|| format!("unknown AEAD {s:?}: use AES-256-GCM or ChaCha20-Poly1305"))
 }
 
-fn init_logging() {
+/// Logs go to stderr, but not onto the screen of `secchan chat`'s terminal UI (`screen`),
+/// which shows what happens itself: there only a redirected stderr gets them.
+fn init_logging(screen: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,secchan=info"));
     // The PostgreSQL driver logs every statement's parameters (the devices' messages) at
@@ -189,7 +193,13 @@ fn init_logging() {
         .fold(filter, |f, d| f.add_directive(d));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(
+            if screen && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::sink)
+            } else {
+                tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+            },
+        )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
@@ -269,7 +279,7 @@ pub fn run() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    init_logging();
+    init_logging(matches!(&cli.command, Command::Chat(a) if a.mode() == device::Chat::Screen));
     // Commands that only touch files or memory run on this thread alone and start no other:
     // a key is made, or an instruction count taken, the same way on any machine (and under
     // emulation, scripts/aarch64.sh). Network commands run on the multi-thread runtime.
@@ -282,8 +292,8 @@ pub fn run() -> ExitCode {
             None => on_runtime(bench::run(args)),
         },
         Command::Server(args) => on_runtime(server::run(args)),
-        Command::Device(args) => on_runtime(device::run(args, false)),
-        Command::Chat(args) => on_runtime(device::run(args, true)),
+        Command::Device(args) => on_runtime(device::run(args, device::Chat::Off)),
+        Command::Chat(args) => on_runtime(args.run()),
         Command::Status(args) => status::run(args),
         Command::Demo => on_runtime(demo::run()),
         Command::Completions { shell } => service::completions(shell),

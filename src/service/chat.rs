@@ -1,7 +1,7 @@
 //! `secchan chat` in line mode: what a person types (`@NAME message`, `/crypto`) and the plain
 //! text lines it prints, one event per line, for scripts and screen readers.
 
-use super::peer::{PeerStats, Phase};
+use super::peer::PeerStats;
 
 /// One typed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,12 +47,7 @@ pub fn message_line(from: &str, fingerprint: &str, e2e: bool, data: &[u8]) -> St
 
 /// One session's cryptography on one line.
 pub fn crypto_line(me: &str, s: &PeerStats) -> String {
-    let phase = match s.phase {
-        Phase::Handshaking => "handshaking",
-        Phase::Open => "open",
-        Phase::Failed => "failed",
-        Phase::Closed => "closed",
-    };
+    let phase = s.phase.name();
     let role = if s.initiator {
         "we started it"
     } else {

@@ -3,6 +3,7 @@
 //! messages as JSON lines, acknowledges each after writing it, and carries the frames of its
 //! [`Peers`] in Relay envelopes of a relay stream of its own.
 
+use super::chat_log::{Entry, SharedLog};
 use super::peer::{PeerError, PeerEvent, Peers};
 use crate::crypto::random::{OsRandom, Random};
 use crate::delivery::{Envelope, Inbox, Kind, Outbox, Take};
@@ -84,6 +85,8 @@ pub struct DeviceEnd {
     to: Option<String>,
     /// `secchan chat`: input lines are `@NAME message` or commands, output plain text.
     chat: bool,
+    /// `secchan chat`'s terminal UI: the conversation goes there instead of `out`.
+    log: Option<SharedLog>,
     out: Box<dyn Write + Send>,
     fatal: Option<EndError>,
     /// Messages peers acknowledged end to end.
@@ -112,6 +115,7 @@ impl DeviceEnd {
             server: String::new(),
             to,
             chat: false,
+            log: None,
             out,
             fatal: None,
             delivered: 0,
@@ -132,6 +136,27 @@ impl DeviceEnd {
         self
     }
 
+    /// In chat with a display ([`super::chat_log`]): what line mode prints goes to `log`.
+    pub fn chat_log(mut self, log: SharedLog) -> Self {
+        self.chat = true;
+        self.log = Some(log);
+        self.publish();
+        self
+    }
+
+    /// Copies every session's counters to the log, if there is one.
+    fn publish(&self) {
+        if let Some(log) = &self.log {
+            let mut log = log.lock();
+            log.stats = self.stats();
+            log.me = self
+                .peers
+                .as_ref()
+                .map(Peers::fingerprint)
+                .unwrap_or_default();
+        }
+    }
+
     /// Whether the input goes to peers (`--to`, or chat) rather than to the server.
     pub fn takes_input(&self) -> bool {
         self.to.is_some() || self.chat
@@ -145,10 +170,19 @@ impl DeviceEnd {
         match super::chat::parse(&line) {
             super::chat::Typed::Send(peer, data) => {
                 let peers = self.peers.as_mut().ok_or(PeerError::Anonymous)?;
-                if let Err(e) = peers.send(peer, data.to_vec(), self.rng.as_mut(), now) {
-                    self.say(&format!("* not sent: {e}"))?;
+                match peers.send(peer, data.to_vec(), self.rng.as_mut(), now) {
+                    Err(e) => self.say(&format!("* not sent: {e}"))?,
+                    Ok(()) => {
+                        if let Some(log) = &self.log {
+                            log.lock().push(Entry::To {
+                                peer: peer.to_string(),
+                                text: String::from_utf8_lossy(data).into_owned(),
+                            });
+                        }
+                    }
                 }
                 self.pump();
+                self.publish();
             }
             super::chat::Typed::Crypto => {
                 let me = self
@@ -174,6 +208,10 @@ impl DeviceEnd {
     }
 
     fn say(&mut self, line: &str) -> Result<(), EndError> {
+        if let Some(log) = &self.log {
+            log.lock().push(Entry::System(line.to_string()));
+            return Ok(());
+        }
         writeln!(self.out, "{line}")?;
         Ok(self.out.flush()?)
     }
@@ -186,6 +224,15 @@ impl DeviceEnd {
         e2e: bool,
         data: &[u8],
     ) -> Result<(), EndError> {
+        if let Some(log) = &self.log {
+            log.lock().push(Entry::From {
+                peer: from.to_string(),
+                fingerprint: fingerprint.to_string(),
+                e2e,
+                text: String::from_utf8_lossy(data).into_owned(),
+            });
+            return Ok(());
+        }
         let line = if self.chat {
             super::chat::message_line(from, fingerprint, e2e, data)
         } else {
@@ -197,6 +244,11 @@ impl DeviceEnd {
     /// A new session with the server whose key has `fingerprint`: what the server did not
     /// acknowledge is sent again.
     pub fn on_session(&mut self, fingerprint: String) {
+        if let Some(log) = &self.log {
+            log.lock().push(Entry::System(format!(
+                "* connected to the server ({fingerprint})"
+            )));
+        }
         self.server = fingerprint;
         self.relay.resend_all();
     }
@@ -295,6 +347,7 @@ impl DeviceEnd {
     /// Prints peer messages; fails with what ends the device (the `--to` peer refused or given
     /// up on).
     fn events(&mut self) -> Result<(), EndError> {
+        self.publish();
         while let Some(event) = self.peers.as_mut().and_then(Peers::poll_event) {
             match event {
                 PeerEvent::Message {

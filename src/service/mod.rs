@@ -20,6 +20,7 @@
 
 pub mod admission;
 pub mod chat;
+pub mod chat_log;
 pub mod device_end;
 pub mod hub;
 pub mod intake;

@@ -29,6 +29,18 @@ pub enum Phase {
     Closed,
 }
 
+impl Phase {
+    /// In words: `handshaking`, `open`, `failed`, `closed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Handshaking => "handshaking",
+            Self::Open => "open",
+            Self::Failed => "failed",
+            Self::Closed => "closed",
+        }
+    }
+}
+
 /// A conversation's counters, for display (`secchan chat`'s cryptography pane).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStats {
