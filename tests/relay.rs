@@ -4,138 +4,10 @@
 
 mod cli_support;
 
-use cli_support::{bin, run_device, tempdir};
-use std::io::{BufRead, BufReader, Write};
+use cli_support::relay::{assert_relayed, fingerprint, fleet, Proc, ERR, OUT};
+use cli_support::{bin, run_device};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::Duration;
-
-/// A process whose stdout and stderr lines arrive on a channel, killed when dropped.
-struct Proc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<(bool, String)>,
-    seen: Vec<(bool, String)>,
-}
-
-const OUT: bool = true;
-const ERR: bool = false;
-
-impl Proc {
-    fn spawn(dir: &Path, args: &[&str]) -> Self {
-        let mut child = bin()
-            .env("RUST_LOG", "info,secchan::service::tcp_server=debug")
-            .current_dir(dir)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        for (is_out, pipe) in [
-            (OUT, Box::new(out) as Box<dyn std::io::Read + Send>),
-            (ERR, Box::new(err)),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { return };
-                    if tx.send((is_out, line)).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        let stdin = child.stdin.take();
-        Self {
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The first line (on stdout if `out`, else stderr) containing `needle`.
-    fn wait_for(&mut self, out: bool, needle: &str) -> String {
-        if let Some((_, l)) = self
-            .seen
-            .iter()
-            .find(|(o, l)| *o == out && l.contains(needle))
-        {
-            return l.clone();
-        }
-        loop {
-            let (o, line) = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("no line with {needle:?}; saw {:#?}", self.seen));
-            self.seen.push((o, line.clone()));
-            if o == out && line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Every line so far, after a moment for the last ones to arrive.
-    fn all(&mut self) -> String {
-        std::thread::sleep(Duration::from_millis(300));
-        while let Ok(l) = self.lines.try_recv() {
-            self.seen.push(l);
-        }
-        self.seen
-            .iter()
-            .map(|(_, l)| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fingerprint(dir: &Path, key: &str) -> String {
-    let out = bin()
-        .current_dir(dir)
-        .args(["fingerprint", key])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// A directory with keys for the server and devices a, b, c, and an authorized-devices file
-/// naming them.
-fn fleet(name: &str) -> std::path::PathBuf {
-    let dir = tempdir(name);
-    for k in ["server", "a", "b", "c"] {
-        let st = bin()
-            .current_dir(&dir)
-            .args(["keygen", "--out", &format!("{k}.key")])
-            .output()
-            .unwrap();
-        assert!(st.status.success());
-    }
-    let list: String = ["a", "b", "c"]
-        .iter()
-        .map(|d| format!("{} {d}\n", fingerprint(&dir, &format!("{d}.key"))))
-        .collect();
-    std::fs::write(dir.join("devices"), list).unwrap();
-    dir
-}
 
 fn server(dir: &Path, extra: &[&str]) -> (Proc, String) {
     let mut args = vec!["server", "--listen", "127.0.0.1:0", "--key", "server.key"];
@@ -259,21 +131,7 @@ fn two_devices_exchange_messages_end_to_end_and_the_server_sees_no_plaintext() {
     server.wait_for(ERR, "session established device=b");
     let (proxy, wire) = capture(&addr);
     let out = send_to(&dir, &proxy, "a", "b", "b", "secret-one\nsecret-two\n");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let one: serde_json::Value = serde_json::from_str(&b.wait_for(OUT, "secret-one")).unwrap();
-    assert_eq!(one["from"], "a");
-    assert_eq!(one["e2e"], true);
-    assert_eq!(one["fingerprint"], fingerprint(&dir, "a.key"));
-    b.wait_for(OUT, "secret-two");
-    let seen = server.all();
-    assert!(
-        !seen.contains("secret"),
-        "the server printed plaintext: {seen}"
-    );
+    assert_relayed(&dir, &out, &mut b, &mut server);
     let wire = wire.lock().unwrap();
     assert!(wire.len() > 2_500, "the capture holds the handshakes");
     assert!(
@@ -417,24 +275,4 @@ fn chat_line_mode_addresses_peers_and_shows_the_cryptography() {
     chat.wait_for(OUT, "(unknown_peer)");
     drop(chat.stdin.take());
     assert!(chat.child.wait().unwrap().success());
-}
-
-#[cfg(feature = "mqtt")]
-#[test]
-fn end_to_end_sessions_over_mqtt_are_refused_rather_than_sent_to_the_server() {
-    let dir = fleet("relay-mqtt");
-    let server_fp = fingerprint(&dir, "server.key");
-    let args = [
-        "--mqtt",
-        "mqtt://127.0.0.1:1",
-        "--server-key",
-        &server_fp,
-        "--key",
-        "a.key",
-        "--to",
-        "b",
-    ];
-    let out = run_device(&dir, &args, "secret\n");
-    assert_eq!(out.status.code(), Some(2));
-    cli_support::assert_one_line_error(&out, &["--to", "TCP only"]);
 }

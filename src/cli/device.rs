@@ -227,9 +227,6 @@ pub async fn run(args: DeviceArgs, chat: bool) -> Result<(), CliError> {
     let mut source = args.telemetry.open()?;
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {
-        if args.to.is_some() || chat {
-            return Err(CliError::RelayOverMqtt);
-        }
         let host = args.mqtt.broker.known_servers_host(url)?;
         let verifier = verifier(&args, server_from_token.as_ref(), &host)?;
         if args.server_key.is_none() && server_from_token.is_none() {
@@ -242,13 +239,13 @@ pub async fn run(args: DeviceArgs, chat: bool) -> Result<(), CliError> {
         let timeouts = args.session.timeouts();
         let outbox = args.outbox.open()?;
         let ack_timeout = Duration::from_secs(args.ack_timeout);
+        let end = device_end(&args, &config, chat)?;
         return super::mqtt::run_device(
             &args.mqtt,
             url,
-            config,
-            verifier,
+            (config, verifier),
             (timeouts, ack_timeout),
-            outbox,
+            (outbox, end, args.listen),
             source,
         )
         .await;

@@ -144,9 +144,6 @@ pub enum CliError {
         /// What went wrong.
         error: crate::registry::RegistryError,
     },
-    /// End-to-end sessions were asked for over MQTT, which does not carry them yet.
-    #[error("--to, --relay and `secchan chat` work over TCP only for now (docs/relay.md): use --connect HOST:PORT or --listen ADDR")]
-    RelayOverMqtt,
     /// An enrollment token was given without a device key to enroll.
     #[error("--enroll-token needs a device identity: create one with `secchan keygen --out device.key` and pass --key device.key")]
     EnrollWithoutKey,
@@ -213,7 +210,6 @@ impl CliError {
             | Self::NoDevicePolicy
             | Self::Bind { .. }
             | Self::PasswordFile { .. }
-            | Self::RelayOverMqtt
             | Self::Sink(_)
             | Self::Config(_)
             | Self::Tickets { .. } => exit::USAGE,

@@ -6,15 +6,17 @@ use super::CliError;
 use crate::delivery::{Outbox, ENVELOPE_LEN};
 use crate::handshake::device::DeviceConfig;
 use crate::handshake::server::ServerConfig;
+use crate::service::device_end::DeviceEnd;
 use crate::service::intake::Intake;
 use crate::service::mqtt_server;
+use crate::service::tcp_device::DeviceError;
 use crate::telemetry::Source;
 use crate::transport::mqtt::topics::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
 use crate::transport::mqtt::{
     Broker, ClientCert, DeviceOptions, MqttDevice, MqttError, MqttServer, ServerOptions,
     TopicLevel, Topics, DEFAULT_HANDSHAKE_ATTEMPTS,
 };
-use crate::transport::Timeouts;
+use crate::transport::{Timeouts, TransportError};
 use crate::trust::{KnownServers, ServerVerifier};
 use clap::Args;
 use std::path::PathBuf;
@@ -204,14 +206,16 @@ pub(super) async fn start(
     Ok(server)
 }
 
-/// Runs a server instance until `stop` resolves (Ctrl-C or SIGTERM).
+/// Runs a server instance, with downlink and the relay, until `stop` resolves (Ctrl-C or
+/// SIGTERM).
 pub(super) async fn serve(
     server: MqttServer,
     intake: Intake,
+    relaying: mqtt_server::Relaying,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
     let _watchdog = super::service::notify_ready();
-    let s = mqtt_server::serve(server, intake, stop).await?;
+    let s = mqtt_server::serve_relaying(server, intake, relaying, stop).await?;
     tracing::info!(
         sessions = s.sessions_established,
         received = s.delivered,
@@ -229,14 +233,40 @@ pub(super) async fn serve(
     Ok(())
 }
 
-/// Sends every message of `source` through the broker and waits until all are acknowledged.
+/// Sends every message of `source` through the broker (to the server, or end to end through
+/// `end`) and waits until all are acknowledged; with `listen`, stays up printing what `end`
+/// receives until a stop signal.
 pub(super) async fn run_device(
     args: &MqttDeviceArgs,
     url: &str,
-    config: DeviceConfig,
-    verifier: Box<dyn ServerVerifier>,
+    (config, verifier): (DeviceConfig, Box<dyn ServerVerifier>),
     (timeouts, ack_timeout): (Timeouts, Duration),
-    outbox: Outbox,
+    (outbox, end, listen): (Outbox, DeviceEnd, bool),
+    source: Source,
+) -> Result<(), CliError> {
+    deliver(
+        args,
+        url,
+        (config, verifier),
+        (timeouts, ack_timeout),
+        (outbox, end, listen),
+        source,
+    )
+    .await
+    .map_err(|e| match e {
+        CliError::Session {
+            error: TransportError::Mqtt(MqttError::End(e)),
+        } => CliError::Device(DeviceError::End(e)),
+        e => e,
+    })
+}
+
+async fn deliver(
+    args: &MqttDeviceArgs,
+    url: &str,
+    (config, verifier): (DeviceConfig, Box<dyn ServerVerifier>),
+    (timeouts, ack_timeout): (Timeouts, Duration),
+    (outbox, end, listen): (Outbox, DeviceEnd, bool),
     mut source: Source,
 ) -> Result<(), CliError> {
     let mut broker = args.broker.broker(url)?;
@@ -250,8 +280,9 @@ pub(super) async fn run_device(
         timeouts,
         handshake_attempts: args.handshake_attempts,
     };
+    let verifier: Arc<dyn ServerVerifier> = Arc::from(verifier);
     let mut device =
-        MqttDevice::start_with_outbox(&broker, config, Arc::from(verifier), options, outbox)
+        MqttDevice::start_receiving(&broker, (config, verifier), options, outbox, Some(end))
             .await?;
     tracing::info!(broker = %broker.display_name(), "connected through the MQTT broker");
     let limit = crate::record::MAX_PAYLOAD - ENVELOPE_LEN;
@@ -263,6 +294,7 @@ pub(super) async fn run_device(
             "interrupted: delivering what is buffered, then stopping"
         );
     };
+    let mut stopped = false;
     loop {
         let line = tokio::select! {
             line = source.next() => match line? {
@@ -271,6 +303,7 @@ pub(super) async fn run_device(
             },
             () = &mut shutdown => {
                 stopping();
+                stopped = true;
                 break;
             }
             // A refusal ends the device even while its source is quiet.
@@ -287,8 +320,16 @@ pub(super) async fn run_device(
             sent = device.send(line) => sent?,
             () = &mut shutdown => {
                 stopping();
+                stopped = true;
                 break;
             }
+        }
+    }
+    if listen && !stopped {
+        tracing::info!("input ended: receiving until Ctrl-C or SIGTERM");
+        tokio::select! {
+            () = &mut shutdown => stopping(),
+            () = device.stopped() => {}
         }
     }
     let stats = device
@@ -297,6 +338,7 @@ pub(super) async fn run_device(
     tracing::info!(
         messages = stats.queued,
         acknowledged = stats.acknowledged,
+        acknowledged_end_to_end = stats.acknowledged_end_to_end,
         sessions = stats.sessions,
         "all messages delivered and acknowledged"
     );

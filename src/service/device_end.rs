@@ -198,6 +198,11 @@ impl DeviceEnd {
     /// acknowledge is sent again.
     pub fn on_session(&mut self, fingerprint: String) {
         self.server = fingerprint;
+        self.resend_all();
+    }
+
+    /// What the server did not acknowledge is sent again (the transport may have lost it).
+    pub fn resend_all(&mut self) {
         self.relay.resend_all();
     }
 

@@ -5,14 +5,16 @@
 //!
 //! A session registers its device with [`Hub::attach`], sends what [`Hub::due`] gives it
 //! whenever its [`Attached::wake`] fires, and hands the device's Acks and Relay envelopes to
-//! [`Hub::on_ack`] and [`Hub::relay`].
+//! [`Hub::on_ack`] and [`Hub::relay`] (both through [`Hub::from_device`]).
 
+use super::live::Live;
 use crate::crypto::identity::PublicIdentity;
 use crate::crypto::kdf::sha256;
 use crate::delivery::{
-    peer_info_body, refusal_body, relay_body, valid_peer_name, Inbox, Kind, Limits, Outbox,
-    OutboxError, PeerInfo, Refusal, StreamId, Take, WhenFull,
+    peer_info_body, refusal_body, relay_body, valid_peer_name, Envelope, Inbox, Kind, Limits,
+    Outbox, OutboxError, PeerInfo, Refusal, StreamId, Take, WhenFull,
 };
+use crate::handshake::server::PeerDevice;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -56,6 +58,18 @@ pub enum DownlinkError {
     /// Anonymous devices share one name: none of them can be addressed.
     #[error("anonymous devices cannot be addressed: give the device a key and authorize it")]
     Anonymous,
+}
+
+/// What [`Hub::from_device`] made of an envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FromDevice {
+    /// Handled; nothing to send.
+    Done,
+    /// Handled; send this envelope to the device.
+    Reply(Vec<u8>),
+    /// An envelope only a server sends: the device breaks the protocol.
+    Unexpected,
 }
 
 /// A session's registration.
@@ -121,6 +135,16 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// [`attach`](Self::attach) for an authenticated `peer`, in the registry group `live`
+    /// gives it (if any).
+    pub fn attach_peer(&self, peer: &PeerDevice, live: Option<&Arc<dyn Live>>) -> Attached {
+        let group = match (live, &peer.identity) {
+            (Some(l), Some(id)) => l.group_of(id),
+            _ => None,
+        };
+        self.attach(&peer.name, peer.identity.as_ref(), group)
+    }
+
     /// Registers the session of device `name` (replacing an earlier one of the same name):
     /// what it held unacknowledged is sent again.
     pub fn attach(
@@ -166,6 +190,10 @@ impl Hub {
         device.outbox.resend_all();
         device.session = Some(attached.clone());
         attached.wake.notify_one();
+        tracing::debug!(
+            device = %name,
+            "session attached: downlink and relayed frames go to it"
+        );
         attached
     }
 
@@ -218,6 +246,36 @@ impl Hub {
             }
         }
         Ok(released)
+    }
+
+    /// What a session of `name` does with an envelope from its device other than a Message,
+    /// for every transport: an Ack goes to [`on_ack`](Self::on_ack), a Relay to
+    /// [`relay`](Self::relay), whose Ack for the device's relay stream is the reply to send.
+    pub fn from_device(&self, name: &str, envelope: Envelope<'_>) -> FromDevice {
+        match envelope {
+            Envelope::Ack { stream, next } => {
+                match self.on_ack(name, stream, next) {
+                    Ok(n) if n > 0 => {
+                        tracing::debug!(device = %name, next, "downlink acknowledged")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(device = %name, error = %e, "acknowledgement ignored"),
+                }
+                FromDevice::Done
+            }
+            Envelope::Relay {
+                stream,
+                seq,
+                base,
+                peer,
+                initiator,
+                frame,
+            } => match self.relay(name, (stream, seq, base), peer, initiator, frame) {
+                Some(next) => FromDevice::Reply(Envelope::Ack { stream, next }.encode()),
+                None => FromDevice::Done,
+            },
+            _ => FromDevice::Unexpected,
+        }
     }
 
     /// A Relay envelope from `from` (§11.8): forwarded to `peer`, or refused back to `from`.

@@ -2,6 +2,7 @@
 //! on a free loopback port, a device process fed from stdin, and the one-line error check.
 #![allow(dead_code)]
 
+pub mod relay;
 pub mod reload;
 
 use std::io::{BufRead, BufReader, Write};

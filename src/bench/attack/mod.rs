@@ -448,8 +448,7 @@ fn cookie_cost(
     for _ in 0..pairs.max(1) {
         let server = ServerProc::start(exe, dir, &args)?;
         let cpu_before = server.cpu_s();
-        let attacker =
-            AttackerProc::start(exe, Kind::CookieOnly, server.addr, &sources(2, 1), 32)?;
+        let attacker = AttackerProc::start(exe, Kind::CookieOnly, server.addr, &sources(2, 1), 32)?;
         std::thread::sleep(window);
         attacker.stop()?;
         let cpu = server.cpu_s() - cpu_before;

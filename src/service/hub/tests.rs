@@ -70,28 +70,14 @@ fn run(
         for d in devs.iter_mut() {
             for bytes in d.end.due(now) {
                 moved = true;
-                match Envelope::decode(&bytes).unwrap() {
-                    Envelope::Ack { stream, next } => {
-                        hub.on_ack(d.name, stream, next).unwrap();
+                match hub.from_device(d.name, Envelope::decode(&bytes).unwrap()) {
+                    FromDevice::Done => {}
+                    FromDevice::Reply(ack) => {
+                        d.end
+                            .on_envelope(Envelope::decode(&ack).unwrap(), now)
+                            .unwrap();
                     }
-                    Envelope::Relay {
-                        stream,
-                        seq,
-                        base,
-                        peer,
-                        initiator,
-                        frame,
-                    } => {
-                        if let Some(next) =
-                            hub.relay(d.name, (stream, seq, base), peer, initiator, frame)
-                        {
-                            let ack = Envelope::Ack { stream, next }.encode();
-                            d.end
-                                .on_envelope(Envelope::decode(&ack).unwrap(), now)
-                                .unwrap();
-                        }
-                    }
-                    other => panic!("a device sent {other:?}"),
+                    FromDevice::Unexpected => panic!("a device sent {bytes:?}"),
                 }
             }
             for mut bytes in hub.due(d.name, now) {
@@ -262,4 +248,38 @@ fn a_sender_whose_name_no_envelope_carries_is_refused_and_a_bad_peer_name_droppe
         .due(LONG, Instant::now())
         .iter()
         .all(|e| !matches!(Envelope::decode(e), Ok(Envelope::Relay { .. }))));
+}
+
+#[test]
+fn a_device_sending_what_only_a_server_sends_is_told_apart() {
+    let hub = Hub::new(RelayPolicy::Any);
+    hub.attach("a", Some(&key(0xa1).public()), None);
+    let message = Envelope::Message {
+        stream: [1; 8],
+        seq: 0,
+        base: 0,
+        data: b"x",
+    };
+    assert_eq!(hub.from_device("a", message), FromDevice::Unexpected);
+    let ack = Envelope::Ack {
+        stream: [2; 8],
+        next: 0,
+    };
+    assert_eq!(hub.from_device("a", ack), FromDevice::Done);
+    let relay = Envelope::Relay {
+        stream: [3; 8],
+        seq: 0,
+        base: 0,
+        peer: "nobody",
+        initiator: true,
+        frame: b"f",
+    };
+    let reply = Envelope::Ack {
+        stream: [3; 8],
+        next: 1,
+    };
+    assert_eq!(
+        hub.from_device("a", relay),
+        FromDevice::Reply(reply.encode())
+    );
 }

@@ -168,6 +168,9 @@ impl Task {
         self.stats.sessions += 1;
         self.retry = MIN_RETRY;
         self.outbox.resend_all();
+        if let Some(end) = &mut self.end {
+            end.on_session(server);
+        }
         self.state = State::Open {
             sid,
             instance,

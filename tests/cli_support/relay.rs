@@ -1,0 +1,152 @@
+//! What the relay tests of both transports share: a `secchan` process whose output lines
+//! the test waits for, fingerprints, and a directory of keys for a server and devices a, b, c.
+
+use super::{bin, tempdir};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
+
+/// A process whose stdout and stderr lines arrive on a channel, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    lines: Receiver<(bool, String)>,
+    seen: Vec<(bool, String)>,
+}
+
+pub const OUT: bool = true;
+pub const ERR: bool = false;
+
+impl Proc {
+    pub fn spawn(dir: &Path, args: &[&str]) -> Self {
+        let mut child = bin()
+            .env("RUST_LOG", "info,secchan::service::hub=debug")
+            .current_dir(dir)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (is_out, pipe) in [
+            (OUT, Box::new(out) as Box<dyn std::io::Read + Send>),
+            (ERR, Box::new(err)),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send((is_out, line)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line (on stdout if `out`, else stderr) containing `needle`.
+    pub fn wait_for(&mut self, out: bool, needle: &str) -> String {
+        if let Some((_, l)) = self
+            .seen
+            .iter()
+            .find(|(o, l)| *o == out && l.contains(needle))
+        {
+            return l.clone();
+        }
+        loop {
+            let (o, line) = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no line with {needle:?}; saw {:#?}", self.seen));
+            self.seen.push((o, line.clone()));
+            if o == out && line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Every line so far, after a moment for the last ones to arrive.
+    pub fn all(&mut self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        self.seen
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn fingerprint(dir: &Path, key: &str) -> String {
+    let out = bin()
+        .current_dir(dir)
+        .args(["fingerprint", key])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A directory with keys for the server and devices a, b, c, and an authorized-devices file
+/// naming them.
+pub fn fleet(name: &str) -> std::path::PathBuf {
+    let dir = tempdir(name);
+    for k in ["server", "a", "b", "c"] {
+        let st = bin()
+            .current_dir(&dir)
+            .args(["keygen", "--out", &format!("{k}.key")])
+            .output()
+            .unwrap();
+        assert!(st.status.success());
+    }
+    let list: String = ["a", "b", "c"]
+        .iter()
+        .map(|d| format!("{} {d}\n", fingerprint(&dir, &format!("{d}.key"))))
+        .collect();
+    std::fs::write(dir.join("devices"), list).unwrap();
+    dir
+}
+
+/// Device a's run sending "secret-one" and "secret-two" to b succeeded (acknowledged end to
+/// end), b printed both as end-to-end messages from a's key, and the server printed neither.
+pub fn assert_relayed(dir: &Path, a: &std::process::Output, b: &mut Proc, server: &mut Proc) {
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    for text in ["secret-one", "secret-two"] {
+        let line: serde_json::Value = serde_json::from_str(&b.wait_for(OUT, text)).unwrap();
+        assert_eq!(line["from"], "a");
+        assert_eq!(line["e2e"], true);
+        assert_eq!(line["fingerprint"], fingerprint(dir, "a.key"));
+    }
+    let seen = server.all();
+    assert!(
+        !seen.contains("secret"),
+        "the server printed plaintext: {seen}"
+    );
+}
