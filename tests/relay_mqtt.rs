@@ -32,6 +32,17 @@ fn server(m: &Mosquitto, dir: &Path, extra: &[&str]) -> Proc {
 /// Device `name` over MQTT that stays connected, pinning the keys of `pins`; returns once
 /// the server attached its session to the hub.
 fn listener(m: &Mosquitto, dir: &Path, server: &mut Proc, name: &str, pins: &[&str]) -> Proc {
+    listener_with(m, dir, server, (name, pins), &[])
+}
+
+/// [`listener`] with more options.
+fn listener_with(
+    m: &Mosquitto,
+    dir: &Path,
+    server: &mut Proc,
+    (name, pins): (&str, &[&str]),
+    extra: &[&str],
+) -> Proc {
     let mut args = vec![
         "device".to_string(),
         "--mqtt".into(),
@@ -46,6 +57,7 @@ fn listener(m: &Mosquitto, dir: &Path, server: &mut Proc, name: &str, pins: &[&s
         args.push("--peer-key".into());
         args.push(format!("{p}={}", fingerprint(dir, &format!("{p}.key"))));
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let p = Proc::spawn(dir, &args);
     server.wait_for(
@@ -146,4 +158,53 @@ fn a_server_without_relay_and_an_unknown_peer_end_the_mqtt_sender_with_exit_4() 
     let out = send_to(&m, &dir, ("a", "nobody", "b"), "hello\n");
     assert_eq!(out.status.code(), Some(4));
     cli_support::assert_one_line_error(&out, &["(unknown_peer)"]);
+}
+
+#[test]
+fn chat_line_mode_works_over_mqtt() {
+    let m = Mosquitto::start();
+    let dir = fleet("chat-mqtt");
+    let mut server = server(&m, &dir, &["--relay", "any"]);
+    let mut b = listener(&m, &dir, &mut server, "b", &["a"]);
+    let (url, server_fp) = (m.url(), fingerprint(&dir, "server.key"));
+    let pin = format!("b={}", fingerprint(&dir, "b.key"));
+    let mut chat = Proc::spawn(
+        &dir,
+        &[
+            "chat",
+            "--mqtt",
+            &url,
+            "--server-key",
+            &server_fp,
+            "--key",
+            "a.key",
+            "--peer-key",
+            &pin,
+        ],
+    );
+    chat.send("@b hi from the chat");
+    let up = chat.wait_for(OUT, "* end-to-end session with b");
+    assert!(up.contains("pinned fingerprint"), "{up}");
+    let line: serde_json::Value =
+        serde_json::from_str(&b.wait_for(OUT, "hi from the chat")).unwrap();
+    assert_eq!(line["e2e"], true);
+    chat.send("/crypto");
+    let pane = chat.wait_for(OUT, "* b: open");
+    assert!(pane.contains("via the server's relay"), "{pane}");
+    drop(chat.stdin.take());
+    assert!(chat.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_quiet_listening_mqtt_device_keeps_its_session_for_downlink() {
+    let m = Mosquitto::start();
+    let dir = fleet("keepalive-mqtt");
+    let mut server = server(&m, &dir, &["--idle-timeout", "2"]);
+    let mut b = listener_with(&m, &dir, &mut server, ("b", &[]), &["--keepalive", "1"]);
+    // Well past the server's idle timeout, with nothing to send but keep-alives.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    server.send(r#"{"to":"b","data":"still there"}"#);
+    b.wait_for(OUT, "still there");
+    let seen = server.all();
+    assert!(!seen.contains("session idle"), "{seen}");
 }

@@ -57,9 +57,9 @@ pub struct DeviceArgs {
     /// instructions, else ChaCha20-Poly1305 first].
     #[arg(long, value_name = "AEAD", value_delimiter = ',', value_parser = parse_aead)]
     aead: Vec<AeadId>,
-    /// Over TCP: after this many seconds without sending, send a KeyUpdate record as a
-    /// keep-alive, so the server's idle timeout (600 s by default) does not end a quiet
-    /// session (protocol.md §7.5).
+    /// After this many seconds without sending, send a KeyUpdate record as a keep-alive, so
+    /// the server's idle timeout (600 s by default) does not end a quiet session (protocol.md
+    /// §7.5), over TCP and over MQTT.
     #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     keepalive: u64,
     /// Over TCP: seconds to wait at the end for the server to answer the close (every message
@@ -244,7 +244,7 @@ pub async fn run(args: DeviceArgs, chat: bool) -> Result<(), CliError> {
             &args.mqtt,
             url,
             (config, verifier),
-            (timeouts, ack_timeout),
+            (timeouts, ack_timeout, Duration::from_secs(args.keepalive)),
             (outbox, end, args.listen),
             source,
         )

@@ -240,7 +240,7 @@ pub(super) async fn run_device(
     args: &MqttDeviceArgs,
     url: &str,
     (config, verifier): (DeviceConfig, Box<dyn ServerVerifier>),
-    (timeouts, ack_timeout): (Timeouts, Duration),
+    timing: (Timeouts, Duration, Duration),
     (outbox, end, listen): (Outbox, DeviceEnd, bool),
     source: Source,
 ) -> Result<(), CliError> {
@@ -248,7 +248,7 @@ pub(super) async fn run_device(
         args,
         url,
         (config, verifier),
-        (timeouts, ack_timeout),
+        timing,
         (outbox, end, listen),
         source,
     )
@@ -265,7 +265,7 @@ async fn deliver(
     args: &MqttDeviceArgs,
     url: &str,
     (config, verifier): (DeviceConfig, Box<dyn ServerVerifier>),
-    (timeouts, ack_timeout): (Timeouts, Duration),
+    (timeouts, ack_timeout, keepalive): (Timeouts, Duration, Duration),
     (outbox, end, listen): (Outbox, DeviceEnd, bool),
     mut source: Source,
 ) -> Result<(), CliError> {
@@ -279,6 +279,7 @@ async fn deliver(
         ack_timeout,
         timeouts,
         handshake_attempts: args.handshake_attempts,
+        keepalive: Some(keepalive),
     };
     let verifier: Arc<dyn ServerVerifier> = Arc::from(verifier);
     let mut device =

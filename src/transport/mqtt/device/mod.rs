@@ -52,6 +52,10 @@ pub struct DeviceOptions {
     /// answering, or a plaintext refusal believed after the ack timeout: both could be a
     /// stranger's doing, so they are retried (0.5 s doubling to 30 s between attempts).
     pub handshake_attempts: u32,
+    /// After this long without sending in a session, a KeyUpdate record keeps it alive, so
+    /// that the server's idle timeout does not forget a quiet device that waits for downlink
+    /// or peers (`--listen`); `None`: no keep-alive.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for DeviceOptions {
@@ -61,6 +65,7 @@ impl Default for DeviceOptions {
             ack_timeout: Duration::from_secs(5),
             timeouts: Timeouts::default(),
             handshake_attempts: DEFAULT_HANDSHAKE_ATTEMPTS,
+            keepalive: None,
         }
     }
 }
@@ -188,6 +193,7 @@ impl MqttDevice {
             full_logged: false,
             throttle: Throttle::default(),
             end,
+            sent_at: Instant::now(),
         };
         let mut task = tokio::spawn(task.run());
         tokio::select! {

@@ -74,6 +74,8 @@ pub(super) struct Task {
     pub(super) throttle: Throttle,
     /// Downlink, relay and end-to-end sessions, if the device takes part in them.
     pub(super) end: Option<DeviceEnd>,
+    /// When the open session last sent a record (or opened): the keep-alive counts from here.
+    pub(super) sent_at: Instant,
 }
 
 impl Task {
@@ -100,6 +102,10 @@ impl Task {
                             || self.outbox.when_full() == crate::delivery::WhenFull::DropOldest
                     }
                 };
+            let keepalive_at = match (self.options.keepalive, &self.state) {
+                (Some(k), State::Open { .. }) if self.link.is_connected() => later(self.sent_at, k),
+                _ => Instant::now() + FAR,
+            };
             let tick_at = match &self.end {
                 Some(end) if end.busy() => later(Instant::now(), TICK),
                 _ => Instant::now() + FAR,
@@ -127,6 +133,7 @@ impl Task {
                     None => self.input_open = false,
                 },
                 _ = tokio::time::sleep_until(deadline) => self.on_timer()?,
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(keepalive_at)) => self.keepalive(),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(tick_at)) => {
                     if let Some(end) = &mut self.end {
                         end.tick(Instant::now()).map_err(MqttError::End)?;
@@ -412,6 +419,18 @@ impl Task {
         }
     }
 
+    /// A KeyUpdate record in the open session, which the server counts as input; the run
+    /// loop's [`pump`](Self::pump) publishes it.
+    fn keepalive(&mut self) {
+        let now = Instant::now();
+        self.sent_at = now;
+        if let State::Open { session, .. } = &mut self.state {
+            if let Err(e) = session.update_keys(now) {
+                tracing::debug!(error = %e, "no keep-alive in this session");
+            }
+        }
+    }
+
     /// Sends what the buffer has due, if a session is open and the broker reachable.
     pub(super) fn pump(&mut self, now: Instant) {
         let State::Open {
@@ -433,6 +452,9 @@ impl Task {
             Err(e) => {
                 tracing::error!(error = %e, "spool failed: messages are not sent until it works");
             }
+        }
+        if !due.is_empty() {
+            self.sent_at = now;
         }
         for envelope in due {
             if let Err(e) = session.send(&envelope, now) {
