@@ -17,7 +17,7 @@ use crate::delivery::{
 use crate::handshake::server::PeerDevice;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Envelopes held for one device until it acknowledges them.
@@ -230,6 +230,27 @@ impl Hub {
             Some(d) => d.outbox.due(now).unwrap_or_default(),
             None => Vec::new(),
         }
+    }
+
+    /// Sends device `name` again everything it has not acknowledged, if the oldest of it was
+    /// sent `after` ago or longer: for a transport that may lose an envelope inside a session
+    /// (MQTT, where the device drops what arrives after a gap). Returns whether it did.
+    pub fn resend_stale(&self, name: &str, now: Instant, after: Duration) -> bool {
+        let mut state = self.lock();
+        let Some(d) = state.devices.get_mut(name) else {
+            return false;
+        };
+        let stale = d
+            .outbox
+            .oldest_sent()
+            .is_some_and(|t| now.saturating_duration_since(t) >= after);
+        if stale {
+            d.outbox.resend_all();
+            if let Some(s) = &d.session {
+                s.wake.notify_one();
+            }
+        }
+        stale
     }
 
     /// The device acknowledged its server stream up to `next`; returns how many envelopes

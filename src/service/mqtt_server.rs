@@ -18,6 +18,12 @@ use tokio::sync::mpsc;
 
 /// Sessions whose hub wake-up waits to be served; beyond it their wake-ups wait in the hub.
 const WAKE_QUEUE: usize = 256;
+/// What a device has not acknowledged this long after it was sent is sent again: the broker
+/// may have lost it, and the device drops what arrives after a gap (the devices' default ack
+/// timeout).
+const RESEND_AFTER: Duration = Duration::from_secs(5);
+/// How often the sessions are looked at for [`RESEND_AFTER`].
+const RESEND_EVERY: Duration = Duration::from_secs(1);
 
 /// On shutdown, how long the instance waits for the intake to write (and acknowledge) what
 /// it handed over before it closes its sessions: devices keep what is not acknowledged.
@@ -135,6 +141,16 @@ impl Sessions {
         }
     }
 
+    /// Has the hub send again what each session's device left unacknowledged too long.
+    fn resend_stale(&self) {
+        let now = std::time::Instant::now();
+        for s in self.attached.values() {
+            if self.relaying.hub.resend_stale(&s.name, now, RESEND_AFTER) {
+                tracing::debug!(device = %s.name, "unacknowledged envelopes sent again");
+            }
+        }
+    }
+
     fn end(&self, s: Session) {
         s.waker.abort();
         self.relaying.hub.detach(&s.name, s.attached.id);
@@ -168,6 +184,8 @@ pub async fn serve_relaying(
         wake,
     };
     let mut outstanding = 0usize;
+    let mut resend = tokio::time::interval(RESEND_EVERY);
+    resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let failed = loop {
         tokio::select! {
@@ -180,6 +198,7 @@ pub async fn serve_relaying(
                 }
             }
             Some(session) = woken.recv() => sessions.on_wake(&mut server, &session),
+            _ = resend.tick() => sessions.resend_stale(),
             incoming = server.next_incoming() => {
                 let Some(delivery) = sessions.on_incoming(&mut server, incoming?) else {
                     continue;

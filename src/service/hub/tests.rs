@@ -283,3 +283,23 @@ fn a_device_sending_what_only_a_server_sends_is_told_apart() {
         FromDevice::Reply(reply.encode())
     );
 }
+
+#[test]
+fn what_a_device_left_unacknowledged_is_sent_again_once_stale() {
+    let hub = Hub::new(RelayPolicy::Off);
+    hub.attach("b", Some(&key(0xb2).public()), None);
+    hub.downlink("b", b"one".to_vec()).unwrap();
+    let sent = Instant::now();
+    let first = hub.due("b", sent);
+    assert_eq!(first.len(), 1);
+    let after = Duration::from_secs(5);
+    assert!(!hub.resend_stale("b", sent, after));
+    assert!(hub.due("b", sent).is_empty(), "nothing is due twice");
+    assert!(hub.resend_stale("b", sent + after, after));
+    assert_eq!(hub.due("b", sent + after), first);
+    let Envelope::Message { stream, .. } = Envelope::decode(&first[0]).unwrap() else {
+        panic!("not a message");
+    };
+    hub.on_ack("b", stream, 1).unwrap();
+    assert!(!hub.resend_stale("b", sent + after * 2, after));
+}
