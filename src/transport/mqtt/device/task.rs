@@ -83,10 +83,7 @@ impl Task {
         loop {
             self.pump(Instant::now());
             self.note_buffer();
-            if !self.input_open
-                && self.outbox.is_empty()
-                && !self.end.as_ref().is_some_and(DeviceEnd::busy)
-            {
+            if !self.has_work() {
                 self.close_session();
                 self.publish_stats();
                 self.link.close().await;
@@ -141,6 +138,12 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// Whether the device has more to do: input to read, messages the server has not
+    /// acknowledged, or messages a peer has not acknowledged end to end.
+    fn has_work(&self) -> bool {
+        self.input_open || !self.outbox.is_empty() || self.end.as_ref().is_some_and(DeviceEnd::busy)
     }
 
     pub(super) fn publish_stats(&mut self) {
@@ -379,7 +382,7 @@ impl Task {
             Ok(Event::KeyUpdated | Event::Ticket) => {}
             Ok(Event::Closed) => {
                 tracing::info!("the server closed the session");
-                if self.input_open || !self.outbox.is_empty() {
+                if self.has_work() {
                     return self.begin_handshake();
                 }
                 // Answer the close; the run loop ends.
