@@ -4,8 +4,10 @@
 
 mod cli_support;
 
-use cli_support::relay::{assert_relayed, fingerprint, fleet, Proc, ERR, OUT};
-use cli_support::{bin, run_device};
+use cli_support::relay::{
+    assert_groups_decide, assert_relayed, fingerprint, fleet, registry_groups, Proc, ERR, OUT,
+};
+use cli_support::run_device;
 use std::io::Write;
 use std::path::Path;
 
@@ -180,54 +182,13 @@ fn unknown_peers_and_a_server_without_relay_are_refused_with_a_reason() {
 #[test]
 fn registry_groups_decide_who_may_reach_whom() {
     let dir = fleet("groups");
-    let registry = |args: &[&str]| {
-        let out = bin()
-            .current_dir(&dir)
-            .arg("registry")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    registry(&["init", "--key", "server.key", "fleet.reg"]);
-    for (d, g) in [("a", "greenhouse"), ("b", "greenhouse"), ("c", "office")] {
-        let public = format!("{d}.key.pub");
-        registry(&[
-            "enroll",
-            "--key",
-            "server.key",
-            "--device",
-            &public,
-            "--name",
-            d,
-            "--group",
-            g,
-            "fleet.reg",
-        ]);
-    }
+    registry_groups(&dir);
     let (mut server, addr) = server(&dir, &["--registry", "fleet.reg", "--relay", "group"]);
     let mut b = listener(&dir, &addr, "b", &["a", "c"]);
     server.wait_for(ERR, "session established device=b");
-    let out = send_to(&dir, &addr, "c", "b", "b", "from the office\n");
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("(forbidden)"));
-    let out = send_to(&dir, &addr, "a", "b", "b", "from the greenhouse\n");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    b.wait_for(OUT, "from the greenhouse");
-    assert!(!b.all().contains("from the office"));
+    assert_groups_decide(&mut b, |from, input| {
+        send_to(&dir, &addr, from, "b", "b", input)
+    });
 }
 
 #[test]

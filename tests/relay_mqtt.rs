@@ -6,24 +6,24 @@
 mod cli_support;
 mod support;
 
-use cli_support::relay::{assert_relayed, fingerprint, fleet, Proc, ERR, OUT};
+use cli_support::relay::{
+    assert_groups_decide, assert_relayed, fingerprint, fleet, registry_groups, Proc, ERR, OUT,
+};
 use cli_support::run_device;
 use std::path::Path;
 use support::mosquitto::Mosquitto;
 
 /// `secchan server --mqtt` with the authorized devices a, b, c; returns once it serves.
 fn server(m: &Mosquitto, dir: &Path, extra: &[&str]) -> Proc {
-    let url = m.url();
-    let mut args = vec![
-        "server",
-        "--mqtt",
-        &url,
-        "--key",
-        "server.key",
-        "--authorized-devices",
-        "devices",
-    ];
+    let mut args = vec!["--authorized-devices", "devices"];
     args.extend_from_slice(extra);
+    server_with(m, dir, &args)
+}
+
+/// `secchan server --mqtt` with `args` (the device list among them).
+fn server_with(m: &Mosquitto, dir: &Path, args: &[&str]) -> Proc {
+    let url = m.url();
+    let args = [&["server", "--mqtt", &url, "--key", "server.key"], args].concat();
     let mut p = Proc::spawn(dir, &args);
     p.wait_for(ERR, "serving through the MQTT broker");
     p
@@ -207,4 +207,16 @@ fn a_quiet_listening_mqtt_device_keeps_its_session_for_downlink() {
     b.wait_for(OUT, "still there");
     let seen = server.all();
     assert!(!seen.contains("session idle"), "{seen}");
+}
+
+#[test]
+fn registry_groups_decide_who_may_reach_whom_over_mqtt() {
+    let m = Mosquitto::start();
+    let dir = fleet("groups-mqtt");
+    registry_groups(&dir);
+    let mut server = server_with(&m, &dir, &["--registry", "fleet.reg", "--relay", "group"]);
+    let mut b = listener(&m, &dir, &mut server, "b", &["a", "c"]);
+    assert_groups_decide(&mut b, |from, input| {
+        send_to(&m, &dir, (from, "b", "b"), input)
+    });
 }

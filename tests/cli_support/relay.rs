@@ -150,3 +150,59 @@ pub fn assert_relayed(dir: &Path, a: &std::process::Output, b: &mut Proc, server
         "the server printed plaintext: {seen}"
     );
 }
+
+/// A fleet registry `fleet.reg` in `dir`, signed by the server's key, with a and b in the
+/// group greenhouse and c in office.
+pub fn registry_groups(dir: &Path) {
+    let registry = |args: &[&str]| {
+        let out = bin()
+            .current_dir(dir)
+            .arg("registry")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    registry(&["init", "--key", "server.key", "fleet.reg"]);
+    for (d, g) in [("a", "greenhouse"), ("b", "greenhouse"), ("c", "office")] {
+        let public = format!("{d}.key.pub");
+        registry(&[
+            "enroll",
+            "--key",
+            "server.key",
+            "--device",
+            &public,
+            "--name",
+            d,
+            "--group",
+            g,
+            "fleet.reg",
+        ]);
+    }
+}
+
+/// With `--relay group` and [`registry_groups`]: c (office) sending to b is refused with
+/// exit code 4 and `forbidden`, a (greenhouse) reaches b, and b printed only a's line.
+/// `send(from, input)` runs device `from` with `--to b`.
+pub fn assert_groups_decide(b: &mut Proc, send: impl Fn(&str, &str) -> std::process::Output) {
+    let out = send("c", "from the office\n");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(forbidden)"));
+    let out = send("a", "from the greenhouse\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.wait_for(OUT, "from the greenhouse");
+    assert!(!b.all().contains("from the office"));
+}
