@@ -5,8 +5,8 @@
 mod cli_support;
 
 use cli_support::relay::{
-    connected, fingerprint, fleet, listener, listener_trusting, pin_args, server, session_args,
-    ERR, OUT,
+    assert_groups_decide, assert_relayed, connected, enroll_fleet, fingerprint, fleet, listener,
+    listener_trusting, pin_args, registry_groups, server, session_args, ERR, OUT,
 };
 use cli_support::{bin, run_device};
 use std::io::Write;
@@ -111,21 +111,7 @@ fn two_devices_exchange_messages_end_to_end_and_the_server_sees_no_plaintext() {
     server.wait_for(ERR, "session established device=b");
     let (proxy, wire) = capture(&addr);
     let out = send_to(&dir, &proxy, "a", "b", "b", "secret-one\nsecret-two\n");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let one: serde_json::Value = serde_json::from_str(&b.wait_for(OUT, "secret-one")).unwrap();
-    assert_eq!(one["from"], "a");
-    assert_eq!(one["e2e"], true);
-    assert_eq!(one["fingerprint"], fingerprint(&dir, "a.key"));
-    b.wait_for(OUT, "secret-two");
-    let seen = server.all();
-    assert!(
-        !seen.contains("secret"),
-        "the server printed plaintext: {seen}"
-    );
+    assert_relayed(&dir, &out, &mut b, &mut server);
     let wire = wire.lock().unwrap();
     assert!(wire.len() > 2_500, "the capture holds the handshakes");
     assert!(
@@ -160,68 +146,16 @@ fn unknown_peers_and_a_server_without_relay_are_refused_with_a_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("(no_relay)"));
 }
 
-/// `secchan registry ARGS` in `dir`, which must succeed.
-fn registry(dir: &Path, args: &[&str]) {
-    let out = bin()
-        .current_dir(dir)
-        .arg("registry")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Creates `fleet.reg` signed by `key` and enrolls the devices in their groups.
-fn enroll_fleet(dir: &Path, key: &str, devices: &[(&str, &str)]) {
-    registry(dir, &["init", "--key", key, "fleet.reg"]);
-    for (d, g) in devices {
-        let public = format!("{d}.key.pub");
-        registry(
-            dir,
-            &[
-                "enroll",
-                "--key",
-                key,
-                "--device",
-                &public,
-                "--name",
-                d,
-                "--group",
-                g,
-                "fleet.reg",
-            ],
-        );
-    }
-}
-
 #[test]
 fn registry_groups_decide_who_may_reach_whom() {
     let dir = fleet("groups");
-    let fleet = [("a", "greenhouse"), ("b", "greenhouse"), ("c", "office")];
-    enroll_fleet(&dir, "server.key", &fleet);
+    registry_groups(&dir);
     let (mut server, addr) = server(&dir, &["--registry", "fleet.reg", "--relay", "group"]);
     let mut b = listener(&dir, &addr, "b", &["a", "c"]);
     server.wait_for(ERR, "session established device=b");
-    let out = send_to(&dir, &addr, "c", "b", "b", "from the office\n");
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("(forbidden)"));
-    let out = send_to(&dir, &addr, "a", "b", "b", "from the greenhouse\n");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    b.wait_for(OUT, "from the greenhouse");
-    assert!(!b.all().contains("from the office"));
+    assert_groups_decide(&mut b, |from, input| {
+        send_to(&dir, &addr, from, "b", "b", input)
+    });
 }
 
 #[test]
@@ -346,24 +280,4 @@ fn entries_not_signed_by_the_pinned_authority_are_refused() {
     let server_as_authority = ["--peer-authority".to_string(), "server.key.pub".to_string()];
     let out = send_trusting(&dir, &addr, ("a", "b"), &server_as_authority, "hello\n");
     assert_trust_refused(&out, &["--peer-authority names the server's own key"]);
-}
-
-#[cfg(feature = "mqtt")]
-#[test]
-fn end_to_end_sessions_over_mqtt_are_refused_rather_than_sent_to_the_server() {
-    let dir = fleet("relay-mqtt");
-    let server_fp = fingerprint(&dir, "server.key");
-    let args = [
-        "--mqtt",
-        "mqtt://127.0.0.1:1",
-        "--server-key",
-        &server_fp,
-        "--key",
-        "a.key",
-        "--to",
-        "b",
-    ];
-    let out = run_device(&dir, &args, "secret\n");
-    assert_eq!(out.status.code(), Some(2));
-    cli_support::assert_one_line_error(&out, &["--to", "TCP only"]);
 }

@@ -57,9 +57,9 @@ pub struct DeviceArgs {
     /// instructions, else ChaCha20-Poly1305 first].
     #[arg(long, value_name = "AEAD", value_delimiter = ',', value_parser = parse_aead)]
     aead: Vec<AeadId>,
-    /// Over TCP: after this many seconds without sending, send a KeyUpdate record as a
-    /// keep-alive, so the server's idle timeout (600 s by default) does not end a quiet
-    /// session (protocol.md §7.5).
+    /// After this many seconds without sending, send a KeyUpdate record as a keep-alive, so
+    /// the server's idle timeout (600 s by default) does not end a quiet session (protocol.md
+    /// §7.5), over TCP and over MQTT.
     #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     keepalive: u64,
     /// Over TCP: seconds to wait at the end for the server to answer the close (every message
@@ -281,46 +281,6 @@ pub async fn run(args: DeviceArgs, mode: Chat) -> Result<(), CliError> {
         config = config.with_aeads(args.aead.clone());
     }
     let mut source = args.telemetry.open()?;
-    #[cfg(feature = "mqtt")]
-    if let Some(url) = &args.mqtt.broker.mqtt {
-        if args.to.is_some() || chat {
-            return Err(CliError::RelayOverMqtt);
-        }
-        let host = args.mqtt.broker.known_servers_host(url)?;
-        let verifier = verifier(&args, server_from_token.as_ref(), &host)?;
-        if args.server_key.is_none() && server_from_token.is_none() {
-            let file = args
-                .known_servers
-                .clone()
-                .or_else(KnownServers::default_path);
-            super::mqtt::check_first_use(&args.mqtt, file.ok_or(CliError::NoTrustAnchor)?, &host)?;
-        }
-        let timeouts = args.session.timeouts();
-        let outbox = args.outbox.open()?;
-        let ack_timeout = Duration::from_secs(args.ack_timeout);
-        return super::mqtt::run_device(
-            &args.mqtt,
-            url,
-            config,
-            verifier,
-            (timeouts, ack_timeout),
-            outbox,
-            source,
-        )
-        .await;
-    }
-    let addr = args.connect.clone().unwrap_or_default();
-    let verifier = verifier(&args, server_from_token.as_ref(), &addr)?;
-    let outbox = args.outbox.open()?;
-    let options = DeviceOptions {
-        timeouts: args.session.timeouts(),
-        keepalive: Duration::from_secs(args.keepalive),
-        close_timeout: Duration::from_secs(args.close_timeout),
-        ack_timeout: Duration::from_secs(args.ack_timeout),
-        reconnect: !args.no_reconnect,
-        give_up_after: (args.give_up_after > 0).then(|| Duration::from_secs(args.give_up_after)),
-        ticket_file: args.outbox.ticket_file(),
-    };
     let mut end = device_end(&args, &config, chat)?;
     let mut stop: crate::service::tcp_device::Shutdown = Box::pin(shutdown_signal());
     let mut finish = None;
@@ -337,6 +297,47 @@ pub async fn run(args: DeviceArgs, mode: Chat) -> Result<(), CliError> {
         });
         finish = Some(ui.finish);
     }
+    #[cfg(feature = "mqtt")]
+    if let Some(url) = &args.mqtt.broker.mqtt {
+        let host = args.mqtt.broker.known_servers_host(url)?;
+        let verifier = verifier(&args, server_from_token.as_ref(), &host)?;
+        if args.server_key.is_none() && server_from_token.is_none() {
+            let file = args
+                .known_servers
+                .clone()
+                .or_else(KnownServers::default_path);
+            super::mqtt::check_first_use(&args.mqtt, file.ok_or(CliError::NoTrustAnchor)?, &host)?;
+        }
+        let timeouts = args.session.timeouts();
+        let outbox = args.outbox.open()?;
+        let ack_timeout = Duration::from_secs(args.ack_timeout);
+        let result = super::mqtt::run_device(
+            &args.mqtt,
+            url,
+            (config, verifier),
+            (timeouts, ack_timeout, Duration::from_secs(args.keepalive)),
+            (outbox, end, args.listen),
+            (source, stop),
+        )
+        .await;
+        let drawn = match finish {
+            Some(f) => f.wait().await,
+            None => Ok(()),
+        };
+        return result.and(drawn.map_err(CliError::Terminal));
+    }
+    let addr = args.connect.clone().unwrap_or_default();
+    let verifier = verifier(&args, server_from_token.as_ref(), &addr)?;
+    let outbox = args.outbox.open()?;
+    let options = DeviceOptions {
+        timeouts: args.session.timeouts(),
+        keepalive: Duration::from_secs(args.keepalive),
+        close_timeout: Duration::from_secs(args.close_timeout),
+        ack_timeout: Duration::from_secs(args.ack_timeout),
+        reconnect: !args.no_reconnect,
+        give_up_after: (args.give_up_after > 0).then(|| Duration::from_secs(args.give_up_after)),
+        ticket_file: args.outbox.ticket_file(),
+    };
     let device =
         TcpDevice::new(addr.clone(), config, verifier, options, outbox).receiving(end, args.listen);
     let result = device.run(&mut source, stop).await;

@@ -147,13 +147,10 @@ pub enum CliError {
         /// What went wrong.
         error: crate::registry::RegistryError,
     },
-    /// End-to-end sessions were asked for over MQTT, which does not carry them yet.
-    #[error("--to, --relay and `secchan chat` work over TCP only for now (docs/relay.md): use --connect HOST:PORT or --listen ADDR")]
-    RelayOverMqtt,
     /// `--peer-authority` is the server's own key, so it would vouch for nothing.
     #[error("--peer-authority names the server's own key: peers would be trusted on the server's word; pin the offline key that signs the registry (docs/registry.md §10)")]
     AuthorityIsServer,
-    /// `--enroll-token` without `--key`.
+    /// An enrollment token was given without a device key to enroll.
     #[error("--enroll-token needs a device identity: create one with `secchan keygen --out device.key` and pass --key device.key")]
     EnrollWithoutKey,
     /// The --enroll-token value is not a token.
@@ -220,7 +217,6 @@ impl CliError {
             | Self::NoDevicePolicy
             | Self::Bind { .. }
             | Self::PasswordFile { .. }
-            | Self::RelayOverMqtt
             | Self::Sink(_)
             | Self::Config(_)
             | Self::Tickets { .. } => exit::USAGE,

@@ -1,20 +1,21 @@
 //! `secchan server --mqtt` and `secchan device --mqtt`: the same sessions carried through an
 //! MQTT 5 broker (docs/mqtt.md).
 
-use super::server::shutdown_signal;
 use super::CliError;
 use crate::delivery::{Outbox, ENVELOPE_LEN};
 use crate::handshake::device::DeviceConfig;
 use crate::handshake::server::ServerConfig;
+use crate::service::device_end::DeviceEnd;
 use crate::service::intake::Intake;
 use crate::service::mqtt_server;
+use crate::service::tcp_device::{DeviceError, Shutdown};
 use crate::telemetry::Source;
 use crate::transport::mqtt::topics::{DEFAULT_PREFIX, DEFAULT_SHARE_GROUP};
 use crate::transport::mqtt::{
     Broker, ClientCert, DeviceOptions, MqttDevice, MqttError, MqttServer, ServerOptions,
     TopicLevel, Topics, DEFAULT_HANDSHAKE_ATTEMPTS,
 };
-use crate::transport::Timeouts;
+use crate::transport::{Timeouts, TransportError};
 use crate::trust::{KnownServers, ServerVerifier};
 use clap::Args;
 use std::path::PathBuf;
@@ -204,14 +205,16 @@ pub(super) async fn start(
     Ok(server)
 }
 
-/// Runs a server instance until `stop` resolves (Ctrl-C or SIGTERM).
+/// Runs a server instance, with downlink and the relay, until `stop` resolves (Ctrl-C or
+/// SIGTERM).
 pub(super) async fn serve(
     server: MqttServer,
     intake: Intake,
+    relaying: mqtt_server::Relaying,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), CliError> {
     let _watchdog = super::service::notify_ready();
-    let s = mqtt_server::serve(server, intake, stop).await?;
+    let s = mqtt_server::serve_relaying(server, intake, relaying, stop).await?;
     tracing::info!(
         sessions = s.sessions_established,
         received = s.delivered,
@@ -229,15 +232,41 @@ pub(super) async fn serve(
     Ok(())
 }
 
-/// Sends every message of `source` through the broker and waits until all are acknowledged.
+/// Sends every message of `source` through the broker (to the server, or end to end through
+/// `end`) and waits until all are acknowledged; with `listen`, stays up printing what `end`
+/// receives until a stop signal.
 pub(super) async fn run_device(
     args: &MqttDeviceArgs,
     url: &str,
-    config: DeviceConfig,
-    verifier: Box<dyn ServerVerifier>,
-    (timeouts, ack_timeout): (Timeouts, Duration),
-    outbox: Outbox,
-    mut source: Source,
+    (config, verifier): (DeviceConfig, Box<dyn ServerVerifier>),
+    timing: (Timeouts, Duration, Duration),
+    (outbox, end, listen): (Outbox, DeviceEnd, bool),
+    (source, stop): (Source, Shutdown),
+) -> Result<(), CliError> {
+    deliver(
+        args,
+        url,
+        (config, verifier),
+        timing,
+        (outbox, end, listen),
+        (source, stop),
+    )
+    .await
+    .map_err(|e| match e {
+        CliError::Session {
+            error: TransportError::Mqtt(MqttError::End(e)),
+        } => CliError::Device(DeviceError::End(e)),
+        e => e,
+    })
+}
+
+async fn deliver(
+    args: &MqttDeviceArgs,
+    url: &str,
+    (config, verifier): (DeviceConfig, Box<dyn ServerVerifier>),
+    (timeouts, ack_timeout, keepalive): (Timeouts, Duration, Duration),
+    (outbox, end, listen): (Outbox, DeviceEnd, bool),
+    (mut source, mut shutdown): (Source, Shutdown),
 ) -> Result<(), CliError> {
     let mut broker = args.broker.broker(url)?;
     broker.topic_level = match args.mqtt_topic_level {
@@ -249,20 +278,21 @@ pub(super) async fn run_device(
         ack_timeout,
         timeouts,
         handshake_attempts: args.handshake_attempts,
+        keepalive: Some(keepalive),
     };
+    let verifier: Arc<dyn ServerVerifier> = Arc::from(verifier);
     let mut device =
-        MqttDevice::start_with_outbox(&broker, config, Arc::from(verifier), options, outbox)
+        MqttDevice::start_receiving(&broker, (config, verifier), options, outbox, Some(end))
             .await?;
     tracing::info!(broker = %broker.display_name(), "connected through the MQTT broker");
     let limit = crate::record::MAX_PAYLOAD - ENVELOPE_LEN;
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     let stopping = || {
         tracing::info!(
             drain = args.drain_timeout,
             "interrupted: delivering what is buffered, then stopping"
         );
     };
+    let mut stopped = false;
     loop {
         let line = tokio::select! {
             line = source.next() => match line? {
@@ -271,6 +301,7 @@ pub(super) async fn run_device(
             },
             () = &mut shutdown => {
                 stopping();
+                stopped = true;
                 break;
             }
             // A refusal ends the device even while its source is quiet.
@@ -287,8 +318,16 @@ pub(super) async fn run_device(
             sent = device.send(line) => sent?,
             () = &mut shutdown => {
                 stopping();
+                stopped = true;
                 break;
             }
+        }
+    }
+    if listen && !stopped {
+        tracing::info!("input ended: receiving until Ctrl-C or SIGTERM");
+        tokio::select! {
+            () = &mut shutdown => stopping(),
+            () = device.stopped() => {}
         }
     }
     let stats = device
@@ -297,6 +336,7 @@ pub(super) async fn run_device(
     tracing::info!(
         messages = stats.queued,
         acknowledged = stats.acknowledged,
+        acknowledged_end_to_end = stats.acknowledged_end_to_end,
         sessions = stats.sessions,
         "all messages delivered and acknowledged"
     );

@@ -276,18 +276,16 @@ async fn serve(
 ) -> Result<(), CliError> {
     #[cfg(feature = "mqtt")]
     if let Some(url) = &args.mqtt.broker.mqtt {
-        if args.relay != RelayArg::Off {
-            return Err(CliError::RelayOverMqtt);
-        }
-        tracing::warn!(
-            "over MQTT the server sends no downlink yet (docs/relay.md): stdin is not read"
-        );
         let limits = (args.session.timeouts(), args.max_sessions as usize);
         let server = super::mqtt::start(&args.mqtt, url, config, limits).await?;
         let counters = super::status::Counters::Mqtt(server.counters());
         let listed = (server.listed(), counters);
         let _operations = operations(args, &intake, listed, timings.as_deref()).await?;
-        return super::mqtt::serve(server, intake, stop).await;
+        let relaying = crate::service::mqtt_server::Relaying {
+            hub: hub(args),
+            live,
+        };
+        return super::mqtt::serve(server, intake, relaying, stop).await;
     }
     let fingerprint = config.identity.public().fingerprint();
     let addr = args.listen.clone().unwrap_or_default();
@@ -301,12 +299,7 @@ async fn serve(
         "listening"
     );
     let _watchdog = super::service::notify_ready();
-    let hub = Arc::new(Hub::new(match args.relay {
-        RelayArg::Off => RelayPolicy::Off,
-        RelayArg::Any => RelayPolicy::Any,
-        RelayArg::Group => RelayPolicy::SameGroup,
-    }));
-    tokio::spawn(super::downlink::read(tokio::io::stdin(), hub.clone()));
+    let hub = hub(args);
     let options = tcp_server::ServerOptions {
         limits: args.admission.limits(args.max_sessions as usize),
         hello_timeout: args.admission.hello_timeout(),
@@ -322,6 +315,17 @@ async fn serve(
     let _operations = operations(args, &intake, listed, timings.as_deref()).await?;
     server.run(listener, intake, stop).await;
     Ok(())
+}
+
+/// The hub of `--relay`'s policy, taking downlink from stdin.
+fn hub(args: &ServerArgs) -> Arc<Hub> {
+    let hub = Arc::new(Hub::new(match args.relay {
+        RelayArg::Off => RelayPolicy::Off,
+        RelayArg::Any => RelayPolicy::Any,
+        RelayArg::Group => RelayPolicy::SameGroup,
+    }));
+    tokio::spawn(super::downlink::read(tokio::io::stdin(), hub.clone()));
+    hub
 }
 
 /// Starts `--metrics` and the control socket, if asked for, on the server's sessions and

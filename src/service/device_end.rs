@@ -250,6 +250,11 @@ impl DeviceEnd {
             )));
         }
         self.server = fingerprint;
+        self.resend_all();
+    }
+
+    /// What the server did not acknowledge is sent again (the transport may have lost it).
+    pub fn resend_all(&mut self) {
         self.relay.resend_all();
     }
 

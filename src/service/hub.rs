@@ -5,17 +5,19 @@
 //!
 //! A session registers its device with [`Hub::attach`], sends what [`Hub::due`] gives it
 //! whenever its [`Attached::wake`] fires, and hands the device's Acks and Relay envelopes to
-//! [`Hub::on_ack`] and [`Hub::relay`].
+//! [`Hub::on_ack`] and [`Hub::relay`] (both through [`Hub::from_device`]).
 
+use super::live::Live;
 use crate::crypto::identity::PublicIdentity;
 use crate::crypto::kdf::sha256;
 use crate::delivery::{
-    peer_info_body, refusal_body, relay_body, valid_peer_name, Inbox, Kind, Limits, Outbox,
-    OutboxError, PeerInfo, Refusal, StreamId, Take, WhenFull,
+    peer_info_body, refusal_body, relay_body, valid_peer_name, Envelope, Inbox, Kind, Limits,
+    Outbox, OutboxError, PeerInfo, Refusal, StreamId, Take, WhenFull,
 };
+use crate::handshake::server::PeerDevice;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Envelopes held for one device until it acknowledges them.
@@ -56,6 +58,18 @@ pub enum DownlinkError {
     /// Anonymous devices share one name: none of them can be addressed.
     #[error("anonymous devices cannot be addressed: give the device a key and authorize it")]
     Anonymous,
+}
+
+/// What [`Hub::from_device`] made of an envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FromDevice {
+    /// Handled; nothing to send.
+    Done,
+    /// Handled; send this envelope to the device.
+    Reply(Vec<u8>),
+    /// An envelope only a server sends: the device breaks the protocol.
+    Unexpected,
 }
 
 /// A session's registration.
@@ -123,6 +137,16 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// [`attach`](Self::attach) for an authenticated `peer`, with the registry group and
+    /// the signed lines vouching for its key that `live` gives it (if any).
+    pub fn attach_peer(&self, peer: &PeerDevice, live: Option<&Arc<dyn Live>>) -> Attached {
+        let (group, entries) = match (live, &peer.identity) {
+            (Some(l), Some(id)) => (l.group_of(id), l.vouching_lines(id)),
+            _ => (None, Vec::new()),
+        };
+        self.attach(&peer.name, peer.identity.as_ref(), group, entries)
+    }
+
     /// Registers the session of device `name` (replacing an earlier one of the same name):
     /// what it held unacknowledged is sent again. `entries` are the signed registry lines
     /// that vouch for its key (at most [`MAX_PEER_ENTRIES`](crate::delivery::MAX_PEER_ENTRIES)
@@ -173,6 +197,10 @@ impl Hub {
         device.outbox.resend_all();
         device.session = Some(attached.clone());
         attached.wake.notify_one();
+        tracing::debug!(
+            device = %name,
+            "session attached: downlink and relayed frames go to it"
+        );
         attached
     }
 
@@ -211,6 +239,27 @@ impl Hub {
         }
     }
 
+    /// Sends device `name` again everything it has not acknowledged, if the oldest of it was
+    /// sent `after` ago or longer: for a transport that may lose an envelope inside a session
+    /// (MQTT, where the device drops what arrives after a gap). Returns whether it did.
+    pub fn resend_stale(&self, name: &str, now: Instant, after: Duration) -> bool {
+        let mut state = self.lock();
+        let Some(d) = state.devices.get_mut(name) else {
+            return false;
+        };
+        let stale = d
+            .outbox
+            .oldest_sent()
+            .is_some_and(|t| now.saturating_duration_since(t) >= after);
+        if stale {
+            d.outbox.resend_all();
+            if let Some(s) = &d.session {
+                s.wake.notify_one();
+            }
+        }
+        stale
+    }
+
     /// The device acknowledged its server stream up to `next`; returns how many envelopes
     /// this released.
     pub fn on_ack(&self, name: &str, stream: StreamId, next: u64) -> Result<usize, OutboxError> {
@@ -225,6 +274,36 @@ impl Hub {
             }
         }
         Ok(released)
+    }
+
+    /// What a session of `name` does with an envelope from its device other than a Message,
+    /// for every transport: an Ack goes to [`on_ack`](Self::on_ack), a Relay to
+    /// [`relay`](Self::relay), whose Ack for the device's relay stream is the reply to send.
+    pub fn from_device(&self, name: &str, envelope: Envelope<'_>) -> FromDevice {
+        match envelope {
+            Envelope::Ack { stream, next } => {
+                match self.on_ack(name, stream, next) {
+                    Ok(n) if n > 0 => {
+                        tracing::debug!(device = %name, next, "downlink acknowledged")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(device = %name, error = %e, "acknowledgement ignored"),
+                }
+                FromDevice::Done
+            }
+            Envelope::Relay {
+                stream,
+                seq,
+                base,
+                peer,
+                initiator,
+                frame,
+            } => match self.relay(name, (stream, seq, base), peer, initiator, frame) {
+                Some(next) => FromDevice::Reply(Envelope::Ack { stream, next }.encode()),
+                None => FromDevice::Done,
+            },
+            _ => FromDevice::Unexpected,
+        }
     }
 
     /// A Relay envelope from `from` (§11.8): forwarded to `peer`, or refused back to `from`.

@@ -2,7 +2,7 @@
 //! [`intake`](super::intake), and the graceful drain on shutdown (protocol.md §11.4).
 
 use super::admission::{AdmissionStats, Limits};
-use super::hub::{Attached, Hub};
+use super::hub::{Attached, FromDevice, Hub};
 use super::intake::{Intake, IntakeSession};
 use super::live::Live;
 use super::sink::{Origin, SinkRecord};
@@ -192,11 +192,7 @@ async fn accept_loop(
                 let fut = async move {
                     let session = tcp_accept::handshake(incoming, id, shared_for_task, handshake_timeout).await;
                     if let Some((conn, peer, _release)) = session {
-                        let (group, entries) = match (&live, &peer.identity) {
-                            (Some(r), Some(id)) => (r.group_of(id), r.vouching_lines(id)),
-                            _ => (None, Vec::new()),
-                        };
-                        let attached = hub.attach(&peer.name, peer.identity.as_ref(), group, entries);
+                        let attached = hub.attach_peer(&peer, live.as_ref());
                         let name = peer.name.clone();
                         let s = Served { intake, live, hub: hub.clone(), attached: attached.clone(), sessions };
                         Box::pin(serve(conn, peer, s, stopped, drain)).await;
@@ -455,31 +451,18 @@ async fn on_message(
             let start = message.len() - data.len();
             (stream, seq, base, start..message.len())
         }
-        Ok(Envelope::Ack { stream, next }) => {
-            match hub.on_ack(name, stream, next) {
-                Ok(n) if n > 0 => tracing::debug!(device = %name, next, "downlink acknowledged"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(device = %name, error = %e, "acknowledgement ignored"),
-            }
-            return Ok(());
-        }
-        Ok(Envelope::Relay {
-            stream,
-            seq,
-            base,
-            peer,
-            initiator,
-            frame,
-        }) => {
-            if let Some(next) = hub.relay(name, (stream, seq, base), peer, initiator, frame) {
-                let ack = Envelope::Ack { stream, next }.encode();
-                if conn.queue(&ack).is_ok() {
-                    let _ = conn.flush().await;
+        Ok(other) => {
+            return match hub.from_device(name, other) {
+                FromDevice::Done => Ok(()),
+                FromDevice::Reply(ack) => {
+                    if conn.queue(&ack).is_ok() {
+                        let _ = conn.flush().await;
+                    }
+                    Ok(())
                 }
-            }
-            return Ok(());
+                FromDevice::Unexpected => Err(MessageError::Unexpected),
+            };
         }
-        Ok(_) => return Err(MessageError::Unexpected),
         Err(e) => return Err(MessageError::Malformed(e)),
     };
     let record = SinkRecord {

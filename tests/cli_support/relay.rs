@@ -1,6 +1,7 @@
-//! Processes for the relay and chat tests (tests/relay.rs, tests/chat_tui.rs): a `secchan`
-//! process whose output lines are awaited, a directory of keys for a server and devices a, b
-//! and c, the server, and a listening device.
+//! What the relay and chat tests of both transports share (tests/relay.rs, tests/relay_mqtt.rs,
+//! tests/chat_tui.rs): a `secchan` process whose output lines are awaited, fingerprints, a
+//! directory of keys for a server and devices a, b and c, a fleet registry, the server, a
+//! listening device, and the checks both transports' relay tests make.
 
 use super::{bin, tempdir};
 use std::io::{BufRead, BufReader, Write};
@@ -23,7 +24,10 @@ pub const ERR: bool = false;
 impl Proc {
     pub fn spawn(dir: &Path, args: &[&str]) -> Self {
         let mut child = bin()
-            .env("RUST_LOG", "info,secchan::service::tcp_server=debug")
+            .env(
+                "RUST_LOG",
+                "info,secchan::service::tcp_server=debug,secchan::service::hub=debug",
+            )
             .current_dir(dir)
             .args(args)
             .stdin(Stdio::piped())
@@ -186,4 +190,88 @@ pub fn session_args(dir: &Path, addr: &str, name: &str) -> Vec<String> {
         .map(String::from)
         .chain([format!("{name}.key")])
         .collect()
+}
+
+/// `secchan registry ARGS` in `dir`, which must succeed.
+pub fn registry(dir: &Path, args: &[&str]) {
+    let out = bin()
+        .current_dir(dir)
+        .arg("registry")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Creates `fleet.reg` signed by `key` and enrolls the devices in their groups.
+pub fn enroll_fleet(dir: &Path, key: &str, devices: &[(&str, &str)]) {
+    registry(dir, &["init", "--key", key, "fleet.reg"]);
+    for (d, g) in devices {
+        let public = format!("{d}.key.pub");
+        registry(
+            dir,
+            &[
+                "enroll",
+                "--key",
+                key,
+                "--device",
+                &public,
+                "--name",
+                d,
+                "--group",
+                g,
+                "fleet.reg",
+            ],
+        );
+    }
+}
+
+/// Device a's run sending "secret-one" and "secret-two" to b succeeded (acknowledged end to
+/// end), b printed both as end-to-end messages from a's key, and the server printed neither.
+pub fn assert_relayed(dir: &Path, a: &std::process::Output, b: &mut Proc, server: &mut Proc) {
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    for text in ["secret-one", "secret-two"] {
+        let line: serde_json::Value = serde_json::from_str(&b.wait_for(OUT, text)).unwrap();
+        assert_eq!(line["from"], "a");
+        assert_eq!(line["e2e"], true);
+        assert_eq!(line["fingerprint"], fingerprint(dir, "a.key"));
+    }
+    let seen = server.all();
+    assert!(
+        !seen.contains("secret"),
+        "the server printed plaintext: {seen}"
+    );
+}
+
+/// A fleet registry `fleet.reg` in `dir`, signed by the server's key, with a and b in the
+/// group greenhouse and c in office.
+pub fn registry_groups(dir: &Path) {
+    let fleet = [("a", "greenhouse"), ("b", "greenhouse"), ("c", "office")];
+    enroll_fleet(dir, "server.key", &fleet);
+}
+
+/// With `--relay group` and [`registry_groups`]: c (office) sending to b is refused with
+/// exit code 4 and `forbidden`, a (greenhouse) reaches b, and b printed only a's line.
+/// `send(from, input)` runs device `from` with `--to b`.
+pub fn assert_groups_decide(b: &mut Proc, send: impl Fn(&str, &str) -> std::process::Output) {
+    let out = send("c", "from the office\n");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(forbidden)"));
+    let out = send("a", "from the greenhouse\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.wait_for(OUT, "from the greenhouse");
+    assert!(!b.all().contains("from the office"));
 }

@@ -70,28 +70,14 @@ fn run(
         for d in devs.iter_mut() {
             for bytes in d.end.due(now) {
                 moved = true;
-                match Envelope::decode(&bytes).unwrap() {
-                    Envelope::Ack { stream, next } => {
-                        hub.on_ack(d.name, stream, next).unwrap();
+                match hub.from_device(d.name, Envelope::decode(&bytes).unwrap()) {
+                    FromDevice::Done => {}
+                    FromDevice::Reply(ack) => {
+                        d.end
+                            .on_envelope(Envelope::decode(&ack).unwrap(), now)
+                            .unwrap();
                     }
-                    Envelope::Relay {
-                        stream,
-                        seq,
-                        base,
-                        peer,
-                        initiator,
-                        frame,
-                    } => {
-                        if let Some(next) =
-                            hub.relay(d.name, (stream, seq, base), peer, initiator, frame)
-                        {
-                            let ack = Envelope::Ack { stream, next }.encode();
-                            d.end
-                                .on_envelope(Envelope::decode(&ack).unwrap(), now)
-                                .unwrap();
-                        }
-                    }
-                    other => panic!("a device sent {other:?}"),
+                    FromDevice::Unexpected => panic!("a device sent {bytes:?}"),
                 }
             }
             for mut bytes in hub.due(d.name, now) {
@@ -335,4 +321,58 @@ fn the_hub_relays_the_registry_lines_that_let_devices_trust_each_other_without_p
         error.contains("signed by another key than the pinned registry authority"),
         "{error}"
     );
+}
+
+#[test]
+fn a_device_sending_what_only_a_server_sends_is_told_apart() {
+    let hub = Hub::new(RelayPolicy::Any);
+    hub.attach("a", Some(&key(0xa1).public()), None, Vec::new());
+    let message = Envelope::Message {
+        stream: [1; 8],
+        seq: 0,
+        base: 0,
+        data: b"x",
+    };
+    assert_eq!(hub.from_device("a", message), FromDevice::Unexpected);
+    let ack = Envelope::Ack {
+        stream: [2; 8],
+        next: 0,
+    };
+    assert_eq!(hub.from_device("a", ack), FromDevice::Done);
+    let relay = Envelope::Relay {
+        stream: [3; 8],
+        seq: 0,
+        base: 0,
+        peer: "nobody",
+        initiator: true,
+        frame: b"f",
+    };
+    let reply = Envelope::Ack {
+        stream: [3; 8],
+        next: 1,
+    };
+    assert_eq!(
+        hub.from_device("a", relay),
+        FromDevice::Reply(reply.encode())
+    );
+}
+
+#[test]
+fn what_a_device_left_unacknowledged_is_sent_again_once_stale() {
+    let hub = Hub::new(RelayPolicy::Off);
+    hub.attach("b", Some(&key(0xb2).public()), None, Vec::new());
+    hub.downlink("b", b"one".to_vec()).unwrap();
+    let sent = Instant::now();
+    let first = hub.due("b", sent);
+    assert_eq!(first.len(), 1);
+    let after = Duration::from_secs(5);
+    assert!(!hub.resend_stale("b", sent, after));
+    assert!(hub.due("b", sent).is_empty(), "nothing is due twice");
+    assert!(hub.resend_stale("b", sent + after, after));
+    assert_eq!(hub.due("b", sent + after), first);
+    let Envelope::Message { stream, .. } = Envelope::decode(&first[0]).unwrap() else {
+        panic!("not a message");
+    };
+    hub.on_ack("b", stream, 1).unwrap();
+    assert!(!hub.resend_stale("b", sent + after * 2, after));
 }

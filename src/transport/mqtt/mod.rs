@@ -17,7 +17,7 @@ mod tls;
 pub mod topics;
 
 pub use device::{DeviceOptions, DeviceStats, MqttDevice, DEFAULT_HANDSHAKE_ATTEMPTS};
-pub use server::{Counters, Delivery, MqttServer, ServerOptions, ServerStats};
+pub use server::{Counters, Delivery, Incoming, MqttServer, ServerOptions, ServerStats};
 pub use tls::{ClientCert, TlsOptions};
 pub use topics::Topics;
 
@@ -297,6 +297,9 @@ pub enum MqttError {
     /// The device's spool could not be written.
     #[error(transparent)]
     Spool(#[from] crate::delivery::spool::SpoolError),
+    /// The device's receiving side or an end-to-end session failed.
+    #[error(transparent)]
+    End(crate::service::device_end::EndError),
     /// The background task ended unexpectedly.
     #[error("the MQTT connection task stopped")]
     Stopped,

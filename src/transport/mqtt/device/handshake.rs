@@ -168,6 +168,10 @@ impl Task {
         self.stats.sessions += 1;
         self.retry = MIN_RETRY;
         self.outbox.resend_all();
+        self.sent_at = Instant::now();
+        if let Some(end) = &mut self.end {
+            end.on_session(server);
+        }
         self.state = State::Open {
             sid,
             instance,

@@ -23,6 +23,7 @@ use crate::delivery::{Outbox, StreamId, DEFAULT_BUFFER};
 use crate::handshake::device::DeviceConfig;
 use crate::handshake::HandshakeError;
 use crate::record::RecordError;
+use crate::service::device_end::DeviceEnd;
 use crate::session::SessionError;
 use crate::throttle::Throttle;
 use crate::transport::{Timeouts, TransportError};
@@ -51,6 +52,10 @@ pub struct DeviceOptions {
     /// answering, or a plaintext refusal believed after the ack timeout: both could be a
     /// stranger's doing, so they are retried (0.5 s doubling to 30 s between attempts).
     pub handshake_attempts: u32,
+    /// After this long without sending in a session, a KeyUpdate record keeps it alive, so
+    /// that the server's idle timeout does not forget a quiet device that waits for downlink
+    /// or peers (`--listen`); `None`: no keep-alive.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for DeviceOptions {
@@ -60,6 +65,7 @@ impl Default for DeviceOptions {
             ack_timeout: Duration::from_secs(5),
             timeouts: Timeouts::default(),
             handshake_attempts: DEFAULT_HANDSHAKE_ATTEMPTS,
+            keepalive: None,
         }
     }
 }
@@ -75,6 +81,9 @@ pub struct DeviceStats {
     pub sent: u64,
     /// Messages acknowledged by the server.
     pub acknowledged: u64,
+    /// Messages peers acknowledged end to end (a device receiving through a
+    /// [`DeviceEnd`]).
+    pub acknowledged_end_to_end: u64,
     /// Messages buffered and not yet acknowledged.
     pub buffered: usize,
     /// Times the buffer filled up.
@@ -135,10 +144,26 @@ impl MqttDevice {
     /// unacknowledged messages are sent first); `options.buffer` is then unused.
     pub async fn start_with_outbox(
         broker: &Broker,
-        mut config: DeviceConfig,
+        config: DeviceConfig,
         verifier: Arc<dyn ServerVerifier>,
         options: DeviceOptions,
         outbox: Outbox,
+    ) -> Result<Self, TransportError> {
+        Self::start_receiving(broker, (config, verifier), options, outbox, None).await
+    }
+
+    /// [`start_with_outbox`](Self::start_with_outbox), receiving through `end` if given, as
+    /// a TCP device does: downlink and peers' messages are printed and acknowledged, and
+    /// when `end` has a `--to` peer (or chats) what [`send`](Self::send) is given goes end
+    /// to end rather than to the server. The device then also waits, at the end, until its
+    /// peers acknowledged everything; a refusal or a failed end-to-end session ends it with
+    /// [`MqttError::End`].
+    pub async fn start_receiving(
+        broker: &Broker,
+        (mut config, verifier): (DeviceConfig, Arc<dyn ServerVerifier>),
+        options: DeviceOptions,
+        outbox: Outbox,
+        end: Option<DeviceEnd>,
     ) -> Result<Self, TransportError> {
         config.session.ordered = false;
         let link = Link::connect(broker).await?;
@@ -167,6 +192,8 @@ impl MqttDevice {
             subscribed: None,
             full_logged: false,
             throttle: Throttle::default(),
+            end,
+            sent_at: Instant::now(),
         };
         let mut task = tokio::spawn(task.run());
         tokio::select! {

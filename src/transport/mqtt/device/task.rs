@@ -7,6 +7,7 @@ use crate::handshake::device::DeviceConfig;
 use crate::handshake::HandshakeError;
 use crate::msgs::{decode_alert, AlertCode, FrameType};
 use crate::record::RecordError;
+use crate::service::device_end::DeviceEnd;
 use crate::session::{Event, Session, SessionError};
 use crate::throttle::{later, warn_dropped, Throttle};
 use crate::transport::mqtt::link::{Link, LinkEvent};
@@ -23,6 +24,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub(super) const MIN_RETRY: Duration = Duration::from_millis(500);
 /// Longest delay between handshake attempts.
 pub(super) const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How often the end-to-end sessions' timers are looked at while something sent to a peer
+/// is unacknowledged.
+const TICK: Duration = Duration::from_secs(1);
 /// A time far enough ahead to mean "no deadline".
 const FAR: Duration = Duration::from_secs(86_400);
 
@@ -68,6 +72,10 @@ pub(super) struct Task {
     pub(super) subscribed: Option<String>,
     pub(super) full_logged: bool,
     pub(super) throttle: Throttle,
+    /// Downlink, relay and end-to-end sessions, if the device takes part in them.
+    pub(super) end: Option<DeviceEnd>,
+    /// When the open session last sent a record (or opened): the keep-alive counts from here.
+    pub(super) sent_at: Instant,
 }
 
 impl Task {
@@ -75,7 +83,7 @@ impl Task {
         loop {
             self.pump(Instant::now());
             self.note_buffer();
-            if !self.input_open && self.outbox.is_empty() {
+            if !self.has_work() {
                 self.close_session();
                 self.publish_stats();
                 self.link.close().await;
@@ -84,14 +92,33 @@ impl Task {
             self.publish_stats();
             let deadline = tokio::time::Instant::from_std(self.deadline());
             let accepting = self.input_open
-                && (!self.outbox.is_full()
-                    || self.outbox.when_full() == crate::delivery::WhenFull::DropOldest);
+                && match self.end.as_ref().filter(|e| e.takes_input()) {
+                    Some(end) => end.has_room(),
+                    None => {
+                        !self.outbox.is_full()
+                            || self.outbox.when_full() == crate::delivery::WhenFull::DropOldest
+                    }
+                };
+            let keepalive_at = match (self.options.keepalive, &self.state) {
+                (Some(k), State::Open { .. }) if self.link.is_connected() => later(self.sent_at, k),
+                _ => Instant::now() + FAR,
+            };
+            let tick_at = match &self.end {
+                Some(end) if end.busy() => later(Instant::now(), TICK),
+                _ => Instant::now() + FAR,
+            };
             tokio::select! {
                 ev = self.link.next_event() => match ev {
                     Some(ev) => self.on_link(ev)?,
                     None => return Err(MqttError::Stopped.into()),
                 },
                 m = self.input.recv(), if accepting => match m {
+                    Some(m) if self.end.as_ref().is_some_and(DeviceEnd::takes_input) => {
+                        self.stats.queued += 1;
+                        if let Some(end) = &mut self.end {
+                            end.on_input(m, Instant::now()).map_err(MqttError::End)?;
+                        }
+                    }
                     Some(m) => {
                         // Cannot fail: the buffer is not full.
                         // Only a spool can fail: the buffer has room.
@@ -103,12 +130,25 @@ impl Task {
                     None => self.input_open = false,
                 },
                 _ = tokio::time::sleep_until(deadline) => self.on_timer()?,
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(keepalive_at)) => self.keepalive(),
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(tick_at)) => {
+                    if let Some(end) = &mut self.end {
+                        end.tick(Instant::now()).map_err(MqttError::End)?;
+                    }
+                }
             }
         }
     }
 
+    /// Whether the device has more to do: input to read, messages the server has not
+    /// acknowledged, or messages a peer has not acknowledged end to end.
+    fn has_work(&self) -> bool {
+        self.input_open || !self.outbox.is_empty() || self.end.as_ref().is_some_and(DeviceEnd::busy)
+    }
+
     pub(super) fn publish_stats(&mut self) {
         self.stats.buffered = self.outbox.len();
+        self.stats.acknowledged_end_to_end = self.end.as_ref().map_or(0, DeviceEnd::delivered);
         self.stats.bytes = self.link.bytes();
         self.stats.dropped_publishes = self.link.dropped();
         self.stats_tx.send_replace(self.stats);
@@ -140,10 +180,14 @@ impl Task {
         match &self.state {
             State::Waiting { until } => *until,
             State::Handshaking(hs) => hs.repeat_at.min(hs.deadline),
-            State::Open { .. } => self
-                .outbox
-                .oldest_sent()
-                .map_or(now + FAR, |t| later(t, self.options.ack_timeout)),
+            State::Open { .. } => {
+                let end = self.end.as_ref().and_then(DeviceEnd::oldest_sent);
+                let oldest = match (self.outbox.oldest_sent(), end) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                oldest.map_or(now + FAR, |t| later(t, self.options.ack_timeout))
+            }
         }
     }
 
@@ -218,6 +262,9 @@ impl Task {
                 State::Open { .. } => {
                     // Resume the session: whatever the broker lost is sent again.
                     self.outbox.resend_all();
+                    if let Some(end) = &mut self.end {
+                        end.resend_all();
+                    }
                     Ok(())
                 }
                 State::Handshaking(_) => self.begin_handshake(),
@@ -312,17 +359,30 @@ impl Task {
             }
         }
         match result {
-            Ok(Event::Message(plaintext)) => match Envelope::decode(plaintext) {
-                Ok(Envelope::Ack { stream, next }) => match self.outbox.ack(stream, next) {
-                    Ok(n) => self.stats.acknowledged += n as u64,
-                    Err(e) => tracing::warn!(error = %e, "acknowledgement ignored"),
-                },
-                _ => tracing::warn!("server sent something other than an acknowledgement: dropped"),
-            },
+            Ok(Event::Message(plaintext)) => {
+                let envelope = match (Envelope::decode(plaintext), &mut self.end) {
+                    (Ok(e), Some(end)) => {
+                        end.on_envelope(e, Instant::now()).map_err(MqttError::End)?
+                    }
+                    (Ok(e), None) => Some(e),
+                    (Err(e), _) => {
+                        tracing::warn!(error = %e, "malformed message from the server: dropped");
+                        None
+                    }
+                };
+                match envelope {
+                    Some(Envelope::Ack { stream, next }) => match self.outbox.ack(stream, next) {
+                        Ok(n) => self.stats.acknowledged += n as u64,
+                        Err(e) => tracing::warn!(error = %e, "acknowledgement ignored"),
+                    },
+                    Some(_) => tracing::warn!("the server sent what only a device taking part in the relay handles: dropped"),
+                    None => {}
+                }
+            }
             Ok(Event::KeyUpdated | Event::Ticket) => {}
             Ok(Event::Closed) => {
                 tracing::info!("the server closed the session");
-                if self.input_open || !self.outbox.is_empty() {
+                if self.has_work() {
                     return self.begin_handshake();
                 }
                 // Answer the close; the run loop ends.
@@ -362,6 +422,18 @@ impl Task {
         }
     }
 
+    /// A KeyUpdate record in the open session, which the server counts as input; the run
+    /// loop's [`pump`](Self::pump) publishes it.
+    fn keepalive(&mut self) {
+        let now = Instant::now();
+        self.sent_at = now;
+        if let State::Open { session, .. } = &mut self.state {
+            if let Err(e) = session.update_keys(now) {
+                tracing::debug!(error = %e, "no keep-alive in this session");
+            }
+        }
+    }
+
     /// Sends what the buffer has due, if a session is open and the broker reachable.
     pub(super) fn pump(&mut self, now: Instant) {
         let State::Open {
@@ -377,13 +449,16 @@ impl Task {
             return;
         }
         let topic = self.topics.up(&self.client, instance, sid);
-        let due = match self.outbox.due(now) {
-            Ok(due) => due,
+        let mut due = self.end.as_mut().map(|e| e.due(now)).unwrap_or_default();
+        match self.outbox.due(now) {
+            Ok(more) => due.extend(more),
             Err(e) => {
                 tracing::error!(error = %e, "spool failed: messages are not sent until it works");
-                return;
             }
-        };
+        }
+        if !due.is_empty() {
+            self.sent_at = now;
+        }
         for envelope in due {
             if let Err(e) = session.send(&envelope, now) {
                 tracing::warn!(error = %e, "cannot send in this session");

@@ -3,7 +3,7 @@
 //! and in total, and the DeviceFinish that decides one (docs/mqtt.md §4).
 
 use super::admission::Hello;
-use super::{key, split, MqttServer, Open, Pending};
+use super::{key, split, Incoming, MqttServer, Open, Pending};
 use crate::codec::DecodeError;
 use crate::crypto::random::OsRandom;
 use crate::handshake::server;
@@ -158,6 +158,10 @@ impl MqttServer {
                             (session.suite().name, session.aead().name()),
                             false,
                         );
+                        self.ready.push_back(Incoming::Opened {
+                            session: key.clone(),
+                            device: peer.clone(),
+                        });
                         let open = Open {
                             session,
                             peer,

@@ -12,7 +12,7 @@ mod admission;
 mod handshake;
 mod types;
 
-pub use types::{Counters, Delivery, ServerOptions, ServerStats};
+pub use types::{Counters, Delivery, Incoming, ServerOptions, ServerStats};
 
 use super::link::{Link, LinkEvent, PayloadBytes};
 use super::topics::{self, Route, Topics};
@@ -87,7 +87,7 @@ pub struct MqttServer {
     open: HashMap<String, Box<Open>>,
     /// Which session last carried each stream: where its acknowledgements go.
     carriers: HashMap<StreamKey, String>,
-    ready: VecDeque<Delivery>,
+    ready: VecDeque<Incoming>,
     stats: ServerStats,
     /// What other tasks read of `stats` and the tables.
     counters: Counters,
@@ -222,8 +222,20 @@ impl MqttServer {
     }
 
     /// The next message a device sent, duplicates included; cancel-safe. Nothing is
-    /// acknowledged until [`acknowledge`](Self::acknowledge) says so.
+    /// acknowledged until [`acknowledge`](Self::acknowledge) says so. Sessions opening and
+    /// ending and the devices' other envelopes are passed over: a server that sends its
+    /// devices anything uses [`next_incoming`](Self::next_incoming).
     pub async fn next(&mut self) -> Result<Delivery, TransportError> {
+        loop {
+            if let Incoming::Delivery(d) = self.next_incoming().await? {
+                return Ok(d);
+            }
+        }
+    }
+
+    /// The next device message, session opened or ended, or other envelope from a device;
+    /// cancel-safe.
+    pub async fn next_incoming(&mut self) -> Result<Incoming, TransportError> {
         loop {
             self.counters
                 .set(self.pending.len(), self.open.len(), self.stats());
@@ -300,6 +312,21 @@ impl MqttServer {
         self.open.insert(sid, open);
     }
 
+    /// Sends `envelope` to the device in `session` (as [`Incoming::Opened`] named it), if
+    /// the session is still open.
+    pub fn send(&mut self, session: &str, envelope: &[u8]) {
+        let Some(mut open) = self.open.remove(session) else {
+            return;
+        };
+        match open.session.send(envelope, Instant::now()) {
+            Ok(()) => self.transmit(session, &mut open.session),
+            Err(e) => {
+                tracing::debug!(session = %session, error = %e, "cannot send: session closed")
+            }
+        }
+        self.open.insert(session.to_string(), open);
+    }
+
     /// Closes every session with an authenticated `going_away` close (so devices move to
     /// another instance at once, sending again what is not acknowledged) and disconnects
     /// from the broker.
@@ -369,6 +396,8 @@ impl MqttServer {
         if let Some(mut open) = self.open.remove(&key) {
             if self.on_record(&key, &mut open, frame, now) {
                 self.open.insert(key, open);
+            } else {
+                self.ready.push_back(Incoming::Closed { session: key });
             }
             return;
         }
@@ -405,11 +434,15 @@ impl MqttServer {
                         data,
                     }) => {
                         let delivery = self.accept(sid, open, (stream, seq, base), data);
-                        self.ready.push_back(delivery);
+                        self.ready.push_back(Incoming::Delivery(delivery));
                     }
-                    Ok(_) | Err(_) => {
+                    Ok(_) => self.ready.push_back(Incoming::Envelope {
+                        session: sid.to_string(),
+                        envelope: plaintext.to_vec(),
+                    }),
+                    Err(_) => {
                         self.stats.malformed += 1;
-                        tracing::warn!(session = %sid, device = %open.peer.name, "device sent something other than a message: dropped");
+                        tracing::warn!(session = %sid, device = %open.peer.name, "device sent something that is not a delivery envelope: dropped");
                     }
                 }
                 true
@@ -484,10 +517,14 @@ impl MqttServer {
             }
             live
         });
+        let ready = &mut self.ready;
         self.open.retain(|sid, open| {
             let live = now.saturating_duration_since(open.last_input) < idle;
             if !live {
                 tracing::info!(session = %sid, device = %open.peer.name, "session idle: forgotten");
+                ready.push_back(Incoming::Closed {
+                    session: sid.clone(),
+                });
             }
             live
         });
@@ -513,6 +550,7 @@ impl MqttServer {
         for (sid, code) in refused {
             if let Some(mut open) = self.open.remove(&sid) {
                 self.close_refused(&sid, &mut open, code);
+                self.ready.push_back(Incoming::Closed { session: sid });
             }
         }
     }

@@ -61,6 +61,37 @@ pub struct Delivery {
     pub data: Vec<u8>,
 }
 
+/// What [`MqttServer::next_incoming`](super::MqttServer::next_incoming) hands out: device
+/// messages, and what a server needs to send its devices anything (`service::mqtt_server`
+/// drives the [`Hub`](crate::service::hub::Hub) with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Incoming {
+    /// A device message.
+    Delivery(Delivery),
+    /// A session was established with `device`; `session` names it in
+    /// [`send`](super::MqttServer::send).
+    Opened {
+        /// The session.
+        session: String,
+        /// The device, as authenticated and authorized.
+        device: PeerDevice,
+    },
+    /// An envelope from the device other than a Message (an Ack of its downlink, a Relay),
+    /// decoded once already: well-formed.
+    Envelope {
+        /// The session it arrived in.
+        session: String,
+        /// The envelope, as the device sent it.
+        envelope: Vec<u8>,
+    },
+    /// The session ended (closed, failed, idle, or its device no longer authorized).
+    Closed {
+        /// The session.
+        session: String,
+    },
+}
+
 /// Counters of a server instance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ServerStats {
