@@ -1,8 +1,10 @@
 //! `secchan chat`'s full-screen terminal UI, driven in tmux as a person would: typing with Tab
 //! completion, reading the other device's message and the cryptography pane off the screen,
-//! and quitting, against a real `secchan server --relay any` over loopback TCP.
+//! and quitting, against a real `secchan server --relay any` over loopback TCP and through a
+//! real Mosquitto.
 
 mod cli_support;
+mod support;
 
 use cli_support::relay::{fingerprint, fleet, server, Proc, ERR, OUT};
 use std::path::Path;
@@ -111,39 +113,34 @@ fn exit_code(dir: &Path) -> String {
     }
 }
 
-#[test]
-fn the_terminal_ui_sends_with_tab_completion_shows_the_reply_and_the_cryptography() {
-    if !tmux_installed() {
-        eprintln!("SKIPPED: tmux is not installed (bash scripts/test.sh installs it)");
-        return;
-    }
-    let dir = fleet("chat-tui");
-    let (mut server, addr) = server(&dir, &["--authorized-devices", "devices", "--relay", "any"]);
-    let server_fp = fingerprint(&dir, "server.key");
-    let a_fp = fingerprint(&dir, "a.key");
-    let b_fp = fingerprint(&dir, "b.key");
-    // Device b answers a: its input goes end to end to a.
-    let mut b = Proc::spawn(
-        &dir,
-        &[
-            "device",
-            "--connect",
-            &addr,
-            "--server-key",
-            &server_fp,
-            "--key",
-            "b.key",
-            "--to",
-            "a",
-            "--peer-key",
-            &format!("a={a_fp}"),
-            "--listen",
-        ],
-    );
-    server.wait_for(ERR, "session established device=b");
+/// Device b answering a: `secchan device TRANSPORT... --key b.key --to a --listen`, pinning a.
+fn answering_b(dir: &Path, transport: &[&str]) -> Proc {
+    let server_fp = fingerprint(dir, "server.key");
+    let pin = format!("a={}", fingerprint(dir, "a.key"));
+    let tail = [
+        "--server-key",
+        &server_fp,
+        "--key",
+        "b.key",
+        "--to",
+        "a",
+        "--peer-key",
+        &pin,
+        "--listen",
+    ];
+    Proc::spawn(dir, &[&["device"], transport, &tail].concat())
+}
+
+/// The chat of device a (`secchan chat TRANSPORT --key a.key`, pinning b) in tmux, with b
+/// answering: `@` and Tab complete b's name, the message reaches b, b's reply and the
+/// cryptography pane are on screen, and `/quit` exits 0.
+fn converse(dir: &Path, transport: &str, b: &mut Proc) {
+    let server_fp = fingerprint(dir, "server.key");
+    let a_fp = fingerprint(dir, "a.key");
+    let b_fp = fingerprint(dir, "b.key");
     let tmux = chat(
-        &dir,
-        &format!("--connect {addr} --server-key {server_fp} --key a.key --peer-key b={b_fp}"),
+        dir,
+        &format!("{transport} --server-key {server_fp} --key a.key --peer-key b={b_fp}"),
     );
     tmux.wait_for(&[
         "secchan chat",
@@ -171,7 +168,53 @@ fn the_terminal_ui_sends_with_tab_completion_shows_the_reply_and_the_cryptograph
         );
     }
     tmux.keys(&["C-u", "/quit", "Enter"]);
-    assert_eq!(exit_code(&dir), "0", "the chat's exit code");
+    assert_eq!(exit_code(dir), "0", "the chat's exit code");
+}
+
+#[test]
+fn the_terminal_ui_sends_with_tab_completion_shows_the_reply_and_the_cryptography() {
+    if !tmux_installed() {
+        eprintln!("SKIPPED: tmux is not installed (bash scripts/test.sh installs it)");
+        return;
+    }
+    let dir = fleet("chat-tui");
+    let (mut server, addr) = server(&dir, &["--authorized-devices", "devices", "--relay", "any"]);
+    let mut b = answering_b(&dir, &["--connect", &addr]);
+    server.wait_for(ERR, "session established device=b");
+    converse(&dir, &format!("--connect {addr}"), &mut b);
+}
+
+#[cfg(feature = "mqtt")]
+#[test]
+fn the_terminal_ui_works_the_same_through_an_mqtt_broker() {
+    if !tmux_installed() {
+        eprintln!("SKIPPED: tmux is not installed (bash scripts/test.sh installs it)");
+        return;
+    }
+    let m = support::mosquitto::Mosquitto::start();
+    let dir = fleet("chat-tui-mqtt");
+    let url = m.url();
+    let mut server = Proc::spawn(
+        &dir,
+        &[
+            "server",
+            "--mqtt",
+            &url,
+            "--key",
+            "server.key",
+            "--authorized-devices",
+            "devices",
+            "--relay",
+            "any",
+        ],
+    );
+    server.wait_for(ERR, "serving through the MQTT broker");
+    let mut b = answering_b(&dir, &["--mqtt", &url]);
+    server.wait_for(
+        ERR,
+        "session attached: downlink and relayed frames go to it device=b",
+    );
+    converse(&dir, &format!("--mqtt {url}"), &mut b);
 }
 
 #[test]
