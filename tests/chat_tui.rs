@@ -237,3 +237,28 @@ fn a_failing_chat_restores_the_terminal_and_exits_with_line_modes_code() {
     let screen = tmux.wait_for(&["secchan: "]);
     assert!(!screen.contains("cryptography"), "{screen}");
 }
+
+#[test]
+fn tab_completes_the_names_of_a_registry_copy_but_not_this_device_or_a_revoked_one() {
+    if !tmux_installed() {
+        eprintln!("SKIPPED: tmux is not installed (bash scripts/test.sh installs it)");
+        return;
+    }
+    let dir = fleet("chat-tui-registry");
+    let groups = [("a", "g"), ("b", "g"), ("c", "g")];
+    cli_support::relay::enroll_fleet(&dir, "server.key", &groups);
+    cli_support::relay::registry(&dir, &["revoke", "--key", "server.key", "fleet.reg", "c"]);
+    let (_server, addr) = server(&dir, &["--registry", "fleet.reg", "--relay", "any"]);
+    let server_fp = fingerprint(&dir, "server.key");
+    // No --peer-key: the only name to complete comes from the registry copy. Were a (this
+    // device) or c (revoked) offered too, `@` and Tab would complete no further than `@`.
+    let tmux = chat(
+        &dir,
+        &format!("--connect {addr} --server-key {server_fp} --key a.key --registry fleet.reg"),
+    );
+    tmux.wait_for(&["* connected to the server"]);
+    tmux.keys(&["@", "Tab"]);
+    tmux.wait_for(&["@b "]);
+    tmux.keys(&["C-u", "/quit", "Enter"]);
+    assert_eq!(exit_code(&dir), "0", "the chat's exit code");
+}

@@ -6,6 +6,7 @@ use super::server::shutdown_signal;
 use super::sources::TelemetryArgs;
 use super::{parse_aead, CliError, DeviceMode, SessionArgs};
 use crate::crypto::aead::AeadId;
+use crate::crypto::identity::IdentityKey;
 use crate::crypto::kem::{Suite, SuiteId};
 use crate::handshake::device::DeviceConfig;
 use crate::registry::{EnrollmentToken, RegistryError};
@@ -16,7 +17,7 @@ use crate::transport::TransportError;
 use crate::trust::{KnownServers, Pinned, ServerVerifier};
 use clap::Args;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -152,6 +153,11 @@ pub struct ChatArgs {
     /// line. Without a terminal on stdin and stdout, line mode is the default.
     #[arg(long)]
     line: bool,
+    /// A copy of the fleet registry (docs/registry.md): the names of its devices that are
+    /// not revoked complete after `@` in the terminal UI. Only names are taken from it: a
+    /// peer's key is still checked by --peer-key or --peer-authority.
+    #[arg(long, value_name = "FILE")]
+    registry: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -170,7 +176,7 @@ impl ChatArgs {
     /// Runs the chat.
     pub async fn run(self) -> Result<(), CliError> {
         let mode = self.mode();
-        run(self.device, mode).await
+        run_with(self.device, mode, self.registry).await
     }
 }
 
@@ -258,7 +264,38 @@ fn token_text(args: &DeviceArgs) -> Result<Option<Zeroizing<String>>, CliError> 
 }
 
 /// Connects, sends stdin line by line, prints what the server sends, closes cleanly at EOF.
-pub async fn run(args: DeviceArgs, mode: Chat) -> Result<(), CliError> {
+pub async fn run(args: DeviceArgs) -> Result<(), CliError> {
+    run_with(args, Chat::Off, None).await
+}
+
+/// The names the terminal UI completes after `@`: the `--peer-key` pins, and the devices of
+/// the `registry` copy (its signatures checked) that are not revoked and not this device.
+fn known_names(
+    args: &DeviceArgs,
+    registry: Option<&Path>,
+    me: Option<&IdentityKey>,
+) -> Result<Vec<String>, CliError> {
+    let mut names: Vec<String> = args.peer_key.iter().map(|(n, _)| n.clone()).collect();
+    if let Some(path) = registry {
+        let verified =
+            crate::registry::file::load(path, None).map_err(|error| CliError::Registry {
+                path: path.to_path_buf(),
+                error,
+            })?;
+        let me = me.map(|k| k.public().fingerprint());
+        names.extend(
+            verified
+                .fleet
+                .devices()
+                .filter(|d| d.revoked_entry.is_none() && Some(&d.fingerprint) != me.as_ref())
+                .map(|d| d.name.clone()),
+        );
+    }
+    Ok(names)
+}
+
+/// [`run`], shown as `mode`; the terminal UI also completes the names of `registry`.
+async fn run_with(args: DeviceArgs, mode: Chat, registry: Option<PathBuf>) -> Result<(), CliError> {
     let chat = mode != Chat::Off;
     let token = match token_text(&args)? {
         Some(_) if args.key.is_none() => return Err(CliError::EnrollWithoutKey),
@@ -285,7 +322,8 @@ pub async fn run(args: DeviceArgs, mode: Chat) -> Result<(), CliError> {
     let mut stop: crate::service::tcp_device::Shutdown = Box::pin(shutdown_signal());
     let mut finish = None;
     if mode == Chat::Screen {
-        let ui = super::chat_tui::start(args.peer_key.iter().map(|(n, _)| n.clone()).collect());
+        let names = known_names(&args, registry.as_deref(), config.identity.as_deref())?;
+        let ui = super::chat_tui::start(names);
         source = ui.source;
         end = end.chat_log(ui.log);
         let quit = ui.stop;

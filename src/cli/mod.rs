@@ -292,7 +292,7 @@ pub fn run() -> ExitCode {
             None => on_runtime(bench::run(args)),
         },
         Command::Server(args) => on_runtime(server::run(args)),
-        Command::Device(args) => on_runtime(device::run(args, device::Chat::Off)),
+        Command::Device(args) => on_runtime(device::run(args)),
         Command::Chat(args) => on_runtime(args.run()),
         Command::Status(args) => status::run(args),
         Command::Demo => on_runtime(demo::run()),

@@ -24,7 +24,7 @@ pub fn complete(input: &str, names: &[String]) -> Option<String> {
     (common.len() > prefix.len()).then(|| format!("@{common}"))
 }
 
-/// The names to complete: `known` (pinned peers) and `seen`, sorted, each once.
+/// The names to complete: `known` (pinned peers, registry names) and `seen`, sorted, each once.
 pub fn names<'a>(
     known: impl IntoIterator<Item = &'a str>,
     seen: impl IntoIterator<Item = &'a str>,

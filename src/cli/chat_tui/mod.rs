@@ -28,8 +28,8 @@ struct Ui {
     lines: mpsc::Sender<Vec<u8>>,
     /// Sent (or dropped, by a panic) to stop the device.
     quit: oneshot::Sender<()>,
-    /// Peers the device was told about (`--peer-key`), for Tab completion.
-    pinned: Vec<String>,
+    /// Peers the device was told about (`--peer-key`, `--registry`), for Tab completion.
+    known: Vec<String>,
     /// Set once the device stopped: the UI then restores the terminal and ends.
     done: Arc<AtomicBool>,
 }
@@ -140,8 +140,9 @@ pub struct Started {
     pub finish: Finish,
 }
 
-/// Starts the UI on a thread of its own; `pinned` are the `--peer-key` names.
-pub fn start(pinned: Vec<String>) -> Started {
+/// Starts the UI on a thread of its own; `known` are the names it completes besides the peers
+/// seen (the `--peer-key` pins and the `--registry` names).
+pub fn start(known: Vec<String>) -> Started {
     let log = SharedLog::default();
     let (lines, rx) = mpsc::channel(INPUT_BUFFER);
     let (quit, stop) = oneshot::channel();
@@ -150,7 +151,7 @@ pub fn start(pinned: Vec<String>) -> Started {
         log: log.clone(),
         lines,
         quit,
-        pinned,
+        known,
         done: done.clone(),
     };
     Started {
@@ -224,7 +225,7 @@ fn event_loop(terminal: &mut ratatui::DefaultTerminal, ui: &Ui) -> std::io::Resu
         if key.kind != KeyEventKind::Press {
             continue;
         }
-        let names = complete::names(ui.pinned.iter().map(String::as_str), log.peers());
+        let names = complete::names(ui.known.iter().map(String::as_str), log.peers());
         match input.on_key(key, &names, &peers) {
             Action::None => {}
             Action::Quit => return Ok(()),
