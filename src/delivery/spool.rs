@@ -6,9 +6,9 @@
 //!
 //! | kind | body | meaning |
 //! |---|---|---|
-//! | `S` | stream id [8] | the stream all later messages belong to (the first record) |
-//! | `M` | seq [8] \|\| data | a message |
-//! | `A` | next [8] | every message below `next` was acknowledged, or given up (drop-oldest) |
+//! | `S` | stream id \[8\] | the stream all later messages belong to (the first record) |
+//! | `M` | seq \[8\] \|\| data | a message |
+//! | `A` | next \[8\] | every message below `next` was acknowledged, or given up (drop-oldest) |
 //!
 //! A message is written to the file when it is queued (it survives the process being
 //! killed) and the file is fsync'd before the message is first sent (it survives a power

@@ -5,7 +5,7 @@
 //! forward secrecy. No data travels before the server's answer (no 0-RTT).
 //!
 //! - Device: [`start`] -> [`ExpectResumeReply::read_reply`] -> [`Session`].
-//! - Server: [`super::server::accept_first`] dispatches a ResumeHello to [`accept`].
+//! - Server: [`super::server::accept_first`] dispatches a ResumeHello to `accept`.
 
 use super::device::DeviceConfig;
 use super::key_schedule::{binder, resume_secret, server_confirm, session_secrets};

@@ -149,7 +149,7 @@ impl Hub {
 
     /// Registers the session of device `name` (replacing an earlier one of the same name):
     /// what it held unacknowledged is sent again. `entries` are the signed registry lines
-    /// that vouch for its key (at most [`MAX_PEER_ENTRIES`](crate::delivery::MAX_PEER_ENTRIES)
+    /// that vouch for its key (at most `MAX_PEER_ENTRIES`
     /// are sent), given to its peers in PeerInfo.
     pub fn attach(
         &self,

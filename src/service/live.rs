@@ -75,7 +75,7 @@ fn stamp(path: &Path) -> FileStamp {
     })
 }
 
-/// An authorized-devices file, reloaded on [`Live::reload`] and by [`watch`](Self::watch).
+/// An authorized-devices file, reloaded on [`Live::reload`] and by [`watch()`].
 pub struct DevicesFile {
     path: PathBuf,
     load: Loader,

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
-/// Default for [`Shared::new`]'s hello deadline: how long a connection may take to deliver its
+/// Default for `Shared::new`'s hello deadline: how long a connection may take to deliver its
 /// whole first frame. An honest device sends it right behind the TCP handshake, so it takes a
 /// one-way trip, or two TCP retransmissions (1 s and 2 s) when segments are lost; a slow one
 /// holds a pending slot for at most this long.

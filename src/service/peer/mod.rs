@@ -1,7 +1,7 @@
 //! A device's end-to-end sessions with other devices, relayed by the server (protocol.md
 //! §11.6–§11.7), sans IO: frames in and out as bytes, time passed in.
 //!
-//! Each conversation is an ordinary secchan handshake and [`Session`] between two devices:
+//! Each conversation is an ordinary secchan handshake and [`Session`](crate::session::Session) between two devices:
 //! the initiator runs the device side, the responder the server side, each with its own
 //! device identity key, and the handshake is bound to both names (§11.7). The relay forwards
 //! the frames in order, exactly once, or not at all, so the inner session runs in ordered

@@ -166,7 +166,7 @@ impl Connection {
 
     /// Device: the newest resumption ticket the server sent, if [`recv`](Self::recv) has read
     /// one since the last call. Keep it (e.g. [`Ticket::to_bytes`] in a file only the device's
-    /// user can read) for [`resume`] after this connection ends.
+    /// user can read) for [`resume()`](super::resume()) after this connection ends.
     pub fn take_ticket(&mut self) -> Option<Ticket> {
         self.ticket.take()
     }
