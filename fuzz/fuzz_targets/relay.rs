@@ -16,7 +16,7 @@ use secchan::crypto::identity::IdentityKey;
 use secchan::delivery::Envelope;
 use secchan::handshake::device::DeviceConfig;
 use secchan::service::device_end::{json_line, DeviceEnd, EndError};
-use secchan::service::hub::{Hub, RelayPolicy};
+use secchan::service::hub::{FromDevice, Hub, RelayPolicy};
 use secchan::service::peer::{PeerTrust, Peers, Phase};
 use secchan_fuzz::records::Fate;
 use secchan_fuzz::{FuzzRandom, Reach};
@@ -214,33 +214,19 @@ impl World {
         d.down.extend(self.hub.due(NAMES[i], now));
     }
 
-    /// The hub takes one envelope from device `i`.
+    /// The hub takes one envelope from device `i`, as a server's session hands it over.
     fn hub_receives(&mut self, i: usize, bytes: &[u8], r: &mut Reach) {
-        match Envelope::decode(bytes) {
-            Ok(Envelope::Ack { stream, next }) => {
-                if self.hub.on_ack(NAMES[i], stream, next).is_ok() {
-                    r.hit("ack");
-                }
+        let Ok(envelope) = Envelope::decode(bytes) else {
+            return;
+        };
+        let ack = matches!(envelope, Envelope::Ack { .. });
+        match self.hub.from_device(NAMES[i], envelope) {
+            FromDevice::Reply(reply) => {
+                r.hit("relayed");
+                self.devs[i].down.push_back(reply);
             }
-            Ok(Envelope::Relay {
-                stream,
-                seq,
-                base,
-                peer,
-                initiator,
-                frame,
-            }) => {
-                if let Some(next) =
-                    self.hub
-                        .relay(NAMES[i], (stream, seq, base), peer, initiator, frame)
-                {
-                    r.hit("relayed");
-                    self.devs[i]
-                        .down
-                        .push_back(Envelope::Ack { stream, next }.encode());
-                }
-            }
-            Ok(_) | Err(_) => {}
+            FromDevice::Done if ack => r.hit("ack"),
+            _ => {}
         }
     }
 
