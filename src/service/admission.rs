@@ -420,6 +420,12 @@ impl<H> Admission<H> {
         Some(p)
     }
 
+    /// The handles of every task that holds a place, pending or established.
+    pub fn handles(&self) -> impl Iterator<Item = &H> {
+        let pending = self.pending.values().filter_map(|p| p.handle.as_ref());
+        pending.chain(self.sessions.values().filter_map(|s| s.handle.as_ref()))
+    }
+
     /// The handle of the task serving `id` (set once it is spawned).
     pub fn set_handle(&mut self, id: u64, handle: H) {
         if let Some(p) = self.pending.get_mut(&id) {

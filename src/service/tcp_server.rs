@@ -17,8 +17,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 /// Default for [`ServerOptions::drain_timeout`].
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
@@ -138,6 +139,11 @@ impl TcpServer {
     /// everything it read written and acknowledged, and then closes (`close_notify` to a
     /// device that closed, `going_away` to one that did not). Returns, once every session has
     /// ended, what admission counted.
+    ///
+    /// The accept loop runs as a task of its own on the runtime (stopped if this future is
+    /// dropped): each accept and each connection's end then wakes a worker that is already
+    /// running, not the thread that awaits this future (under `block_on`, a thread of its own
+    /// parked and woken for every connection). Must be called within a Tokio runtime.
     pub async fn run(
         self,
         listener: Listener,
@@ -149,7 +155,30 @@ impl TcpServer {
             options,
             sessions,
         } = self;
-        accept_loop(listener, intake, (options, sessions), shared, shutdown).await
+        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let mut running = AbortOnDropHandle::new(tokio::spawn(accept_loop(
+            listener,
+            intake,
+            (options, sessions),
+            shared,
+            stopped,
+        )));
+        tokio::pin!(shutdown);
+        let ran = tokio::select! {
+            ran = &mut running => ran,
+            () = &mut shutdown => {
+                let _ = stopping.send(());
+                running.await
+            }
+        };
+        match ran {
+            Ok(stats) => stats,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => AdmissionStats::default(),
+        }
     }
 }
 
@@ -162,7 +191,7 @@ async fn accept_loop(
 ) -> AdmissionStats {
     let (stop, stopped) = watch::channel(false);
     let handshake_timeout = listener.timeouts().handshake;
-    let mut tasks = JoinSet::new();
+    let tasks = TaskTracker::new();
     let mut summary = tokio::time::interval(WARN_EVERY);
     let mut last = shared.stats();
     tokio::pin!(shutdown);
@@ -199,13 +228,11 @@ async fn accept_loop(
                         hub.detach(&name, attached.id);
                     }
                 };
-                let task = tasks.spawn(fut);
-                shared.set_handle(id, task);
-                // A finished task keeps its memory until it is reaped: reap every one that
-                // is done, so that connections given up in a flood do not pile up.
-                while tasks.try_join_next().is_some() {}
+                // Boxed, so that spawning moves a pointer, not the task's state; tracked, not
+                // joined, so that a task's end frees its memory at once and wakes nothing.
+                let task = tasks.spawn(Box::pin(fut));
+                shared.set_handle(id, task.abort_handle());
             }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = summary.tick() => {
                 let now = shared.stats();
                 if let Some(grew) = now.summary_since(&last) {
@@ -229,9 +256,10 @@ async fn accept_loop(
     let _ = stop.send(true);
     // Handshakes in progress finish or time out, then drain at once.
     let grace = options.drain_timeout + WRITE_GRACE + Duration::from_secs(10);
-    let all_ended = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, all_ended).await.is_err() {
-        tracing::warn!("some sessions did not end in time");
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!("some sessions did not end in time: stopped");
+        shared.admission().handles().for_each(AbortHandle::abort);
     }
     let stats = shared.stats();
     tracing::info!(

@@ -17,8 +17,9 @@ pub const MAX_FIRST_FRAME: usize = CookieHello::MAX_LEN;
 /// DeviceFinish of the largest kind (enrollment), 210 bytes.
 pub const MAX_FINISH_FRAME: usize = ENROLL_FINISH_LEN;
 /// Most bytes one read asks the socket for before the device is authenticated: what a
-/// connection holds grows with what has arrived, in steps no larger than this.
-pub const READ_STEP: usize = 1024;
+/// connection holds grows with what has arrived, in steps no larger than this. It covers the
+/// longest first frame ([`MAX_FIRST_FRAME`]), so a hello that has arrived is read in one call.
+pub const READ_STEP: usize = 1280;
 
 /// Read-ahead once a large frame is arriving: room for several full records, so one read
 /// system call picks up several records during a bulk transfer instead of half of one (the
@@ -202,10 +203,13 @@ mod tests {
         assert_eq!((frame.len(), frame[0]), (1221, 0x01));
         assert!(frame.capacity() <= 1221 + READ_STEP);
         assert!(a.buffer().is_empty(), "nothing of the next frame is read");
-        // The step bounds each read, whatever arrived.
-        let mut b = FrameAssembler::new(MAX_FIRST_FRAME);
-        feed(&mut b, &[0x04, 0xc5], 2).unwrap();
+        // The step bounds each read, whatever arrived; the frame's end bounds it below that.
+        let mut b = FrameAssembler::new(4 * READ_STEP);
+        feed(&mut b, &(3 * READ_STEP as u16).to_be_bytes(), 2).unwrap();
         assert_eq!(b.buffer().len(), READ_STEP);
+        let mut hello = FrameAssembler::new(MAX_FIRST_FRAME);
+        feed(&mut hello, &[0x04, 0xc5], 2).unwrap();
+        assert_eq!(hello.buffer().len(), 0x04c5, "a whole hello in one read");
         // A prefix beyond the bound is refused on the prefix alone.
         let mut big = FrameAssembler::new(MAX_FINISH_FRAME);
         assert!(matches!(
