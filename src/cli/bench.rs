@@ -152,6 +152,10 @@ pub struct BenchArgs {
     /// Internal: an --attacker's connections.
     #[arg(long, value_name = "N", hide = true, default_value_t = 1)]
     attack_conns: usize,
+    /// Internal: an --attacker flood's hellos a second, all connections together (0: as fast
+    /// as they are answered).
+    #[arg(long, value_name = "N", hide = true, default_value_t = 0)]
+    attack_rate: u32,
     /// Internal: open N sessions to --connect, print "ready", hold them until stdin has a line.
     #[arg(long, value_name = "N", hide = true, requires = "connect")]
     hold_sessions: Option<usize>,
@@ -429,14 +433,18 @@ async fn attacker(
     kind: bench::attack::attacker::Kind,
     target: SocketAddr,
 ) -> Result<(), CliError> {
-    let (sources, conns) = (args.attack_sources.clone(), args.attack_conns);
+    let (sources, conns, rate) = (
+        args.attack_sources.clone(),
+        args.attack_conns,
+        args.attack_rate,
+    );
     let sources = if sources.is_empty() {
         vec![std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)]
     } else {
         sources
     };
     let counts = tokio::task::spawn_blocking(move || {
-        bench::attack::attacker::run(kind, target, &sources, conns)
+        bench::attack::attacker::run(kind, target, &sources, conns, rate)
     })
     .await
     .map_err(|e| CliError::LocalIo(std::io::Error::other(e)))??;

@@ -106,13 +106,15 @@ fn bump(a: &AtomicU64) {
 /// Hellos computed once, replayed by every connection.
 const HELLOS: usize = 64;
 
-/// Runs the attacker: `conns` connections to `target` spread over `sources`. Blocking; call
-/// from a plain thread (the process's main one).
+/// Runs the attacker: `conns` connections to `target` spread over `sources`; a flood's hellos
+/// paced to `rate` a second in all (0: as fast as they are answered). Blocking; call from a
+/// plain thread (the process's main one).
 pub fn run(
     kind: Kind,
     target: SocketAddr,
     sources: &[IpAddr],
     conns: usize,
+    rate: u32,
 ) -> Result<Counts, BenchError> {
     let hellos: Vec<Vec<u8>> = (0..HELLOS)
         .map(|_| device::start(&DeviceConfig::default(), &mut OsRandom).map(|(_, h)| h))
@@ -125,11 +127,24 @@ pub fn run(
     rt.block_on(async {
         let (up_tx, mut up_rx) = tokio::sync::mpsc::channel::<()>(conns.max(1));
         let mut tasks = Vec::with_capacity(conns);
+        // Each connection's share of the rate: one hello every `conns / rate` seconds.
+        let period = (rate > 0).then(|| Duration::from_secs_f64(conns as f64 / f64::from(rate)));
         for i in 0..conns {
             let source = sources[i % sources.len().max(1)];
             let (shared, hellos, up) = (shared.clone(), hellos.clone(), up_tx.clone());
+            let pace = period.map(|p| {
+                let start = tokio::time::Instant::now() + p.mul_f64(i as f64 / conns as f64);
+                let mut pace = tokio::time::interval_at(start, p);
+                pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                pace
+            });
             tasks.push(tokio::spawn(async move {
-                connection(kind, target, source, i, &shared, &hellos, up).await
+                let at = Target {
+                    addr: target,
+                    source,
+                    pace,
+                };
+                connection(kind, at, i, &shared, &hellos, up).await
             }));
         }
         drop(up_tx);
@@ -242,16 +257,23 @@ async fn until_closed(s: &mut TcpStream, shared: &Shared) {
     bump(&shared.closed_by_server);
 }
 
+/// Where a connection goes, from where, and at what pace (a flood's hellos).
+struct Target {
+    addr: SocketAddr,
+    source: IpAddr,
+    pace: Option<tokio::time::Interval>,
+}
+
 async fn connection(
     kind: Kind,
-    target: SocketAddr,
-    source: IpAddr,
+    mut at: Target,
     index: usize,
     shared: &Shared,
     hellos: &[Vec<u8>],
     up: tokio::sync::mpsc::Sender<()>,
 ) {
     let mut up = Some(up);
+    let (target, source) = (at.addr, at.source);
     let mut n = index;
     while !shared.stop.load(Ordering::Relaxed) {
         n += 1;
@@ -259,6 +281,9 @@ async fn connection(
         match kind {
             Kind::Flood | Kind::CookieOnly => {
                 up.take();
+                if let Some(pace) = &mut at.pace {
+                    pace.tick().await;
+                }
                 let _ = hello_round(target, source, hello, kind == Kind::Flood, shared).await;
             }
             Kind::HelloHold => {

@@ -144,6 +144,10 @@ pub struct CookieCost {
     pub pairs_beyond_tcp: Vec<f64>,
     /// Their median.
     pub us_beyond_tcp: f64,
+    /// Hellos a second the attacker sent.
+    pub rate: u32,
+    /// Whether the server and the attacker ran on a CPU each (`taskset`).
+    pub pinned: bool,
 }
 
 /// The whole run.
@@ -364,7 +368,7 @@ fn one(
     tries: usize,
     warmup: Duration,
 ) -> Result<Round, BenchError> {
-    let server = ServerProc::start(exe, dir, args)?;
+    let server = ServerProc::start(exe, dir, args, None)?;
     std::thread::sleep(Duration::from_millis(100));
     let rss_start_kib = server.rss_kib();
     let cpu_before = server.cpu_s();
@@ -377,6 +381,8 @@ fn one(
             server.addr,
             sources,
             *conns,
+            0,
+            None,
         )?);
     }
     std::thread::sleep(if attackers.is_empty() {
@@ -427,13 +433,51 @@ fn one(
     })
 }
 
-/// Measurement pairs of the cookie cost (secchan, then the raw baseline), alternated so that
-/// a change in the machine's load falls on both sides; the report gives their medians.
-const COOKIE_PAIRS: usize = 3;
+/// Measurement pairs of the cookie cost (secchan and the raw baseline), the side measured
+/// first alternating (ABBA), so that a drift in the machine's load falls on both sides; the
+/// report gives their medians.
+const COOKIE_PAIRS: usize = 5;
+/// Hellos a second the cookie cost's attacker sends: well below what either server answers
+/// on one core, so that both answer the same load and the figure is a cost per hello, not a
+/// measure of which one saturates first.
+const COOKIE_RATE: u32 = 8_000;
 
-/// The server always under load (`--cookie-pending 0`) and one attacker sending hellos that
-/// never follow their cookies, for `window`, then the same attacker against the raw TCP
-/// baseline for as long, `pairs` times: server CPU per hello answered, beyond the baseline's.
+/// Where the cookie cost's processes run: the server on CPU 0 and the attacker on CPU 1 when
+/// they can be pinned (they then do not migrate or share a core), unpinned otherwise.
+#[derive(Clone, Copy)]
+struct Cpus {
+    server: Option<usize>,
+    attacker: Option<usize>,
+}
+
+/// One side of a pair: a server's CPU seconds while one paced attacker sent hellos that
+/// never follow their cookies for `window`, and the hellos it answered.
+fn answered_under(
+    exe: &Path,
+    addr: SocketAddr,
+    cpu_s: &dyn Fn() -> f64,
+    window: Duration,
+    cpus: Cpus,
+) -> Result<f64, BenchError> {
+    let before = cpu_s();
+    let attacker = AttackerProc::start(
+        exe,
+        Kind::CookieOnly,
+        addr,
+        &sources(2, 1),
+        32,
+        COOKIE_RATE,
+        cpus.attacker,
+    )?;
+    std::thread::sleep(window);
+    attacker.stop()?;
+    Ok(cpu_s() - before)
+}
+
+/// The server always under load (`--cookie-pending 0`) and one attacker sending paced
+/// hellos that never follow their cookies, for `window`, and the same attacker against the
+/// raw TCP baseline for as long, `pairs` times: server CPU per hello answered, beyond the
+/// baseline's.
 fn cookie_cost(
     exe: &Path,
     dir: &Path,
@@ -443,31 +487,39 @@ fn cookie_cost(
 ) -> Result<CookieCost, BenchError> {
     let on = DEFENCES_ON.map(String::from);
     let args = [base, &on, &["--cookie-pending".into(), "0".into()]].concat();
-    let mut c = CookieCost::default();
-    let (mut secchan_us, mut raw_us, mut beyond) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..pairs.max(1) {
-        let server = ServerProc::start(exe, dir, &args)?;
-        let cpu_before = server.cpu_s();
-        let attacker = AttackerProc::start(exe, Kind::CookieOnly, server.addr, &sources(2, 1), 32)?;
-        std::thread::sleep(window);
-        attacker.stop()?;
-        let cpu = server.cpu_s() - cpu_before;
-        let counted = server.stop()?;
-        let cookies = counted.get("cookies_sent").copied().unwrap_or(0);
-        let raw = RawProc::start(exe)?;
-        let raw_before = raw.cpu_s();
-        let attacker = AttackerProc::start(exe, Kind::CookieOnly, raw.addr, &sources(2, 1), 32)?;
-        std::thread::sleep(window);
-        attacker.stop()?;
-        let raw_cpu = raw.cpu_s() - raw_before;
-        let raw_connections = raw.stop()?;
-        let (s, r) = (
-            cpu * 1e6 / (cookies.max(1) as f64),
-            raw_cpu * 1e6 / (raw_connections.max(1) as f64),
-        );
+    let pinned = procs::pinning();
+    let cpus = Cpus {
+        server: pinned.then_some(0),
+        attacker: pinned.then_some(1),
+    };
+    let mut c = CookieCost {
+        rate: COOKIE_RATE,
+        pinned,
+        ..CookieCost::default()
+    };
+    let secchan = |c: &mut CookieCost| -> Result<f64, BenchError> {
+        let server = ServerProc::start(exe, dir, &args, cpus.server)?;
+        let cpu = answered_under(exe, server.addr, &|| server.cpu_s(), window, cpus)?;
+        let cookies = server.stop()?.get("cookies_sent").copied().unwrap_or(0);
         c.cookies += cookies;
         c.server_cpu_s += cpu;
-        c.raw_connections += raw_connections;
+        Ok(cpu * 1e6 / (cookies.max(1) as f64))
+    };
+    let raw = |c: &mut CookieCost| -> Result<f64, BenchError> {
+        let raw = RawProc::start(exe, cpus.server)?;
+        let cpu = answered_under(exe, raw.addr, &|| raw.cpu_s(), window, cpus)?;
+        let connections = raw.stop()?;
+        c.raw_connections += connections;
+        Ok(cpu * 1e6 / (connections.max(1) as f64))
+    };
+    let (mut secchan_us, mut raw_us, mut beyond) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..pairs.max(1) {
+        let (s, r) = if pair % 2 == 0 {
+            (secchan(&mut c)?, raw(&mut c)?)
+        } else {
+            let r = raw(&mut c)?;
+            (secchan(&mut c)?, r)
+        };
         secchan_us.push(s);
         raw_us.push(r);
         beyond.push(s - r);

@@ -16,6 +16,31 @@ use std::time::Duration;
 /// Clock ticks per second of `/proc/PID/stat` (USER_HZ, 100 on Linux).
 const TICKS: f64 = 100.0;
 
+/// A command running `exe`, on CPU `cpu` alone if given (by `taskset`, see [`pinning`]).
+fn command(exe: &Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    }
+}
+
+/// Whether processes can be pinned to a CPU each: at least 2 CPUs and `taskset` (util-linux)
+/// present. Without it the measurements run unpinned.
+pub fn pinning() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    cpus >= 2
+        && Command::new("taskset")
+            .args(["-c", "0", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
 /// A `secchan server` child process.
 pub struct ServerProc {
     child: Child,
@@ -74,9 +99,15 @@ fn fields(line: &str) -> BTreeMap<String, u64> {
 }
 
 impl ServerProc {
-    /// Starts `exe server --listen 127.0.0.1:0 ARGS` in `dir` and waits until it listens.
-    pub fn start(exe: &Path, dir: &Path, args: &[String]) -> Result<Self, BenchError> {
-        let mut child = Command::new(exe)
+    /// Starts `exe server --listen 127.0.0.1:0 ARGS` in `dir` (on CPU `cpu` alone, if given)
+    /// and waits until it listens.
+    pub fn start(
+        exe: &Path,
+        dir: &Path,
+        args: &[String],
+        cpu: Option<usize>,
+    ) -> Result<Self, BenchError> {
+        let mut child = command(exe, cpu)
             .current_dir(dir)
             .args(["server", "--listen", "127.0.0.1:0"])
             .args(args)
@@ -169,9 +200,14 @@ pub struct Helper {
 }
 
 impl Helper {
-    /// Starts `exe bench ARGS`; the helper and the first line it printed.
-    fn start(exe: &Path, args: &[String]) -> Result<(Self, String), BenchError> {
-        let mut child = Command::new(exe)
+    /// Starts `exe bench ARGS` (on CPU `cpu` alone, if given); the helper and the first line
+    /// it printed.
+    fn start(
+        exe: &Path,
+        args: &[String],
+        cpu: Option<usize>,
+    ) -> Result<(Self, String), BenchError> {
+        let mut child = command(exe, cpu)
             .arg("bench")
             .args(args)
             .stdin(Stdio::piped())
@@ -210,14 +246,17 @@ impl Helper {
 pub struct AttackerProc(Helper);
 
 impl AttackerProc {
-    /// Starts an attacker of `kind` with `conns` connections to `target` from `sources`, and
-    /// waits until its connections are up.
+    /// Starts an attacker of `kind` with `conns` connections to `target` from `sources`
+    /// (flooding at `rate` hellos a second, 0: as fast as it can; on CPU `cpu` alone, if
+    /// given), and waits until its connections are up.
     pub fn start(
         exe: &Path,
         kind: Kind,
         target: SocketAddr,
         sources: &[IpAddr],
         conns: usize,
+        rate: u32,
+        cpu: Option<usize>,
     ) -> Result<Self, BenchError> {
         let kind_name = clap::ValueEnum::to_possible_value(&kind)
             .map(|v| v.get_name().to_string())
@@ -232,8 +271,10 @@ impl AttackerProc {
             sources.join(","),
             "--attack-conns".into(),
             conns.to_string(),
+            "--attack-rate".into(),
+            rate.to_string(),
         ];
-        let (helper, line) = Helper::start(exe, &args)?;
+        let (helper, line) = Helper::start(exe, &args, cpu)?;
         if line != "ready" {
             return Err(helper_failed(&format!(
                 "attacker {kind_name} did not start"
@@ -263,9 +304,9 @@ pub struct RawProc {
 }
 
 impl RawProc {
-    /// Starts it and waits until it listens.
-    pub fn start(exe: &Path) -> Result<Self, BenchError> {
-        let (helper, line) = Helper::start(exe, &["--raw-responder".to_string()])?;
+    /// Starts it (on CPU `cpu` alone, if given) and waits until it listens.
+    pub fn start(exe: &Path, cpu: Option<usize>) -> Result<Self, BenchError> {
+        let (helper, line) = Helper::start(exe, &["--raw-responder".to_string()], cpu)?;
         let addr = line
             .strip_prefix("addr=")
             .and_then(|a| a.parse().ok())

@@ -15,6 +15,7 @@ pub fn serve() -> Result<u64, BenchError> {
         .enable_all()
         .build()?;
     let answered = Arc::new(AtomicU64::new(0));
+    let counted = answered.clone();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!("addr={}", listener.local_addr()?);
@@ -22,34 +23,35 @@ pub fn serve() -> Result<u64, BenchError> {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)
         });
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((mut s, _)) = accepted else { continue };
-                    let answered = answered.clone();
-                    tokio::spawn(async move {
-                        let _ = s.set_nodelay(true);
-                        let mut len = [0u8; 2];
-                        if s.read_exact(&mut len).await.is_err() {
-                            return;
-                        }
-                        let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                        if s.read_exact(&mut body).await.is_err() {
-                            return;
-                        }
-                        let mut reply = [0u8; 20];
-                        reply[1] = 18;
-                        if s.write_all(&reply).await.is_ok() {
-                            answered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let _ = s.shutdown().await;
-                    });
-                }
-                _ = &mut stop => break,
+        // The accept loop on a worker thread, as `secchan server` runs its own.
+        let accepting = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let answered = answered.clone();
+                tokio::spawn(async move {
+                    let _ = s.set_nodelay(true);
+                    let mut len = [0u8; 2];
+                    if s.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if s.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let mut reply = [0u8; 20];
+                    reply[1] = 18;
+                    if s.write_all(&reply).await.is_ok() {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = s.shutdown().await;
+                });
             }
-        }
+        });
+        let _ = stop.await;
+        accepting.abort();
         Ok::<_, BenchError>(())
     })?;
-    Ok(answered.load(Ordering::Relaxed))
+    Ok(counted.load(Ordering::Relaxed))
 }
