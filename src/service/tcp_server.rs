@@ -218,19 +218,22 @@ async fn accept_loop(
                 let drain = options.drain_timeout;
                 // A pending connection's task holds only the handshake's state: a session's
                 // (10 KB of it) is allocated once there is a session.
+                // Each stage's state (the handshake's, then the session's) is boxed when the
+                // stage begins, on the task's worker: the task itself holds a few pointers,
+                // so this loop copies little per connection. Tracked, not joined, so that a
+                // task's end frees its memory at once and wakes nothing.
                 let fut = async move {
-                    let session = tcp_accept::handshake(incoming, id, shared_for_task, handshake_timeout).await;
-                    if let Some((conn, peer, _release)) = session {
-                        let attached = hub.attach_peer(&peer, live.as_ref());
-                        let name = peer.name.clone();
-                        let s = Served { intake, live, hub: hub.clone(), attached: attached.clone(), sessions };
-                        Box::pin(serve(conn, peer, s, stopped, drain)).await;
-                        hub.detach(&name, attached.id);
-                    }
+                    let handshake = tcp_accept::handshake(incoming, id, shared_for_task, handshake_timeout);
+                    let Some((conn, peer, _release)) = Box::pin(handshake).await else {
+                        return;
+                    };
+                    let attached = hub.attach_peer(&peer, live.as_ref());
+                    let name = peer.name.clone();
+                    let s = Served { intake, live, hub: hub.clone(), attached: attached.clone(), sessions };
+                    Box::pin(serve(conn, peer, s, stopped, drain)).await;
+                    hub.detach(&name, attached.id);
                 };
-                // Boxed, so that spawning moves a pointer, not the task's state; tracked, not
-                // joined, so that a task's end frees its memory at once and wakes nothing.
-                let task = tasks.spawn(Box::pin(fut));
+                let task = tasks.spawn(fut);
                 shared.set_handle(id, task.abort_handle());
             }
             _ = summary.tick() => {
