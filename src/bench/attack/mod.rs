@@ -5,11 +5,16 @@
 //! read from `/proc`), with `--max-sessions 200 --max-pending 256` and otherwise its defaults;
 //! each attack runs twice side by side, with those defences and with them turned off as far
 //! as the flags go ([`DEFENCES_OFF`]).
-//! Attackers are `secchan bench --attacker` processes bound to 127.0.0.2 and up; the honest
+//! Attackers are `secchan bench --attacker` processes bound to 127.0.0.2 and up, at the lowest
+//! CPU priority (on loopback their CPU is the server's and the honest device's, which in a
+//! real attack it is not); the honest
 //! device runs in this process on 127.0.0.1 and makes its tries one after another, each a
 //! `tcp::connect` (following a cookie if it gets one), one message and its acknowledgement.
 //! A try succeeds if the message is acknowledged; its time is the handshake's. Before the
 //! attacks, a round without attackers gives the baseline every ratio is measured against.
+//! After them, the cookie's cost: `secchan server` always under load and a paced attacker
+//! whose hellos never follow their cookies, against a raw TCP server doing the same I/O, in
+//! alternating pairs, each process on a CPU of its own where `taskset` can pin them.
 
 pub mod attacker;
 pub(crate) mod procs;
@@ -442,6 +447,9 @@ const COOKIE_PAIRS: usize = 5;
 /// measure of which one saturates first.
 const COOKIE_RATE: u32 = 8_000;
 
+/// The first of the cookie cost's attacker addresses (127.0.0.20 and up, two a pair).
+const COOKIE_SOURCES: u8 = 20;
+
 /// Where the cookie cost's processes run: the server on CPU 0 and the attacker on CPU 1 when
 /// they can be pinned (they then do not migrate or share a core), unpinned otherwise.
 #[derive(Clone, Copy)]
@@ -450,11 +458,13 @@ struct Cpus {
     attacker: Option<usize>,
 }
 
-/// One side of a pair: a server's CPU seconds while one paced attacker sent hellos that
-/// never follow their cookies for `window`, and the hellos it answered.
+/// One side of a pair: a server's CPU seconds while one paced attacker from 127.0.0.`source`
+/// sent hellos that never follow their cookies for `window`. Each side has a source of its
+/// own, unused by the attacks, so that no side's connections meet another's left in
+/// TIME_WAIT.
 fn answered_under(
     exe: &Path,
-    addr: SocketAddr,
+    (addr, source): (SocketAddr, u8),
     cpu_s: &dyn Fn() -> f64,
     window: Duration,
     cpus: Cpus,
@@ -464,7 +474,7 @@ fn answered_under(
         exe,
         Kind::CookieOnly,
         addr,
-        &sources(2, 1),
+        &sources(source, 1),
         32,
         COOKIE_RATE,
         cpus.attacker,
@@ -497,28 +507,33 @@ fn cookie_cost(
         pinned,
         ..CookieCost::default()
     };
-    let secchan = |c: &mut CookieCost| -> Result<f64, BenchError> {
+    let secchan = |c: &mut CookieCost, source: u8| -> Result<f64, BenchError> {
         let server = ServerProc::start(exe, dir, &args, cpus.server)?;
-        let cpu = answered_under(exe, server.addr, &|| server.cpu_s(), window, cpus)?;
+        let at = (server.addr, source);
+        let cpu = answered_under(exe, at, &|| server.cpu_s(), window, cpus)?;
         let cookies = server.stop()?.get("cookies_sent").copied().unwrap_or(0);
         c.cookies += cookies;
         c.server_cpu_s += cpu;
         Ok(cpu * 1e6 / (cookies.max(1) as f64))
     };
-    let raw = |c: &mut CookieCost| -> Result<f64, BenchError> {
+    let raw = |c: &mut CookieCost, source: u8| -> Result<f64, BenchError> {
         let raw = RawProc::start(exe, cpus.server)?;
-        let cpu = answered_under(exe, raw.addr, &|| raw.cpu_s(), window, cpus)?;
+        let cpu = answered_under(exe, (raw.addr, source), &|| raw.cpu_s(), window, cpus)?;
         let connections = raw.stop()?;
         c.raw_connections += connections;
         Ok(cpu * 1e6 / (connections.max(1) as f64))
     };
     let (mut secchan_us, mut raw_us, mut beyond) = (Vec::new(), Vec::new(), Vec::new());
-    for pair in 0..pairs.max(1) {
+    for pair in 0..pairs.clamp(1, 100) {
+        let (s_from, r_from) = (
+            COOKIE_SOURCES + 2 * pair as u8,
+            COOKIE_SOURCES + 2 * pair as u8 + 1,
+        );
         let (s, r) = if pair % 2 == 0 {
-            (secchan(&mut c)?, raw(&mut c)?)
+            (secchan(&mut c, s_from)?, raw(&mut c, r_from)?)
         } else {
-            let r = raw(&mut c)?;
-            (secchan(&mut c)?, r)
+            let r = raw(&mut c, r_from)?;
+            (secchan(&mut c, s_from)?, r)
         };
         secchan_us.push(s);
         raw_us.push(r);

@@ -16,16 +16,29 @@ use std::time::Duration;
 /// Clock ticks per second of `/proc/PID/stat` (USER_HZ, 100 on Linux).
 const TICKS: f64 = 100.0;
 
-/// A command running `exe`, on CPU `cpu` alone if given (by `taskset`, see [`pinning`]).
-fn command(exe: &Path, cpu: Option<usize>) -> Command {
-    match cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string()]).arg(exe);
-            c
-        }
-        None => Command::new(exe),
+/// How a helper process runs: on a CPU of its own (by `taskset`, see [`pinning`]), and at
+/// the lowest CPU priority (`nice -n 19`, for attackers).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Placement {
+    /// The CPU it runs on alone, if any.
+    pub cpu: Option<usize>,
+    /// Whether it yields the CPU to every other process.
+    pub low_priority: bool,
+}
+
+/// A command running `exe` as `placement` says.
+fn command(exe: &Path, placement: Placement) -> Command {
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(cpu) = placement.cpu {
+        argv.extend(["taskset".into(), "-c".into(), cpu.to_string().into()]);
     }
+    if placement.low_priority {
+        argv.extend(["nice".into(), "-n".into(), "19".into()]);
+    }
+    argv.push(exe.into());
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    c
 }
 
 /// Whether processes can be pinned to a CPU each: at least 2 CPUs and `taskset` (util-linux)
@@ -107,7 +120,11 @@ impl ServerProc {
         args: &[String],
         cpu: Option<usize>,
     ) -> Result<Self, BenchError> {
-        let mut child = command(exe, cpu)
+        let placement = Placement {
+            cpu,
+            low_priority: false,
+        };
+        let mut child = command(exe, placement)
             .current_dir(dir)
             .args(["server", "--listen", "127.0.0.1:0"])
             .args(args)
@@ -200,14 +217,13 @@ pub struct Helper {
 }
 
 impl Helper {
-    /// Starts `exe bench ARGS` (on CPU `cpu` alone, if given); the helper and the first line
-    /// it printed.
+    /// Starts `exe bench ARGS` as `placement` says; the helper and the first line it printed.
     fn start(
         exe: &Path,
         args: &[String],
-        cpu: Option<usize>,
+        placement: Placement,
     ) -> Result<(Self, String), BenchError> {
-        let mut child = command(exe, cpu)
+        let mut child = command(exe, placement)
             .arg("bench")
             .args(args)
             .stdin(Stdio::piped())
@@ -248,7 +264,9 @@ pub struct AttackerProc(Helper);
 impl AttackerProc {
     /// Starts an attacker of `kind` with `conns` connections to `target` from `sources`
     /// (flooding at `rate` hellos a second, 0: as fast as it can; on CPU `cpu` alone, if
-    /// given), and waits until its connections are up.
+    /// given), and waits until its connections are up. It runs at the lowest CPU priority:
+    /// on loopback its CPU is the server's and the honest device's, which in a real attack it
+    /// is not; what it makes the server do is measured as the server's.
     pub fn start(
         exe: &Path,
         kind: Kind,
@@ -274,7 +292,11 @@ impl AttackerProc {
             "--attack-rate".into(),
             rate.to_string(),
         ];
-        let (helper, line) = Helper::start(exe, &args, cpu)?;
+        let placement = Placement {
+            cpu,
+            low_priority: true,
+        };
+        let (helper, line) = Helper::start(exe, &args, placement)?;
         if line != "ready" {
             return Err(helper_failed(&format!(
                 "attacker {kind_name} did not start"
@@ -306,7 +328,11 @@ pub struct RawProc {
 impl RawProc {
     /// Starts it (on CPU `cpu` alone, if given) and waits until it listens.
     pub fn start(exe: &Path, cpu: Option<usize>) -> Result<Self, BenchError> {
-        let (helper, line) = Helper::start(exe, &["--raw-responder".to_string()], cpu)?;
+        let placement = Placement {
+            cpu,
+            low_priority: false,
+        };
+        let (helper, line) = Helper::start(exe, &["--raw-responder".to_string()], placement)?;
         let addr = line
             .strip_prefix("addr=")
             .and_then(|a| a.parse().ok())

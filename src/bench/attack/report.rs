@@ -59,10 +59,16 @@ impl AttackReport {
         let c = &self.cookie;
         let _ = writeln!(
             s,
-            "\nCookie cost ({}): {} hellos answered with a cookie in {:.2} s of server CPU: {:.1} µs each with the TCP connection's own cost, against {:.1} µs per connection for a raw TCP server doing the same I/O ({} connections): {:.1} µs beyond TCP (pairs: {}), of which the cookie itself (in memory) is {:.2} µs.",
+            "\nCookie cost ({}, {} hellos/s, {}): {} hellos answered with a cookie in {:.2} s of server CPU: {:.1} µs each with the TCP connection's own cost, against {:.1} µs per connection for a raw TCP server doing the same I/O ({} connections): {:.1} µs beyond TCP (pairs: {}), of which the cookie itself (in memory) is {:.2} µs.",
             match c.pairs_beyond_tcp.len() {
                 1 => "one pair of rounds".to_string(),
                 n => format!("{n} alternating pairs of rounds, medians"),
+            },
+            c.rate,
+            if c.pinned {
+                "server and attacker on a CPU each"
+            } else {
+                "unpinned"
             },
             c.cookies,
             c.server_cpu_s,
