@@ -66,17 +66,39 @@ pub fn hmac_sha256<const N: usize>(key: &[u8; HASH_LEN], message: &[u8]) -> [u8;
 /// HMAC-SHA256(key, the concatenation of `parts`), truncated to its first `N` bytes, without
 /// copying the parts together.
 pub fn hmac_sha256_parts<const N: usize>(key: &[u8; HASH_LEN], parts: &[&[u8]]) -> [u8; N] {
-    use hmac::Mac;
-    const { assert!(N <= HASH_LEN) };
-    let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    for part in parts {
-        mac.update(part);
+    HmacKey::new(key).mac_parts(parts)
+}
+
+/// An HMAC-SHA256 key made ready once (its inner and outer pads hashed), for a key that
+/// computes many MACs: each [`mac_parts`](Self::mac_parts) then costs only its message's
+/// blocks. The ready state is key material; like the `hmac` crate's own, it is not erased
+/// on drop (module documentation).
+#[derive(Clone)]
+pub struct HmacKey(hmac::Hmac<Sha256>);
+
+impl HmacKey {
+    /// `key`, made ready.
+    pub fn new(key: &[u8; HASH_LEN]) -> Self {
+        use hmac::Mac;
+        Self(
+            <hmac::Hmac<Sha256> as Mac>::new_from_slice(key)
+                .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length")),
+        )
     }
-    let full = mac.finalize().into_bytes();
-    let mut out = [0u8; N];
-    out.copy_from_slice(&full[..N]);
-    out
+
+    /// HMAC-SHA256(key, the concatenation of `parts`), truncated to its first `N` bytes.
+    pub fn mac_parts<const N: usize>(&self, parts: &[&[u8]]) -> [u8; N] {
+        use hmac::Mac;
+        const { assert!(N <= HASH_LEN) };
+        let mut mac = self.0.clone();
+        for part in parts {
+            mac.update(part);
+        }
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; N];
+        out.copy_from_slice(&full[..N]);
+        out
+    }
 }
 
 /// SHA-256 of `bytes`.

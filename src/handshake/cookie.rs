@@ -13,11 +13,12 @@
 //! - Device: [`retry`] turns a CookieReply into the CookieHello to send.
 
 use super::HandshakeError;
-use crate::crypto::kdf::{hmac_sha256_parts, Secret, HASH_LEN};
+use crate::crypto::kdf::{hmac_sha256_parts, HmacKey, Secret, HASH_LEN};
 use crate::crypto::random::Random;
 use crate::crypto::CryptoError;
 use crate::msgs::{CookieHello, CookieReply, FrameType, COOKIE_LEN};
 use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -49,6 +50,9 @@ pub struct CookieJar {
     master: Secret,
     epoch: Instant,
     period: Duration,
+    /// The key of the period last used, made ready: a flood of hellos in one period derives
+    /// its key once.
+    ready: Mutex<Option<(u64, HmacKey)>>,
 }
 
 impl std::fmt::Debug for CookieJar {
@@ -67,6 +71,7 @@ impl CookieJar {
             master,
             epoch,
             period: period.max(Duration::from_secs(1)),
+            ready: Mutex::new(None),
         }
     }
 
@@ -92,10 +97,24 @@ impl CookieJar {
         ))
     }
 
+    /// The key of `period`, made ready (kept for the next call in the same period).
+    fn ready_key(&self, period: u64) -> HmacKey {
+        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*ready {
+            Some((p, key)) if *p == period => key.clone(),
+            _ => {
+                let key = HmacKey::new(&self.key(period));
+                *ready = Some((period, key.clone()));
+                key
+            }
+        }
+    }
+
     fn cookie_in(&self, period: u64, source: IpAddr, hello: &[u8]) -> [u8; COOKIE_LEN] {
         let (address, len) = encode_address(source);
         let mac: [u8; COOKIE_LEN - 1] =
-            hmac_sha256_parts(&self.key(period), &[COOKIE_LABEL, &address[..len], hello]);
+            self.ready_key(period)
+                .mac_parts(&[COOKIE_LABEL, &address[..len], hello]);
         let mut cookie = [0u8; COOKIE_LEN];
         cookie[0] = period as u8;
         cookie[1..].copy_from_slice(&mac);
@@ -301,6 +320,19 @@ mod tests {
             jar.check(ip(1), &wrapped, HELLO, t0),
             Err(CookieError::Expired)
         );
+    }
+
+    #[test]
+    fn the_kept_key_gives_each_period_its_own_cookie() {
+        let t0 = Instant::now();
+        let jar = jar(t0);
+        let (address, len) = encode_address(ip(1));
+        for period in [0u64, 1, 1, 0, 2] {
+            let mac: [u8; COOKIE_LEN - 1] =
+                hmac_sha256_parts(&jar.key(period), &[COOKIE_LABEL, &address[..len], HELLO]);
+            let cookie = jar.cookie_in(period, ip(1), HELLO);
+            assert_eq!((cookie[0], &cookie[1..]), (period as u8, &mac[..]));
+        }
     }
 
     #[test]

@@ -441,7 +441,7 @@ fn one(
 /// Measurement pairs of the cookie cost (secchan and the raw baseline), the side measured
 /// first alternating (ABBA), so that a drift in the machine's load falls on both sides; the
 /// report gives their medians.
-const COOKIE_PAIRS: usize = 5;
+const COOKIE_PAIRS: usize = 7;
 /// Hellos a second the cookie cost's attacker sends: well below what either server answers
 /// on one core, so that both answer the same load and the figure is a cost per hello, not a
 /// measure of which one saturates first.
