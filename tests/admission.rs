@@ -438,3 +438,27 @@ async fn a_source_at_its_session_limit_gets_busy_unless_it_is_allowed() {
     }
     assert_eq!(allowed.stop().await.sessions_refused, 0);
 }
+
+#[tokio::test]
+async fn dropping_the_running_server_ends_its_sessions_and_pending_handshakes() {
+    // `run` spawns its accept loop and tracks the connections' tasks: dropping `run` (here,
+    // aborting the task that awaits it) must still end every one of them, not leave them
+    // serving without a server.
+    let server = start(Limits::default()).await;
+    let keys = device_keys();
+    let mut conn = device(server.addr, &keys[0]).await.unwrap();
+    delivers(&mut conn, 0).await.unwrap();
+    let mut pending = from("127.0.0.2", server.addr).await;
+    until("the pending connection", || server.counters.now() == (1, 1)).await;
+    server.done.abort();
+    assert!(closed(&mut pending).await, "the pending handshake ended");
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn.recv()).await;
+    assert!(
+        matches!(ended, Ok(Ok(None) | Err(_))),
+        "the session ended: {ended:?}"
+    );
+    assert!(
+        TcpStream::connect(server.addr).await.is_err(),
+        "nothing listens any more"
+    );
+}

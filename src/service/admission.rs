@@ -420,10 +420,12 @@ impl<H> Admission<H> {
         Some(p)
     }
 
-    /// The handles of every task that holds a place, pending or established.
-    pub fn handles(&self) -> impl Iterator<Item = &H> {
-        let pending = self.pending.values().filter_map(|p| p.handle.as_ref());
-        pending.chain(self.sessions.values().filter_map(|s| s.handle.as_ref()))
+    /// Takes the handles of every task that holds a place, pending or established (for the
+    /// caller to stop them once it no longer holds this state).
+    pub fn take_handles(&mut self) -> Vec<H> {
+        let pending = self.pending.values_mut().filter_map(|p| p.handle.take());
+        let sessions = self.sessions.values_mut().filter_map(|s| s.handle.take());
+        pending.chain(sessions).collect()
     }
 
     /// The handle of the task serving `id` (set once it is spawned).

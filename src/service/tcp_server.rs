@@ -182,6 +182,16 @@ impl TcpServer {
     }
 }
 
+/// Stops, when dropped, every connection's task that still holds a place in admission.
+struct StopAll(Arc<Shared>);
+
+impl Drop for StopAll {
+    fn drop(&mut self) {
+        let handles = self.0.admission().take_handles();
+        handles.iter().for_each(AbortHandle::abort);
+    }
+}
+
 async fn accept_loop(
     listener: Listener,
     intake: Intake,
@@ -192,6 +202,9 @@ async fn accept_loop(
     let (stop, stopped) = watch::channel(false);
     let handshake_timeout = listener.timeouts().handshake;
     let tasks = TaskTracker::new();
+    // However this loop ends (its drain done, its grace run out, or the loop dropped), the
+    // connections' tasks end with it.
+    let _stop_all = StopAll(shared.clone());
     let mut summary = tokio::time::interval(WARN_EVERY);
     let mut last = shared.stats();
     tokio::pin!(shutdown);
@@ -262,7 +275,6 @@ async fn accept_loop(
     tasks.close();
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!("some sessions did not end in time: stopped");
-        shared.admission().handles().for_each(AbortHandle::abort);
     }
     let stats = shared.stats();
     tracing::info!(
