@@ -281,3 +281,62 @@ fn entries_not_signed_by_the_pinned_authority_are_refused() {
     let out = send_trusting(&dir, &addr, ("a", "b"), &server_as_authority, "hello\n");
     assert_trust_refused(&out, &["--peer-authority names the server's own key"]);
 }
+
+/// Sends signal `sig` (e.g. `-STOP`) to `child`.
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[test]
+fn a_server_killed_and_restarted_mid_conversation_loses_no_line_end_to_end() {
+    use cli_support::relay::Proc;
+    let dir = fleet("relay-restart");
+    let addr = format!("127.0.0.1:{}", cli_support::free_port());
+    let start = || {
+        let args = ["server", "--listen", &addr, "--key", "server.key"];
+        let policy = ["--authorized-devices", "devices", "--relay", "any"];
+        let mut server = Proc::spawn(&dir, &[&args[..], &policy[..]].concat());
+        server.wait_for(ERR, "listening");
+        server
+    };
+    let mut server = start();
+    let mut b = listener(&dir, &addr, "b", &["a"]);
+    server.wait_for(ERR, "session established device=b");
+    let mut extra = vec![
+        "--to".to_string(),
+        "b".into(),
+        "--give-up-after".into(),
+        "60".into(),
+    ];
+    extra.extend(pin_args(&dir, &[("b", "b")]));
+    let mut a = connected(&dir, &addr, "device", "a", &extra);
+    a.send("line-0");
+    b.wait_for(OUT, "line-0");
+    // The server dies with both devices connected; a takes a line while it is gone.
+    drop(server);
+    a.send("line-1");
+    // a waits (stopped) until the restarted server has b back, so that its resend does
+    // not meet a server that has not seen b yet (`unknown_peer` ends a sender).
+    signal(&a.child, "-STOP");
+    let mut server = start();
+    server.wait_for(ERR, "session established device=b");
+    signal(&a.child, "-CONT");
+    a.send("line-2");
+    a.stdin = None;
+    let status = cli_support::wait_exit(&mut a.child);
+    let printed = b.all();
+    assert!(status.success(), "a: {}", a.all());
+    for line in ["line-0", "line-1", "line-2"] {
+        let n = printed
+            .lines()
+            .filter(|l| l.contains(&format!("\"data\":\"{line}\"")))
+            .count();
+        assert_eq!(n, 1, "b printed {line} {n} times: {printed}");
+    }
+    assert!(!server.all().contains("line-"), "the server saw plaintext");
+}

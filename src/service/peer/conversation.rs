@@ -335,6 +335,19 @@ impl Conversation {
                 self.on_record(frame, ctx.events, ctx.out, now);
                 Ok(())
             }
+            (_, State::Idle | State::Failed { .. } | State::Closed)
+                if ty.is_record() && !self.initiator =>
+            {
+                // protocol.md §11.7: a record for a session this responder does not hold
+                // (it restarted, or ended the session) is answered with an alert, so that
+                // the initiator starts a new session instead of waiting for Acks.
+                let alert = encode_alert(AlertCode::UnexpectedMessage);
+                ctx.out.push_back((self.peer.clone(), false, alert));
+                return;
+            }
+            (FrameType::Alert, State::Open(_)) if self.initiator => {
+                Err("the peer holds no session with us (it restarted or ended it)".into())
+            }
             (_, State::Failed { .. } | State::Closed) => Ok(()),
             _ => Err(format!("unexpected {ty:?} frame from the peer")),
         };

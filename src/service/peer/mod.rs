@@ -241,12 +241,13 @@ impl Peers {
         );
     }
 
-    /// The server refuses to relay to `peer`: every conversation with it ends.
+    /// The server refuses to relay to `peer`: the conversation this device started with it
+    /// ends (what it holds cannot be delivered). One the peer started is kept, with what it
+    /// took: the peer, back after a restart, sends again what was not acknowledged, and a
+    /// message already taken is acknowledged again, not taken twice (protocol.md §11.7).
     pub fn on_refused(&mut self, peer: &str, reason: Refusal) {
-        for initiated in [true, false] {
-            if let Some(mut c) = self.conversations.remove(&(peer.to_string(), initiated)) {
-                c.give_up();
-            }
+        if let Some(mut c) = self.conversations.remove(&(peer.to_string(), true)) {
+            c.give_up();
         }
         self.events.push_back(PeerEvent::Refused {
             peer: peer.into(),

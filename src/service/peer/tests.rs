@@ -266,3 +266,35 @@ fn a_classical_initiator_is_refused_by_a_hybrid_responder() {
     let failed = failures(&Relay::events(&mut r.a));
     assert!(failed.iter().any(|e| e.contains("suite")), "{failed:?}");
 }
+
+#[test]
+fn a_responder_that_lost_the_session_makes_the_initiator_start_a_new_one() {
+    let mut r = relay_pinned();
+    let now = Instant::now();
+    r.a.send("b", b"before".to_vec(), &mut OsRandom, now)
+        .unwrap();
+    r.run();
+    assert_eq!(messages(&Relay::events(&mut r.b)), [b"before".to_vec()]);
+    // b restarts: a fresh device end with the same key holds no session with a.
+    let a_pub = key(0xa1).public();
+    r.b = Peers::new(key(0xb2), DeviceConfig::default(), pinned("a", &a_pub));
+    r.b.on_peer_info(&info("a", "b", &a_pub));
+    r.a.send("b", b"after".to_vec(), &mut OsRandom, now)
+        .unwrap();
+    r.run();
+    assert_eq!(
+        r.a.undelivered(),
+        1,
+        "b could not take it in the old session"
+    );
+    let failed = failures(&Relay::events(&mut r.a));
+    assert!(
+        failed.iter().any(|e| e.contains("holds no session")),
+        "{failed:?}"
+    );
+    // The restart, a second later: a new session, and what b did not acknowledge again.
+    r.a.tick(&mut OsRandom, Instant::now() + Duration::from_secs(2));
+    r.run();
+    assert_eq!(messages(&Relay::events(&mut r.b)), [b"after".to_vec()]);
+    assert_eq!(r.a.undelivered(), 0);
+}
