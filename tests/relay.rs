@@ -282,16 +282,6 @@ fn entries_not_signed_by_the_pinned_authority_are_refused() {
     assert_trust_refused(&out, &["--peer-authority names the server's own key"]);
 }
 
-/// Sends signal `sig` (e.g. `-STOP`) to `child`.
-fn signal(child: &std::process::Child, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
-}
-
 #[test]
 fn a_server_killed_and_restarted_mid_conversation_loses_no_line_end_to_end() {
     use cli_support::relay::Proc;
@@ -322,10 +312,10 @@ fn a_server_killed_and_restarted_mid_conversation_loses_no_line_end_to_end() {
     a.send("line-1");
     // a waits (stopped) until the restarted server has b back, so that its resend does
     // not meet a server that has not seen b yet (`unknown_peer` ends a sender).
-    signal(&a.child, "-STOP");
+    cli_support::signal(&a.child, "-STOP");
     let mut server = start();
     server.wait_for(ERR, "session established device=b");
-    signal(&a.child, "-CONT");
+    cli_support::signal(&a.child, "-CONT");
     a.send("line-2");
     a.stdin = None;
     let status = cli_support::wait_exit(&mut a.child);

@@ -259,12 +259,17 @@ pub fn wait_exit(child: &mut Child) -> ExitStatus {
 
 /// Sends SIGHUP to `child`.
 pub fn hangup(child: &Child) {
+    signal(child, "-HUP");
+}
+
+/// Sends signal `sig` (`-HUP`, `-STOP`, `-CONT`, ...) to `child`.
+pub fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+        .args([sig, &child.id().to_string()])
         .status()
         .unwrap()
         .success();
-    assert!(ok);
+    assert!(ok, "kill {sig}");
 }
 
 /// `GET path` from the HTTP server at `addr`: the whole response.
