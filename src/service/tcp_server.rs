@@ -229,12 +229,11 @@ async fn accept_loop(
                 let sessions = sessions.clone();
                 let stopped = stopped.clone();
                 let drain = options.drain_timeout;
-                // A pending connection's task holds only the handshake's state: a session's
-                // (10 KB of it) is allocated once there is a session.
-                // Each stage's state (the handshake's, then the session's) is boxed when the
-                // stage begins, on the task's worker: the task itself holds a few pointers,
-                // so this loop copies little per connection. Tracked, not joined, so that a
-                // task's end frees its memory at once and wakes nothing.
+                // Each stage's state (the handshake's, then the session's 10 KB) is boxed when
+                // the stage begins, on the task's worker: a pending connection holds only the
+                // handshake's, and the task itself a few pointers, so this loop copies little
+                // per connection. Tracked, not joined, so that a task's end frees its memory at
+                // once and wakes nothing.
                 let fut = async move {
                     let handshake = tcp_accept::handshake(incoming, id, shared_for_task, handshake_timeout);
                     let Some((conn, peer, _release)) = Box::pin(handshake).await else {

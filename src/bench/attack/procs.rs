@@ -122,7 +122,7 @@ impl ServerProc {
     ) -> Result<Self, BenchError> {
         let placement = Placement {
             cpu,
-            low_priority: false,
+            ..Placement::default()
         };
         let mut child = command(exe, placement)
             .current_dir(dir)
@@ -330,7 +330,7 @@ impl RawProc {
     pub fn start(exe: &Path, cpu: Option<usize>) -> Result<Self, BenchError> {
         let placement = Placement {
             cpu,
-            low_priority: false,
+            ..Placement::default()
         };
         let (helper, line) = Helper::start(exe, &["--raw-responder".to_string()], placement)?;
         let addr = line
